@@ -1,0 +1,150 @@
+"""Generic M-step drivers shared by gates and experts.
+
+Two kinds of weighted M-step exist in moekit:
+
+* statistic-based: a component summarises the weighted data in additive
+  :class:`~moekit.stats.SuffStats` and updates itself from them.  When the
+  update is the exact maximiser (Gaussian least squares, constant gate) one
+  call suffices; otherwise (IRLS / Newton, ECM) :func:`maximize` iterates,
+  halving the step whenever the weighted objective would decrease, so that
+  every M-step is a generalised-EM step and the likelihood never decreases.
+* gradient-based (neural gates and experts): :func:`gradient_maximize` takes a
+  few optimiser steps and keeps them only if the objective improved.
+
+``stats_fn`` is any callable returning the statistics at the component's
+current parameters; in memory it is one pass over the data, out of core it is
+a sum over batches, distributed it is a sum followed by an all-reduce.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from .stats import SuffStats
+
+
+def _params(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters()]
+
+
+@torch.no_grad()
+def maximize(
+    component,
+    stats_fn: Callable[[], SuffStats],
+    *,
+    max_steps: int | None = None,
+    tol: float = 1e-10,
+    max_halvings: int = 30,
+) -> int:
+    """Maximise a component's weighted objective from its sufficient statistics.
+
+    Parameters
+    ----------
+    component : Gate or Expert
+        Must implement ``m_step(stats)``; if ``component.m_step_exact`` is
+        false, ``stats["objective"]`` must hold the weighted objective at the
+        current parameters.
+    stats_fn : callable
+        Returns the statistics at the component's current parameters.
+    max_steps : int, optional
+        Newton / ECM iterations (default ``component.max_m_steps``).
+    tol : float
+        Stop when the objective improves by less than ``tol * (1 + |f|)``.
+    max_halvings : int
+        Step-halvings before giving up on a step (the parameters are then
+        left unchanged, which still never lowers the objective).
+
+    Returns
+    -------
+    int
+        Number of accepted steps.
+    """
+    stats = stats_fn()
+    if getattr(component, "m_step_exact", True):
+        component.m_step(stats)
+        return 1
+    steps = component.max_m_steps if max_steps is None else max_steps
+    params = _params(component)
+    accepted = 0
+    for _ in range(steps):
+        f_old = float(stats["objective"])
+        old = parameters_to_vector(params).clone()
+        component.m_step(stats)
+        new = parameters_to_vector(params).clone()
+        delta = new - old
+        if not torch.isfinite(delta).all():
+            vector_to_parameters(old, params)
+            break
+        t = 1.0
+        ok = False
+        for _h in range(max_halvings):
+            new_stats = stats_fn()
+            f_new = float(new_stats["objective"])
+            if f_new == f_new and f_new >= f_old - 1e-12 * (1.0 + abs(f_old)):
+                ok = True
+                break
+            t *= 0.5
+            vector_to_parameters(old + t * delta, params)
+        if not ok:
+            vector_to_parameters(old, params)
+            break
+        accepted += 1
+        stats = new_stats
+        if f_new - f_old <= tol * (1.0 + abs(f_old)):
+            break
+    return accepted
+
+
+def gradient_maximize(
+    module: torch.nn.Module,
+    objective_fn: Callable[[], torch.Tensor],
+    *,
+    n_steps: int = 20,
+    lr: float = 1e-2,
+) -> bool:
+    """Generalised M-step by gradient ascent: a few Adam steps, kept only if they help.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Its trainable parameters are optimised.  An Adam state is kept on the
+        module between calls (attribute ``_gem_optimizer``) so that moments
+        carry over from one EM iteration to the next.
+    objective_fn : callable
+        Returns a scalar tensor to maximise (a weighted mean log-likelihood).
+    n_steps : int
+        Optimiser steps.
+    lr : float
+        Adam learning rate.
+
+    Returns
+    -------
+    bool
+        Whether the steps were kept (the objective did not decrease).
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return False
+    backup = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        f0 = float(objective_fn())
+    opt = getattr(module, "_gem_optimizer", None)
+    if opt is None or opt.param_groups[0]["lr"] != lr or opt.param_groups[0]["params"] != params:
+        opt = torch.optim.Adam(params, lr=lr)
+        object.__setattr__(module, "_gem_optimizer", opt)
+    for _ in range(n_steps):
+        opt.zero_grad(set_to_none=True)
+        loss = -objective_fn()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        f1 = float(objective_fn())
+    if not (f1 == f1 and f1 >= f0):
+        with torch.no_grad():
+            for p, b in zip(params, backup):
+                p.copy_(b)
+        return False
+    return True

@@ -1,0 +1,282 @@
+"""Predictive distributions of conditional mixtures.
+
+:class:`MixtureDistribution` is the distribution of y given x under a mixture
+of experts: a batch of n mixtures (one per row of x), each of K components.
+It answers the questions users ask of a conditional density: mean, variance or
+covariance (law of total variance), sampling, log-density, and for scalar y
+the CDF and quantiles.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.distributions import Categorical, Distribution, constraints
+from torch.distributions import Poisson as _Poisson
+from torch.distributions import StudentT as _StudentT
+
+__all__ = ["MixtureDistribution", "StudentT", "Poisson"]
+
+
+class StudentT(_StudentT):
+    """:class:`torch.distributions.StudentT` with a CDF (not differentiable)."""
+
+    def cdf(self, value):
+        from scipy.special import stdtr
+
+        z = ((value - self.loc) / self.scale).detach()
+        df = self.df.detach().expand_as(z)
+        out = stdtr(df.cpu().numpy(), z.cpu().numpy())
+        return torch.as_tensor(out, dtype=z.dtype, device=z.device)
+
+
+class Poisson(_Poisson):
+    """:class:`torch.distributions.Poisson` with a CDF."""
+
+    def cdf(self, value):
+        k = torch.floor(value)
+        rate = self.rate.expand_as(k) if k.dim() >= self.rate.dim() else self.rate
+        out = torch.special.gammaincc(k.clamp_min(0) + 1, rate)
+        return torch.where(k < 0, torch.zeros_like(out), out)
+
+
+def _stack_components(components) -> list | Distribution:
+    if isinstance(components, Distribution):
+        return components
+    return list(components)
+
+
+class MixtureDistribution(Distribution):
+    """A batch of finite mixtures ``p(y) = sum_k w_k p_k(y)`` with per-row weights.
+
+    Parameters
+    ----------
+    log_weights : Tensor
+        Log mixing weights, shape (n, K); each row's ``logsumexp`` is 0.
+    components : Distribution or list of Distribution
+        Either one distribution with batch shape (n, K) (stacked experts) or a
+        list of K distributions with batch shape (n,) (experts of any families
+        with the same event shape).
+
+    Shapes
+    ------
+    batch_shape (n,); event_shape () for scalar y or (d_y,) for vector y.
+    ``mean`` (n, *event), ``variance`` (n, *event), ``covariance_matrix`` (n, d, d),
+    ``component_means`` (n, K, *event), ``weights`` (n, K).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.distributions import Normal
+    >>> lw = torch.log(torch.tensor([[0.5, 0.5]]))
+    >>> m = MixtureDistribution(lw, Normal(torch.tensor([[-1.0, 1.0]]), torch.ones(1, 2)))
+    >>> m.mean, m.variance
+    (tensor([0.]), tensor([2.]))
+    >>> m.quantiles([0.5])
+    tensor([[0.]])
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, log_weights: torch.Tensor, components, validate_args=False):
+        self.log_weights = log_weights
+        self.components = _stack_components(components)
+        n, k = log_weights.shape
+        if isinstance(self.components, Distribution):
+            ev = self.components.event_shape
+            if tuple(self.components.batch_shape) != (n, k):
+                raise ValueError(
+                    f"stacked components must have batch shape ({n}, {k}), got {tuple(self.components.batch_shape)}"
+                )
+        else:
+            if len(self.components) != k:
+                raise ValueError(f"expected {k} components, got {len(self.components)}")
+            ev = self.components[0].event_shape
+        super().__init__(batch_shape=torch.Size([n]), event_shape=ev, validate_args=False)
+
+    # ------------------------------------------------------------ structure
+    @property
+    def n_components(self) -> int:
+        return self.log_weights.shape[1]
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """Mixing weights (n, K)."""
+        return self.log_weights.exp()
+
+    @property
+    def support(self):
+        c = self.components if isinstance(self.components, Distribution) else self.components[0]
+        return c.support
+
+    def _per_component(self, attr: str) -> torch.Tensor:
+        """Stack ``attr`` of every component along axis 1: (n, K, ...)."""
+        if isinstance(self.components, Distribution):
+            return getattr(self.components, attr)
+        return torch.stack([getattr(c, attr) for c in self.components], dim=1)
+
+    def component_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log p_k(y) for every row and component: (n, K)."""
+        if isinstance(self.components, Distribution):
+            return self.components.log_prob(value.unsqueeze(len(value.shape) - len(self.event_shape)))
+        return torch.stack([c.log_prob(value) for c in self.components], dim=-1)
+
+    @property
+    def component_means(self) -> torch.Tensor:
+        return self._per_component("mean")
+
+    @property
+    def component_variances(self) -> torch.Tensor:
+        return self._per_component("variance")
+
+    @property
+    def component_covariances(self) -> torch.Tensor:
+        """(n, K, d, d) for vector y, (n, K) variances for scalar y."""
+        if len(self.event_shape) == 0:
+            return self.component_variances
+        if isinstance(self.components, Distribution):
+            return _cov(self.components)
+        return torch.stack([_cov(c) for c in self.components], dim=1)
+
+    # -------------------------------------------------------------- moments
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(self.log_weights + self.component_log_prob(value), dim=-1)
+
+    def _wexp(self, t: torch.Tensor) -> torch.Tensor:
+        w = self.weights
+        return (w.reshape(w.shape + (1,) * (t.dim() - 2)) * t).sum(1)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """Class probabilities for categorical/Bernoulli experts: (n, C) or (n,)."""
+        return self._wexp(self._per_component("probs"))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._wexp(self.component_means)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        mu = self.component_means
+        second = self._wexp(self.component_variances + mu**2)
+        return (second - self.mean**2).clamp_min(0)
+
+    @property
+    def covariance_matrix(self) -> torch.Tensor:
+        """Law of total covariance: E[Cov_k] + Cov[E_k]: (n, d, d)."""
+        if len(self.event_shape) == 0:
+            return self.variance[:, None, None]
+        mu = self.component_means  # (n, K, d)
+        outer = mu[..., :, None] * mu[..., None, :]
+        m = self.mean
+        return self._wexp(self.component_covariances + outer) - m[:, :, None] * m[:, None, :]
+
+    @property
+    def stddev(self) -> torch.Tensor:
+        return self.variance.sqrt()
+
+    # -------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        sample_shape = torch.Size(sample_shape)
+        idx = Categorical(logits=self.log_weights, validate_args=False).sample(sample_shape)  # (*S, n)
+        if isinstance(self.components, Distribution):
+            comp = self.components.sample(sample_shape)  # (*S, n, K, *ev)
+        else:
+            comp = torch.stack([c.sample(sample_shape) for c in self.components], dim=len(sample_shape) + 1)
+        ev = len(self.event_shape)
+        index = idx.unsqueeze(-1)
+        for _ in range(ev):
+            index = index.unsqueeze(-1)
+        index = index.expand(*idx.shape, 1, *self.event_shape)
+        return comp.gather(len(sample_shape) + 1, index).squeeze(len(sample_shape) + 1)
+
+    # ---------------------------------------------------- CDF and quantiles
+    def _require_scalar(self, what: str) -> None:
+        if len(self.event_shape) != 0:
+            raise ValueError(f"{what} is defined for scalar y only; this mixture has event shape {tuple(self.event_shape)}")
+
+    def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        """P(Y <= y) for each row (scalar y). ``value``: (n,) or (m, n)."""
+        self._require_scalar("cdf")
+        if isinstance(self.components, Distribution):
+            c = self.components.cdf(value.unsqueeze(-1))
+        else:
+            c = torch.stack([comp.cdf(value) for comp in self.components], dim=-1)
+        return (self.weights * c).sum(-1)
+
+    def _is_discrete(self) -> bool:
+        sup = self.support
+        return isinstance(sup, (constraints._IntegerGreaterThan, constraints._IntegerInterval)) or sup is constraints.nonnegative_integer
+
+    @torch.no_grad()
+    def icdf(self, q) -> torch.Tensor:
+        """Quantile function for scalar y: ``q`` a float or (n,) tensor -> (n,)."""
+        self._require_scalar("icdf")
+        lw = self.log_weights
+        n = lw.shape[0]
+        q = torch.as_tensor(q, dtype=lw.dtype, device=lw.device).expand(n)
+        if ((q <= 0) | (q >= 1)).any():
+            raise ValueError("quantile levels q must lie strictly between 0 and 1")
+        mu = self.component_means
+        sd = self.component_variances.clamp_min(0).sqrt()
+        sd = torch.where(torch.isfinite(sd), sd, _robust_scale(self))
+        lo = (mu - 10 * sd).min(1).values
+        hi = (mu + 10 * sd).max(1).values
+        width = (hi - lo).clamp_min(1.0)
+        for _ in range(200):  # widen until the bracket holds q
+            bad_lo = self.cdf(lo) > q
+            bad_hi = self.cdf(hi) < q
+            if not (bad_lo.any() or bad_hi.any()):
+                break
+            lo = torch.where(bad_lo, lo - width, lo)
+            hi = torch.where(bad_hi, hi + width, hi)
+            width = width * 2
+        if self._is_discrete():
+            lo = torch.floor(lo).clamp_min(-1)
+            hi = torch.ceil(hi)
+            # smallest integer k with F(k) >= q
+            for _ in range(200):
+                if bool(((hi - lo) <= 1).all()):
+                    break
+                mid = torch.floor((lo + hi) / 2)
+                ge = self.cdf(mid) >= q
+                hi = torch.where(ge, mid, hi)
+                lo = torch.where(ge, lo, mid)
+            return hi
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            below = self.cdf(mid) < q
+            lo = torch.where(below, mid, lo)
+            hi = torch.where(below, hi, mid)
+        return 0.5 * (lo + hi)
+
+    def quantiles(self, q: Sequence[float] | float) -> torch.Tensor:
+        """Quantiles for several levels at once: (n, len(q))."""
+        qs = np.atleast_1d(np.asarray(q, dtype=float))
+        return torch.stack([self.icdf(float(v)) for v in qs], dim=1)
+
+    def __repr__(self) -> str:
+        return f"MixtureDistribution(n={self.batch_shape[0]}, K={self.n_components}, event_shape={tuple(self.event_shape)})"
+
+
+def _robust_scale(m: MixtureDistribution) -> torch.Tensor:
+    comps = m.components if isinstance(m.components, Distribution) else None
+    if comps is not None and hasattr(comps, "scale"):
+        return comps.scale.expand(m.log_weights.shape) * 10
+    return torch.ones_like(m.log_weights)
+
+
+def _cov(d: Distribution) -> torch.Tensor:
+    if hasattr(d, "covariance_matrix"):
+        return d.covariance_matrix
+    return torch.diag_embed(d.variance)
+
+
+def log_mean_exp(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``log(mean(exp(t)))`` along ``dim``, stably."""
+    return torch.logsumexp(t, dim=dim) - math.log(t.shape[dim])

@@ -1,0 +1,230 @@
+"""Linear-Gaussian regression experts (scalar or vector y)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.distributions import MultivariateNormal, Normal
+
+from ..stats import SuffStats
+from .base import Expert
+
+_COVARIANCES = ("full", "diag", "spherical")
+
+
+def add_intercept(x: torch.Tensor) -> torch.Tensor:
+    """``[1, x]``: (n, d) -> (n, d + 1)."""
+    return torch.cat([torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device), x], dim=1)
+
+
+def weighted_grams(xd: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Per-expert weighted Gram matrices ``X^T diag(w_k) X``.
+
+    Shapes
+    ------
+    xd : (n, p); w : (n, K) -> (K, p, p).
+    """
+    return torch.stack([xd.T @ (xd * w[:, k, None]) for k in range(w.shape[1])])
+
+
+def solve_spd(a: torch.Tensor, b: torch.Tensor, rel_jitter: float = 1e-10) -> torch.Tensor:
+    """Solve ``a x = b`` for a batch of symmetric PSD ``a``, adding jitter where singular.
+
+    Shapes
+    ------
+    a : (..., p, p); b : (..., p, m) -> (..., p, m).
+    """
+    p = a.shape[-1]
+    eye = torch.eye(p, dtype=a.dtype, device=a.device)
+    scale = a.diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp_min(torch.finfo(a.dtype).tiny)
+    jitter = rel_jitter
+    for _ in range(12):
+        l, info = torch.linalg.cholesky_ex(a + (jitter * scale)[..., None, None] * eye)
+        if bool((info == 0).all()):
+            return torch.cholesky_solve(b, l)
+        jitter *= 100.0
+    return torch.linalg.lstsq(a, b).solution
+
+
+class LinearGaussianExpert(Expert):
+    """Linear regression with Gaussian noise: ``y | x ~ N(B^T [1, x], Sigma)``.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of input columns d_x.
+    n_outputs : int or None
+        ``None`` for a scalar target (event shape ``()``), otherwise d_y.
+    covariance : {"full", "diag", "spherical"}
+        Structure of Sigma for vector targets (ignored for scalar y).
+    n_experts : int or None
+        ``None`` for one expert; K for K stacked experts evaluated together.
+    var_floor : float
+        Lower bound on every variance (eigenvalue of Sigma), in y's units squared.
+    dtype : torch.dtype
+        Parameter dtype (float64 by default, as EM wants).
+
+    Shapes
+    ------
+    forward(x): x (n, d_x) -> distribution with batch shape (n,) [single] or
+    (n, K) [stacked] and event shape () [scalar y] or (d_y,).
+
+    Examples
+    --------
+    >>> import torch
+    >>> e = LinearGaussianExpert(n_features=1)
+    >>> x = torch.linspace(0, 1, 50, dtype=torch.float64)[:, None]
+    >>> y = 2 * x[:, 0] + 1
+    >>> _ = e.fit_weighted(x, y)
+    >>> [round(v, 6) for v in e.coef[0, :, 0].tolist()]
+    [1.0, 2.0]
+    """
+
+    m_step_exact = True
+
+    def __init__(
+        self,
+        n_features: int,
+        n_outputs: int | None = None,
+        covariance: str = "full",
+        n_experts: int | None = None,
+        var_floor: float = 1e-6,
+        dtype: torch.dtype = torch.float64,
+    ):
+        super().__init__(n_experts)
+        if covariance not in _COVARIANCES:
+            raise ValueError(f"covariance must be one of {_COVARIANCES}, got {covariance!r}")
+        if not (isinstance(n_features, int) and n_features >= 0):
+            raise ValueError(f"n_features must be a non-negative int, got {n_features!r}")
+        if n_outputs is not None and not (isinstance(n_outputs, int) and n_outputs >= 1):
+            raise ValueError(f"n_outputs must be None (scalar y) or a positive int, got {n_outputs!r}")
+        if not var_floor > 0:
+            raise ValueError(f"var_floor must be > 0, got {var_floor!r}")
+        self.n_features = n_features
+        self.n_outputs = n_outputs
+        self.covariance = "spherical" if n_outputs is None else covariance
+        self.var_floor = float(var_floor)
+        k, p, d = self._k, n_features + 1, self._d
+        self.coef = nn.Parameter(torch.zeros(k, p, d, dtype=dtype))
+        if self.covariance == "full":
+            self.scale_tril_raw = nn.Parameter(torch.zeros(k, d, d, dtype=dtype))
+        else:
+            self.log_scale = nn.Parameter(torch.zeros(k, d if self.covariance == "diag" else 1, dtype=dtype))
+
+    @property
+    def _d(self) -> int:
+        return 1 if self.n_outputs is None else self.n_outputs
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_features={self.n_features}, n_outputs={self.n_outputs}, "
+            f"covariance={self.covariance!r}, n_experts={self.n_experts}"
+        )
+
+    # ----------------------------------------------------------- parameters
+    def scale_tril(self) -> torch.Tensor:
+        """Cholesky factors of the noise covariances, floored: (K, d, d)."""
+        floor = math.sqrt(self.var_floor)
+        if self.covariance == "full":
+            raw = self.scale_tril_raw
+            diag = raw.diagonal(dim1=-2, dim2=-1).exp().clamp_min(floor)
+            return torch.tril(raw, -1) + torch.diag_embed(diag)
+        s = self.log_scale.exp().clamp_min(floor).expand(self._k, self._d)
+        return torch.diag_embed(s)
+
+    def covariance_matrix(self) -> torch.Tensor:
+        """Noise covariances: (K, d, d)."""
+        l = self.scale_tril()
+        return l @ l.transpose(-1, -2)
+
+    def _set_covariance(self, cov: torch.Tensor, keep: torch.Tensor) -> None:
+        """Set the noise covariance (K, d, d) for experts where ``keep`` is true."""
+        floor = self.var_floor
+        if self.covariance == "full":
+            evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.transpose(-1, -2)))
+            cov = evecs @ torch.diag_embed(evals.clamp_min(floor)) @ evecs.transpose(-1, -2)
+            l = torch.linalg.cholesky(0.5 * (cov + cov.transpose(-1, -2)))
+            raw = torch.tril(l, -1) + torch.diag_embed(l.diagonal(dim1=-2, dim2=-1).log())
+            self.scale_tril_raw.data[keep] = raw[keep]
+        else:
+            var = cov.diagonal(dim1=-2, dim2=-1)
+            if self.covariance == "spherical":
+                var = var.mean(-1, keepdim=True)
+            self.log_scale.data[keep] = 0.5 * var.clamp_min(floor).log()[keep]
+
+    def n_parameters(self) -> int:
+        d, p = self._d, self.n_features + 1
+        cov = {"full": d * (d + 1) // 2, "diag": d, "spherical": 1}[self.covariance]
+        return p * d + cov
+
+    # ----------------------------------------------------------- likelihood
+    def _loc(self, x: torch.Tensor) -> torch.Tensor:
+        """Means: (n, K, d)."""
+        xd = add_intercept(x)
+        n = xd.shape[0]
+        return (xd @ self.coef.permute(1, 0, 2).reshape(xd.shape[1], -1)).reshape(n, self._k, self._d)
+
+    def forward(self, x: torch.Tensor):
+        loc = self._loc(x)
+        l = self.scale_tril()
+        if self.n_outputs is None:
+            scale = l[:, 0, 0]
+            if self.stacked:
+                return Normal(loc[..., 0], scale.expand(loc.shape[0], -1), validate_args=False)
+            return Normal(loc[:, 0, 0], scale[0].expand(loc.shape[0]), validate_args=False)
+        if self.stacked:
+            return MultivariateNormal(loc, scale_tril=l, validate_args=False)
+        return MultivariateNormal(loc[:, 0], scale_tril=l[0], validate_args=False)
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Log-density of y under each expert: (n,) single or (n, K) stacked."""
+        yy = y[:, None] if self.n_outputs is None else y
+        resid = yy[:, None, :] - self._loc(x)  # (n, K, d)
+        l = self.scale_tril()
+        if self.covariance == "full" and self._d > 1:
+            z = torch.linalg.solve_triangular(l, resid.permute(1, 2, 0), upper=False)  # (K, d, n)
+            maha = (z * z).sum(1).T  # (n, K)
+        else:
+            s = l.diagonal(dim1=-2, dim2=-1)  # (K, d)
+            maha = ((resid / s) ** 2).sum(-1)
+        logdet = l.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (K,)
+        out = -0.5 * maha - logdet - 0.5 * self._d * math.log(2 * math.pi)
+        return self._out(out)
+
+    # --------------------------------------------------------------- M-step
+    def suff_stats(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> SuffStats:
+        """Weighted least-squares statistics (additive over rows).
+
+        Shapes
+        ------
+        x : (n, d_x); y : (n,) or (n, d_y); weight : (n,) or (n, K).
+        Returns ``sw`` (K,), ``xwx`` (K, p, p), ``xwy`` (K, p, d), ``ywy`` (K, d, d).
+        """
+        xd = add_intercept(x)
+        n, p = xd.shape
+        yy = (y[:, None] if y.dim() == 1 else y).to(xd.dtype)
+        w = self._weight_nk(weight, n, xd)
+        k, d = self._k, self._d
+        wy = (w[:, :, None] * yy[:, None, :]).reshape(n, k * d)
+        return SuffStats(
+            sw=w.sum(0),
+            xwx=weighted_grams(xd, w),
+            xwy=(xd.T @ wy).reshape(p, k, d).permute(1, 0, 2),
+            ywy=(yy.T @ wy).reshape(d, k, d).permute(1, 0, 2),
+        )
+
+    @torch.no_grad()
+    def m_step(self, stats: SuffStats) -> None:
+        """Exact weighted least squares and covariance; experts with no weight are left as they are."""
+        sw = stats["sw"]
+        total = sw.sum()
+        keep = sw > 1e-12 * total.clamp_min(torch.finfo(sw.dtype).tiny)
+        if not bool(keep.any()):
+            return
+        beta = solve_spd(stats["xwx"], stats["xwy"])
+        resid = stats["ywy"] - stats["xwy"].transpose(-1, -2) @ beta
+        cov = resid / sw.clamp_min(torch.finfo(sw.dtype).tiny)[:, None, None]
+        self.coef.data[keep] = beta[keep].to(self.coef.dtype)
+        self._set_covariance(cov.to(self.coef.dtype), keep)

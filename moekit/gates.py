@@ -1,0 +1,331 @@
+"""Gates: modules that map x to LOG mixing weights over K experts.
+
+Every gate's ``forward(x)`` returns an (n, K) tensor whose ``logsumexp`` over
+the expert axis is 0.  The gate's M-step is a weighted multinomial-logistic
+fit of the experts' responsibilities ("soft targets"):
+
+    maximise  sum_i sum_k T_ik log g_k(x_i),   T_ik = w_i r_ik.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._mstep import gradient_maximize, maximize
+from .experts.gaussian import add_intercept, solve_spd, weighted_grams
+from .stats import SuffStats
+
+__all__ = ["Gate", "SoftmaxGate", "ConstantGate", "MLPGate"]
+
+_CHUNK = 1 << 15
+
+
+class Gate(nn.Module):
+    """Base class of gates.
+
+    Shapes
+    ------
+    forward(x): (n, d_x) -> (n, K) log mixing weights.
+    """
+
+    m_step_exact = True
+    max_m_steps = 1
+    has_suff_stats = True
+
+    def __init__(self, n_experts: int):
+        super().__init__()
+        if not (isinstance(n_experts, int) and n_experts >= 1):
+            raise ValueError(f"n_experts must be a positive int, got {n_experts!r}")
+        self.n_experts = n_experts
+
+    def fit_weighted(self, x: torch.Tensor, targets: torch.Tensor):
+        """Weighted M-step: never lowers ``sum(targets * log g(x))``.
+
+        Shapes
+        ------
+        x : (n, d_x); targets : (n, K) non-negative (weight times responsibility).
+        """
+        maximize(self, lambda: self.suff_stats(x, targets))
+        return self
+
+    def objective(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``sum(targets * log g(x))`` (a scalar tensor)."""
+        return (targets * self(x)).sum()
+
+    def n_parameters(self) -> int:
+        """Number of free parameters."""
+        return sum(p.numel() for p in self.parameters())
+
+    def select(self, index: Sequence[int]) -> "Gate":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class ConstantGate(Gate):
+    """Input-independent mixing weights (an ordinary mixture of regressions).
+
+    Parameters
+    ----------
+    n_experts : int
+        K.
+    dtype : torch.dtype
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = ConstantGate(3)
+    >>> g(torch.zeros(2, 5, dtype=torch.float64)).exp()
+    tensor([[0.3333, 0.3333, 0.3333],
+            [0.3333, 0.3333, 0.3333]], dtype=torch.float64, grad_fn=<ExpBackward0>)
+    """
+
+    def __init__(self, n_experts: int, dtype: torch.dtype = torch.float64):
+        super().__init__(n_experts)
+        self.logits = nn.Parameter(torch.zeros(n_experts, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.logits, dim=0).expand(x.shape[0], -1)
+
+    def suff_stats(self, x: torch.Tensor, targets: torch.Tensor) -> SuffStats:
+        return SuffStats(t=targets.sum(0))
+
+    @torch.no_grad()
+    def m_step(self, stats: SuffStats) -> None:
+        t = stats["t"].to(self.logits.dtype)
+        tiny = torch.finfo(t.dtype).tiny
+        self.logits.data.copy_((t.clamp_min(tiny) / t.sum().clamp_min(tiny)).log())
+
+    def n_parameters(self) -> int:
+        return self.n_experts - 1
+
+    def select(self, index):
+        new = copy.deepcopy(self)
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        new.n_experts = len(idx)
+        new.logits = nn.Parameter(self.logits.detach()[idx].clone())
+        return new
+
+
+class SoftmaxGate(Gate):
+    """The classic gate: ``g(x) = softmax(W [1, x])``, fitted by Newton-Raphson (IRLS).
+
+    The M-step takes up to ``max_m_steps`` Newton steps on the weighted
+    multinomial log-likelihood, with the exact Hessian and step-halving, so it
+    never lowers the objective.  The last expert's row is the reference
+    (kept at zero by the M-step; the softmax does not change).
+
+    Parameters
+    ----------
+    n_features : int
+        Number of gate inputs d_x.
+    n_experts : int
+        K.
+    l2 : float
+        Optional ridge penalty on the non-intercept coefficients
+        (``0.5 * l2 * ||W[:, 1:]||^2`` is subtracted from the objective).
+    max_m_steps : int
+        Newton steps per M-step.
+    dtype : torch.dtype
+
+    Shapes
+    ------
+    coef : (K, d_x + 1); forward: (n, d_x) -> (n, K).
+    """
+
+    m_step_exact = False
+
+    def __init__(
+        self,
+        n_features: int,
+        n_experts: int,
+        l2: float = 0.0,
+        max_m_steps: int = 5,
+        dtype: torch.dtype = torch.float64,
+    ):
+        super().__init__(n_experts)
+        if l2 < 0:
+            raise ValueError(f"l2 must be >= 0, got {l2!r}")
+        self.n_features = n_features
+        self.l2 = float(l2)
+        self.max_m_steps = int(max_m_steps)
+        self.coef = nn.Parameter(torch.zeros(n_experts, n_features + 1, dtype=dtype))
+
+    def extra_repr(self) -> str:
+        return f"n_features={self.n_features}, n_experts={self.n_experts}, l2={self.l2}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(add_intercept(x) @ self.coef.T, dim=1)
+
+    def n_parameters(self) -> int:
+        return (self.n_experts - 1) * (self.n_features + 1)
+
+    def suff_stats(self, x: torch.Tensor, targets: torch.Tensor) -> SuffStats:
+        """Objective, gradient and information matrix at the current coefficients.
+
+        Shapes
+        ------
+        Returns ``objective`` (), ``grad`` (K-1, p), ``info`` ((K-1) p, (K-1) p).
+        """
+        return sum(
+            self._stats_chunk(x[i : i + _CHUNK], targets[i : i + _CHUNK])
+            for i in range(0, max(x.shape[0], 1), _CHUNK)
+        )
+
+    def _stats_chunk(self, x, targets) -> SuffStats:
+        k = self.n_experts
+        coef = self.coef.detach()
+        xd = add_intercept(x.to(coef.dtype))
+        n, p = xd.shape
+        t = targets.to(coef.dtype)
+        logg = F.log_softmax(xd @ coef.T, dim=1)
+        g = logg.exp()
+        s = t.sum(1)
+        objective = (t * logg).sum()
+        km = k - 1
+        resid = t[:, :km] - s[:, None] * g[:, :km]
+        grad = resid.T @ xd  # (K-1, p)
+        sg = s[:, None] * g[:, :km]
+        z = (sg[:, :, None] * xd[:, None, :]).reshape(n, km * p)
+        gx = (g[:, :km, None] * xd[:, None, :]).reshape(n, km * p)
+        info = -(z.T @ gx)
+        blocks = weighted_grams(xd, sg)  # (K-1, p, p)
+        info = info + torch.block_diag(*blocks) if km > 0 else info
+        return SuffStats(objective=objective, grad=grad, info=info)
+
+    def _penalty(self, coef: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.l2 * (coef[:, 1:] ** 2).sum()
+
+    def fit_weighted(self, x: torch.Tensor, targets: torch.Tensor):
+        if self.l2 == 0:
+            return super().fit_weighted(x, targets)
+
+        def stats_fn():
+            s = self.suff_stats(x, targets)
+            return SuffStats(objective=s["objective"] - self._penalty(self.coef.detach()), grad=s["grad"], info=s["info"])
+
+        maximize(self, stats_fn)
+        return self
+
+    @torch.no_grad()
+    def m_step(self, stats: SuffStats) -> None:
+        """One Newton step from the statistics (the driver adds step-halving)."""
+        k, p = self.n_experts, self.n_features + 1
+        if k == 1:
+            return
+        coef = self.coef.data
+        coef -= coef[k - 1].clone()  # reference row at zero (softmax-invariant)
+        grad = stats["grad"].reshape(-1)
+        info = stats["info"]
+        if self.l2 > 0:
+            pen = torch.zeros(k - 1, p, dtype=coef.dtype, device=coef.device)
+            pen[:, 1:] = self.l2
+            pen = pen.reshape(-1)
+            grad = grad - pen * coef[: k - 1].reshape(-1)
+            info = info + torch.diag(pen)
+        step = solve_spd(info, grad[:, None])[:, 0]
+        coef[: k - 1] += step.reshape(k - 1, p)
+
+    def select(self, index):
+        new = copy.deepcopy(self)
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        new.n_experts = len(idx)
+        new.coef = nn.Parameter(self.coef.detach()[idx].clone())
+        return new
+
+
+class MLPGate(Gate):
+    """A gate computed by a small multilayer perceptron, fitted by gradient steps.
+
+    Inside EM its M-step takes ``m_step_iter`` Adam steps on the weighted
+    cross-entropy and keeps them only if they improve it (generalised EM).
+
+    Parameters
+    ----------
+    n_features : int
+    n_experts : int
+    hidden_layer_sizes : sequence of int
+    activation : {"tanh", "relu", "gelu"}
+    m_step_iter : int
+    learning_rate : float
+    dtype : torch.dtype
+    generator : torch.Generator, optional
+        Source of randomness for the initial weights.
+
+    Shapes
+    ------
+    forward: (n, d_x) -> (n, K).
+    """
+
+    has_suff_stats = False
+    m_step_exact = False
+
+    def __init__(
+        self,
+        n_features: int,
+        n_experts: int,
+        hidden_layer_sizes: Sequence[int] = (32,),
+        activation: str = "tanh",
+        m_step_iter: int = 20,
+        learning_rate: float = 1e-2,
+        dtype: torch.dtype = torch.float64,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(n_experts)
+        self.n_features = n_features
+        self.m_step_iter = int(m_step_iter)
+        self.learning_rate = float(learning_rate)
+        self.net = make_mlp(n_features, n_experts, hidden_layer_sizes, activation, dtype, generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.net(x), dim=1)
+
+    def fit_weighted(self, x: torch.Tensor, targets: torch.Tensor):
+        total = targets.sum().clamp_min(torch.finfo(targets.dtype).tiny)
+        gradient_maximize(
+            self, lambda: (targets * self(x)).sum() / total, n_steps=self.m_step_iter, lr=self.learning_rate
+        )
+        return self
+
+    def select(self, index):
+        new = copy.deepcopy(self)
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        last = new.net[-1]
+        last.weight = nn.Parameter(last.weight.detach()[idx].clone())
+        last.bias = nn.Parameter(last.bias.detach()[idx].clone())
+        last.out_features = len(idx)
+        new.n_experts = len(idx)
+        if hasattr(new, "_gem_optimizer"):
+            del new._gem_optimizer
+        return new
+
+
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "elu": nn.ELU, "silu": nn.SiLU}
+
+
+def make_mlp(
+    n_in: int,
+    n_out: int,
+    hidden_layer_sizes: Sequence[int],
+    activation: str = "tanh",
+    dtype: torch.dtype = torch.float64,
+    generator: torch.Generator | None = None,
+) -> nn.Sequential:
+    """A plain MLP ``n_in -> hidden... -> n_out`` with seeded initial weights."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+    sizes = [n_in, *[int(h) for h in hidden_layer_sizes], n_out]
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        lin = nn.Linear(sizes[i], sizes[i + 1], dtype=dtype)
+        bound = 1.0 / max(sizes[i], 1) ** 0.5
+        with torch.no_grad():
+            lin.weight.copy_((torch.rand(lin.weight.shape, generator=generator, dtype=dtype) * 2 - 1) * bound)
+            lin.bias.copy_((torch.rand(lin.bias.shape, generator=generator, dtype=dtype) * 2 - 1) * bound)
+        layers.append(lin)
+        if i < len(sizes) - 2:
+            layers.append(_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)

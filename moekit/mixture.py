@@ -1,0 +1,241 @@
+"""The mixture of experts: a gate over K experts, itself an expert."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .distributions import MixtureDistribution
+from .stats import SuffStats
+
+__all__ = ["MixtureOfExperts"]
+
+
+class MixtureOfExperts(nn.Module):
+    """``p(y | x) = sum_k g_k(x) p_k(y | x)``.
+
+    Parameters
+    ----------
+    gate : Gate
+        Returns (n, K) log mixing weights.
+    experts : list of experts, or one stacked expert module
+        Either K single experts (any families, mixed freely, including other
+        ``MixtureOfExperts`` for a hierarchy) or one stacked same-family
+        module with ``n_experts == K`` (the fast path).
+    gate_features, expert_features : sequence of int, optional
+        Columns of x seen by the gate and by the experts (as flexmix's
+        concomitant formula).  ``None``: all columns.
+
+    Shapes
+    ------
+    x : (n, d_x); y : (n,) or (n, d_y).
+    ``log_gate(x)`` (n, K); ``expert_log_prob(x, y)`` (n, K); ``log_prob(x, y)`` (n,);
+    ``forward(x)`` a :class:`~moekit.distributions.MixtureDistribution` with batch shape (n,).
+
+    Notes
+    -----
+    A mixture of experts satisfies the expert contract (``forward`` returns a
+    distribution with batch shape (n,), ``fit_weighted`` is a weighted M-step
+    that never lowers the weighted log-likelihood), so it can be an expert of
+    another mixture: that is a hierarchical mixture of experts.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit import MixtureOfExperts, SoftmaxGate, LinearGaussianExpert
+    >>> moe = MixtureOfExperts(SoftmaxGate(1, 2), LinearGaussianExpert(1, n_experts=2))
+    >>> x = torch.zeros(4, 1, dtype=torch.float64)
+    >>> moe(x).mean.shape, moe.log_prob(x, torch.zeros(4, dtype=torch.float64)).shape
+    (torch.Size([4]), torch.Size([4]))
+    """
+
+    stacked = False  # a mixture is one expert (batch shape (n,)), never a stack
+
+    def __init__(
+        self,
+        gate: nn.Module,
+        experts,
+        gate_features: Sequence[int] | None = None,
+        expert_features: Sequence[int] | None = None,
+    ):
+        super().__init__()
+        self.gate = gate
+        if isinstance(experts, (list, tuple, nn.ModuleList)):
+            if len(experts) == 0:
+                raise ValueError("experts must not be empty")
+            for e in experts:
+                if getattr(e, "stacked", False):
+                    raise ValueError("a list of experts must hold single experts; pass a stacked module on its own")
+            self.experts = nn.ModuleList(experts)
+            self.is_stacked = False
+            k = len(experts)
+        else:
+            if not getattr(experts, "stacked", False):
+                raise ValueError(
+                    "experts must be a list of experts or one stacked expert (n_experts=K); "
+                    f"got a single {type(experts).__name__}: wrap it in a list"
+                )
+            self.experts = experts
+            self.is_stacked = True
+            k = experts.n_experts
+        if gate.n_experts != k:
+            raise ValueError(f"the gate has {gate.n_experts} outputs but there are {k} experts")
+        self.gate_features = None if gate_features is None else [int(i) for i in gate_features]
+        self.expert_features = None if expert_features is None else [int(i) for i in expert_features]
+
+    # ------------------------------------------------------------ structure
+    @property
+    def n_experts(self) -> int:
+        """K, the number of experts under this gate."""
+        return self.gate.n_experts
+
+    @property
+    def y_kind(self) -> str:
+        return self.experts.y_kind if self.is_stacked else self.experts[0].y_kind
+
+    @property
+    def has_suff_stats(self) -> bool:
+        ex = [self.experts] if self.is_stacked else list(self.experts)
+        return bool(getattr(self.gate, "has_suff_stats", False)) and all(getattr(e, "has_suff_stats", False) for e in ex)
+
+    def _xg(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.gate_features is None else x[:, self.gate_features]
+
+    def _xe(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.expert_features is None else x[:, self.expert_features]
+
+    def n_parameters(self) -> int:
+        """Free parameters (gate and experts), for BIC / AIC."""
+        if self.is_stacked:
+            ex = self.experts.n_parameters() * self.n_experts
+        else:
+            ex = sum(e.n_parameters() for e in self.experts)
+        return self.gate.n_parameters() + ex
+
+    # ----------------------------------------------------------- likelihood
+    def log_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """Log mixing weights (n, K)."""
+        return self.gate(self._xg(x))
+
+    def expert_log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p_k(y | x) for every expert: (n, K)."""
+        xe = self._xe(x)
+        if self.is_stacked:
+            return self.experts.log_prob(xe, y)
+        return torch.stack([e.log_prob(xe, y) for e in self.experts], dim=1)
+
+    def joint_log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log g_k(x) + log p_k(y | x): (n, K)."""
+        return self.log_gate(x) + self.expert_log_prob(x, y)
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p(y | x): (n,)."""
+        return torch.logsumexp(self.joint_log_prob(x, y), dim=1)
+
+    def log_responsibilities(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log P(expert k | x, y): (n, K); each row's logsumexp is 0."""
+        j = self.joint_log_prob(x, y)
+        return j - torch.logsumexp(j, dim=1, keepdim=True)
+
+    def forward(self, x: torch.Tensor) -> MixtureDistribution:
+        lw = self.log_gate(x)
+        xe = self._xe(x)
+        comps = self.experts(xe) if self.is_stacked else [e(xe) for e in self.experts]
+        return MixtureDistribution(lw, comps)
+
+    # ----------------------------------------------------------------- EM
+    @torch.no_grad()
+    def e_step(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
+        """Responsibilities and the weighted log-likelihood at the current parameters.
+
+        Returns
+        -------
+        targets : (n, K) tensor, ``weight * responsibility``
+        loglik : float, ``sum(weight * log p(y | x))``
+        """
+        j = self.joint_log_prob(x, y)
+        lse = torch.logsumexp(j, dim=1, keepdim=True)
+        r = (j - lse).exp()
+        if weight is None:
+            return r, float(lse.sum())
+        return weight[:, None] * r, float((weight * lse[:, 0]).sum())
+
+    def m_step_targets(self, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor) -> None:
+        """M-step for the gate and every expert given ``targets`` (n, K) = weight * responsibility."""
+        self.gate.fit_weighted(self._xg(x), targets)
+        xe = self._xe(x)
+        if self.is_stacked:
+            self.experts.fit_weighted(xe, y, targets)
+        else:
+            for k, e in enumerate(self.experts):
+                e.fit_weighted(xe, y, targets[:, k])
+
+    def em_step(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+        """One EM iteration; returns the weighted log-likelihood *before* the step."""
+        targets, ll = self.e_step(x, y, weight)
+        self.m_step_targets(x, y, targets)
+        return ll
+
+    def fit_weighted(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
+        """As an expert of a larger mixture: one (generalised) EM step on the weighted data."""
+        self.em_step(x, y, weight)
+        return self
+
+    def init_from_responsibilities(self, x: torch.Tensor, y: torch.Tensor, resp: torch.Tensor):
+        """Initialise gate and experts from responsibilities (n, K) (e.g. k-means labels)."""
+        self.gate.fit_weighted(self._xg(x), resp)
+        xe = self._xe(x)
+        if self.is_stacked:
+            self.experts.init_from_responsibilities(xe, y, resp)
+        else:
+            for k, e in enumerate(self.experts):
+                e.init_from_responsibilities(xe, y, resp[:, k])
+        return self
+
+    # ----------------------------------------------- statistics (streaming)
+    @torch.no_grad()
+    def suff_stats(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> SuffStats:
+        """Additive statistics of one E-step: the gate's and every expert's, nested.
+
+        Expert k receives ``weight * responsibility_k``; for a nested mixture the
+        same recursion yields the path posteriors of a hierarchy.  Also holds the
+        weighted log-likelihood ``loglik`` at the current parameters.
+        """
+        if not self.has_suff_stats:
+            raise TypeError("this mixture has a gate or expert without sufficient statistics (e.g. a neural network)")
+        targets, ll = self.e_step(x, y, weight)
+        xe = self._xe(x)
+        if self.is_stacked:
+            ex = self.experts.suff_stats(xe, y, targets)
+            es = SuffStats(stacked=ex)
+        else:
+            es = SuffStats({str(k): e.suff_stats(xe, y, targets[:, k]) for k, e in enumerate(self.experts)})
+        return SuffStats(
+            loglik=torch.as_tensor(ll, dtype=targets.dtype),
+            gate=self.gate.suff_stats(self._xg(x), targets),
+            experts=es,
+        )
+
+    @torch.no_grad()
+    def m_step(self, stats: SuffStats) -> None:
+        """Update every component from summed statistics (one step for Newton components)."""
+        self.gate.m_step(stats["gate"])
+        if self.is_stacked:
+            self.experts.m_step(stats["experts"]["stacked"])
+        else:
+            for k, e in enumerate(self.experts):
+                e.m_step(stats["experts"][str(k)])
+
+    # --------------------------------------------------------------- pruning
+    def prune(self, keep: Sequence[int]) -> None:
+        """Keep only the experts ``keep`` (in place); the gate is renormalised."""
+        keep = [int(k) for k in keep]
+        if not keep:
+            raise ValueError("cannot prune every expert")
+        self.gate = self.gate.select(keep)
+        if self.is_stacked:
+            self.experts = self.experts.select(keep)
+        else:
+            self.experts = nn.ModuleList([self.experts[k] for k in keep])

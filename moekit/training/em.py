@@ -1,0 +1,194 @@
+"""Expectation-maximisation for mixtures of experts."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from .._validation import check_fit_inputs
+from .init import initial_responsibilities
+from .result import FitResult
+
+__all__ = ["fit_em"]
+
+
+def fit_em(
+    model,
+    x,
+    y,
+    sample_weight=None,
+    *,
+    max_iter: int = 200,
+    tol: float = 1e-6,
+    n_init: int = 1,
+    init="kmeans",
+    random_state: int | None = None,
+    prune_threshold: float = 1e-4,
+    verbose: int = 0,
+    callback: Callable | None = None,
+) -> FitResult:
+    """Fit a :class:`~moekit.MixtureOfExperts` by EM, in place.
+
+    Each iteration computes responsibilities in log space (E-step), then
+    gives the gate the targets ``w * r`` and expert k the weights ``w * r_k``
+    (M-step).  Exact M-steps (least squares, constant gate) come from additive
+    sufficient statistics; Newton / IRLS M-steps halve their step whenever the
+    weighted objective would fall, and neural components keep their gradient
+    steps only when they help, so the log-likelihood never decreases.
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        Fitted in place (its initial parameters are overwritten by the
+        initialisation).  With ``n_init > 1`` the best start is kept.
+    x : Tensor (n, d_x)
+    y : Tensor (n,) or (n, d_y); integer labels for classification experts.
+    sample_weight : Tensor (n,), optional
+        Non-negative row weights; integer weights are equivalent to repeated rows.
+    max_iter : int
+        EM iterations per start.
+    tol : float
+        Stop when the mean per-sample log-likelihood changes by less than ``tol``.
+    n_init : int
+        Starts; the one with the highest final log-likelihood is kept.
+    init : {"kmeans", "random"} or array (n, K)
+        How the first responsibilities are made (see
+        :func:`~moekit.training.init.initial_responsibilities`).
+        ``None`` keeps the model's current parameters (warm start).
+    random_state : int, optional
+        Seeds the starts (start i uses a seed drawn from it).
+    prune_threshold : float
+        An expert whose share of the total weight falls below this fraction is
+        removed with a warning (its M-step would be ill-posed).
+    verbose : int
+        Print the log-likelihood every ``verbose`` iterations.
+    callback : callable, optional
+        ``callback(iteration, mean_loglik, model)`` after each E-step.
+
+    Returns
+    -------
+    FitResult
+
+    Shapes
+    ------
+    x (n, d_x); y (n,) or (n, d_y); sample_weight (n,).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit import MixtureOfExperts, SoftmaxGate, LinearGaussianExpert, fit_em
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.rand(400, 1, generator=g, dtype=torch.float64)
+    >>> y = torch.where(x[:, 0] < 0.5, 2 * x[:, 0], -2 * x[:, 0]) + 0.01 * torch.randn(400, generator=g, dtype=torch.float64)
+    >>> moe = MixtureOfExperts(SoftmaxGate(1, 2), LinearGaussianExpert(1, n_experts=2))
+    >>> res = fit_em(moe, x, y, random_state=0)
+    >>> res.converged, all(b >= a - 1e-9 for a, b in zip(res.history, res.history[1:]))
+    (True, True)
+    """
+    t0 = time.perf_counter()
+    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_model_dtype(model))
+    if not (isinstance(max_iter, int) and max_iter >= 0):
+        raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
+    if not (isinstance(n_init, int) and n_init >= 1):
+        raise ValueError(f"n_init must be a positive int, got {n_init!r}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol!r}")
+    total = float(w.sum())
+    seeds = np.random.default_rng(random_state).integers(0, 2**31 - 1, size=n_init)
+    template = copy.deepcopy(model) if n_init > 1 else None
+    best = None
+    finals: list[float] = []
+    for i in range(n_init):
+        m = model if i == 0 else copy.deepcopy(template)
+        if init is not None:
+            r = initial_responsibilities(x, y, m.n_experts, init, int(seeds[i]), w)
+            m.init_from_responsibilities(x, y, w[:, None] * r)
+        run = _em_loop(m, x, y, w, total, max_iter, tol, prune_threshold, verbose, callback)
+        finals.append(run["history"][-1])
+        if best is None or run["history"][-1] > best[1]["history"][-1]:
+            best = (i, run, m)
+    i_best, run, m = best
+    if m is not model:
+        model.__dict__.update(m.__dict__)
+    if not run["converged"] and max_iter > 0:
+        h = run["history"]
+        delta = abs(h[-1] - h[-2]) if len(h) > 1 else float("nan")
+        warnings.warn(
+            f"EM did not converge in max_iter={max_iter} iterations (last change of the mean "
+            f"log-likelihood {delta:.3g} > tol={tol:g}). Increase max_iter, loosen tol, or "
+            "standardise the inputs.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return FitResult(
+        model=model,
+        log_likelihood=run["history"][-1],
+        history=run["history"],
+        n_iter=run["n_iter"],
+        converged=run["converged"],
+        method="em",
+        init_log_likelihoods=finals,
+        best_init=i_best,
+        pruned=run["pruned"],
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _em_loop(m, x, y, w, total, max_iter, tol, prune_threshold, verbose, callback) -> dict:
+    history: list[float] = []
+    pruned: list[int] = []
+    alive = list(range(m.n_experts))
+    converged = False
+    n_iter = 0
+    while True:
+        targets, ll = m.e_step(x, y, w)
+        if m.n_experts > 1 and prune_threshold > 0:
+            share = targets.sum(0) / total
+            dead = (share < prune_threshold).nonzero().flatten().tolist()
+            if dead and len(dead) < m.n_experts:
+                keep = [k for k in range(m.n_experts) if k not in dead]
+                gone = [alive[k] for k in dead]
+                warnings.warn(
+                    f"pruned expert(s) {gone}: their share of the data fell below "
+                    f"prune_threshold={prune_threshold:g}; {len(keep)} expert(s) remain. "
+                    "Use fewer experts or another init if this happens often.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                pruned.extend(gone)
+                alive = [alive[k] for k in keep]
+                m.prune(keep)
+                targets, ll = m.e_step(x, y, w)
+        mean_ll = ll / total
+        if not math.isfinite(mean_ll):
+            raise FloatingPointError(
+                f"the log-likelihood became {mean_ll} at EM iteration {n_iter}; "
+                "check the data scale or raise the variance floor (var_floor)"
+            )
+        history.append(mean_ll)
+        if callback is not None:
+            callback(n_iter, mean_ll, m)
+        if verbose and n_iter % verbose == 0:
+            print(f"EM iter {n_iter:4d}  mean log-likelihood {mean_ll:.8f}")
+        if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
+            converged = True
+            break
+        if n_iter >= max_iter:
+            break
+        m.m_step_targets(x, y, targets)
+        n_iter += 1
+    return {"history": history, "n_iter": n_iter, "converged": converged, "pruned": pruned}
+
+
+def _model_dtype(model) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float64
