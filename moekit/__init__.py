@@ -1,11 +1,22 @@
 """moekit: mixtures of experts, hierarchical mixtures and mixture density networks."""
 
 from .distributions import MixtureDistribution
-from .experts import Expert, LinearGaussianExpert
+from .estimators import MoEClassifier, MoERegressor
+from .experts import (
+    Expert,
+    LinearGaussianExpert,
+    LogisticExpert,
+    MLPExpert,
+    PoissonExpert,
+    SklearnExpert,
+    SoftmaxExpert,
+    StudentTExpert,
+)
 from .gates import ConstantGate, Gate, MLPGate, SoftmaxGate
 from .mixture import MixtureOfExperts
 from .stats import SuffStats
 from .training import FitResult, fit_em
+from .training.gradient import fit_gradient
 
 __version__ = "0.1.0"
 
@@ -15,10 +26,19 @@ __all__ = [
     "FitResult",
     "Gate",
     "LinearGaussianExpert",
+    "LogisticExpert",
+    "MLPExpert",
+    "PoissonExpert",
+    "SklearnExpert",
+    "SoftmaxExpert",
+    "StudentTExpert",
     "MLPGate",
     "MixtureDistribution",
     "MixtureOfExperts",
+    "MoEClassifier",
+    "MoERegressor",
     "SoftmaxGate",
     "SuffStats",
     "fit_em",
+    "fit_gradient",
 ]

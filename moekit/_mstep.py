@@ -132,7 +132,10 @@ def gradient_maximize(
     with torch.no_grad():
         f0 = float(objective_fn())
     opt = getattr(module, "_gem_optimizer", None)
-    if opt is None or opt.param_groups[0]["lr"] != lr or opt.param_groups[0]["params"] != params:
+    stale = opt is None or opt.param_groups[0]["lr"] != lr or len(opt.param_groups[0]["params"]) != len(params)
+    if not stale:
+        stale = any(a is not b for a, b in zip(opt.param_groups[0]["params"], params))
+    if stale:
         opt = torch.optim.Adam(params, lr=lr)
         object.__setattr__(module, "_gem_optimizer", opt)
     for _ in range(n_steps):

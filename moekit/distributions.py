@@ -34,11 +34,13 @@ class StudentT(_StudentT):
 
 
 class Poisson(_Poisson):
-    """:class:`torch.distributions.Poisson` with a CDF."""
+    """:class:`torch.distributions.Poisson` with a CDF; integer counts are accepted by ``log_prob``."""
+
+    def log_prob(self, value):
+        return super().log_prob(value.to(self.rate.dtype))
 
     def cdf(self, value):
-        k = torch.floor(value)
-        rate = self.rate.expand_as(k) if k.dim() >= self.rate.dim() else self.rate
+        rate, k = torch.broadcast_tensors(self.rate, torch.floor(value).to(self.rate.dtype))
         out = torch.special.gammaincc(k.clamp_min(0) + 1, rate)
         return torch.where(k < 0, torch.zeros_like(out), out)
 
@@ -71,12 +73,14 @@ class MixtureDistribution(Distribution):
     --------
     >>> import torch
     >>> from torch.distributions import Normal
-    >>> lw = torch.log(torch.tensor([[0.5, 0.5]]))
-    >>> m = MixtureDistribution(lw, Normal(torch.tensor([[-1.0, 1.0]]), torch.ones(1, 2)))
+    >>> lw = torch.log(torch.tensor([[0.5, 0.5]], dtype=torch.float64))
+    >>> comps = Normal(torch.tensor([[-1.0, 1.0]], dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64))
+    >>> m = MixtureDistribution(lw, comps)
     >>> m.mean, m.variance
-    (tensor([0.]), tensor([2.]))
-    >>> m.quantiles([0.5])
-    tensor([[0.]])
+    (tensor([0.], dtype=torch.float64), tensor([2.], dtype=torch.float64))
+    >>> q = m.quantiles([0.25, 0.5])
+    >>> m.cdf(q[:, 0]).item(), abs(q[0, 1].item()) < 1e-9
+    (0.25, True)
     """
 
     arg_constraints: dict = {}

@@ -192,8 +192,8 @@ class SoftmaxGate(Gate):
         z = (sg[:, :, None] * xd[:, None, :]).reshape(n, km * p)
         gx = (g[:, :km, None] * xd[:, None, :]).reshape(n, km * p)
         info = -(z.T @ gx)
-        blocks = weighted_grams(xd, sg)  # (K-1, p, p)
-        info = info + torch.block_diag(*blocks) if km > 0 else info
+        if km > 0:
+            info = info + torch.block_diag(*weighted_grams(xd, sg))  # (K-1) blocks of (p, p)
         return SuffStats(objective=objective, grad=grad, info=info)
 
     def _penalty(self, coef: torch.Tensor) -> torch.Tensor:

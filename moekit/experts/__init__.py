@@ -1,6 +1,25 @@
-"""Expert families.  Each returns a torch distribution over y from ``forward(x)``."""
+"""Expert families.  Each returns a torch distribution over y from ``forward(x)``.
+
+Every built-in family is written once, stacked over an expert axis:
+``n_experts=None`` gives one expert, ``n_experts=K`` K experts evaluated in one
+batched call (see :class:`~moekit.experts.base.Expert`).
+"""
 
 from .base import Expert
 from .gaussian import LinearGaussianExpert
+from .logistic import LogisticExpert, SoftmaxExpert
+from .mlp import MLPExpert
+from .poisson import PoissonExpert
+from .sklearn import SklearnExpert
+from .student_t import StudentTExpert
 
-__all__ = ["Expert", "LinearGaussianExpert"]
+__all__ = [
+    "Expert",
+    "LinearGaussianExpert",
+    "LogisticExpert",
+    "MLPExpert",
+    "PoissonExpert",
+    "SklearnExpert",
+    "SoftmaxExpert",
+    "StudentTExpert",
+]

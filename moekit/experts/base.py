@@ -165,6 +165,8 @@ class Expert(nn.Module):
             if type(e) is not type(first):
                 raise TypeError(f"can only stack experts of one family, got {type(first).__name__} and {type(e).__name__}")
         new = copy.deepcopy(first)
+        if hasattr(new, "_gem_optimizer"):
+            del new._gem_optimizer
         k = sum(e._k for e in experts)
         new.n_experts = k
         for name in first._stacked_param_names():

@@ -30,7 +30,11 @@ def weighted_grams(xd: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def solve_spd(a: torch.Tensor, b: torch.Tensor, rel_jitter: float = 1e-10) -> torch.Tensor:
-    """Solve ``a x = b`` for a batch of symmetric PSD ``a``, adding jitter where singular.
+    """Solve ``a x = b`` for a batch of symmetric PSD ``a``, adding jitter only where singular.
+
+    Each matrix of the batch that is not numerically positive definite gets
+    ``jitter * mean(diag)`` added to its diagonal, growing 100-fold until its
+    Cholesky factorisation succeeds; the others are solved exactly.
 
     Shapes
     ------
@@ -39,12 +43,16 @@ def solve_spd(a: torch.Tensor, b: torch.Tensor, rel_jitter: float = 1e-10) -> to
     p = a.shape[-1]
     eye = torch.eye(p, dtype=a.dtype, device=a.device)
     scale = a.diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp_min(torch.finfo(a.dtype).tiny)
-    jitter = rel_jitter
+    jitter = torch.zeros(a.shape[:-2], dtype=a.dtype, device=a.device)
+    l, info = torch.linalg.cholesky_ex(a)
+    step = rel_jitter
     for _ in range(12):
-        l, info = torch.linalg.cholesky_ex(a + (jitter * scale)[..., None, None] * eye)
-        if bool((info == 0).all()):
+        bad = info != 0
+        if not bool(bad.any()):
             return torch.cholesky_solve(b, l)
-        jitter *= 100.0
+        jitter = torch.where(bad, step * scale, jitter)
+        l, info = torch.linalg.cholesky_ex(a + jitter[..., None, None] * eye)
+        step *= 100.0
     return torch.linalg.lstsq(a, b).solution
 
 
@@ -63,6 +71,10 @@ class LinearGaussianExpert(Expert):
         ``None`` for one expert; K for K stacked experts evaluated together.
     var_floor : float
         Lower bound on every variance (eigenvalue of Sigma), in y's units squared.
+    alpha : float
+        Ridge penalty ``0.5 * alpha * ||B[1:]||^2 / sigma^2`` on the slopes (not
+        the intercept): the M-step solves ``(X^T W X + alpha I) B = X^T W y``.
+        0 (the default) is maximum likelihood.
     dtype : torch.dtype
         Parameter dtype (float64 by default, as EM wants).
 
@@ -91,9 +103,13 @@ class LinearGaussianExpert(Expert):
         covariance: str = "full",
         n_experts: int | None = None,
         var_floor: float = 1e-6,
+        alpha: float = 0.0,
         dtype: torch.dtype = torch.float64,
     ):
         super().__init__(n_experts)
+        if not alpha >= 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha!r}")
+        self.alpha = float(alpha)
         if covariance not in _COVARIANCES:
             raise ValueError(f"covariance must be one of {_COVARIANCES}, got {covariance!r}")
         if not (isinstance(n_features, int) and n_features >= 0):
@@ -223,8 +239,17 @@ class LinearGaussianExpert(Expert):
         keep = sw > 1e-12 * total.clamp_min(torch.finfo(sw.dtype).tiny)
         if not bool(keep.any()):
             return
-        beta = solve_spd(stats["xwx"], stats["xwy"])
-        resid = stats["ywy"] - stats["xwy"].transpose(-1, -2) @ beta
+        xwx = stats["xwx"]
+        if self.alpha > 0:
+            pen = torch.full((xwx.shape[-1],), self.alpha, dtype=xwx.dtype, device=xwx.device)
+            pen[0] = 0.0
+            xwx = xwx + torch.diag(pen)
+        beta = solve_spd(xwx, stats["xwy"])
+        xwy = stats["xwy"]
+        resid = stats["ywy"] - xwy.transpose(-1, -2) @ beta  # residual sum of squares at the LS solution
+        if self.alpha > 0:  # the ridge solution is not the LS one: expand the square
+            bt = beta.transpose(-1, -2)
+            resid = resid - bt @ xwy + bt @ stats["xwx"] @ beta
         cov = resid / sw.clamp_min(torch.finfo(sw.dtype).tiny)[:, None, None]
         self.coef.data[keep] = beta[keep].to(self.coef.dtype)
         self._set_covariance(cov.to(self.coef.dtype), keep)

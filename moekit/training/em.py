@@ -28,7 +28,7 @@ def fit_em(
     max_iter: int = 200,
     tol: float = 1e-6,
     n_init: int = 1,
-    init="kmeans",
+    init="random",
     random_state: int | None = None,
     prune_threshold: float = 1e-4,
     verbose: int = 0,

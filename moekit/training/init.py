@@ -37,13 +37,25 @@ def initial_responsibilities(
     n = x.shape[0]
     dtype, device = x.dtype, x.device
     if isinstance(init, str):
+        if init not in ("random", "kmeans"):
+            raise ValueError(f"init must be 'kmeans', 'random' or an (n, K) array, got {init!r}")
+        z, uniq, inv, counts, pos = _unique_rows(x, y, sample_weight)
+        if len(uniq) < n_experts:
+            raise ValueError(
+                f"init={init!r} needs at least n_experts={n_experts} distinct rows of [X, y] with positive "
+                f"weight, got {len(uniq)} (from {n} sample(s)); use fewer experts or more data"
+            )
         if init == "random":
             rng = np.random.default_rng(random_state)
-            labels = rng.integers(0, n_experts, size=n)
-        elif init == "kmeans":
-            labels = _kmeans_labels(x, y, n_experts, random_state, sample_weight)
+            labels_u = rng.integers(0, n_experts, size=len(uniq))
+            labels = np.zeros(n, dtype=int)
         else:
-            raise ValueError(f"init must be 'kmeans', 'random' or an (n, K) array, got {init!r}")
+            from sklearn.cluster import KMeans
+
+            km = KMeans(n_clusters=n_experts, n_init=1, random_state=random_state).fit(uniq, sample_weight=counts)
+            labels_u = km.labels_
+            labels = km.predict(z)
+        labels[pos] = labels_u[inv]
         r = np.zeros((n, n_experts))
         r[np.arange(n), labels] = 1.0
         return torch.as_tensor(r, dtype=dtype, device=device)
@@ -55,25 +67,33 @@ def initial_responsibilities(
     return r / r.sum(1, keepdim=True)
 
 
-def _kmeans_labels(x, y, k, random_state, sample_weight):
-    from sklearn.cluster import KMeans
+def _unique_rows(x, y, sample_weight):
+    """Standardised joint rows [x, y] and their distinct values among positive-weight rows.
 
-    xs = x.detach().cpu().numpy()
+    Starts are drawn on the distinct rows (identical rows start in the same
+    expert, their weights summed), so that integer weights and repeated rows
+    give exactly the same start, and zero-weight rows change nothing.
+
+    Returns
+    -------
+    z (n, d) standardised rows; uniq (m, d) distinct rows of z[pos] in sorted
+    order; inv (n_pos,) index of each positive row in uniq; counts (m,) summed
+    weights; pos (n,) mask of positive-weight rows.
+    """
+    xs = x.detach().cpu().numpy().astype(float)
     ys = y.detach().cpu().numpy()
     if not np.issubdtype(ys.dtype, np.floating):
-        classes, inv = np.unique(ys, return_inverse=True)
-        ys = np.eye(len(classes))[inv]
+        _, codes = np.unique(ys, return_inverse=True)
+        ys = np.eye(int(codes.max()) + 1)[codes.reshape(-1)]
     if ys.ndim == 1:
         ys = ys[:, None]
-    z = np.hstack([xs, ys]).astype(float)
-    sd = z.std(0)
-    z = (z - z.mean(0)) / np.where(sd > 0, sd, 1.0)
-    sw = None if sample_weight is None else sample_weight.detach().cpu().numpy()
-    n_distinct = len(np.unique(z, axis=0))
-    if n_distinct < k:
-        raise ValueError(
-            f"k-means initialisation needs at least n_experts={k} distinct rows of [X, y], "
-            f"got {n_distinct}; use fewer experts or init='random'"
-        )
-    km = KMeans(n_clusters=k, n_init=1, random_state=random_state)
-    return km.fit_predict(z, sample_weight=sw)
+    z = np.hstack([xs, ys.astype(float)])
+    sw = np.ones(len(z)) if sample_weight is None else sample_weight.detach().cpu().numpy().astype(float)
+    pos = sw > 0
+    mean = np.average(z[pos], axis=0, weights=sw[pos])
+    sd = np.sqrt(np.average((z[pos] - mean) ** 2, axis=0, weights=sw[pos]))
+    z = (z - mean) / np.where(sd > 0, sd, 1.0)
+    uniq, inv = np.unique(z[pos], axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    counts = np.bincount(inv, weights=sw[pos], minlength=len(uniq))
+    return z, uniq, inv, counts, pos

@@ -1,0 +1,485 @@
+"""Logistic-regression experts: binary (:class:`LogisticExpert`) and multinomial (:class:`SoftmaxExpert`).
+
+Both are generalised linear models fitted by Newton-Raphson (IRLS) on the
+weighted log-likelihood.  The statistics a Newton step needs -- the weighted
+objective, its gradient and the (observed = expected, canonical link)
+information matrix at the current coefficients -- are sums over rows, so they
+are additive :class:`~moekit.stats.SuffStats`: in memory they are one chunked
+pass over the data, out of core a sum over batches, distributed one
+all-reduce.  ``m_step(stats)`` takes exactly one full Newton step;
+:func:`moekit._mstep.maximize` iterates and halves the step whenever the
+weighted objective would fall, so an M-step never lowers it.
+
+The shared Newton machinery lives in :class:`_NewtonExpert` (also used by
+:class:`~moekit.experts.poisson.PoissonExpert`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Bernoulli, Categorical
+
+from .._mstep import maximize
+from ..stats import SuffStats
+from .base import Expert
+from .gaussian import add_intercept, solve_spd, weighted_grams
+
+__all__ = ["LogisticExpert", "SoftmaxExpert"]
+
+#: Most rows per chunk when computing statistics (as in :mod:`moekit.gates`).
+_CHUNK = 1 << 15
+#: Most elements of one (rows, K, free parameters) work array per chunk.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _chunk_rows(per_row: int) -> int:
+    """Rows per chunk so that a work array of ``per_row`` elements a row stays bounded."""
+    return int(max(1, min(_CHUNK, _CHUNK_ELEMENTS // max(per_row, 1))))
+
+
+class _BernoulliValue(Bernoulli):
+    """:class:`torch.distributions.Bernoulli` whose ``log_prob`` accepts integer or bool values."""
+
+    def log_prob(self, value):
+        return super().log_prob(torch.as_tensor(value).to(self.logits.dtype))
+
+
+class _NewtonExpert(Expert):
+    """A GLM expert fitted by Newton steps from additive statistics (internal base class).
+
+    Subclasses hold one parameter ``coef`` with a leading expert axis and
+    implement ``_prepare_y``, ``_stats_chunk`` (returning ``objective`` (),
+    ``grad`` (K, m), ``info`` (K, m, m), ``sw`` (K,) for the m free
+    coefficients of each expert), ``_free`` / ``_set_free`` (the free
+    coefficients as a (K, m) tensor) and ``_penalty_mask`` (an (m,) tensor,
+    1 where the ridge penalty applies).
+    """
+
+    m_step_exact = False
+
+    def __init__(self, n_features: int, n_experts: int | None, l2: float, max_m_steps: int):
+        super().__init__(n_experts)
+        if not (isinstance(n_features, int) and n_features >= 0):
+            raise ValueError(f"n_features must be a non-negative int, got {n_features!r}")
+        if not (isinstance(max_m_steps, int) and max_m_steps >= 1):
+            raise ValueError(f"max_m_steps must be a positive int, got {max_m_steps!r}")
+        l2 = float(l2)
+        if not (l2 >= 0 and math.isfinite(l2)):
+            raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+        self.n_features = n_features
+        self.l2 = l2
+        self.max_m_steps = max_m_steps
+
+    # ------------------------------------------------------------- inputs
+    def _prepare_x(self, x: torch.Tensor) -> torch.Tensor:
+        """x in the parameters' dtype and device, with its shape checked: (n, d_x)."""
+        if x.dim() != 2 or x.shape[1] != self.n_features:
+            raise ValueError(
+                f"x must have shape (n, {self.n_features}) for this expert, got {tuple(x.shape)}"
+            )
+        return x.to(dtype=self.coef.dtype, device=self.coef.device)
+
+    def _eta(self, xd: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """Linear predictors for every expert: ``xd`` (n, p), ``coef`` (K, ..., p) -> (n, K, ...)."""
+        k = coef.shape[0]
+        out = xd @ coef.reshape(-1, xd.shape[1]).T
+        return out.reshape(xd.shape[0], k, *coef.shape[1:-1])
+
+    # --------------------------------------------------------- statistics
+    def suff_stats(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> SuffStats:
+        """Newton statistics at the current coefficients (additive over rows).
+
+        The data are processed in chunks of rows, so memory stays bounded
+        however many rows there are.
+
+        Shapes
+        ------
+        x : (n, d_x); y : (n,); weight : (n,) single or (n, K) stacked.
+        Returns ``objective`` () the weighted log-likelihood summed over the
+        experts (without the ridge penalty), ``grad`` (K, m) its gradient with
+        respect to each expert's m free coefficients, ``info`` (K, m, m) the
+        information matrices (minus the Hessians, one block per expert) and
+        ``sw`` (K,) the total weight of each expert.
+        """
+        xx = self._prepare_x(x)
+        yy = self._prepare_y(y, xx.shape[0])
+        w = self._weight_nk(weight, xx.shape[0], xx)
+        coef = self.coef.detach()
+        rows = _chunk_rows(self._k * self._n_free())
+        n = xx.shape[0]
+        return sum(
+            self._stats_chunk(add_intercept(xx[i : i + rows]), yy[i : i + rows], w[i : i + rows], coef)
+            for i in range(0, max(n, 1), rows)
+        )
+
+    def _n_free(self) -> int:
+        return self._penalty_mask().numel()
+
+    def penalty(self) -> torch.Tensor:
+        """The ridge penalty ``0.5 * l2 * ||non-intercept free coefficients||^2`` summed over experts."""
+        free = self._free(self.coef.detach())
+        return 0.5 * self.l2 * ((free * self._penalty_mask()) ** 2).sum()
+
+    def fit_weighted(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
+        """Weighted M-step: Newton steps with step-halving; never lowers the (penalised) objective.
+
+        The objective is ``sum_ik w_ik log p_k(y_i | x_i) - penalty()``.
+
+        Shapes
+        ------
+        x : (n, d_x); y : (n,); weight : (n,) single or (n, K) stacked.
+        """
+        xx = self._prepare_x(x)
+        yy = self._prepare_y(y, xx.shape[0])
+        w = self._weight_nk(weight, xx.shape[0], xx)
+
+        if self.l2 == 0:
+            stats_fn = lambda: self.suff_stats(xx, yy, w)  # noqa: E731
+        else:
+
+            def stats_fn():
+                s = self.suff_stats(xx, yy, w)
+                return SuffStats(objective=s["objective"] - self.penalty(), grad=s["grad"], info=s["info"], sw=s["sw"])
+
+        maximize(self, stats_fn)
+        return self
+
+    @torch.no_grad()
+    def m_step(self, stats: SuffStats) -> None:
+        """One full Newton step per expert from the statistics (the driver adds step-halving).
+
+        Each expert's information matrix is solved on its own (a batch of K
+        small systems); a singular one (separable data, too few rows) gets
+        :func:`~moekit.experts.gaussian.solve_spd`'s jitter.  Experts with no
+        weight are left as they are.
+        """
+        coef = self.coef.data
+        self._normalise(coef)
+        free = self._free(coef)  # (K, m)
+        grad = stats["grad"].to(coef.dtype)
+        info = stats["info"].to(coef.dtype)
+        if self.l2 > 0:
+            pen = self.l2 * self._penalty_mask()
+            grad = grad - pen * free
+            info = info + torch.diag(pen)
+        step = solve_spd(info, grad[..., None])[..., 0]
+        sw = stats["sw"].to(coef.dtype)
+        keep = sw > 1e-12 * sw.sum().clamp_min(torch.finfo(sw.dtype).tiny)
+        keep = keep & torch.isfinite(step).all(-1)
+        step = torch.where(keep[:, None], step, torch.zeros_like(step))
+        self._set_free(coef, free + step)
+
+    def _normalise(self, coef: torch.Tensor) -> None:
+        """Move coef to its canonical representative in place (softmax: reference class at zero)."""
+
+    def _free(self, coef: torch.Tensor) -> torch.Tensor:
+        return coef
+
+    def _set_free(self, coef: torch.Tensor, free: torch.Tensor) -> None:
+        coef.copy_(free)
+
+    def _penalty_mask(self) -> torch.Tensor:
+        mask = torch.ones(self.n_features + 1, dtype=self.coef.dtype, device=self.coef.device)
+        mask[0] = 0.0
+        return mask
+
+    def _weighted_mean_y(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Per-expert weighted mean of y (or of its one-hot code): (K,) or (K, C)."""
+        sw = weight.sum(0)
+        tot = weight.T @ y
+        safe = sw.clamp_min(torch.finfo(sw.dtype).tiny)
+        return tot / (safe[:, None] if tot.dim() == 2 else safe)
+
+    def init_from_responsibilities(self, x, y, weight):
+        """Initial fit: intercept-only maximum likelihood, then Newton steps.
+
+        Starting from the intercept-only fit (the weighted mean response
+        through the link) makes the first Newton steps short and safe.
+        """
+        xx = self._prepare_x(x)
+        yy = self._prepare_y(y, xx.shape[0])
+        w = self._weight_nk(weight, xx.shape[0], xx)
+        with torch.no_grad():
+            self.coef.data.zero_()
+            self._set_intercept_only(yy, w)
+        return self.fit_weighted(xx, yy, w)
+
+    def extra_repr(self) -> str:
+        return f"n_features={self.n_features}, n_experts={self.n_experts}, l2={self.l2}"
+
+
+class LogisticExpert(_NewtonExpert):
+    """Binary logistic regression: ``P(y = 1 | x) = sigmoid(beta^T [1, x])``.
+
+    The weighted M-step is Newton-Raphson (IRLS) with the exact Hessian, from
+    additive statistics, with step-halving by
+    :func:`~moekit._mstep.maximize`; separable data (no finite maximum) and
+    experts without weight never produce NaN.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of input columns d_x.
+    n_experts : int or None
+        ``None`` for one expert; K for K stacked experts evaluated together.
+    l2 : float
+        Ridge penalty ``0.5 * l2 * ||beta[1:]||^2`` (the intercept is not
+        penalised) subtracted from each expert's weighted log-likelihood.
+        ``l2 = 1 / C`` matches scikit-learn's ``LogisticRegression(C=C)``.
+    max_m_steps : int
+        Newton steps per M-step (the driver stops early once converged).
+    dtype : torch.dtype
+        Parameter dtype (float64 by default, as EM wants).
+
+    Attributes
+    ----------
+    coef : Parameter (K, d_x + 1)
+        Intercept first, then one coefficient per input column.
+
+    Shapes
+    ------
+    x : (n, d_x); y : (n,) with values in {0, 1} (integer, bool or float).
+    ``forward(x)``: a :class:`torch.distributions.Bernoulli` with batch shape
+    (n,) [single] or (n, K) [stacked]; ``log_prob(x, y)``: (n,) or (n, K).
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(2000, 2, generator=g, dtype=torch.float64)
+    >>> p = torch.sigmoid(0.5 + x @ torch.tensor([2.0, -1.0], dtype=torch.float64))
+    >>> y = torch.bernoulli(p, generator=g).long()
+    >>> e = LogisticExpert(n_features=2).fit_weighted(x, y)
+    >>> e.coef.shape, e(x).batch_shape
+    (torch.Size([1, 3]), torch.Size([2000]))
+    >>> truth = torch.tensor([0.5, 2.0, -1.0], dtype=torch.float64)
+    >>> bool((e.coef[0] - truth).abs().max() < 0.3)
+    True
+
+    Three experts at once, each with its own weights:
+
+    >>> stack = LogisticExpert(2, n_experts=3)
+    >>> w = torch.rand(2000, 3, generator=g, dtype=torch.float64)
+    >>> stack.fit_weighted(x, y, w).log_prob(x, y).shape
+    torch.Size([2000, 3])
+    """
+
+    y_kind = "binary"
+
+    def __init__(
+        self,
+        n_features: int,
+        n_experts: int | None = None,
+        l2: float = 0.0,
+        max_m_steps: int = 10,
+        dtype: torch.dtype = torch.float64,
+    ):
+        super().__init__(n_features, n_experts, l2, max_m_steps)
+        self.coef = nn.Parameter(torch.zeros(self._k, n_features + 1, dtype=dtype))
+
+    def n_parameters(self) -> int:
+        return self.n_features + 1
+
+    def _prepare_y(self, y: torch.Tensor, n: int) -> torch.Tensor:
+        y = torch.as_tensor(y)
+        if y.dim() == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.shape != (n,):
+            raise ValueError(f"y must have shape ({n},) with values in {{0, 1}}, got {tuple(y.shape)}")
+        y = y.to(dtype=self.coef.dtype, device=self.coef.device)
+        if n and not bool(((y >= 0) & (y <= 1)).all()):
+            raise ValueError("y must hold binary labels in {0, 1} for a LogisticExpert; encode the classes as 0/1")
+        return y
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-odds of y = 1: (n,) single or (n, K) stacked."""
+        return self._out(self._eta(add_intercept(self._prepare_x(x)), self.coef))
+
+    def forward(self, x: torch.Tensor) -> Bernoulli:
+        return _BernoulliValue(logits=self.logits(x), validate_args=False)
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``y * eta - softplus(eta)``: (n,) single or (n, K) stacked."""
+        eta = self._eta(add_intercept(self._prepare_x(x)), self.coef)  # (n, K)
+        yy = self._prepare_y(y, eta.shape[0])
+        return self._out(yy[:, None] * eta - F.softplus(eta))
+
+    def _stats_chunk(self, xd, y, w, coef) -> SuffStats:
+        eta = self._eta(xd, coef)  # (n, K)
+        objective = (w * (y[:, None] * eta - F.softplus(eta))).sum()
+        mu = torch.sigmoid(eta)
+        grad = (w * (y[:, None] - mu)).T @ xd  # (K, p)
+        v = w * mu * torch.sigmoid(-eta)  # w mu (1 - mu), accurate in both tails
+        return SuffStats(objective=objective, grad=grad, info=weighted_grams(xd, v), sw=w.sum(0))
+
+    def _set_intercept_only(self, y, w) -> None:
+        ybar = self._weighted_mean_y(y, w).clamp(1e-6, 1 - 1e-6)
+        self.coef.data[:, 0] = torch.log(ybar) - torch.log1p(-ybar)
+
+
+class SoftmaxExpert(_NewtonExpert):
+    """Multinomial logistic regression: ``P(y = c | x) = softmax_c(B [1, x])``.
+
+    The last class is the reference: the M-step first shifts every class row
+    by the reference row (the probabilities do not change), then takes a
+    Newton step on the other C - 1 rows with the exact Hessian, as
+    :class:`~moekit.gates.SoftmaxGate` does for soft targets.  For stacked
+    experts the information matrix is block-diagonal across experts, so it is
+    solved as a batch of K systems of size (C - 1)(d_x + 1).
+
+    Parameters
+    ----------
+    n_features : int
+        Number of input columns d_x.
+    n_classes : int
+        Number of classes C >= 2; y holds integer labels 0, ..., C - 1.
+    n_experts : int or None
+        ``None`` for one expert; K for K stacked experts evaluated together.
+    l2 : float
+        Ridge penalty ``0.5 * l2 * ||B[:C-1, 1:] - B[C-1, 1:]||^2`` (the
+        non-intercept coefficients relative to the reference class).
+    max_m_steps : int
+        Newton steps per M-step (the driver stops early once converged).
+    dtype : torch.dtype
+        Parameter dtype.
+
+    Attributes
+    ----------
+    coef : Parameter (K, C, d_x + 1)
+        One row per class, intercept first.  Only differences to the last row
+        matter; after an M-step the last row is zero.
+
+    Shapes
+    ------
+    x : (n, d_x); y : (n,) integer labels in 0..C-1.
+    ``forward(x)``: a :class:`torch.distributions.Categorical` with batch
+    shape (n,) [single] or (n, K) [stacked]; ``log_prob(x, y)``: (n,) or (n, K).
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(3000, 1, generator=g, dtype=torch.float64)
+    >>> logits = torch.cat([2 * x, -x, torch.zeros_like(x)], dim=1)
+    >>> y = torch.multinomial(logits.softmax(1), 1, generator=g)[:, 0]
+    >>> e = SoftmaxExpert(n_features=1, n_classes=3).fit_weighted(x, y)
+    >>> e.coef.shape, e(x).batch_shape, e(x).probs.shape
+    (torch.Size([1, 3, 2]), torch.Size([3000]), torch.Size([3000, 3]))
+    >>> e.n_parameters()
+    4
+    >>> truth = torch.tensor([[0.0, 2.0], [0.0, -1.0], [0.0, 0.0]], dtype=torch.float64)
+    >>> bool((e.coef[0] - truth).abs().max() < 0.3)
+    True
+    >>> SoftmaxExpert(1, 3, n_experts=2).log_prob(x, y).shape
+    torch.Size([3000, 2])
+    """
+
+    y_kind = "categorical"
+
+    def __init__(
+        self,
+        n_features: int,
+        n_classes: int,
+        n_experts: int | None = None,
+        l2: float = 0.0,
+        max_m_steps: int = 10,
+        dtype: torch.dtype = torch.float64,
+    ):
+        super().__init__(n_features, n_experts, l2, max_m_steps)
+        if not (isinstance(n_classes, int) and n_classes >= 2):
+            raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
+        self.n_classes = n_classes
+        self.coef = nn.Parameter(torch.zeros(self._k, n_classes, n_features + 1, dtype=dtype))
+
+    def extra_repr(self) -> str:
+        return f"n_features={self.n_features}, n_classes={self.n_classes}, n_experts={self.n_experts}, l2={self.l2}"
+
+    def n_parameters(self) -> int:
+        return (self.n_classes - 1) * (self.n_features + 1)
+
+    def _prepare_y(self, y: torch.Tensor, n: int) -> torch.Tensor:
+        y = torch.as_tensor(y)
+        if y.dim() == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.shape != (n,):
+            raise ValueError(f"y must have shape ({n},) with integer labels, got {tuple(y.shape)}")
+        y = y.to(device=self.coef.device)
+        if y.is_floating_point():
+            yl = y.round().long()
+            if n and not bool((yl.to(y.dtype) == y).all()):
+                raise ValueError("y must hold integer class labels 0..n_classes-1; got non-integer values")
+            y = yl
+        else:
+            y = y.long()
+        if n and not bool(((y >= 0) & (y < self.n_classes)).all()):
+            raise ValueError(
+                f"y must hold class labels in 0..{self.n_classes - 1}, got values in "
+                f"[{int(y.min())}, {int(y.max())}]; encode the classes (e.g. sklearn LabelEncoder)"
+            )
+        return y
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised class log-probabilities: (n, C) single or (n, K, C) stacked."""
+        eta = self._eta(add_intercept(self._prepare_x(x)), self.coef)  # (n, K, C)
+        return self._out(F.log_softmax(eta, dim=-1))
+
+    def forward(self, x: torch.Tensor) -> Categorical:
+        return Categorical(logits=self.logits(x), validate_args=False)
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Log-probability of the observed class: (n,) single or (n, K) stacked."""
+        eta = self._eta(add_intercept(self._prepare_x(x)), self.coef)  # (n, K, C)
+        yy = self._prepare_y(y, eta.shape[0])
+        logp = F.log_softmax(eta, dim=-1)
+        idx = yy[:, None, None].expand(-1, eta.shape[1], 1)
+        return self._out(logp.gather(-1, idx)[..., 0])
+
+    # ------------------------------------------------- free coefficients
+    def _normalise(self, coef: torch.Tensor) -> None:
+        coef -= coef[:, -1:, :].clone()
+
+    def _free(self, coef: torch.Tensor) -> torch.Tensor:
+        ref = coef[:, -1:, :]
+        return (coef[:, :-1, :] - ref).reshape(coef.shape[0], -1)
+
+    def _set_free(self, coef: torch.Tensor, free: torch.Tensor) -> None:
+        k, c, p = coef.shape
+        coef[:, :-1, :] = free.reshape(k, c - 1, p)
+        coef[:, -1, :] = 0.0
+
+    def _penalty_mask(self) -> torch.Tensor:
+        p = self.n_features + 1
+        mask = torch.ones(self.n_classes - 1, p, dtype=self.coef.dtype, device=self.coef.device)
+        mask[:, 0] = 0.0
+        return mask.reshape(-1)
+
+    def _stats_chunk(self, xd, y, w, coef) -> SuffStats:
+        n, p = xd.shape
+        k, c = coef.shape[0], coef.shape[1]
+        km, m = c - 1, (c - 1) * p
+        logp = F.log_softmax(self._eta(xd, coef), dim=-1)  # (n, K, C)
+        g = logp.exp()
+        lpy = logp.gather(-1, y[:, None, None].expand(-1, k, 1))[..., 0]  # (n, K)
+        objective = (w * lpy).sum()
+        onehot = F.one_hot(y, c).to(xd.dtype)[:, None, :km]  # (n, 1, C-1)
+        resid = w[:, :, None] * (onehot - g[:, :, :km])  # (n, K, C-1)
+        grad = (resid.reshape(n, k * km).T @ xd).reshape(k, m)
+        # info_k = sum_i w_ik (diag(g_ik) - g_ik g_ik^T) (x) x_i x_i^T  over the first C-1 classes
+        sg = w[:, :, None] * g[:, :, :km]  # (n, K, C-1)
+        gx = (g[:, :, :km, None] * xd[:, None, None, :]).reshape(n, k, m)  # rows g_ik (x) x_i
+        z = (gx * w[:, :, None]).transpose(0, 1)  # (K, n, m)
+        info = -torch.bmm(z.transpose(1, 2), gx.transpose(0, 1))  # (K, m, m)
+        blocks = weighted_grams(xd, sg.reshape(n, k * km)).reshape(k, km, p, p)
+        info5 = info.view(k, km, p, km, p)
+        for j in range(km):
+            info5[:, j, :, j, :] += blocks[:, j]
+        return SuffStats(objective=objective, grad=grad, info=info, sw=w.sum(0))
+
+    def _set_intercept_only(self, y, w) -> None:
+        freq = self._weighted_mean_y(F.one_hot(y, self.n_classes).to(w.dtype), w).clamp_min(1e-6)  # (K, C)
+        logf = freq.log()
+        self.coef.data[:, :, 0] = logf - logf[:, -1:]

@@ -1,0 +1,237 @@
+"""The scikit-learn front: estimator checks, pipelines, prediction API, bad input."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.linear_model import LinearRegression
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from moekit import MoEClassifier, MoERegressor
+from moekit.datasets import load_npreg, load_tonedata
+
+# Checks whose data sets are smaller than the model: sklearn fits 10-27 rows with
+# 3-30 features, and a 2-expert model then has more free parameters than rows.
+# moekit refuses that with a ValueError by design ("fewer rows than parameters").
+# The properties these checks test are tested below on data the model can fit.
+_TOO_SMALL = "the check's data has fewer rows than the model has parameters; moekit raises ValueError by design"
+# score_samples(X, y) is the conditional log-density; the invariance checks call
+# score_samples(X) as for unconditional density estimators.  Tested below with y.
+_COND = "score_samples needs y (a conditional density); invariance tested in test_score_samples_row_invariance"
+
+_SMALL_DATA_CHECKS = {
+    "check_n_features_in_after_fitting": _TOO_SMALL,
+    "check_estimators_nan_inf": _TOO_SMALL,
+    "check_sample_weight_equivalence_on_dense_data": _TOO_SMALL,
+    "check_regressor_multioutput": _TOO_SMALL,
+    "check_regressors_no_decision_function": _TOO_SMALL,
+}
+_CONDITIONAL_CHECKS = {
+    "check_methods_sample_order_invariance": _COND,
+    "check_methods_subset_invariance": _COND,
+}
+
+
+def _expected_failures(est):
+    # with a ridge penalty (alpha > 0) the small-data checks must pass
+    return {**_CONDITIONAL_CHECKS, **(_SMALL_DATA_CHECKS if est.alpha == 0 else {})}
+
+
+@parametrize_with_checks(
+    [MoERegressor(), MoERegressor(gate="constant"), MoERegressor(alpha=1e-2)],
+    expected_failed_checks=_expected_failures,
+)
+def test_sklearn_checks_regressor(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check(estimator)
+
+
+def test_score_samples_row_invariance():
+    d = load_npreg()
+    X = np.column_stack([d.data, d.data**2])
+    est = MoERegressor(random_state=0).fit(X, d.target)
+    full = est.score_samples(X, d.target)
+    perm = np.random.default_rng(0).permutation(len(X))
+    np.testing.assert_allclose(est.score_samples(X[perm], d.target[perm]), full[perm], rtol=1e-12)
+    np.testing.assert_allclose(est.score_samples(X[:17], d.target[:17]), full[:17], rtol=1e-12)
+
+
+def _npreg():
+    d = load_npreg()
+    return np.column_stack([d.data, d.data**2]), d.target
+
+
+def test_integer_weights_equal_repeated_rows():
+    X, y = _npreg()
+    rng = np.random.default_rng(1)
+    w = rng.integers(0, 4, size=len(X))
+    a = MoERegressor(random_state=3, tol=1e-10, max_iter=500).fit(X, y, sample_weight=w.astype(float))
+    b = MoERegressor(random_state=3, tol=1e-10, max_iter=500).fit(np.repeat(X, w, axis=0), np.repeat(y, w))
+    np.testing.assert_allclose(a.predict(X), b.predict(X), rtol=1e-6)
+    np.testing.assert_allclose(a.log_likelihood_, b.log_likelihood_, rtol=1e-9)
+
+
+def test_zero_weights_equal_dropped_rows():
+    X, y = _npreg()
+    w = np.ones(len(X))
+    w[::3] = 0
+    a = MoERegressor(random_state=0, init="kmeans", tol=1e-10, max_iter=500).fit(X, y, sample_weight=w)
+    b = MoERegressor(random_state=0, init="kmeans", tol=1e-10, max_iter=500).fit(X[w > 0], y[w > 0])
+    np.testing.assert_allclose(a.predict(X), b.predict(X), rtol=1e-6)
+
+
+def test_pipeline_gridsearch_cross_val():
+    X, y = _npreg()
+    pipe = make_pipeline(StandardScaler(), MoERegressor(random_state=0))
+    scores = cross_val_score(pipe, X, y, cv=3)
+    assert scores.shape == (3,) and np.all(np.isfinite(scores))
+    gs = GridSearchCV(MoERegressor(random_state=0), {"n_experts": [1, 2]}, cv=3).fit(X, y)
+    assert gs.best_params_["n_experts"] == 2
+
+
+def test_pandas_feature_names_and_feature_selection():
+    d = load_npreg(as_frame=True)
+    df = pd.DataFrame({"x": d.frame["x"], "x2": d.frame["x"] ** 2})
+    est = MoERegressor(random_state=0, gate_features=["x"], n_init=3).fit(df, d.frame["yn"])
+    assert list(est.feature_names_in_) == ["x", "x2"]
+    assert est.model_.gate.n_features == 1 and est.model_.gate_features == [0]
+    assert est.model_.experts.n_features == 2
+    # the global maximum of flexmix's NPreg (gate on x alone, quadratic experts)
+    assert est.score_samples(df, d.frame["yn"]).sum() == pytest.approx(-642.0639, abs=2e-3)
+    with pytest.raises(ValueError, match="gate_features: column 'z' is not in X's columns"):
+        MoERegressor(gate_features=["z"]).fit(df, d.frame["yn"])
+    with pytest.raises(ValueError, match="no column names"):
+        MoERegressor(gate_features=["x"]).fit(df.to_numpy(), d.frame["yn"])
+
+
+def test_prediction_api_shapes_and_meaning():
+    d = load_tonedata()
+    X, y = d.data, d.target
+    est = MoERegressor(random_state=0).fit(X, y)
+    n = len(X)
+    assert est.predict(X).shape == (n,)
+    g = est.predict_gate(X)
+    assert g.shape == (n, 2) and np.allclose(g.sum(1), 1)
+    r = est.responsibilities(X, y)
+    assert r.shape == (n, 2) and np.allclose(r.sum(1), 1)
+    q = est.predict_quantiles(X, [0.1, 0.5, 0.9])
+    assert q.shape == (n, 3) and np.all(np.diff(q, axis=1) > 0)
+    dist = est.predict_distribution(X)
+    np.testing.assert_allclose(dist.cdf(torch.as_tensor(q[:, 1])).numpy(), 0.5, atol=1e-8)
+    s1 = est.sample_y(X, n_samples=4, random_state=7)
+    s2 = est.sample_y(X, n_samples=4, random_state=7)
+    assert s1.shape == (n, 4) and np.array_equal(s1, s2)
+    state = torch.random.get_rng_state()
+    est.sample_y(X, 2, random_state=1)
+    assert torch.equal(state, torch.random.get_rng_state()), "sampling must not touch global RNG state"
+    ll = est.score_samples(X, y)
+    p = est.model_.n_parameters()
+    assert est.bic(X, y) == pytest.approx(-2 * ll.sum() + p * np.log(n))
+    assert est.aic(X, y) == pytest.approx(-2 * ll.sum() + 2 * p)
+    assert est.log_likelihood_ == pytest.approx(ll.mean(), abs=1e-9)
+    assert est.log_likelihood_history_[-1] == pytest.approx(est.log_likelihood_)
+    assert est.converged_ and est.n_iter_ > 0
+
+
+def test_vector_y_regression():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, size=(400, 1))
+    z = (X[:, 0] > 0).astype(float)
+    Y = np.column_stack([z * 2 * X[:, 0] + (1 - z) * -X[:, 0], X[:, 0] + 0.5 * z]) + 0.05 * rng.normal(size=(400, 2))
+    for cov in ("full", "diag", "spherical"):
+        est = MoERegressor(covariance=cov, random_state=0, n_init=3).fit(X, Y)
+        assert est.predict(X).shape == (400, 2)
+        assert est.sample_y(X[:5], 3, random_state=0).shape == (5, 2, 3)
+        c = est.predict_distribution(X[:5]).covariance_matrix
+        assert c.shape == (5, 2, 2)
+        with pytest.raises(ValueError, match="scalar"):
+            est.predict_quantiles(X[:5], 0.5)
+
+
+def test_bad_input_messages_and_no_mutation():
+    X, y = _npreg()
+    X0, y0 = X.copy(), y.copy()
+    est = MoERegressor(random_state=0)
+    bad = X.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        est.fit(bad, y)
+    bad_y = y.copy()
+    bad_y[0] = np.inf
+    with pytest.raises(ValueError, match="Input y contains infinity"):
+        est.fit(X, bad_y)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        est.fit(X, y[:-1])
+    with pytest.raises(ValueError, match="sample_weight must be non-negative"):
+        est.fit(X, y, sample_weight=-np.ones(len(y)))
+    with pytest.raises(ValueError, match="sample_weight sums to zero"):
+        est.fit(X, y, sample_weight=np.zeros(len(y)))
+    with pytest.raises(ValueError, match="sample_weight has 5 entries but X has 200 rows"):
+        est.fit(X, y, sample_weight=np.ones(5))
+    with pytest.raises(ValueError, match="fewer experts"):
+        MoERegressor(n_experts=8).fit(X[:20], y[:20])
+    with pytest.raises(ValueError, match="n_experts must be a positive integer"):
+        MoERegressor(n_experts=0).fit(X, y)
+    with pytest.raises(ValueError, match="expert must be one of"):
+        MoERegressor(expert="banana").fit(X, y)
+    with pytest.raises(ValueError, match="could not convert|must be numeric|dtype"):
+        MoERegressor().fit(np.array([["a", "b"]] * 30), y[:30])
+    est.fit(X, y)
+    with pytest.raises(ValueError, match="X has 3 features, but MoERegressor is expecting 2"):
+        est.predict(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        est.predict_quantiles(X, [0.5, 1.5])
+    np.testing.assert_array_equal(X, X0)
+    np.testing.assert_array_equal(y, y0)
+
+
+def test_expert_and_gate_options():
+    X, y = _npreg()
+    for gate in ("softmax", "constant"):
+        est = MoERegressor(gate=gate, random_state=0).fit(X, y)
+        assert np.isfinite(est.log_likelihood_)
+    est = MoERegressor(expert=LinearRegression(), random_state=0, max_iter=30).fit(X, y)
+    assert np.isfinite(est.score_samples(X, y)).all()
+
+
+def test_gradient_fit_method():
+    X, y = _npreg()
+    Xs = StandardScaler().fit_transform(X)
+    em = MoERegressor(random_state=0, gate_features=[0], n_init=5).fit(Xs, y)
+    lb = MoERegressor(fit_method="gradient", optimizer="lbfgs", random_state=0, gate_features=[0], n_init=5).fit(Xs, y)
+    assert lb.fit_result_.method == "gradient"
+    # full-batch L-BFGS from as many starts reaches the same (global) optimum as EM
+    assert lb.log_likelihood_ == pytest.approx(em.log_likelihood_, abs=1e-4)
+    # minibatch Adam with early stopping, on data large enough for a validation split
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(3000, 1))
+    yy = np.where(x[:, 0] > 0, 3 * x[:, 0], -2 * x[:, 0] + 1) + 0.1 * rng.normal(size=3000)
+    em2 = MoERegressor(random_state=0, n_init=3).fit(x, yy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ad = MoERegressor(fit_method="gradient", random_state=0, n_init=3, max_iter=300, learning_rate=0.05).fit(x, yy)
+    assert np.isfinite(ad.fit_result_.validation_history).all()
+    assert ad.log_likelihood_ > em2.log_likelihood_ - 0.05
+
+
+def test_classifier_basic():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 2))
+    y = np.where(X[:, 0] * X[:, 1] > 0, "a", "b")
+    clf = MoEClassifier(n_experts=4, random_state=0, n_init=3).fit(X, y)
+    assert set(clf.classes_) == {"a", "b"}
+    p = clf.predict_proba(X)
+    assert p.shape == (300, 2) and np.allclose(p.sum(1), 1)
+    assert clf.score(X, y) > 0.85
+    y3 = np.digitize(X[:, 0], [-0.5, 0.5])
+    clf3 = MoEClassifier(n_experts=2, random_state=0).fit(X, y3)
+    assert clf3.predict_proba(X).shape == (300, 3)
+    assert clf3.score(X, y3) > 0.9
+    with pytest.raises(ValueError, match="only 1 class"):
+        MoEClassifier().fit(X, np.zeros(300))
