@@ -184,7 +184,22 @@ class MixtureOfExperts(nn.Module):
         return self
 
     def init_from_responsibilities(self, x: torch.Tensor, y: torch.Tensor, resp: torch.Tensor):
-        """Initialise gate and experts from responsibilities (n, K) (e.g. k-means labels)."""
+        """Initialise gate and experts from responsibilities.
+
+        ``resp`` is (n, K), weight times responsibility of each of this
+        mixture's experts (e.g. k-means labels).  When this mixture is itself
+        an expert of a larger one, ``resp`` is its (n,) weight: its own
+        experts then start from a weighted k-means split of the rows it is
+        given (deterministic, so restarts of the parent stay reproducible).
+        """
+        if resp.dim() == 1:
+            from .training.init import initial_responsibilities
+
+            try:
+                sub = initial_responsibilities(x, y, self.n_experts, "kmeans", 0, resp)
+            except ValueError:  # fewer distinct weighted rows than experts
+                sub = torch.full((x.shape[0], self.n_experts), 1.0 / self.n_experts, dtype=x.dtype, device=x.device)
+            resp = resp[:, None] * sub
         self.gate.fit_weighted(self._xg(x), resp)
         xe = self._xe(x)
         if self.is_stacked:
