@@ -432,7 +432,7 @@ class MoERegressor(RegressorMixin, _MoEBase):
 
             if d_y is not None:
                 raise ValueError("expert='poisson' needs a 1-D y of counts")
-            return PoissonExpert(d, n_experts=k, dtype=dtype)
+            return PoissonExpert(d, n_experts=k, l2=float(self.alpha), dtype=dtype)
         if self.expert == "student_t":
             from .experts.student_t import StudentTExpert
 
@@ -541,9 +541,11 @@ class MoEClassifier(ClassifierMixin, _MoEBase):
         check_classification_targets(y)
         w = check_sample_weight(sample_weight, X.shape[0], torch.float64).numpy()
         self.classes_, y_enc = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
+        present = np.unique(y_enc[w > 0])
+        if len(present) < 2:
             raise ValueError(
-                f"y has only 1 class ({self.classes_[0]!r}); a classifier needs at least 2 classes"
+                f"y has only 1 class ({self.classes_[present[0]]!r}) among rows with positive weight; "
+                "a classifier needs at least 2 classes"
             )
         dtype = _torch_dtype(self.dtype)
         x = torch.as_tensor(np.array(X, dtype=np.float64), dtype=dtype, device=self.device)
@@ -556,10 +558,10 @@ class MoEClassifier(ClassifierMixin, _MoEBase):
             if n_classes == 2:
                 from .experts.logistic import LogisticExpert
 
-                return LogisticExpert(d, n_experts=k, dtype=dtype)
+                return LogisticExpert(d, n_experts=k, l2=float(self.alpha), dtype=dtype)
             from .experts.logistic import SoftmaxExpert
 
-            return SoftmaxExpert(d, n_classes, n_experts=k, dtype=dtype)
+            return SoftmaxExpert(d, n_classes, n_experts=k, l2=float(self.alpha), dtype=dtype)
         from .experts.mlp import MLPExpert
 
         lr = 1e-2 if self.learning_rate is None else self.learning_rate
@@ -593,4 +595,5 @@ class MoEClassifier(ClassifierMixin, _MoEBase):
 
     def predict(self, X) -> np.ndarray:
         """Most probable class: (n,)."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
