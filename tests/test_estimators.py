@@ -250,3 +250,39 @@ def test_sklearn_checks_classifier(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check(estimator)
+
+
+def test_k1_estimators_reduce_to_glms():
+    from sklearn.linear_model import LogisticRegression, PoissonRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    yb = (rng.uniform(size=400) < 1 / (1 + np.exp(-(X @ [1.0, -2.0, 0.5] + 0.3)))).astype(int)
+    clf = MoEClassifier(n_experts=1, gate="constant", tol=1e-12, max_iter=100).fit(X, yb)
+    ref = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10_000).fit(X, yb)
+    np.testing.assert_allclose(clf.predict_proba(X), ref.predict_proba(X), atol=1e-6)
+    yc = rng.poisson(np.exp(X @ [0.3, -0.2, 0.1] + 0.5))
+    poi = MoERegressor(n_experts=1, expert="poisson", gate="constant", tol=1e-12, max_iter=100).fit(X, yc)
+    ref = PoissonRegressor(alpha=0, tol=1e-12, max_iter=10_000).fit(X, yc)
+    np.testing.assert_allclose(poi.predict(X), ref.predict(X), rtol=1e-6)
+    yl = X @ [1.0, 2.0, 3.0] + rng.normal(size=400)
+    lin = MoERegressor(n_experts=1, gate="constant").fit(X, yl)
+    np.testing.assert_allclose(lin.predict(X), LinearRegression().fit(X, yl).predict(X), atol=1e-8)
+
+
+def test_other_expert_families_through_the_estimator():
+    rng = np.random.default_rng(1)
+    X = rng.uniform(-1, 1, size=(500, 1))
+    z = X[:, 0] > 0
+    y = np.where(z, 2 * X[:, 0], -X[:, 0]) + 0.1 * rng.standard_t(3, size=500)
+    t = MoERegressor(expert="student_t", random_state=0).fit(X, y)
+    assert np.isfinite(t.score_samples(X, y)).all() and np.all(np.diff(t.log_likelihood_history_) > -1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = MoERegressor(expert="mlp", hidden_layer_sizes=(8,), random_state=0, max_iter=30).fit(X, y)
+    assert np.isfinite(m.predict(X)).all()
+    counts = rng.poisson(np.exp(np.where(z, 1 + X[:, 0], 0.2)))
+    p = MoERegressor(expert="poisson", random_state=0).fit(X, counts)
+    assert p.predict_quantiles(X[:3], [0.5]).shape == (3, 1)
+    with pytest.raises(ValueError, match="non-negative integer counts"):
+        MoERegressor(expert="poisson").fit(X, y)
