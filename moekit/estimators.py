@@ -14,7 +14,8 @@ import numbers
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, is_regressor
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, is_classifier, is_regressor
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -24,7 +25,7 @@ from .mixture import MixtureOfExperts
 from .training.em import fit_em
 from .training.gradient import fit_gradient
 
-__all__ = ["MoERegressor", "MoEClassifier"]
+__all__ = ["MoERegressor", "MoEClassifier", "ConditionalMixtureMixin"]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64, "float": torch.float32}
 
@@ -39,7 +40,94 @@ def _torch_dtype(dtype) -> torch.dtype:
     raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
 
 
-class _MoEBase(BaseEstimator):
+class ConditionalMixtureMixin:
+    """Prediction API shared by every conditional-mixture estimator (MoE, HME, MDN).
+
+    A subclass provides ``model_`` (fitted, with ``forward(x)`` returning a
+    :class:`~moekit.distributions.MixtureDistribution` and ``log_prob(x, y)``
+    and ``n_parameters()``), ``dtype``, ``device``, ``_y_ndim`` (for regressors)
+    and ``_y_tensor(y, n)``.
+    """
+
+    # ---------------------------------------------------------- prediction
+    def _x(self, X) -> torch.Tensor:
+        check_is_fitted(self, "model_")
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return torch.as_tensor(np.array(X, dtype=np.float64), dtype=_torch_dtype(self.dtype), device=self.device)
+
+    def predict_distribution(self, X):
+        """The predictive mixture p(y | x) for every row.
+
+        Returns
+        -------
+        MixtureDistribution
+            Batch shape (n,); gives ``mean``, ``variance``/``covariance_matrix``,
+            ``sample``, ``log_prob``, and for scalar y ``cdf`` and ``quantiles``.
+        """
+        x = self._x(X)
+        with torch.no_grad():
+            return self.model_(x)
+
+    def _y_tensor(self, y, n: int) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def score_samples(self, X, y) -> np.ndarray:
+        """Per-row log-density ``log p(y | x)``: (n,)."""
+        x = self._x(X)
+        yt = self._y_tensor(y, x.shape[0])
+        with torch.no_grad():
+            return self.model_.log_prob(x, yt).cpu().numpy()
+
+    def _n_parameters(self) -> int:
+        check_is_fitted(self, "model_")
+        return self.model_.n_parameters()
+
+    def bic(self, X, y) -> float:
+        """Bayesian information criterion ``-2 log L + p log n`` (lower is better)."""
+        ll = self.score_samples(X, y)
+        return float(-2 * ll.sum() + self._n_parameters() * math.log(len(ll)))
+
+    def aic(self, X, y) -> float:
+        """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
+        ll = self.score_samples(X, y)
+        return float(-2 * ll.sum() + 2 * self._n_parameters())
+
+    def sample_y(self, X, n_samples: int = 1, random_state=None) -> np.ndarray:
+        """Draw y ~ p(y | x) for every row.
+
+        Returns
+        -------
+        ndarray
+            (n, n_samples) for scalar y, (n, d_y, n_samples) for vector y
+            (the layout of scikit-learn's ``GaussianProcessRegressor.sample_y``).
+            Global random state is left untouched.
+        """
+        if not (isinstance(n_samples, numbers.Integral) and n_samples >= 1):
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        dist = self.predict_distribution(X)
+        seed = int(np.random.default_rng(random_state).integers(0, 2**31 - 1))
+        devices = [] if str(self.device) == "cpu" else [torch.device(self.device)]
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            s = dist.sample((int(n_samples),))  # (S, n, *event)
+        s = s.cpu().numpy()
+        return np.moveaxis(s, 0, -1)
+
+    @available_if(lambda self: not is_classifier(self))
+    def predict_quantiles(self, X, q) -> np.ndarray:
+        """Quantiles of p(y | x) for scalar y: (n, len(q)).
+
+        ``q``: a level or a sequence of levels strictly between 0 and 1.
+        """
+        if self._y_ndim != 1:
+            raise ValueError("predict_quantiles needs a scalar (1-D) y; this model was fitted on a 2-D y")
+        qs = np.atleast_1d(np.asarray(q, dtype=float))
+        if qs.ndim != 1 or np.any((qs <= 0) | (qs >= 1)) or not np.all(np.isfinite(qs)):
+            raise ValueError(f"q must hold levels strictly between 0 and 1, got {q!r}")
+        return self.predict_distribution(X).quantiles(qs).cpu().numpy()
+
+
+class _MoEBase(ConditionalMixtureMixin, BaseEstimator):
     """Shared parameters, model building and prediction helpers."""
 
     _expert_names: tuple = ()
@@ -237,33 +325,12 @@ class _MoEBase(BaseEstimator):
         self.n_experts_ = self.model_.n_experts
         return self
 
-    # ---------------------------------------------------------- prediction
-    def _x(self, X) -> torch.Tensor:
-        check_is_fitted(self, "model_")
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        return torch.as_tensor(np.array(X, dtype=np.float64), dtype=_torch_dtype(self.dtype), device=self.device)
-
-    def predict_distribution(self, X):
-        """The predictive mixture p(y | x) for every row.
-
-        Returns
-        -------
-        MixtureDistribution
-            Batch shape (n,); gives ``mean``, ``variance``/``covariance_matrix``,
-            ``sample``, ``log_prob``, and for scalar y ``cdf`` and ``quantiles``.
-        """
-        x = self._x(X)
-        with torch.no_grad():
-            return self.model_(x)
-
+    # ---------------------------------------------------------- gate views
     def predict_gate(self, X) -> np.ndarray:
         """Mixing weights g(x): (n, K), rows summing to one."""
         x = self._x(X)
         with torch.no_grad():
             return self.model_.log_gate(x).exp().cpu().numpy()
-
-    def _y_tensor(self, y, n: int) -> torch.Tensor:  # pragma: no cover - overridden
-        raise NotImplementedError
 
     def responsibilities(self, X, y) -> np.ndarray:
         """Posterior probability of each expert given x and y: (n, K)."""
@@ -271,48 +338,6 @@ class _MoEBase(BaseEstimator):
         yt = self._y_tensor(y, x.shape[0])
         with torch.no_grad():
             return self.model_.log_responsibilities(x, yt).exp().cpu().numpy()
-
-    def score_samples(self, X, y) -> np.ndarray:
-        """Per-row log-density ``log p(y | x)``: (n,)."""
-        x = self._x(X)
-        yt = self._y_tensor(y, x.shape[0])
-        with torch.no_grad():
-            return self.model_.log_prob(x, yt).cpu().numpy()
-
-    def _n_parameters(self) -> int:
-        check_is_fitted(self, "model_")
-        return self.model_.n_parameters()
-
-    def bic(self, X, y) -> float:
-        """Bayesian information criterion ``-2 log L + p log n`` (lower is better)."""
-        ll = self.score_samples(X, y)
-        return float(-2 * ll.sum() + self._n_parameters() * math.log(len(ll)))
-
-    def aic(self, X, y) -> float:
-        """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
-        ll = self.score_samples(X, y)
-        return float(-2 * ll.sum() + 2 * self._n_parameters())
-
-    def sample_y(self, X, n_samples: int = 1, random_state=None) -> np.ndarray:
-        """Draw y ~ p(y | x) for every row.
-
-        Returns
-        -------
-        ndarray
-            (n, n_samples) for scalar y, (n, d_y, n_samples) for vector y
-            (the layout of scikit-learn's ``GaussianProcessRegressor.sample_y``).
-            Global random state is left untouched.
-        """
-        if not (isinstance(n_samples, numbers.Integral) and n_samples >= 1):
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-        dist = self.predict_distribution(X)
-        seed = int(np.random.default_rng(random_state).integers(0, 2**31 - 1))
-        devices = [] if str(self.device) == "cpu" else [torch.device(self.device)]
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            s = dist.sample((int(n_samples),))  # (S, n, *event)
-        s = s.cpu().numpy()
-        return np.moveaxis(s, 0, -1)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -456,18 +481,6 @@ class MoERegressor(RegressorMixin, _MoEBase):
     def predict(self, X) -> np.ndarray:
         """Conditional mean E[y | x]: (n,) or (n, d_y)."""
         return self.predict_distribution(X).mean.cpu().numpy()
-
-    def predict_quantiles(self, X, q) -> np.ndarray:
-        """Quantiles of p(y | x) for scalar y: (n, len(q)).
-
-        ``q``: a level or a sequence of levels strictly between 0 and 1.
-        """
-        if self._y_ndim != 1:
-            raise ValueError("predict_quantiles needs a scalar (1-D) y; this model was fitted on a 2-D y")
-        qs = np.atleast_1d(np.asarray(q, dtype=float))
-        if qs.ndim != 1 or np.any((qs <= 0) | (qs >= 1)) or not np.all(np.isfinite(qs)):
-            raise ValueError(f"q must hold levels strictly between 0 and 1, got {q!r}")
-        return self.predict_distribution(X).quantiles(qs).cpu().numpy()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

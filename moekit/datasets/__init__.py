@@ -2,6 +2,7 @@
 
 Vendored classics (see ``data/README.md`` for sources and licences):
 :func:`load_tonedata`, :func:`load_npreg`, :func:`load_faithful`.
+Generators of inverse problems: :func:`make_inverse_sine`, :func:`make_robot_arm`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from importlib import resources
 
 import numpy as np
 
-__all__ = ["load_tonedata", "load_npreg", "load_faithful"]
+from .generators import make_inverse_sine, make_robot_arm, robot_arm_forward
+
+__all__ = ["load_tonedata", "load_npreg", "load_faithful", "make_inverse_sine", "make_robot_arm", "robot_arm_forward"]
 
 
 class Bunch(dict):
