@@ -14,9 +14,10 @@ def make_inverse_sine(n_samples: int = 1000, noise: float = 0.1, random_state=No
 
     The forward problem draws ``t ~ U(0, 1)`` and sets
     ``x = t + 0.3 sin(2 pi t) + U(-noise, noise)``; the inverse problem predicts
-    ``t`` from ``x``.  The noise-free forward map folds at ``t ~ 0.407`` and
-    ``t ~ 0.593``, i.e. at ``x ~ 0.658`` and ``x ~ 0.342``: for x between the
-    two fold values the inverse has **three** branches, outside it one.
+    ``t`` from ``x``.  The noise-free forward map folds at ``t ~ 0.339`` and
+    ``t ~ 0.661``, where ``x ~ 0.593`` and ``x ~ 0.407``: for x between the
+    two fold values (0.407 < x < 0.593) the inverse has **three** branches,
+    outside it one.
 
     Parameters
     ----------
