@@ -20,6 +20,14 @@ from .training.gradient import fit_gradient
 
 __version__ = "0.1.0"
 
+
+def load(path):
+    """Load an estimator saved with ``estimator.save(path)`` (never unpickles; see :mod:`moekit.io`)."""
+    from .io import load as _load
+
+    return _load(path)
+
+
 __all__ = [
     "ConstantGate",
     "Expert",
@@ -41,4 +49,5 @@ __all__ = [
     "SuffStats",
     "fit_em",
     "fit_gradient",
+    "load",
 ]

@@ -113,6 +113,15 @@ class ConditionalMixtureMixin:
         s = s.cpu().numpy()
         return np.moveaxis(s, 0, -1)
 
+    def save(self, path) -> None:
+        """Save the fitted estimator to ``path`` without pickle (safetensors + JSON).
+
+        Load it back with :func:`moekit.load`; see :mod:`moekit.io`.
+        """
+        from .io import save
+
+        save(self, path)
+
     @available_if(lambda self: not is_classifier(self))
     def predict_quantiles(self, X, q) -> np.ndarray:
         """Quantiles of p(y | x) for scalar y: (n, len(q)).
