@@ -25,16 +25,6 @@ DT = torch.float64
 N_CLASSES = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: intra-op threads only add synchronisation cost
-    (on a loaded 2-core machine, 100x slower), so run single-threaded and restore."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --------------------------------------------------------------------- data
 def _gen(seed):
     return torch.Generator().manual_seed(seed)

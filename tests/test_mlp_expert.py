@@ -15,15 +15,6 @@ from moekit.experts.mlp import MLPExpert
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one intra-op thread is much faster (and immune to oversubscription on busy CI)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 

@@ -18,15 +18,6 @@ from moekit.experts.student_t import StudentTExpert
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The problems here are tiny; intra-op threads only add contention.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _t_noise(g, n, df, d=None):
     """Student-t draws with integer df from a seeded generator: (n,) or (n, d)."""
     shape = (n,) if d is None else (n, d)

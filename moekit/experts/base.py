@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from .._mstep import maximize
-from ..stats import SuffStats
 
 
 class Expert(nn.Module):
