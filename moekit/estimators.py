@@ -40,6 +40,16 @@ def _torch_dtype(dtype) -> torch.dtype:
     raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
 
 
+def _check_device(device) -> None:
+    """Raise a clear error for a device this machine does not have."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no CUDA device is available here; use device='cpu'")
+
+
 class ConditionalMixtureMixin:
     """Prediction API shared by every conditional-mixture estimator (MoE, HME, MDN).
 
@@ -214,6 +224,7 @@ class _MoEBase(ConditionalMixtureMixin, BaseEstimator):
         if self.covariance not in ("full", "diag", "spherical"):
             raise ValueError(f"covariance must be 'full', 'diag' or 'spherical', got {self.covariance!r}")
         _torch_dtype(self.dtype)
+        _check_device(self.device)
 
     def _feature_index(self, spec, name: str, n_features: int):
         if spec is None:

@@ -286,3 +286,23 @@ def test_other_expert_families_through_the_estimator():
     assert p.predict_quantiles(X[:3], [0.5]).shape == (3, 1)
     with pytest.raises(ValueError, match="non-negative integer counts"):
         MoERegressor(expert="poisson").fit(X, y)
+
+
+def test_float32_and_device_checks():
+    d = load_tonedata()
+    est = MoERegressor(dtype="float32", random_state=0, n_init=5).fit(d.data, d.target)
+    assert est.predict(d.data[:2]).dtype == np.float32
+    assert est.score_samples(d.data, d.target).sum() == pytest.approx(142.848, abs=1e-2)
+    with pytest.raises(ValueError, match="dtype must be 'float64' or 'float32'"):
+        MoERegressor(dtype="int8").fit(d.data, d.target)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device is available here; use device='cpu'"):
+            MoERegressor(device="cuda").fit(d.data, d.target)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu():
+    d = load_tonedata()
+    cpu = MoERegressor(random_state=0, n_init=3).fit(d.data, d.target)
+    gpu = MoERegressor(random_state=0, n_init=3, device="cuda").fit(d.data, d.target)
+    np.testing.assert_allclose(gpu.predict(d.data), cpu.predict(d.data), rtol=1e-6)
