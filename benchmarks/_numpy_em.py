@@ -43,6 +43,7 @@ __all__ = [
     "m_step",
     "fit_em",
     "gate_m_step",
+    "NumpyEM",
 ]
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -214,6 +215,32 @@ def m_step(X1, y, R, W, max_m_steps: int = 5, var_floor: float = 1e-6):
 
 
 # --------------------------------------------------------------------- EM
+class NumpyEM:
+    """EM state for the interleaved driver: ``step()`` is one E-step followed by one M-step.
+
+    The same order as ``moekit.MixtureOfExperts.em_step``; ``loglik()`` is the
+    mean log-likelihood at the current parameters (an extra E-step).
+    """
+
+    def __init__(self, x, y, W, B, s, max_m_steps: int = 5, var_floor: float = 1e-6):
+        self.X1 = add_intercept(x)
+        self.y = y
+        self.W, self.B, self.s = W.copy(), B.copy(), s.copy()
+        self.max_m_steps = max_m_steps
+        self.var_floor = var_floor
+        self.newton_steps: list[int] = []
+
+    def step(self) -> float:
+        R, ll = e_step(self.X1, self.y, self.W, self.B, self.s)
+        self.W, acc = gate_m_step(self.X1, R, self.W, max_steps=self.max_m_steps)
+        self.B, self.s = expert_m_step(self.X1, self.y, R, self.var_floor)
+        self.newton_steps.append(acc)
+        return ll
+
+    def loglik(self) -> float:
+        return e_step(self.X1, self.y, self.W, self.B, self.s)[1] / len(self.y)
+
+
 def fit_em(x, y, W, B, s, n_iter: int, max_m_steps: int = 5, var_floor: float = 1e-6):
     """``n_iter`` EM iterations from (W, B, s), the same loop as ``moekit.fit_em(tol=0)``.
 

@@ -22,7 +22,8 @@ from .stats import SuffStats
 
 __all__ = ["Gate", "SoftmaxGate", "ConstantGate", "MLPGate"]
 
-_CHUNK = 1 << 15
+_CHUNK = 1 << 16
+_CHUNK_ELEMENTS = 1 << 18  # ~2 MB of float64 per temporary
 
 
 class Gate(nn.Module):
@@ -55,7 +56,8 @@ class Gate(nn.Module):
 
     def objective(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``sum(targets * log g(x))`` (a scalar tensor)."""
-        return (targets * self(x)).sum()
+        c = max(256, _CHUNK_ELEMENTS // max(1, self.n_experts * 4))
+        return sum((targets[i : i + c] * self(x[i : i + c])).sum() for i in range(0, max(x.shape[0], 1), c))
 
     def n_parameters(self) -> int:
         """Number of free parameters."""
@@ -158,7 +160,8 @@ class SoftmaxGate(Gate):
         return f"n_features={self.n_features}, n_experts={self.n_experts}, l2={self.l2}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(add_intercept(x) @ self.coef.T, dim=1)
+        a = add_intercept(x) @ self.coef.T
+        return a - torch.logsumexp(a, dim=1, keepdim=True)
 
     def n_parameters(self) -> int:
         return (self.n_experts - 1) * (self.n_features + 1)
@@ -170,9 +173,10 @@ class SoftmaxGate(Gate):
         ------
         Returns ``objective`` (), ``grad`` (K-1, p), ``info`` ((K-1) p, (K-1) p).
         """
+        c = max(256, min(_CHUNK, _CHUNK_ELEMENTS // max(1, self.n_experts * (self.n_features + 1))))
         return sum(
-            self._stats_chunk(x[i : i + _CHUNK], targets[i : i + _CHUNK])
-            for i in range(0, max(x.shape[0], 1), _CHUNK)
+            self._stats_chunk(x[i : i + c], targets[i : i + c])
+            for i in range(0, max(x.shape[0], 1), c)
         )
 
     def _stats_chunk(self, x, targets) -> SuffStats:
@@ -181,7 +185,8 @@ class SoftmaxGate(Gate):
         xd = add_intercept(x.to(coef.dtype))
         n, p = xd.shape
         t = targets.to(coef.dtype)
-        logg = F.log_softmax(xd @ coef.T, dim=1)
+        a = xd @ coef.T
+        logg = a - torch.logsumexp(a, dim=1, keepdim=True)
         g = logg.exp()
         s = t.sum(1)
         objective = (t * logg).sum()
@@ -190,10 +195,11 @@ class SoftmaxGate(Gate):
         grad = resid.T @ xd  # (K-1, p)
         sg = s[:, None] * g[:, :km]
         z = (sg[:, :, None] * xd[:, None, :]).reshape(n, km * p)
-        gx = (g[:, :km, None] * xd[:, None, :]).reshape(n, km * p)
-        info = -(z.T @ gx)
+        g1 = torch.cat([g[:, :km], torch.ones(n, 1, dtype=g.dtype, device=g.device)], dim=1)
+        zz = z.T @ (g1[:, :, None] * xd[:, None, :]).reshape(n, (km + 1) * p)
+        info = -zz[:, : km * p]
         if km > 0:
-            info = info + torch.block_diag(*weighted_grams(xd, sg))  # (K-1) blocks of (p, p)
+            info = info + torch.block_diag(*zz[:, km * p :].reshape(km, p, p))
         return SuffStats(objective=objective, grad=grad, info=info)
 
     def _penalty(self, coef: torch.Tensor) -> torch.Tensor:
@@ -201,7 +207,9 @@ class SoftmaxGate(Gate):
 
     def fit_weighted(self, x: torch.Tensor, targets: torch.Tensor):
         if self.l2 == 0:
-            return super().fit_weighted(x, targets)
+            # trial points of the line search need only the objective, not the Hessian
+            maximize(self, lambda: self.suff_stats(x, targets), objective_fn=lambda: self.objective(x, targets))
+            return self
 
         def stats_fn():
             s = self.suff_stats(x, targets)

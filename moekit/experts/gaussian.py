@@ -14,6 +14,9 @@ from .base import Expert
 _COVARIANCES = ("full", "diag", "spherical")
 
 
+_CHUNK_ELEMENTS = 1 << 18  # elements per row-chunk temporary (~2 MB in float64): bounded memory, few page faults
+
+
 def add_intercept(x: torch.Tensor) -> torch.Tensor:
     """``[1, x]``: (n, d) -> (n, d + 1)."""
     return torch.cat([torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device), x], dim=1)
@@ -26,7 +29,14 @@ def weighted_grams(xd: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     ------
     xd : (n, p); w : (n, K) -> (K, p, p).
     """
-    return torch.stack([xd.T @ (xd * w[:, k, None]) for k in range(w.shape[1])])
+    n, p = xd.shape
+    k = w.shape[1]
+    out = xd.new_zeros(k * p, p)
+    rows = max(256, _CHUNK_ELEMENTS // max(1, k * p))  # one GEMM per chunk of ~2 MB temporaries
+    for i in range(0, n, rows):
+        xs = xd[i : i + rows]
+        out.addmm_((w[i : i + rows, :, None] * xs[:, None, :]).reshape(-1, k * p).T, xs)
+    return out.reshape(k, p, p)
 
 
 def solve_spd(a: torch.Tensor, b: torch.Tensor, rel_jitter: float = 1e-10) -> torch.Tensor:
@@ -218,6 +228,12 @@ class LinearGaussianExpert(Expert):
         x : (n, d_x); y : (n,) or (n, d_y); weight : (n,) or (n, K).
         Returns ``sw`` (K,), ``xwx`` (K, p, p), ``xwy`` (K, p, d), ``ywy`` (K, d, d).
         """
+        c = max(256, min(1 << 16, _CHUNK_ELEMENTS // max(1, self._k * (self.n_features + 1))))
+        if x.shape[0] > c:  # statistics are additive: sum them over row chunks
+            return sum(
+                self.suff_stats(x[i : i + c], y[i : i + c], None if weight is None else weight[i : i + c])
+                for i in range(0, x.shape[0], c)
+            )
         xd = add_intercept(x)
         n, p = xd.shape
         yy = (y[:, None] if y.dim() == 1 else y).to(xd.dtype)
