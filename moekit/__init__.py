@@ -13,6 +13,8 @@ from .experts import (
     StudentTExpert,
 )
 from .gates import ConstantGate, Gate, MLPGate, SoftmaxGate
+from .hme import HMEClassifier, HMERegressor
+from .mdn import MDNRegressor, MixtureDensityNetwork, fit_mdn
 from .mixture import MixtureOfExperts
 from .stats import SuffStats
 from .training import FitResult, fit_em
@@ -21,11 +23,11 @@ from .training.gradient import fit_gradient
 __version__ = "0.1.0"
 
 
-def load(path):
+def load(path, device=None):
     """Load an estimator saved with ``estimator.save(path)`` (never unpickles; see :mod:`moekit.io`)."""
     from .io import load as _load
 
-    return _load(path)
+    return _load(path, device=device)
 
 
 __all__ = [
@@ -33,6 +35,10 @@ __all__ = [
     "Expert",
     "FitResult",
     "Gate",
+    "HMEClassifier",
+    "HMERegressor",
+    "MDNRegressor",
+    "MixtureDensityNetwork",
     "LinearGaussianExpert",
     "LogisticExpert",
     "MLPExpert",
@@ -49,5 +55,6 @@ __all__ = [
     "SuffStats",
     "fit_em",
     "fit_gradient",
+    "fit_mdn",
     "load",
 ]

@@ -123,6 +123,13 @@ class MixtureDistribution(Distribution):
             return getattr(self.components, attr)
         return torch.stack([getattr(c, attr) for c in self.components], dim=1)
 
+    def _per_component_or(self, attr: str, default: torch.Tensor) -> torch.Tensor:
+        """``attr`` of every component (n, K), or ``default`` where a component has none."""
+        comps = [self.components] if isinstance(self.components, Distribution) else self.components
+        if all(hasattr(c, attr) for c in comps):
+            return self._per_component(attr).expand_as(default)
+        return default
+
     def component_log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """log p_k(y) for every row and component: (n, K)."""
         if isinstance(self.components, Distribution):
@@ -226,9 +233,12 @@ class MixtureDistribution(Distribution):
         q = torch.as_tensor(q, dtype=lw.dtype, device=lw.device).expand(n)
         if ((q <= 0) | (q >= 1)).any():
             raise ValueError("quantile levels q must lie strictly between 0 and 1")
+        # bracket from each component's centre and spread; heavy tails (Student-t with
+        # df <= 2) have no variance, df <= 1 no mean: use their location and scale
         mu = self.component_means
+        mu = torch.where(torch.isfinite(mu), mu, self._per_component_or("loc", torch.zeros_like(mu)))
         sd = self.component_variances.clamp_min(0).sqrt()
-        sd = torch.where(torch.isfinite(sd), sd, _robust_scale(self))
+        sd = torch.where(torch.isfinite(sd), sd, self._per_component_or("scale", torch.ones_like(sd)))
         lo = (mu - 10 * sd).min(1).values
         hi = (mu + 10 * sd).max(1).values
         width = (hi - lo).clamp_min(1.0)
@@ -264,15 +274,45 @@ class MixtureDistribution(Distribution):
         qs = np.atleast_1d(np.asarray(q, dtype=float))
         return torch.stack([self.icdf(float(v)) for v in qs], dim=1)
 
+    # ------------------------------------------ modes, branches, intervals
+    def modes(self, max_modes: int | None = None, min_weight: float = 0.01, **kwargs):
+        """Modes of p(y) for every row, each with its mass and local covariance.
+
+        See :func:`moekit.inference.find_modes` (keyword options ``tol``,
+        ``max_iter``, ``merge_tol``, ``method``).
+
+        Returns
+        -------
+        Modes
+            Unpacks as ``(modes, weights)``: modes (n, M) for scalar y or
+            (n, M, d_y), weights (n, M), sorted by decreasing mass, NaN padding;
+            also ``covariances``, ``log_density`` and ``n_modes``.
+        """
+        from .inference import find_modes
+
+        return find_modes(self, max_modes=max_modes, min_weight=min_weight, **kwargs)
+
+    def branches(self, sort: bool = True):
+        """Component means with their mixing weights, heaviest first: ((n, K, *event), (n, K)).
+
+        See :func:`moekit.inference.branches`.
+        """
+        from .inference import branches
+
+        return branches(self, sort=sort)
+
+    def hdr(self, level: float = 0.9, **kwargs):
+        """Highest-density region of scalar y: ``(intervals (n, J, 2), mass (n,))``.
+
+        A union of intervals where p(y) is multimodal; NaN padding.  See
+        :func:`moekit.inference.hdr`.
+        """
+        from .inference import hdr
+
+        return hdr(self, level, **kwargs)
+
     def __repr__(self) -> str:
         return f"MixtureDistribution(n={self.batch_shape[0]}, K={self.n_components}, event_shape={tuple(self.event_shape)})"
-
-
-def _robust_scale(m: MixtureDistribution) -> torch.Tensor:
-    comps = m.components if isinstance(m.components, Distribution) else None
-    if comps is not None and hasattr(comps, "scale"):
-        return comps.scale.expand(m.log_weights.shape) * 10
-    return torch.ones_like(m.log_weights)
 
 
 def _cov(d: Distribution) -> torch.Tensor:

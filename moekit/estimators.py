@@ -145,6 +145,98 @@ class ConditionalMixtureMixin:
             raise ValueError(f"q must hold levels strictly between 0 and 1, got {q!r}")
         return self.predict_distribution(X).quantiles(qs).cpu().numpy()
 
+    # ------------------------------------------ branches of inverse problems
+    @available_if(lambda self: not is_classifier(self))
+    def predict_modes(self, X, max_modes=None, min_weight=0.01, **kwargs):
+        """Modes of p(y | x) for every row: every branch of a multi-valued answer.
+
+        Found by a hill-climb of the predictive density from every component
+        mean (mean-shift metric, Newton steps near the top), merged where they
+        coincide, sorted by probability mass; see
+        :func:`moekit.inference.find_modes` for the options ``tol``,
+        ``max_iter``, ``merge_tol`` and ``method``.
+
+        Parameters
+        ----------
+        X : array-like (n, d_x)
+        max_modes : int, optional
+            At most this many modes per row (exactly this many columns).
+        min_weight : float, default=0.01
+            Modes with less probability mass are dropped (the heaviest stays).
+
+        Returns
+        -------
+        Modes
+            Unpacks as ``(modes, weights)`` of NumPy arrays; also
+            ``covariances``, ``log_density`` and ``n_modes``.
+
+        Shapes
+        ------
+        modes (n, M) for scalar y, (n, M, d_y) for vector y; weights (n, M);
+        NaN where a row has fewer than M modes.  ``modes[:, 0]`` is the top mode.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from moekit import MoERegressor
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.uniform(-1, 1, 400)
+        >>> y = np.where(rng.random(400) < 0.6, 2 + x, -2 - x) + 0.05 * rng.normal(size=400)
+        >>> est = MoERegressor(n_experts=2, gate="constant", n_init=3, random_state=0).fit(x[:, None], y)
+        >>> modes, weights = est.predict_modes([[0.0]])
+        >>> modes.round(1), weights.round(1)  # both branches; the mean (0.4) is neither
+        (array([[ 2., -2.]]), array([[0.6, 0.4]]))
+        """
+        from .inference import find_modes
+
+        dist = self.predict_distribution(X)
+        return find_modes(dist, max_modes=max_modes, min_weight=min_weight, **kwargs).numpy()
+
+    @available_if(lambda self: not is_classifier(self))
+    def predict_branches(self, X):
+        """Component means with their mixing weights, heaviest first (the cheap view of the branches).
+
+        Returns
+        -------
+        means : ndarray (n, K) for scalar y, (n, K, d_y) for vector y
+        weights : ndarray (n, K)
+        """
+        from .inference import branches
+
+        means, w = branches(self.predict_distribution(X))
+        return means.cpu().numpy(), w.cpu().numpy()
+
+    @available_if(lambda self: not is_classifier(self))
+    def predict_interval(self, X, level=0.9, kind="hdr"):
+        """Prediction intervals of scalar y with probability ``level``.
+
+        Parameters
+        ----------
+        X : array-like (n, d_x)
+        level : float, default=0.9
+        kind : {"hdr", "central"}, default="hdr"
+            "hdr": the highest-density region, a union of intervals where
+            p(y | x) is multimodal (the shortest set with that probability);
+            "central": the equal-tailed interval between the ``(1 - level)/2``
+            and ``(1 + level)/2`` quantiles.
+
+        Returns
+        -------
+        ndarray (n, J, 2)
+            ``[lower, upper]`` of each interval, sorted, NaN padding (J = 1 for
+            "central"); use :func:`moekit.inference.in_intervals` and
+            :func:`moekit.metrics.interval_coverage` with it.
+        """
+        from .inference import central_interval, hdr
+
+        if self._y_ndim != 1:
+            raise ValueError("predict_interval needs a scalar (1-D) y; this model was fitted on a 2-D y")
+        if kind not in ("hdr", "central"):
+            raise ValueError(f"kind must be 'hdr' or 'central', got {kind!r}")
+        dist = self.predict_distribution(X)
+        iv = hdr(dist, level)[0] if kind == "hdr" else central_interval(dist, level)
+        return iv.cpu().numpy()
+
 
 class _MoEBase(ConditionalMixtureMixin, BaseEstimator):
     """Shared parameters, model building and prediction helpers."""
@@ -499,8 +591,22 @@ class MoERegressor(RegressorMixin, _MoEBase):
         return torch.as_tensor(y.copy(), dtype=_torch_dtype(self.dtype), device=self.device)
 
     def predict(self, X) -> np.ndarray:
-        """Conditional mean E[y | x]: (n,) or (n, d_y)."""
-        return self.predict_distribution(X).mean.cpu().numpy()
+        """Conditional mean E[y | x]: (n,) or (n, d_y).
+
+        Raises
+        ------
+        ValueError
+            Where the mean does not exist (a Student-t expert with df <= 1):
+            use ``predict_quantiles(X, 0.5)`` (the median) instead.
+        """
+        mean = self.predict_distribution(X).mean.cpu().numpy()
+        if not np.isfinite(mean).all():
+            raise ValueError(
+                "the conditional mean does not exist for some rows (a heavy-tailed expert, e.g. Student-t "
+                "with df <= 1, has no mean); use predict_quantiles(X, 0.5) for the median, or bound df "
+                "(StudentTExpert(df_bounds=(2, ...)))"
+            )
+        return mean
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

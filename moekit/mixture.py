@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,6 +29,14 @@ class MixtureOfExperts(nn.Module):
     gate_features, expert_features : sequence of int, optional
         Columns of x seen by the gate and by the experts (as flexmix's
         concomitant formula).  ``None``: all columns.
+    prune_threshold : float, optional
+        Only used when this mixture is a node *inside* a hierarchy fitted by
+        EM: a child whose share of the whole data set (the sum of its path
+        posteriors over the sum of the sample weights) falls below this
+        fraction is removed with a warning before the node's M-step (its
+        M-step would be ill-posed).  ``None`` (default) never prunes nested
+        children; the top level is pruned by :func:`~moekit.fit_em`'s own
+        ``prune_threshold``.  :func:`~moekit.hierarchy.build_tree` sets 1e-4.
 
     Shapes
     ------
@@ -59,8 +69,12 @@ class MixtureOfExperts(nn.Module):
         experts,
         gate_features: Sequence[int] | None = None,
         expert_features: Sequence[int] | None = None,
+        prune_threshold: float | None = None,
     ):
         super().__init__()
+        if prune_threshold is not None and not (0 <= float(prune_threshold) < 1):
+            raise ValueError(f"prune_threshold must be None or in [0, 1), got {prune_threshold!r}")
+        self.prune_threshold = None if prune_threshold is None else float(prune_threshold)
         self.gate = gate
         if isinstance(experts, (list, tuple, nn.ModuleList)):
             if len(experts) == 0:
@@ -163,14 +177,79 @@ class MixtureOfExperts(nn.Module):
         return weight[:, None] * r, float((weight * lse[:, 0]).sum())
 
     def m_step_targets(self, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor) -> None:
-        """M-step for the gate and every expert given ``targets`` (n, K) = weight * responsibility."""
+        """M-step for the gate and every expert given ``targets`` (n, K) = weight * responsibility.
+
+        An expert that is itself a mixture (a node of a hierarchy) receives
+        its column of ``targets`` as row weights and runs its own E-step and
+        M-step on them: its experts are thereby fitted on the *path
+        posteriors* (products of branch posteriors from the root), which is
+        EM for hierarchical mixtures of experts (Jordan & Jacobs 1994).
+        """
+        self._m_step_targets(x, y, targets, float(targets.sum()), (), None)
+
+    def _joint_tree(self, x: torch.Tensor, y: torch.Tensor):
+        """``joint_log_prob`` plus, for every child that is a mixture, its own joint: a record of the subtree.
+
+        Returns ``(joint (n, K), records)`` where ``records[k]`` is child k's
+        ``(joint, records)`` (``None`` for a leaf, and ``records`` is ``None``
+        for stacked experts).  The numbers are those of ``joint_log_prob``.
+        """
+        lg = self.log_gate(x)
+        xe = self._xe(x)
+        if self.is_stacked:
+            return lg + self.experts.log_prob(xe, y), None
+        cols, recs = [], []
+        for e in self.experts:
+            if isinstance(e, MixtureOfExperts):
+                j, r = e._joint_tree(xe, y)
+                cols.append(torch.logsumexp(j, dim=1))
+                recs.append((j, r))
+            else:
+                cols.append(e.log_prob(xe, y))
+                recs.append(None)
+        return lg + torch.stack(cols, dim=1), recs
+
+    def _m_step_targets(self, x, y, targets, total: float, path: tuple, records) -> None:
         self.gate.fit_weighted(self._xg(x), targets)
         xe = self._xe(x)
         if self.is_stacked:
             self.experts.fit_weighted(xe, y, targets)
         else:
             for k, e in enumerate(self.experts):
-                e.fit_weighted(xe, y, targets[:, k])
+                if isinstance(e, MixtureOfExperts):
+                    # the child's subtree is untouched so far: its joint from this node's E-step is current
+                    rec = None if records is None else records[k]
+                    e._em_step_nested(xe, y, targets[:, k], total, path + (k,), rec)
+                else:
+                    e.fit_weighted(xe, y, targets[:, k])
+
+    def _em_step_nested(self, x, y, weight, total: float, path: tuple, record=None) -> None:
+        """EM step of a node inside a hierarchy; prunes vanishing children first (see ``prune_threshold``).
+
+        ``record`` is this node's ``_joint_tree(x, y)`` at the current
+        parameters when the caller has it (computed in the parent's E-step).
+        """
+        with torch.no_grad():
+            joint, records = self._joint_tree(x, y) if record is None else record
+            targets = weight[:, None] * (joint - torch.logsumexp(joint, dim=1, keepdim=True)).exp()
+        thr = self.prune_threshold
+        if thr and self.n_experts > 1 and total > 0:
+            share = targets.sum(0) / total
+            dead = (share < thr).nonzero().flatten().tolist()
+            if dead and len(dead) < self.n_experts:
+                keep = [k for k in range(self.n_experts) if k not in dead]
+                warnings.warn(
+                    f"hierarchy node {list(path)}: pruned child(ren) {dead}: their share of the data fell below "
+                    f"prune_threshold={thr:g}; {len(keep)} child(ren) remain. The tree is larger than the data "
+                    "supports here: use a smaller depth or branching, or grow the tree (hierarchy.grow_tree).",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.prune(keep)
+                with torch.no_grad():
+                    joint, records = self._joint_tree(x, y)
+                    targets = weight[:, None] * (joint - torch.logsumexp(joint, dim=1, keepdim=True)).exp()
+        self._m_step_targets(x, y, targets, total, path, records)
 
     def em_step(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> float:
         """One EM iteration; returns the weighted log-likelihood *before* the step."""
@@ -179,25 +258,59 @@ class MixtureOfExperts(nn.Module):
         return ll
 
     def fit_weighted(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
-        """As an expert of a larger mixture: one (generalised) EM step on the weighted data."""
-        self.em_step(x, y, weight)
+        """As an expert of a larger mixture: one (generalised) EM step on the weighted data.
+
+        Never lowers ``sum(weight * log p(y | x))``: the E-step at the current
+        parameters followed by M-steps that never lower their own objectives.
+        """
+        if weight is None:
+            weight = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        self._em_step_nested(x, y, weight, float(weight.sum()), ())
         return self
 
-    def init_from_responsibilities(self, x: torch.Tensor, y: torch.Tensor, resp: torch.Tensor):
+    def init_from_responsibilities(
+        self, x: torch.Tensor, y: torch.Tensor, resp: torch.Tensor, random_state=None, split: str = "kmeans"
+    ):
         """Initialise gate and experts from responsibilities.
 
-        ``resp`` is (n, K), weight times responsibility of each of this
-        mixture's experts (e.g. k-means labels).  When this mixture is itself
-        an expert of a larger one, ``resp`` is its (n,) weight: its own
-        experts then start from a weighted k-means split of the rows it is
-        given (deterministic, so restarts of the parent stay reproducible).
+        Parameters
+        ----------
+        x, y : Tensors
+        resp : Tensor (n, K) or (n,)
+            (n, K): weight times responsibility of each of this mixture's
+            experts (e.g. k-means labels).  (n,): this mixture is a node of a
+            hierarchy and ``resp`` is its weight (the path posterior of the
+            node); its experts then start from a split of the rows it is
+            given (see ``split``), recursively down the tree.
+        random_state : int, numpy Generator or None
+            Seeds the splits of nested nodes; each node gets its own seed
+            spawned from it, so restarts with different seeds explore
+            different trees and equal seeds give equal trees.  ``None`` uses a
+            fixed seed (deterministic, as :func:`~moekit.fit_em` needs: its
+            restarts then differ through the top-level split).
+        split : {"kmeans", "kmeans_x", "random"}
+            How a nested node splits its rows among its children:
+            weighted k-means (k-means++ seeding) on the standardised joint
+            ``[x, y]`` of its rows; weighted k-means on the gate's inputs only
+            (a partition of input space, which a softmax gate represents
+            exactly: k-means cells are the regions of a linear softmax); or
+            every row to a random child.
         """
+        if split not in ("kmeans", "kmeans_x", "random"):
+            raise ValueError(f"split must be 'kmeans', 'kmeans_x' or 'random', got {split!r}")
+        rng = np.random.default_rng(0 if random_state is None else random_state)
         if resp.dim() == 1:
             from .training.init import initial_responsibilities
 
-            try:
-                sub = initial_responsibilities(x, y, self.n_experts, "kmeans", 0, resp)
-            except ValueError:  # fewer distinct weighted rows than experts
+            seed = int(rng.integers(0, 2**31 - 1))
+            sub = None
+            if float(resp.sum()) > 0:
+                xs, ys = (self._xg(x), x.new_zeros(x.shape[0], 0)) if split == "kmeans_x" else (x, y)
+                try:
+                    sub = initial_responsibilities(xs, ys, self.n_experts, "random" if split == "random" else "kmeans", seed, resp)
+                except ValueError:  # fewer distinct weighted rows than experts
+                    sub = None
+            if sub is None:
                 sub = torch.full((x.shape[0], self.n_experts), 1.0 / self.n_experts, dtype=x.dtype, device=x.device)
             resp = resp[:, None] * sub
         self.gate.fit_weighted(self._xg(x), resp)
@@ -206,7 +319,12 @@ class MixtureOfExperts(nn.Module):
             self.experts.init_from_responsibilities(xe, y, resp)
         else:
             for k, e in enumerate(self.experts):
-                e.init_from_responsibilities(xe, y, resp[:, k])
+                if isinstance(e, MixtureOfExperts):
+                    e.init_from_responsibilities(
+                        xe, y, resp[:, k], random_state=int(rng.integers(0, 2**31 - 1)), split=split
+                    )
+                else:
+                    e.init_from_responsibilities(xe, y, resp[:, k])
         return self
 
     # ----------------------------------------------- statistics (streaming)

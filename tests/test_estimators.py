@@ -306,3 +306,16 @@ def test_cuda_matches_cpu():
     cpu = MoERegressor(random_state=0, n_init=3).fit(d.data, d.target)
     gpu = MoERegressor(random_state=0, n_init=3, device="cuda").fit(d.data, d.target)
     np.testing.assert_allclose(gpu.predict(d.data), cpu.predict(d.data), rtol=1e-6)
+
+
+def test_no_silent_nan_from_heavy_tailed_experts():
+    d = load_tonedata()
+    est = MoERegressor(expert="student_t", random_state=0).fit(d.data, d.target)
+    q = est.predict_quantiles(d.data, [0.1, 0.5, 0.9])
+    assert np.isfinite(q).all() and np.all(np.diff(q, axis=1) > 0)
+    df = est.model_.experts.log_df.exp()
+    if bool((df <= 1).any()):  # the mean of such an expert does not exist: a clear error, never NaN
+        with pytest.raises(ValueError, match="conditional mean does not exist"):
+            est.predict(d.data)
+    else:
+        assert np.isfinite(est.predict(d.data)).all()

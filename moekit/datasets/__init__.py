@@ -2,7 +2,11 @@
 
 Vendored classics (see ``data/README.md`` for sources and licences):
 :func:`load_tonedata`, :func:`load_npreg`, :func:`load_faithful`.
-Generators of inverse problems: :func:`make_inverse_sine`, :func:`make_robot_arm`.
+Generators of inverse problems (each documents the number of branches of its
+inverse and has a function returning them): :func:`make_inverse_sine`
+(:func:`inverse_sine_branches`), :func:`make_robot_arm`
+(:func:`robot_arm_inverse`), :func:`make_nlink_arm` (:func:`nlink_arm_inverse`),
+and :func:`make_kinematic_tracking` (a stick figure through time).
 """
 
 from __future__ import annotations
@@ -11,9 +15,32 @@ from importlib import resources
 
 import numpy as np
 
-from .generators import make_inverse_sine, make_robot_arm, robot_arm_forward
+from .generators import (
+    inverse_sine_branches,
+    make_inverse_sine,
+    make_kinematic_tracking,
+    make_nlink_arm,
+    make_robot_arm,
+    nlink_arm_forward,
+    nlink_arm_inverse,
+    robot_arm_forward,
+    robot_arm_inverse,
+)
 
-__all__ = ["load_tonedata", "load_npreg", "load_faithful", "make_inverse_sine", "make_robot_arm", "robot_arm_forward"]
+__all__ = [
+    "load_tonedata",
+    "load_npreg",
+    "load_faithful",
+    "make_inverse_sine",
+    "make_robot_arm",
+    "robot_arm_forward",
+    "inverse_sine_branches",
+    "robot_arm_inverse",
+    "make_nlink_arm",
+    "nlink_arm_forward",
+    "nlink_arm_inverse",
+    "make_kinematic_tracking",
+]
 
 
 class Bunch(dict):

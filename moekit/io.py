@@ -1,0 +1,860 @@
+"""Safe model files: ``estimator.save(path)`` and ``moekit.load(path)``.
+
+A moekit model file is a `safetensors <https://huggingface.co/docs/safetensors>`_
+file: every tensor (the fitted model's ``state_dict`` and any numeric array
+the estimator keeps) is stored as raw little-endian numbers, and everything
+else (the estimator's class and parameters, its fitted attributes, the
+model's structure, a format version, a checksum, optional user metadata)
+is JSON in the file's ``__metadata__`` header.
+
+Loading **never unpickles or executes anything from the file**: the JSON is
+decoded with :func:`json.loads` into plain values, the tensors are read by the
+safetensors parser, the estimator class is looked up in a fixed table of
+moekit classes (never imported by a name taken from the file), the model is
+rebuilt from the estimator's parameters and the stored structure, and the
+tensors are copied into it with ``load_state_dict(strict=True)``.  The
+rebuilt model is checked against the stored module tree (classes and
+tensor shapes and dtypes), and a SHA-256 checksum over the configuration and
+every tensor detects corruption, so a damaged file raises
+:class:`ModelFileError` instead of giving silently different predictions.
+
+Predictions of a loaded estimator are bit-identical to those of the saved one
+(same dtype, same device, same numbers).
+
+What cannot be stored: estimators whose experts or gate were given as
+*instances* (for example a scikit-learn regressor as expert, or a custom
+``torch.nn.Module``), because rebuilding them would need pickle.  Saving
+such an estimator raises :class:`ModelFileError` naming the parameter.
+
+Adding an estimator class
+-------------------------
+Register it with :func:`register_estimator`, giving a function
+``build(est, structure) -> torch.nn.Module`` that rebuilds an *unfitted*
+model of the right shape from the estimator (whose parameters and fitted
+attributes are already restored) and an optional
+``describe(est) -> dict`` that records whatever extra structure ``build``
+needs (JSON values).
+
+Examples
+--------
+>>> import os, tempfile
+>>> import numpy as np
+>>> import moekit
+>>> from moekit import MoERegressor
+>>> from moekit.datasets import load_tonedata
+>>> d = load_tonedata()
+>>> est = MoERegressor(n_experts=2, random_state=0).fit(d.data, d.target)
+>>> path = os.path.join(tempfile.mkdtemp(), "tone.moekit")
+>>> est.save(path)
+>>> again = moekit.load(path)
+>>> bool(np.array_equal(again.predict(d.data), est.predict(d.data)))
+True
+>>> read_info(path)["estimator"]
+'MoERegressor'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import struct
+import tempfile
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "save",
+    "load",
+    "read_info",
+    "register_estimator",
+    "model_tree",
+]
+
+FORMAT = "moekit-model"
+FORMAT_VERSION = 1
+_MAX_HEADER = 100 * 1024 * 1024  # a moekit header is kilobytes; anything this large is not one
+
+_INSTALL_HINT = "moekit model files need the 'safetensors' package: pip install safetensors"
+
+
+class ModelFileError(ValueError):
+    """A model file cannot be written or read (not a moekit file, damaged, too new, not storable)."""
+
+
+# ------------------------------------------------------------------ registry
+@dataclass(frozen=True)
+class _Entry:
+    cls: type
+    build: Callable
+    describe: Callable | None
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_estimator(cls: type, build: Callable, describe: Callable | None = None, name: str | None = None) -> None:
+    """Make an estimator class storable.
+
+    Parameters
+    ----------
+    cls : type
+        The estimator class (its ``get_params`` must hold JSON-able values).
+    build : callable
+        ``build(est, structure) -> torch.nn.Module``: an unfitted model with the
+        same module tree and tensor shapes as ``est.model_`` had when saved.
+        ``est`` already carries its parameters and fitted attributes.
+    describe : callable, optional
+        ``describe(est) -> dict`` of JSON values stored as ``structure``.
+    name : str, optional
+        Name written in the file (default ``cls.__name__``).
+    """
+    _REGISTRY[name or cls.__name__] = _Entry(cls, build, describe)
+
+
+def _ensure_registered() -> None:
+    if "MoERegressor" not in _REGISTRY:
+        from .estimators import MoEClassifier, MoERegressor
+
+        register_estimator(MoERegressor, _build_moe, _describe_moe)
+        register_estimator(MoEClassifier, _build_moe, _describe_moe)
+    for modname, clsname, build, describe in _OPTIONAL:
+        if clsname in _REGISTRY:
+            continue
+        try:
+            mod = __import__(f"moekit.{modname}", fromlist=[clsname])
+            cls = getattr(mod, clsname)
+        except (ImportError, AttributeError):
+            continue  # that estimator is not part of this moekit build
+        register_estimator(cls, build, describe)
+
+
+def _event_shape(est) -> list[int]:
+    d = int(est.n_features_in_)
+    dtype = next((p.dtype for p in est.model_.parameters() if p.is_floating_point()), torch.float64)
+    dev = next((p.device for p in est.model_.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        dist = est.model_(torch.zeros(1, d, dtype=dtype, device=dev))
+    return [int(s) for s in dist.event_shape]
+
+
+def _describe_moe(est) -> dict:
+    from sklearn.base import is_classifier
+
+    if is_classifier(est):
+        return {"n_experts": int(est.model_.n_experts), "y_info": int(len(est.classes_))}
+    ev = _event_shape(est)
+    return {"n_experts": int(est.model_.n_experts), "y_info": None if not ev else int(ev[0])}
+
+
+def _build_moe(est, structure: dict) -> nn.Module:
+    from .estimators import _torch_dtype
+
+    k = int(structure["n_experts"])
+    saved = est.n_experts
+    est.n_experts = k  # the model as it was after pruning
+    try:
+        gen = torch.Generator().manual_seed(0)  # initial values are overwritten by the stored tensors
+        return est._build_model(int(est.n_features_in_), structure["y_info"], _torch_dtype(est.dtype), gen)
+    finally:
+        est.n_experts = saved
+
+
+def _describe_mdn(est) -> dict:
+    return {"config": est.model_.get_config()}
+
+
+def _build_mdn(est, structure: dict) -> nn.Module:
+    from .estimators import _torch_dtype
+    from .mdn import MixtureDensityNetwork
+
+    cfg = structure.get("config") if isinstance(structure, dict) else None
+    if not isinstance(cfg, dict):
+        raise ModelFileError("damaged model file: the network's configuration is missing")
+    allowed = {"n_features", "n_outputs", "n_components", "hidden_layer_sizes", "activation", "covariance", "scale_floor"}
+    if set(cfg) - allowed:
+        raise ModelFileError(f"damaged model file: unknown network settings {sorted(set(cfg) - allowed)}")
+    gen = torch.Generator().manual_seed(0)  # initial weights are overwritten by the stored tensors
+    return MixtureDensityNetwork(**cfg, dtype=_torch_dtype(est.dtype), generator=gen)
+
+
+def _tree_spec(node) -> dict:
+    """The shape of a (possibly pruned or grown) tree of mixtures, as JSON values."""
+    from .mixture import MixtureOfExperts
+
+    spec = {"k": int(node.n_experts), "gate": type(node.gate).__name__, "gate_features": node.gate_features,
+            "expert_features": node.expert_features, "prune_threshold": getattr(node, "prune_threshold", None)}
+    if node.is_stacked:
+        spec["children"] = "stacked"
+    else:
+        spec["children"] = [_tree_spec(c) if isinstance(c, MixtureOfExperts) else "leaf" for c in node.experts]
+    return spec
+
+
+def _describe_hme(est) -> dict:
+    out = _describe_moe(est)
+    out["tree"] = _tree_spec(est.model_)
+    return out
+
+
+def _build_hme(est, structure: dict) -> nn.Module:
+    """Rebuild the tree node by node (it may have been pruned or grown), with the estimator's own factories."""
+    from .estimators import _torch_dtype
+    from .gates import ConstantGate
+    from .mixture import MixtureOfExperts
+
+    dtype = _torch_dtype(est.dtype)
+    gen = torch.Generator().manual_seed(0)  # initial values are overwritten by the stored tensors
+    y_info = structure.get("y_info")
+
+    def cols(v, d, what):
+        if v is None:
+            return None
+        if not (isinstance(v, list) and v and all(isinstance(i, int) and 0 <= i < d for i in v)):
+            raise ModelFileError(f"damaged model file: bad {what} {v!r} in the tree")
+        return v
+
+    def build(spec, d_in, depth):
+        if not isinstance(spec, dict) or depth > 64:
+            raise ModelFileError("damaged model file: bad tree description")
+        k = spec.get("k")
+        if not (isinstance(k, int) and 1 <= k <= 4096):
+            raise ModelFileError("damaged model file: bad number of children in the tree")
+        gf = cols(spec.get("gate_features"), d_in, "gate_features")
+        ef = cols(spec.get("expert_features"), d_in, "expert_features")
+        dg = d_in if gf is None else len(gf)
+        de = d_in if ef is None else len(ef)
+        gate = ConstantGate(k, dtype=dtype) if spec.get("gate") == "ConstantGate" else est._build_gate(dg, k, dtype, gen)
+        ch = spec.get("children")
+        if ch == "stacked":
+            experts = est._build_named_experts(de, k, y_info, dtype, gen)
+        elif isinstance(ch, list) and len(ch) == k:
+            experts = [build(c, de, depth + 1) if isinstance(c, dict)
+                       else est._build_named_experts(de, None, y_info, dtype, gen) for c in ch]
+        else:
+            raise ModelFileError("damaged model file: bad children in the tree")
+        pt = spec.get("prune_threshold")
+        return MixtureOfExperts(gate, experts, gate_features=gf, expert_features=ef,
+                                prune_threshold=None if pt is None else float(pt))
+
+    return build(structure.get("tree"), int(est.n_features_in_), 0)
+
+
+# (module, class, build, describe): estimators registered when their module exists.
+_OPTIONAL: list[tuple[str, str, Callable, Callable | None]] = [
+    ("mdn", "MDNRegressor", _build_mdn, _describe_mdn),
+    ("hme", "HMERegressor", _build_hme, _describe_hme),
+    ("hme", "HMEClassifier", _build_hme, _describe_hme),
+]
+
+
+# ------------------------------------------------------ encoding of values
+class _Encoder:
+    """JSON-encodes plain values; numeric arrays and tensors go to the tensor table."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def _tensor(self, t: torch.Tensor) -> str:
+        name = f"{self.prefix}{len(self.tensors)}"
+        self.tensors[name] = t.detach().to("cpu").contiguous().clone()
+        return name
+
+    def encode(self, v, where: str):
+        if v is None or isinstance(v, (bool, str)):
+            return v
+        if isinstance(v, int):
+            return v
+        if isinstance(v, float):
+            return v if math.isfinite(v) else {"__float__": repr(v)}
+        if isinstance(v, np.generic):
+            if isinstance(v, (np.bool_, np.integer, np.floating)):
+                return {"__npscalar__": v.dtype.str, "value": self.encode(v.item(), where)}
+            if isinstance(v, np.str_):
+                return str(v)
+        if isinstance(v, tuple):
+            return {"__tuple__": [self.encode(x, f"{where}[{i}]") for i, x in enumerate(v)]}
+        if isinstance(v, list):
+            return [self.encode(x, f"{where}[{i}]") for i, x in enumerate(v)]
+        if isinstance(v, dict):
+            for k in v:
+                if not isinstance(k, str):
+                    raise ModelFileError(f"cannot store {where}: dictionary keys must be strings, got {k!r}")
+            return {"__dict__": {k: self.encode(x, f"{where}[{k!r}]") for k, x in v.items()}}
+        if isinstance(v, torch.Tensor):
+            return {"__tensor__": self._tensor(v)}
+        if isinstance(v, np.ndarray):
+            if v.dtype.kind in "biuf" and v.dtype.itemsize <= 8:
+                try:
+                    t = torch.from_numpy(np.ascontiguousarray(v).copy())
+                except TypeError:
+                    raise ModelFileError(f"cannot store {where}: arrays of dtype {v.dtype} are not supported") from None
+                return {"__array__": self._tensor(t)}
+            if v.dtype.kind in "UO":
+                flat = v.reshape(-1).tolist()
+                for x in flat:
+                    if not (x is None or isinstance(x, (str, bool, int, float))):
+                        raise ModelFileError(
+                            f"cannot store {where}: an object array may hold only strings and numbers, "
+                            f"got a {type(x).__name__}"
+                        )
+                return {"__strarray__": flat, "shape": list(v.shape), "kind": v.dtype.kind}
+            raise ModelFileError(f"cannot store {where}: arrays of dtype {v.dtype} are not supported")
+        name = type(v).__name__
+        if dataclasses.is_dataclass(v) and _result_classes().get(name) is type(v):
+            fields = {f.name: getattr(v, f.name) for f in dataclasses.fields(v) if f.name != "model"}
+            return {"__result__": name, "fields": self.encode(fields, where)}
+        if isinstance(v, torch.dtype):
+            return {"__dtype__": str(v).replace("torch.", "")}
+        raise ModelFileError(
+            f"cannot store {where} (a {type(v).__module__}.{type(v).__name__}) without pickle; "
+            "only numbers, strings, lists, tuples, dicts, numpy arrays and tensors can be stored"
+        )
+
+
+_NP_DTYPES = {"<f8", "<f4", "<f2", "<i8", "<i4", "<i2", "|i1", "|u1", "|b1", "<u2", "<u4", "<u8"}
+_TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+
+
+def _decode(v, tensors: dict, where: str):
+    if v is None or isinstance(v, (bool, str, int, float)):
+        return v
+    if isinstance(v, list):
+        return [_decode(x, tensors, where) for x in v]
+    if not isinstance(v, dict) or len(v) == 0:
+        raise ModelFileError(f"damaged model file: unexpected value at {where}")
+    if "__float__" in v:
+        s = v["__float__"]
+        if s not in ("nan", "inf", "-inf"):
+            raise ModelFileError(f"damaged model file: bad float at {where}")
+        return float(s)
+    if "__npscalar__" in v:
+        if v["__npscalar__"] not in _NP_DTYPES:
+            raise ModelFileError(f"damaged model file: unsupported scalar type at {where}")
+        return np.dtype(v["__npscalar__"]).type(_decode(v.get("value"), tensors, where))
+    if "__tuple__" in v:
+        return tuple(_decode(x, tensors, where) for x in _expect(v["__tuple__"], list, where))
+    if "__dict__" in v:
+        d = _expect(v["__dict__"], dict, where)
+        return {str(k): _decode(x, tensors, f"{where}[{k!r}]") for k, x in d.items()}
+    if "__tensor__" in v or "__array__" in v:
+        key = v.get("__tensor__", v.get("__array__"))
+        if not isinstance(key, str) or key not in tensors:
+            raise ModelFileError(f"damaged model file: tensor {key!r} referenced at {where} is missing")
+        t = tensors[key]
+        return t.clone() if "__tensor__" in v else t.numpy().copy()
+    if "__strarray__" in v:
+        flat = _expect(v["__strarray__"], list, where)
+        shape = tuple(int(s) for s in _expect(v.get("shape"), list, where))
+        kind = v.get("kind")
+        if kind not in ("U", "O") or int(np.prod(shape)) != len(flat):
+            raise ModelFileError(f"damaged model file: bad string array at {where}")
+        for x in flat:
+            if not (x is None or isinstance(x, (str, bool, int, float))):
+                raise ModelFileError(f"damaged model file: bad string array at {where}")
+        arr = np.empty(len(flat), dtype=object)
+        arr[:] = flat
+        if kind == "U":
+            arr = arr.astype(str)
+        return arr.reshape(shape)
+    if "__result__" in v:
+        cls = _result_classes().get(v["__result__"])
+        fields = _decode(v.get("fields"), tensors, where)
+        if cls is None or not isinstance(fields, dict):
+            raise ModelFileError(f"damaged model file: unknown result type {v['__result__']!r} at {where}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(model=None, **{k: x for k, x in fields.items() if k in known and k != "model"})
+        except TypeError as e:
+            raise ModelFileError(f"damaged model file: bad {cls.__name__} at {where} ({e})") from None
+    if "__dtype__" in v:
+        if v["__dtype__"] not in _TORCH_DTYPES:
+            raise ModelFileError(f"damaged model file: unknown dtype at {where}")
+        return _TORCH_DTYPES[v["__dtype__"]]
+    raise ModelFileError(f"damaged model file: unexpected value at {where}")
+
+
+def _expect(v, typ, where):
+    if not isinstance(v, typ):
+        raise ModelFileError(f"damaged model file: expected a {typ.__name__} at {where}")
+    return v
+
+
+# -------------------------------------------------------------- structure
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+def _simple(v) -> bool:
+    if isinstance(v, _SIMPLE):
+        return not (isinstance(v, float) and not math.isfinite(v))
+    if isinstance(v, (list, tuple)):
+        return all(_simple(x) for x in v)
+    return False
+
+
+def _module_class(m: nn.Module) -> str:
+    return f"{type(m).__module__}.{type(m).__qualname__}"
+
+
+def model_tree(model: nn.Module) -> list[dict]:
+    """The module tree of a model as JSON values: path, class and plain attributes of every module.
+
+    Plain attributes (numbers, strings, booleans and lists of them, e.g. a
+    variance floor) are part of a model's behaviour without being tensors;
+    they are stored so that a loaded model computes exactly what the saved one did.
+
+    Examples
+    --------
+    >>> from moekit import MixtureOfExperts, SoftmaxGate, LinearGaussianExpert
+    >>> tree = model_tree(MixtureOfExperts(SoftmaxGate(1, 2), LinearGaussianExpert(1, n_experts=2)))
+    >>> [(n["path"], n["class"].rsplit(".", 1)[1]) for n in tree]
+    [('', 'MixtureOfExperts'), ('gate', 'SoftmaxGate'), ('experts', 'LinearGaussianExpert')]
+    """
+    out = []
+    for path, m in model.named_modules():
+        attrs = {}
+        for k, v in vars(m).items():
+            if k.startswith("_") or k in m._parameters or k in m._buffers or k in m._modules:
+                continue
+            if _simple(v):
+                attrs[k] = list(v) if isinstance(v, tuple) else v
+        out.append({"path": path, "class": _module_class(m), "attrs": attrs})
+    return out
+
+
+def _check_storable_model(model: nn.Module, what: str) -> None:
+    for path, m in model.named_modules():
+        mod = type(m).__module__
+        name = f"'{path}'" if path else "the model"
+        if type(m).__name__ == "SklearnExpert":
+            raise ModelFileError(
+                f"cannot save {what}: {name} is a scikit-learn expert, which can only be stored with pickle. "
+                "Use a named expert (expert='linear', 'mlp', ...) to save the model, or persist it with joblib "
+                "(only ever load such files from sources you trust)"
+            )
+        if not (mod.startswith("moekit.") or mod.startswith("torch.nn.")):
+            raise ModelFileError(
+                f"cannot save {what}: {name} is a {type(m).__name__} from '{mod}', which moekit cannot rebuild "
+                "without pickle; use moekit's built-in experts and gates, or save model_.state_dict() yourself"
+            )
+        for k, v in vars(m).items():
+            if isinstance(v, torch.Tensor) and not k.startswith("_"):
+                raise ModelFileError(
+                    f"cannot save {what}: {name} holds the tensor attribute '{k}' that is neither a "
+                    "parameter nor a buffer, so it is not part of its state_dict"
+                )
+
+
+def _check_params(params: dict, what: str) -> dict:
+    from sklearn.base import BaseEstimator
+
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, (nn.Module, BaseEstimator)) or (hasattr(v, "fit") and hasattr(v, "predict")):
+            raise ModelFileError(
+                f"cannot save {what}: parameter {k}= is an instance ({type(v).__name__}), which can only be "
+                f"stored with pickle. Use a named {k} (e.g. {k}='linear') to save the model"
+            )
+        if k == "random_state" and v is not None and not isinstance(v, (int, np.integer)):
+            warnings.warn(
+                f"random_state (a {type(v).__name__}) is not stored in the model file; the loaded estimator "
+                "has random_state=None (it only matters when the estimator is fitted again)",
+                UserWarning,
+                stacklevel=4,
+            )
+            v = None
+        out[k] = v
+    return out
+
+
+# ------------------------------------------------------------- checksum
+def _checksum(config: str, tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    h.update(config.encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(b"\0" + name.encode("utf-8") + b"\0" + str(t.dtype).encode() + repr(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ save
+def save(estimator, path, metadata: dict | None = None) -> None:
+    """Write a fitted estimator to ``path`` (safetensors + JSON, never pickle).
+
+    Parameters
+    ----------
+    estimator : fitted moekit estimator
+        ``MoERegressor``, ``MoEClassifier`` (and HME / MDN estimators where
+        present) whose experts and gate were given by name.
+    path : str or os.PathLike
+        Written atomically (a temporary file in the same folder, then renamed).
+    metadata : dict, optional
+        Extra JSON-able information to keep with the model (the command line
+        stores its column encoding and a training-data summary here); read
+        it back with :func:`read_info`.
+
+    Raises
+    ------
+    ModelFileError
+        The estimator is not fitted, or holds something that cannot be
+        stored without pickle (an expert or gate instance, a scikit-learn expert).
+    """
+    try:
+        from safetensors.torch import save as st_save
+    except ImportError as e:  # pragma: no cover - safetensors is a dependency
+        raise ImportError(_INSTALL_HINT) from e
+    _ensure_registered()
+    name = type(estimator).__name__
+    entry = _REGISTRY.get(name)
+    if entry is None or entry.cls is not type(estimator):
+        known = ", ".join(sorted(_REGISTRY))
+        raise ModelFileError(f"cannot save a {name}: moekit model files hold one of {known}")
+    model = getattr(estimator, "model_", None)
+    if not isinstance(model, nn.Module):
+        raise ModelFileError(f"cannot save this {name}: it is not fitted yet; call fit(X, y) first")
+    what = f"this {name}"
+    params = _check_params(estimator.get_params(deep=False), what)
+    _check_storable_model(model, what)
+
+    enc = _Encoder("value.")
+    enc_params = {k: enc.encode(v, f"parameter {k}") for k, v in params.items()}
+    fitted = {}
+    for k, v in vars(estimator).items():
+        if k in params or k == "model_" or k.startswith("__"):
+            continue
+        fitted[k] = enc.encode(v, f"attribute {k}")
+    structure = entry.describe(estimator) if entry.describe is not None else {}
+    enc_structure = enc.encode(structure, "structure")
+    enc_metadata = enc.encode(metadata if metadata is not None else {}, "metadata")
+    tensors = dict(enc.tensors)
+    for k, t in model.state_dict().items():
+        tensors[f"model.{k}"] = t.detach().to("cpu").contiguous().clone()
+    from . import __version__
+
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "moekit_version": __version__,
+        "torch_version": torch.__version__,
+        "estimator": name,
+        "params": enc_params,
+        "fitted": fitted,
+        "structure": enc_structure,
+        "tree": model_tree(model),
+        "state_dict": {k[len("model."):]: [str(t.dtype).replace("torch.", ""), list(t.shape)]
+                       for k, t in tensors.items() if k.startswith("model.")},
+        "metadata": enc_metadata,
+    }
+    cfg = json.dumps(config, sort_keys=True, allow_nan=False)
+    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": cfg, "checksum": _checksum(cfg, tensors)}
+    blob = st_save(tensors, metadata=header)
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".moekit-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file (mkstemp makes it private)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ------------------------------------------------------------------ load
+def _read_header(path) -> tuple[bytes, dict]:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file '{path}' does not exist; check the path")
+    if os.path.isdir(path):
+        raise ModelFileError(f"'{path}' is a folder, not a moekit model file")
+    with open(path, "rb") as f:
+        blob = f.read()
+    not_ours = f"'{path}' is not a moekit model file"
+    if len(blob) < 8:
+        raise ModelFileError(f"{not_ours} ({len(blob)} bytes: empty or truncated)")
+    (n,) = struct.unpack("<Q", blob[:8])
+    if n < 2 or n > _MAX_HEADER or blob[8:9] != b"{":
+        raise ModelFileError(f"{not_ours} (it does not start with a safetensors header; moekit files never hold pickle)")
+    if 8 + n > len(blob):
+        raise ModelFileError(f"'{path}' is truncated: its header needs {8 + n} bytes but the file has {len(blob)}")
+    try:
+        header = json.loads(blob[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelFileError(f"{not_ours} (its header is not valid JSON: damaged or foreign)") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{not_ours} (a safetensors file without moekit's header; was it written by another tool?)")
+    version = meta.get("format_version")
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        raise ModelFileError(f"damaged model file '{path}': bad format version {version!r}") from None
+    if version > FORMAT_VERSION:
+        from . import __version__
+
+        raise ModelFileError(
+            f"'{path}' uses model-file format version {version}, newer than this moekit {__version__} reads "
+            f"(up to {FORMAT_VERSION}); upgrade moekit to load it"
+        )
+    if version < 1:
+        raise ModelFileError(f"damaged model file '{path}': bad format version {version}")
+    return blob, meta
+
+
+def read_info(path) -> dict:
+    """What a model file holds, without building the model: its JSON configuration.
+
+    Returns the decoded configuration (``estimator``, ``params``, ``tree``,
+    ``state_dict`` shapes, ``metadata``, versions) plus ``file_size``.
+    Numeric arrays are not decoded (their entries read ``None``); see
+    :func:`load` for the estimator itself.
+
+    Raises
+    ------
+    ModelFileError
+        As :func:`load` for a file that is not a moekit model file.
+    """
+    blob, meta = _read_header(path)
+    cfg = _parse_config(path, meta)
+    cfg["file_size"] = len(blob)
+    cfg["checksum"] = meta.get("checksum")
+    cfg["params"] = {k: _decode_lenient(v) for k, v in cfg["params"].items()}
+    cfg["metadata"] = _decode_lenient(cfg.get("metadata", {}))
+    cfg["structure"] = _decode_lenient(cfg.get("structure", {}))
+    cfg["fitted"] = {k: _decode_lenient(v) for k, v in cfg["fitted"].items()}
+    return cfg
+
+
+def _decode_lenient(v):
+    """Decode JSON values for display; tensors become None."""
+    if isinstance(v, list):
+        return [_decode_lenient(x) for x in v]
+    if isinstance(v, dict):
+        if "__tuple__" in v:
+            return tuple(_decode_lenient(x) for x in v["__tuple__"])
+        if "__dict__" in v:
+            return {k: _decode_lenient(x) for k, x in v["__dict__"].items()}
+        if "__float__" in v:
+            return float(v["__float__"]) if v["__float__"] in ("nan", "inf", "-inf") else None
+        if "__npscalar__" in v:
+            return _decode_lenient(v.get("value"))
+        if "__strarray__" in v:
+            return list(v["__strarray__"])
+        if "__result__" in v:
+            return _decode_lenient(v.get("fields"))  # a dict of its fields
+        if "__dtype__" in v:
+            return v["__dtype__"]
+        return None
+    return v
+
+
+def _parse_config(path, meta) -> dict:
+    raw = meta.get("config")
+    if not isinstance(raw, str):
+        raise ModelFileError(f"damaged model file '{path}': no configuration in its header")
+    try:
+        cfg = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ModelFileError(f"damaged model file '{path}': its configuration is not valid JSON") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise ModelFileError(f"damaged model file '{path}': its configuration is not a moekit configuration")
+    for key, typ in (("estimator", str), ("params", dict), ("fitted", dict), ("tree", list), ("state_dict", dict)):
+        if not isinstance(cfg.get(key), typ):
+            raise ModelFileError(f"damaged model file '{path}': '{key}' is missing from its configuration")
+    return cfg
+
+
+def load(path, device=None):
+    """Load an estimator written by :func:`save` (or ``estimator.save``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    device : str or torch.device, optional
+        Where to put the model.  Default: the device it was saved from when
+        that exists here; otherwise the CPU, with a warning.
+
+    Returns
+    -------
+    estimator
+        A fitted estimator whose predictions are bit-identical to the saved
+        one's (on the same device).  The command line's metadata, if any, is
+        in ``read_info(path)["metadata"]``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ModelFileError
+        Not a moekit model file, truncated or corrupted, written by a newer
+        moekit, or describing a model this moekit cannot rebuild.
+    """
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load as st_load
+    except ImportError as e:  # pragma: no cover - safetensors is a dependency
+        raise ImportError(_INSTALL_HINT) from e
+    blob, meta = _read_header(path)
+    path = os.fspath(path)
+    try:
+        tensors = st_load(blob)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:
+        raise ModelFileError(f"'{path}' is truncated or damaged: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    cfg = _parse_config(path, meta)
+    if _checksum(meta["config"], tensors) != meta.get("checksum"):
+        raise ModelFileError(f"'{path}' is damaged: its checksum does not match its contents (re-save or re-download it)")
+
+    _ensure_registered()
+    name = cfg["estimator"]
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise ModelFileError(
+            f"'{path}' holds a {name!r} model, which this moekit cannot rebuild (it knows {', '.join(sorted(_REGISTRY))}); "
+            "upgrade moekit or install the part that provides it"
+        )
+    params = {k: _decode(v, tensors, f"parameter {k}") for k, v in cfg["params"].items()}
+    est = entry.cls()
+    valid = est.get_params(deep=False)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ModelFileError(f"'{path}' sets parameters {unknown} that {name} does not have (written by another moekit version?)")
+    if device is not None:
+        params["device"] = str(device)
+    elif "device" in params:
+        params["device"] = _available_device(params["device"], path)
+    try:
+        est.set_params(**params)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"damaged model file '{path}': {e}") from None
+    for k, v in cfg["fitted"].items():
+        setattr(est, k, _decode(v, tensors, f"attribute {k}"))
+    structure = _decode(cfg.get("structure", {"__dict__": {}}), tensors, "structure")
+
+    try:
+        model = entry.build(est, structure)
+    except ModelFileError:
+        raise
+    except Exception as e:  # the stored parameters do not describe a buildable model
+        raise ModelFileError(f"damaged model file '{path}': cannot rebuild the {name} it describes ({e})") from None
+    _check_tree(path, model, cfg["tree"])
+    _restore_attrs(model, cfg["tree"])
+    state = {k[len("model."):]: t for k, t in tensors.items() if k.startswith("model.")}
+    own = model.state_dict()
+    if set(own) != set(state):
+        raise ModelFileError(
+            f"damaged model file '{path}': its tensors {sorted(set(state) ^ set(own))[:4]} do not match "
+            f"the {name} it describes"
+        )
+    for k, t in state.items():
+        if own[k].shape != t.shape or own[k].dtype != t.dtype:
+            raise ModelFileError(
+                f"damaged model file '{path}': tensor '{k}' is {t.dtype} {tuple(t.shape)}, "
+                f"the model needs {own[k].dtype} {tuple(own[k].shape)}"
+            )
+    model.load_state_dict(state, strict=True)
+    dev = getattr(est, "device", "cpu")
+    model = model.to(dev)
+    est.model_ = model
+    for v in vars(est).values():
+        _attach_model(v, model)
+    return est
+
+
+def _result_classes() -> dict:
+    """Result records that may be stored: FitResult and its subclasses, GrowResult (never imported by a file's say)."""
+    from .training.result import FitResult
+
+    out, todo = {}, [FitResult]
+    while todo:
+        c = todo.pop()
+        out[c.__name__] = c
+        todo.extend(c.__subclasses__())
+    try:
+        from .hierarchy import GrowResult
+
+        out["GrowResult"] = GrowResult
+    except ImportError:  # pragma: no cover - hierarchy is part of moekit
+        pass
+    return out
+
+
+def _attach_model(v, model, depth: int = 0) -> None:
+    """Results refer to the model they fitted: point the loaded ones at the loaded model."""
+    if depth > 3:
+        return
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        if getattr(v, "model", False) is None:
+            v.model = model
+        for f in dataclasses.fields(v):
+            _attach_model(getattr(v, f.name), model, depth + 1)
+
+
+def _available_device(dev, path) -> str:
+    dev = str(dev)
+    try:
+        d = torch.device(dev)
+    except (RuntimeError, TypeError):
+        raise ModelFileError(f"damaged model file '{path}': bad device {dev!r}") from None
+    ok = d.type == "cpu" or (d.type == "cuda" and torch.cuda.is_available() and (d.index or 0) < torch.cuda.device_count())
+    if d.type == "mps":
+        ok = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if not ok:
+        warnings.warn(
+            f"'{path}' was saved from device {dev!r}, which this machine does not have; loading it on the CPU "
+            "(pass device= to choose)",
+            UserWarning,
+            stacklevel=3,
+        )
+        return "cpu"
+    return dev
+
+
+def _check_tree(path, model: nn.Module, tree: list) -> None:
+    mine = [(p, _module_class(m)) for p, m in model.named_modules()]
+    theirs = []
+    for node in tree:
+        if not (isinstance(node, dict) and isinstance(node.get("path"), str) and isinstance(node.get("class"), str)):
+            raise ModelFileError(f"damaged model file '{path}': bad module tree")
+        theirs.append((node["path"], node["class"]))
+    if mine != theirs:
+        diff = next(((a, b) for a, b in zip(mine, theirs) if a != b), (mine[len(theirs):len(theirs) + 1], theirs[len(mine):len(mine) + 1]))
+        raise ModelFileError(
+            f"damaged model file '{path}': the model rebuilt from its parameters differs from the stored one "
+            f"(rebuilt {diff[0]}, stored {diff[1]})"
+        )
+
+
+def _restore_attrs(model: nn.Module, tree: list) -> None:
+    mods = dict(model.named_modules())
+    for node in tree:
+        m = mods[node["path"]]
+        attrs = node.get("attrs", {})
+        if not isinstance(attrs, dict):
+            continue
+        for k, v in attrs.items():
+            if not isinstance(k, str) or k.startswith("_") or k not in vars(m):
+                continue
+            if k in m._parameters or k in m._buffers or k in m._modules or not _simple(v):
+                continue
+            cur = vars(m)[k]
+            if isinstance(cur, tuple) and isinstance(v, list):
+                v = tuple(v)
+            if type(cur) is not type(v) and not (cur is None or v is None):
+                continue
+            object.__setattr__(m, k, v)

@@ -1,0 +1,442 @@
+"""A one-page, self-contained HTML report of a fitted conditional mixture.
+
+:func:`make_report` writes one HTML file with every picture embedded as a PNG
+(``data:`` URIs: no external files, no scripts, no network): the model, the
+metrics, the data, the fitted experts with the gate's regions, the
+conditional density with its modes, the convergence curve and the tree of
+gates.  :func:`compute_metrics` and :func:`describe_model` are the numbers
+and the text it shows; the command line (``moekit evaluate``, ``moekit info``)
+prints the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import math
+import os
+
+import numpy as np
+import torch
+
+__all__ = ["compute_metrics", "describe_model", "make_report", "figure_to_png"]
+
+
+# ================================================================= metrics
+def _np(a):
+    return a.to_numpy() if hasattr(a, "to_numpy") else np.asarray(a)
+
+
+def _is_classifier(est) -> bool:
+    return hasattr(est, "classes_")
+
+
+def _finite(v):
+    return float(v) if v is not None and math.isfinite(float(v)) else None
+
+
+@torch.no_grad()
+def compute_metrics(estimator, X, y, *, level: float = 0.9) -> dict:
+    """Goodness of fit of a fitted estimator on data (X, y).
+
+    Parameters
+    ----------
+    estimator : fitted moekit estimator
+    X : array (n, d_x)
+    y : array (n,) or (n, d_y)
+    level : float
+        Nominal level of the central predictive intervals whose coverage is reported.
+
+    Returns
+    -------
+    dict
+        ``n``, ``log_likelihood`` (sum over rows), ``mean_log_likelihood``,
+        ``nll`` (mean negative log-likelihood per row; it can be negative for
+        a density, since densities can exceed one), ``n_parameters``, ``bic``;
+        for regressors ``rmse_mean`` (RMSE of the conditional mean),
+        ``rmse_top_mode`` (of the heaviest mode of p(y | x); ``None`` for count
+        data, which has no modes in this sense), ``coverage`` (share of rows
+        whose y lies in the central ``level`` interval of p(y | x), per
+        target column) and ``interval_level``; for classifiers ``accuracy``.
+
+    Shapes
+    ------
+    X (n, d_x); y (n,) or (n, d_y).
+
+    Examples
+    --------
+    >>> from moekit import MoERegressor
+    >>> from moekit.datasets import load_tonedata
+    >>> d = load_tonedata()
+    >>> est = MoERegressor(n_experts=2, random_state=0).fit(d.data, d.target)
+    >>> m = compute_metrics(est, d.data, d.target)
+    >>> m["n"], round(m["log_likelihood"], 2), 0.8 < m["coverage"][0] <= 1.0
+    (150, 142.85, True)
+    """
+    if not (isinstance(level, (int, float)) and 0 < level < 1):
+        raise ValueError(f"level must be strictly between 0 and 1, got {level!r}")
+    ya = _np(y)
+    ll = np.asarray(estimator.score_samples(X, y), dtype=float)
+    n = int(ll.shape[0])
+    out: dict = {"n": n, "log_likelihood": float(ll.sum()), "mean_log_likelihood": float(ll.mean()),
+                 "nll": float(-ll.mean())}
+    try:
+        p = int(estimator.model_.n_parameters())
+        out["n_parameters"] = p
+        out["bic"] = float(-2 * ll.sum() + p * math.log(n))
+    except (AttributeError, NotImplementedError, TypeError):
+        out["n_parameters"] = None
+        out["bic"] = None
+    if _is_classifier(estimator):
+        out["accuracy"] = float(np.mean(estimator.predict(X) == ya))
+        return out
+    dist = estimator.predict_distribution(X)
+    mean = dist.mean.cpu().numpy()
+    yf = ya.astype(float).reshape(mean.shape)
+    err = (mean - yf).reshape(n, -1)
+    out["rmse_mean"] = float(np.sqrt(np.mean(err**2)))
+    out["rmse_top_mode"] = None
+    try:
+        from .inference import find_modes
+
+        modes = find_modes(dist, max_modes=1).numpy().modes[:, 0]
+        out["rmse_top_mode"] = _finite(np.sqrt(np.mean((modes.reshape(n, -1) - yf.reshape(n, -1)) ** 2)))
+    except ImportError:  # pragma: no cover - inference is part of moekit
+        pass
+    except TypeError:  # discrete families have no modes in this sense
+        pass
+    from .plotting import marginal
+
+    cov = []
+    n_t = 1 if yf.ndim == 1 else yf.shape[1]
+    lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
+    for j in range(n_t):
+        try:
+            mj = marginal(dist, j)
+            q = mj.quantiles([lo_q, hi_q]).cpu().numpy()
+        except (TypeError, ValueError):
+            cov.append(None)
+            continue
+        yj = yf if yf.ndim == 1 else yf[:, j]
+        cov.append(float(np.mean((yj >= q[:, 0]) & (yj <= q[:, 1]))))
+    out["coverage"] = cov
+    out["interval_level"] = float(level)
+    return out
+
+
+# ============================================================ description
+def describe_model(estimator, feature_names=None, target_names=None) -> str:
+    """A few lines on what a fitted estimator is: type, structure, sizes, fit.
+
+    Examples
+    --------
+    >>> from moekit import MoERegressor
+    >>> from moekit.datasets import load_tonedata
+    >>> d = load_tonedata()
+    >>> print(describe_model(MoERegressor(n_experts=2, random_state=0).fit(d.data, d.target)).splitlines()[0])
+    MoERegressor: 2 experts (LinearGaussianExpert, stacked) under a SoftmaxGate
+    """
+    from .mixture import MixtureOfExperts
+
+    model = estimator.model_
+    name = type(estimator).__name__
+    lines = []
+    nested = isinstance(model, MixtureOfExperts) and not model.is_stacked and any(
+        isinstance(e, MixtureOfExperts) for e in model.experts
+    )
+    if nested:
+        try:
+            from .hierarchy import render_tree
+
+            lines.append(f"{name}: hierarchical mixture of experts")
+            lines.extend("  " + ln for ln in render_tree(model).splitlines())
+        except ImportError:  # pragma: no cover - hierarchy is part of moekit
+            lines.append(f"{name}: hierarchical mixture of experts, {model.n_experts} branches at the root")
+    elif isinstance(model, MixtureOfExperts):
+        ex = model.experts
+        fams = type(ex).__name__ + ", stacked" if model.is_stacked else ", ".join(sorted({type(e).__name__ for e in ex}))
+        lines.append(f"{name}: {model.n_experts} experts ({fams}) under a {type(model.gate).__name__}")
+    else:
+        k = getattr(model, "n_experts", getattr(model, "n_components", "?"))
+        lines.append(f"{name}: {type(model).__name__} with {k} components")
+    names = feature_names if feature_names is not None else getattr(estimator, "feature_names_in_", None)
+    d = int(estimator.n_features_in_)
+    inputs = f"{d} input column(s)" + (f" ({', '.join(map(str, names))})" if names is not None else "")
+    if _is_classifier(estimator):
+        outputs = f"{len(estimator.classes_)} classes ({', '.join(map(str, estimator.classes_[:10]))})"
+    else:
+        try:
+            with torch.no_grad():
+                p = next(q for q in model.parameters() if q.is_floating_point())
+                ev = tuple(model(torch.zeros(1, d, dtype=p.dtype, device=p.device)).event_shape)
+            outputs = "a scalar target" if not ev else f"a {ev[0]}-dimensional target"
+            if target_names is not None:
+                outputs += f" ({', '.join(map(str, target_names))})"
+        except StopIteration:  # pragma: no cover
+            outputs = "a target"
+    lines.append(f"  inputs: {inputs}; outputs: {outputs}")
+    try:
+        lines.append(f"  free parameters: {model.n_parameters()}; dtype {getattr(estimator, 'dtype', '?')}; "
+                     f"device {getattr(estimator, 'device', '?')}")
+    except (AttributeError, NotImplementedError):
+        pass
+    fr = getattr(estimator, "fit_result_", None)
+    if fr is not None:
+        conv = "converged" if fr.converged else "did not converge"
+        unit = "EM iterations" if fr.method == "em" else "epochs"
+        lines.append(f"  fit: {fr.method}, {fr.n_iter} {unit}, {conv}; final mean log-likelihood "
+                     f"{fr.log_likelihood:.6g} per row; {fr.seconds:.2f} s")
+        if fr.pruned:
+            lines.append(f"  pruned experts: {list(fr.pruned)}")
+    return "\n".join(lines)
+
+
+# ================================================================ figures
+def figure_to_png(fig, dpi: int = 100) -> bytes:
+    """PNG bytes of a matplotlib figure."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1, **kw):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:  # pragma: no cover - matplotlib is a dependency
+        raise ImportError("moekit.report needs matplotlib: pip install matplotlib") from e
+    fig = Figure(figsize=(w, h), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _names(names, n, prefix):
+    if names is None:
+        return [f"{prefix}[{i}]" for i in range(n)] if n > 1 else [prefix]
+    names = [str(s) for s in names]
+    if len(names) != n:
+        raise ValueError(f"expected {n} {prefix} names, got {len(names)}")
+    return names
+
+
+def _default_figures(est, X, y, fnames, tnames) -> list[tuple[str, str, bytes]]:
+    from . import plotting as P
+    from .mixture import MixtureOfExperts
+
+    Xa = _np(X).astype(float)
+    if Xa.ndim == 1:
+        Xa = Xa[:, None]
+    ya = _np(y)
+    clf = _is_classifier(est)
+    d = Xa.shape[1]
+    n_t = 1 if ya.ndim == 1 else ya.shape[1]
+    feats = list(range(min(d, 3)))
+    targs = list(range(min(n_t, 3)))
+    figs = []
+    slice_note = " Curves vary one input column with the others held at their median." if d > 1 else ""
+
+    fig, axes = _figure(3.6 * len(feats), 2.8 * len(targs), len(targs), len(feats))
+    for r, j in enumerate(targs):
+        for c, f in enumerate(feats):
+            P.plot_data(Xa, ya, feature=f, target=j, ax=axes[r, c], feature_names=fnames, target_names=tnames)
+    figs.append(("Data", f"{len(Xa)} rows: each target column against each input column.", figure_to_png(fig)))
+
+    fig, axes = _figure(4.2 * min(d, 2), 5.2, 2, min(d, 2), sharex="col", gridspec_kw={"height_ratios": [3, 2]})
+    for c in range(min(d, 2)):
+        P.plot_experts(est, Xa, ya, feature=c, ax=axes[0, c], feature_names=fnames, target_names=tnames)
+        P.plot_gate(est, Xa, feature=c, ax=axes[1, c], feature_names=fnames)
+        axes[0, c].set_xlabel("")
+    what = "probability of each class" if clf else "mean of y"
+    figs.append(("Fitted experts and gate regions",
+                 f"Top: each expert's {what}, opaque where the gate trusts it; points coloured by their most "
+                 f"responsible expert. Bottom: the gate's probabilities (stacked).{slice_note}", figure_to_png(fig)))
+
+    if not clf:
+        dens_targets = targs[:2]
+        fig, axes = _figure(4.4 * min(d, 2), 3.4 * len(dens_targets), len(dens_targets), min(d, 2))
+        for r, j in enumerate(dens_targets):
+            for c in range(min(d, 2)):
+                P.plot_conditional_density(est, Xa, ya, feature=c, target=j, n_grid=160, ax=axes[r, c],
+                                           feature_names=fnames, target_names=tnames)
+        marg = " (marginal density of each target column)" if n_t > 1 else ""
+        figs.append(("Conditional density with modes",
+                     f"Heat map of p(y | x){marg}; white dots: its modes at every x (size: their probability "
+                     f"mass); blue: the data.{slice_note}", figure_to_png(fig)))
+
+    fig, axes = _figure(5.0, 3.0)
+    P.plot_convergence(est, ax=axes[0, 0])
+    figs.append(("Convergence", "Mean log-likelihood per row after every iteration of the best start.",
+                 figure_to_png(fig)))
+
+    model = est.model_
+    if isinstance(model, MixtureOfExperts):
+        from .plotting import _tree_of
+
+        n_leaves = sum(1 for nd in _tree_of(model, None) if nd["leaf"])
+        if n_leaves <= 64:
+            fig, axes = _figure(max(4.0, 1.0 * n_leaves), 1.2 + 1.1 * max(1, _depth(model)))
+            P.plot_hme_tree(est, Xa, ax=axes[0, 0])
+            figs.append(("Tree of gates and experts",
+                         "Numbers on the edges: mean probability of being routed there on these data.",
+                         figure_to_png(fig)))
+    return figs
+
+
+def _depth(model) -> int:
+    from .mixture import MixtureOfExperts
+
+    if not isinstance(model, MixtureOfExperts) or model.is_stacked:
+        return 1
+    return 1 + max((_depth(e) if isinstance(e, MixtureOfExperts) else 0) for e in model.experts)
+
+
+# ================================================================== HTML
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd}
+.sub{color:#666;margin-top:0}pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.85em}
+table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .7em;text-align:left}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:1em 0}figcaption{color:#555;font-size:.9em;margin-top:.3em}img{max-width:100%;height:auto}
+"""
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v)
+    return str(v)
+
+
+_LABELS = {
+    "n": "rows",
+    "log_likelihood": "log-likelihood (sum)",
+    "mean_log_likelihood": "mean log-likelihood per row",
+    "nll": "NLL (mean per row)",
+    "n_parameters": "free parameters",
+    "bic": "BIC",
+    "rmse_mean": "RMSE of the mean",
+    "rmse_top_mode": "RMSE of the top mode",
+    "coverage": "interval coverage",
+    "interval_level": "interval level",
+    "accuracy": "accuracy",
+}
+
+
+def metrics_table_html(metrics: dict) -> str:
+    rows = []
+    for k, v in metrics.items():
+        label = _LABELS.get(k, k.replace("_", " "))
+        rows.append(f"<tr><th>{html.escape(label)}</th><td class='num'>{html.escape(_fmt(v))}</td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def make_report(
+    estimator,
+    X,
+    y,
+    path=None,
+    *,
+    title: str | None = None,
+    feature_names=None,
+    target_names=None,
+    metrics: dict | None = None,
+    level: float = 0.9,
+    extra_figures=None,
+    notes: str | None = None,
+) -> str:
+    """Build the HTML report (and write it to ``path`` when given).
+
+    Parameters
+    ----------
+    estimator : fitted moekit estimator
+    X : array (n, d_x)
+        Data to show and evaluate on (the training data, or held-out data).
+    y : array (n,) or (n, d_y)
+    path : str or os.PathLike, optional
+        Where to write the page (UTF-8).  The folder must exist.
+    title : str, optional
+    feature_names, target_names : list of str, optional
+        Axis labels (default: the estimator's ``feature_names_in_`` or x[i], y[j]).
+    metrics : dict, optional
+        Shown instead of :func:`compute_metrics` ``(estimator, X, y, level=level)``.
+    level : float
+        Level of the predictive intervals whose coverage is reported.
+    extra_figures : list of (title, caption, figure or PNG bytes), optional
+        Added after the standard pictures (a matplotlib Figure is rendered to PNG).
+    notes : str, optional
+        A paragraph of text shown under the title.
+
+    Returns
+    -------
+    str
+        The HTML page: self-contained (images are embedded PNGs), no scripts.
+
+    Shapes
+    ------
+    X (n, d_x); y (n,) or (n, d_y).
+
+    Examples
+    --------
+    >>> from moekit import MoERegressor
+    >>> from moekit.datasets import load_tonedata
+    >>> d = load_tonedata()
+    >>> est = MoERegressor(n_experts=2, random_state=0).fit(d.data, d.target)
+    >>> page = make_report(est, d.data, d.target, title="Tone data")
+    >>> page.startswith("<!DOCTYPE html>"), page.count("data:image/png;base64,") >= 4
+    (True, True)
+    """
+    Xa = _np(X)
+    ya = _np(y)
+    if Xa.ndim == 1:
+        Xa = Xa[:, None]
+    if Xa.shape[0] != ya.shape[0]:
+        raise ValueError(f"X has {Xa.shape[0]} rows but y has {ya.shape[0]}; pass the rows of one data set")
+    if Xa.shape[0] == 0:
+        raise ValueError("X has no rows: nothing to report")
+    d = int(estimator.n_features_in_)
+    fnames = feature_names if feature_names is not None else getattr(estimator, "feature_names_in_", None)
+    fnames = _names(fnames, d, "x")
+    n_t = 1 if ya.ndim == 1 else ya.shape[1]
+    tnames = _names(target_names, n_t, "y")
+    if metrics is None:
+        metrics = compute_metrics(estimator, X, y, level=level)
+    figs = _default_figures(estimator, X, y, fnames, tnames)
+    for item in extra_figures or []:
+        t, cap, fig = item
+        png = fig if isinstance(fig, (bytes, bytearray)) else figure_to_png(fig)
+        figs.append((t, cap, bytes(png)))
+    from . import __version__
+
+    title = title or f"moekit report: {type(estimator).__name__}"
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    parts = [
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class='sub'>moekit {html.escape(__version__)} &middot; {html.escape(when)} &middot; "
+        f"{Xa.shape[0]} rows</p>",
+    ]
+    if notes:
+        parts.append(f"<p>{html.escape(notes)}</p>")
+    parts.append("<h2>Model</h2>")
+    parts.append(f"<pre>{html.escape(describe_model(estimator, fnames, tnames))}</pre>")
+    parts.append("<h2>Metrics</h2>")
+    parts.append(metrics_table_html(metrics))
+    for i, (t, cap, png) in enumerate(figs):
+        b64 = base64.b64encode(png).decode("ascii")
+        parts.append(f"<h2>{html.escape(t)}</h2><figure><img id='fig{i}' alt='{html.escape(t, quote=True)}' "
+                     f"src='data:image/png;base64,{b64}'><figcaption>{html.escape(cap)}</figcaption></figure>")
+    parts.append("</body></html>")
+    page = "\n".join(parts) + "\n"
+    if path is not None:
+        with open(os.fspath(path), "w", encoding="utf-8") as f:
+            f.write(page)
+    return page
