@@ -583,7 +583,7 @@ class _StackMember(Distribution):
     def cdf(self, value):
         return self.dist.cdf(value.unsqueeze(-1)).select(-1, self.k)
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         sample_shape = torch.Size(sample_shape)
         return self._pick(self.dist.sample(sample_shape), len(sample_shape))
 

@@ -46,14 +46,15 @@ class _HMEMixin:
 
     # ------------------------------------------------------------ checking
     def _check_params(self) -> None:
+        def is_int(v, low):
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+
         if self.grow:
-            if not (isinstance(self.branching, numbers.Integral) and not isinstance(self.branching, bool) and self.branching >= 2):
+            if not is_int(self.branching, 2):
                 raise ValueError(f"with grow=True, branching must be an int >= 2 (children per split), got {self.branching!r}")
-            if self.depth is not None and not (
-                isinstance(self.depth, numbers.Integral) and not isinstance(self.depth, bool) and self.depth >= 1
-            ):
+            if self.depth is not None and not is_int(self.depth, 1):
                 raise ValueError(f"depth must be None or a positive int (the deepest a grown tree may get), got {self.depth!r}")
-            if not (isinstance(self.max_leaves, numbers.Integral) and not isinstance(self.max_leaves, bool) and self.max_leaves >= 1):
+            if not is_int(self.max_leaves, 1):
                 raise ValueError(f"max_leaves must be a positive integer, got {self.max_leaves!r}")
             if not (isinstance(self.validation_fraction, numbers.Real) and 0 < self.validation_fraction < 1):
                 raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
@@ -88,7 +89,9 @@ class _HMEMixin:
         if isinstance(self.gate, str) and self.gate not in ("softmax", "mlp", "constant"):
             raise ValueError(f"gate must be 'softmax', 'mlp', 'constant' or a Gate instance, got {self.gate!r}")
         if not isinstance(self.gate, (str, Gate)):
-            raise TypeError(f"gate must be 'softmax', 'mlp', 'constant' or a moekit Gate instance, got {type(self.gate).__name__}")
+            raise TypeError(
+                f"gate must be 'softmax', 'mlp', 'constant' or a moekit Gate instance, got {type(self.gate).__name__}"
+            )
         if isinstance(self.expert, str) and self.expert not in self._expert_names:
             raise ValueError(f"expert must be one of {self._expert_names} or an expert instance, got {self.expert!r}")
         if self.covariance not in ("full", "diag", "spherical"):

@@ -307,7 +307,8 @@ class MixtureOfExperts(nn.Module):
             if float(resp.sum()) > 0:
                 xs, ys = (self._xg(x), x.new_zeros(x.shape[0], 0)) if split == "kmeans_x" else (x, y)
                 try:
-                    sub = initial_responsibilities(xs, ys, self.n_experts, "random" if split == "random" else "kmeans", seed, resp)
+                    kind = "random" if split == "random" else "kmeans"
+                    sub = initial_responsibilities(xs, ys, self.n_experts, kind, seed, resp)
                 except ValueError:  # fewer distinct weighted rows than experts
                     sub = None
             if sub is None:

@@ -15,7 +15,6 @@ from moekit import (
     LinearGaussianExpert,
     MixtureOfExperts,
     MLPGate,
-    MoEClassifier,
     MoERegressor,
     PoissonExpert,
     SoftmaxGate,
@@ -157,7 +156,7 @@ def test_em_never_decreases_on_trees_of_depth_1_to_4(depth):
 
 @pytest.mark.parametrize("case", ["unbalanced", "mixed_families", "mlp_gates", "vector_y", "weighted"])
 def test_em_never_decreases_on_unbalanced_and_mixed_trees(case):
-    x, y = _two_d(200 if case in ("mlp_gates", "mixed_families") else 300, seed=3)
+    x, y = _two_d({"mlp_gates": 150, "mixed_families": 200}.get(case, 300), seed=3)
     w = None
     if case == "unbalanced":
         tree = _unbalanced(2)
@@ -178,7 +177,7 @@ def test_em_never_decreases_on_unbalanced_and_mixed_trees(case):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         res = fit_tree_em(tree, x, y, w, init="kmeans", random_state=1, prune_threshold=0,
-                          max_iter=12 if case in ("mlp_gates", "mixed_families") else 30)
+                          max_iter={"mlp_gates": 8, "mixed_families": 12}.get(case, 30))
     assert _nondecreasing(res.history), np.diff(res.history).min()
 
 
@@ -342,7 +341,7 @@ def test_recovers_parameters_of_a_known_depth_2_hme():
     fitted = torch.cat([node.experts.coef[:, :, 0] for node in tree.experts]).detach()
     # up to relabelling of the leaves: the best of the 24 matchings
     err = min((fitted[list(p)] - coefs).abs().max().item() for p in itertools.permutations(range(4)))
-    assert err < 0.1, err  # tolerance: 0.1 on every intercept and slope (sigma = 0.1, ~1000 rows per leaf)
+    assert err < 0.05, err  # tolerance: 0.05 on every intercept and slope (sigma = 0.1, ~1000 rows per leaf; seen: 0.012)
     scales = torch.cat([node.experts.log_scale.exp()[:, 0] for node in tree.experts]).detach()
     np.testing.assert_allclose(scales.numpy(), 0.1, rtol=0.1)
     # the gates put their boundaries where the true ones are (within 0.05)
@@ -572,7 +571,7 @@ def _expected_failures(est):
         # with integer weights and with repeated rows to 1e-7: the starts, the variance floor and EM agree)
         HMERegressor(alpha=1e-2),
         HMEClassifier(),
-        HMEClassifier(alpha=1e-2),
+        HMEClassifier(alpha=1e-2, max_iter=60),  # weighted and repeated-row fits take the same EM path
     ],
     expected_failed_checks=_expected_failures,
 )
@@ -606,7 +605,7 @@ def test_slow_recovery_of_a_depth_2_hme_at_n_20000(seed):
     fit_tree_em(tree, x, y, init="kmeans", n_init=3, random_state=seed, tol=1e-10, max_iter=1000)
     fitted = torch.cat([node.experts.coef[:, :, 0] for node in tree.experts]).detach()
     err = min((fitted[list(p)] - coefs).abs().max().item() for p in itertools.permutations(range(4)))
-    assert err < 0.05, err  # ~4x fewer rows' worth of standard error than the fast test's 0.1
+    assert err < 0.03, err  # 5x the rows of the fast test (seen: 0.006 for one seed)
 
 
 def _random_tree(rng, d, depth):
