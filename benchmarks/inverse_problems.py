@@ -6,7 +6,7 @@
 
    * scikit-learn ``MLPRegressor`` trained properly: standardised inputs and
      targets, ``GridSearchCV`` (3-fold, MSE) over hidden layers {(32,),
-     (64, 64), (128, 128)} x L2 penalty {1e-5, 1e-3, 1e-1}, L-BFGS, up to
+     (64, 64), (128, 128)} x L2 penalty {1e-5, 1e-3, 1e-1, 1, 10}, L-BFGS, up to
      3,000 iterations, tanh units;
    * a mixture of experts with **linear** experts (vector y, full noise
      covariance) and a softmax gate, K chosen from {10, 20, 30, 40, 60} by the
@@ -126,7 +126,7 @@ def mlp_baseline(X, y, seed, quick):
     pipe = make_pipeline(StandardScaler(), net)
     grid = {
         "transformedtargetregressor__regressor__hidden_layer_sizes": [(64, 64)] if quick else [(32,), (64, 64), (128, 128)],
-        "transformedtargetregressor__regressor__alpha": [1e-3] if quick else [1e-5, 1e-3, 1e-1],
+        "transformedtargetregressor__regressor__alpha": [1e-3] if quick else [1e-5, 1e-3, 1e-1, 1.0, 10.0],
     }
     gs = GridSearchCV(pipe, grid, cv=3, scoring="neg_mean_squared_error", n_jobs=1)
     with warnings.catch_warnings():
