@@ -13,8 +13,9 @@ from .experts import (
     StudentTExpert,
 )
 from .gates import ConstantGate, Gate, MLPGate, SoftmaxGate
+from .hierarchy import build_tree, fit_tree_em, grow_tree, render_tree
 from .hme import HMEClassifier, HMERegressor
-from .mdn import MDNRegressor, MixtureDensityNetwork, fit_mdn
+from .mdn import DeadComponentWarning, MDNRegressor, MixtureDensityNetwork, fit_mdn
 from .mixture import MixtureOfExperts
 from .stats import SuffStats
 from .training import FitResult, fit_em
@@ -32,6 +33,7 @@ def load(path, device=None):
 
 __all__ = [
     "ConstantGate",
+    "DeadComponentWarning",
     "Expert",
     "FitResult",
     "Gate",
@@ -53,8 +55,12 @@ __all__ = [
     "MoERegressor",
     "SoftmaxGate",
     "SuffStats",
+    "build_tree",
     "fit_em",
     "fit_gradient",
+    "fit_tree_em",
+    "grow_tree",
     "fit_mdn",
     "load",
+    "render_tree",
 ]
