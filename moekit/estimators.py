@@ -552,7 +552,11 @@ class MoERegressor(RegressorMixin, _MoEBase):
         x = torch.as_tensor(np.array(X, dtype=np.float64), dtype=dtype, device=self.device)
         yt = torch.as_tensor(np.array(y, dtype=np.float64), dtype=dtype, device=self.device)
         wt = torch.as_tensor(w, dtype=dtype, device=self.device)
-        var_y = float(np.mean(np.var(y, axis=0)))
+        # weighted, so that integer weights and repeated rows give the same floor
+        wn = w / w.sum()
+        y2 = y.reshape(len(y), -1)
+        centred = y2 - wn @ y2
+        var_y = float(np.mean(wn @ (centred * centred)))
         self._var_floor_abs = float(self.var_floor) * (var_y if var_y > 0 else 1.0)
         return self._fit_model(x, yt, wt, X.shape[1], y.shape[1] if y.ndim == 2 else None)
 
@@ -725,7 +729,9 @@ class MoEClassifier(ClassifierMixin, _MoEBase):
         p = self.predict_distribution(X).probs.cpu().numpy()
         if p.ndim == 1:  # Bernoulli experts: probability of the second class
             p = np.column_stack([1 - p, p])
-        return p
+        # rounding can leave a probability a few ulps outside [0, 1]
+        p = np.clip(p, 0.0, 1.0)
+        return p / p.sum(axis=1, keepdims=True)
 
     def predict_log_proba(self, X) -> np.ndarray:
         """Log class probabilities: (n, n_classes)."""

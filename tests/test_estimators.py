@@ -80,6 +80,23 @@ def test_integer_weights_equal_repeated_rows():
     np.testing.assert_allclose(a.log_likelihood_, b.log_likelihood_, rtol=1e-9)
 
 
+
+def test_variance_floor_uses_the_weighted_variance_of_y():
+    # y exactly on a line: the noise variance sits on the floor var_floor * var(y), and the
+    # floor must be the same for integer weights as for the repeated rows they stand for
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, size=(40, 1))
+    y = 2.0 * X[:, 0] + 1.0
+    w = np.where(X[:, 0] < -0.5, 6, 1)  # weights concentrated on one end change var(y)
+    kw = dict(n_experts=1, var_floor=1e-3, random_state=0)
+    a = MoERegressor(**kw).fit(X, y, sample_weight=w.astype(float))
+    b = MoERegressor(**kw).fit(np.repeat(X, w, axis=0), np.repeat(y, w))
+    np.testing.assert_allclose(a.score_samples(X, y), b.score_samples(X, y), rtol=1e-8)
+    wn = w / w.sum()
+    var_w = wn @ (y - wn @ y) ** 2
+    noise_var = a.predict_distribution(X[:1]).variance.item()
+    np.testing.assert_allclose(noise_var, 1e-3 * var_w, rtol=1e-6)
+
 def test_zero_weights_equal_dropped_rows():
     X, y = _npreg()
     w = np.ones(len(X))
