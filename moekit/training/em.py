@@ -109,7 +109,9 @@ def fit_em(
         m = model if i == 0 else copy.deepcopy(template)
         if init is not None:
             r = initial_responsibilities(x, y, m.n_experts, init, int(seeds[i]), w)
-            m.init_from_responsibilities(x, y, w[:, None] * r)
+            # nested mixtures split their rows with a seed of their own, drawn from this start's
+            nested_seed = int(np.random.default_rng([int(seeds[i]), 1]).integers(0, 2**31 - 1))
+            m.init_from_responsibilities(x, y, w[:, None] * r, random_state=nested_seed)
         run = _em_loop(m, x, y, w, total, max_iter, tol, prune_threshold, verbose, callback)
         finals.append(run["history"][-1])
         if best is None or run["history"][-1] > best[1]["history"][-1]:
