@@ -628,3 +628,18 @@ def test_slow_em_never_decreases_on_random_unbalanced_trees(seed):
         res = fit_tree_em(tree, x, y, init=["kmeans", "kmeans_x", "random"][seed % 3], random_state=seed,
                           max_iter=100, prune_threshold=0)
     assert _nondecreasing(res.history), np.diff(res.history).min()
+
+
+def test_fit_em_restarts_seed_the_nested_splits():
+    # the top-level start is fixed (a user array), so only the nested splits can differ
+    x, y = _two_d(300, seed=5)
+    r0 = np.zeros((300, 2))
+    r0[np.arange(300), (x[:, 0] > 0).long().numpy()] = 1.0
+
+    def leaf_coefs(seed):
+        tree = build_tree(2, depth=2, branching=2)
+        fit_em(tree, x, y, init=r0, max_iter=0, random_state=seed)
+        return torch.cat([node.experts.coef.detach().flatten() for node in tree.experts])
+
+    assert torch.equal(leaf_coefs(0), leaf_coefs(0))
+    assert not torch.allclose(leaf_coefs(0), leaf_coefs(1))
