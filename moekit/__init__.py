@@ -25,7 +25,37 @@ __version__ = "0.1.0"
 
 
 def load(path, device=None):
-    """Load an estimator saved with ``estimator.save(path)`` (never unpickles; see :mod:`moekit.io`)."""
+    """Load an estimator saved with ``estimator.save(path)`` (never unpickles; see :mod:`moekit.io`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A moekit model file.
+    device : str or torch.device, optional
+        Where to put the model (default: the device it was saved from when
+        that exists here, else the CPU).
+
+    Returns
+    -------
+    estimator
+        The fitted estimator (see :func:`moekit.io.load`).
+
+    Shapes
+    ------
+    No array arguments; the model's tensors keep their saved shapes.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import moekit
+    >>> X = np.linspace(-1, 1, 20)[:, None]
+    >>> est = moekit.MoERegressor(n_experts=1).fit(X, 2 * X[:, 0] + 1)
+    >>> path = os.path.join(tempfile.mkdtemp(), "line.moekit")
+    >>> est.save(path)
+    >>> type(moekit.load(path)).__name__
+    'MoERegressor'
+    """
     from .io import load as _load
 
     return _load(path, device=device)

@@ -29,9 +29,31 @@ _CHUNK_ELEMENTS = 1 << 18  # ~2 MB of float64 per temporary
 class Gate(nn.Module):
     """Base class of gates.
 
+    Subclasses implement ``forward`` and either ``suff_stats`` and
+    ``m_step`` (an exact or Newton M-step) or their own ``fit_weighted``.
+
+    Parameters
+    ----------
+    n_experts : int
+        K, the number of experts the gate weighs (>= 1).
+
     Shapes
     ------
-    forward(x): (n, d_x) -> (n, K) log mixing weights.
+    forward(x): (n, d_x) -> (n, K) log mixing weights; ``fit_weighted``
+    and ``objective`` take x (n, d_x) and targets (n, K).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit import ConstantGate, Gate, SoftmaxGate
+    >>> issubclass(SoftmaxGate, Gate), issubclass(ConstantGate, Gate)
+    (True, True)
+    >>> g = SoftmaxGate(n_features=2, n_experts=3)
+    >>> x = torch.zeros(4, 2, dtype=torch.float64)
+    >>> g(x).shape  # zero coefficients: uniform weights
+    torch.Size([4, 3])
+    >>> round(float(g.objective(x, torch.ones(4, 3, dtype=torch.float64)).detach()), 4)  # 12 log(1/3)
+    -13.1833
     """
 
     m_step_exact = True
@@ -75,6 +97,12 @@ class ConstantGate(Gate):
     n_experts : int
         K.
     dtype : torch.dtype
+
+    Shapes
+    ------
+    logits : (K,); forward: (n, d_x) -> (n, K), the same row for every x
+    (x only sets n, any d_x); ``fit_weighted`` takes x (n, d_x) and targets
+    (n, K).
 
     Examples
     --------
@@ -135,7 +163,17 @@ class SoftmaxGate(Gate):
 
     Shapes
     ------
-    coef : (K, d_x + 1); forward: (n, d_x) -> (n, K).
+    coef : (K, d_x + 1); forward: (n, d_x) -> (n, K); ``fit_weighted`` takes
+    x (n, d_x) and targets (n, K).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.linspace(-1, 1, 20, dtype=torch.float64)[:, None]
+    >>> targets = torch.stack([x[:, 0] < 0, x[:, 0] >= 0], 1).to(torch.float64)  # expert 0 left, 1 right
+    >>> g = SoftmaxGate(n_features=1, n_experts=2).fit_weighted(x, targets)
+    >>> g.coef.shape, g(torch.tensor([[-0.9], [0.9]], dtype=torch.float64)).argmax(1).tolist()
+    (torch.Size([2, 2]), [0, 1])
     """
 
     m_step_exact = False
@@ -265,7 +303,18 @@ class MLPGate(Gate):
 
     Shapes
     ------
-    forward: (n, d_x) -> (n, K).
+    forward: (n, d_x) -> (n, K); ``fit_weighted`` takes x (n, d_x) and
+    targets (n, K).
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = MLPGate(3, 4, hidden_layer_sizes=(8,), generator=torch.Generator().manual_seed(0))
+    >>> log_g = g(torch.zeros(5, 3, dtype=torch.float64))
+    >>> log_g.shape, bool(torch.allclose(log_g.logsumexp(1), torch.zeros(5, dtype=torch.float64)))
+    (torch.Size([5, 4]), True)
+    >>> g.n_parameters()  # (3 * 8 + 8) + (8 * 4 + 4)
+    68
     """
 
     has_suff_stats = False

@@ -341,6 +341,27 @@ class NodeInfo:
     path : tuple of int
         Child indices from the root (``()`` is the root).
     node : MixtureOfExperts
+    depth : int
+        ``len(path)`` (0 for the root).
+
+    Parameters
+    ----------
+    path : tuple of int
+    node : MixtureOfExperts
+        As in Attributes (instances are made by :func:`tree_nodes`).
+
+    Shapes
+    ------
+    No arrays: ``path`` has one entry per gate above the node, and the
+    node's gate gives (n, K_node) probabilities (see
+    :func:`node_gate_probabilities`).
+
+    Examples
+    --------
+    >>> from moekit.hierarchy import build_tree, tree_nodes
+    >>> info = tree_nodes(build_tree(1, branching=(3, 2)))[2]
+    >>> info.path, info.depth, info.node.n_experts
+    ((1,), 1, 2)
     """
 
     path: tuple
@@ -367,6 +388,27 @@ class LeafInfo:
         The expert module; for a stacked group, the whole stack.
     member : int or None
         Position within a stacked module, ``None`` for a single expert.
+    family : str
+        Class name of ``module``.
+    depth : int
+        ``len(path)``: the number of gates above the leaf.
+
+    Parameters
+    ----------
+    path, parent, index, module, member
+        As in Attributes (instances are made by :func:`tree_leaves`).
+
+    Shapes
+    ------
+    No arrays: the leaf's position in :func:`tree_leaves` is its column in
+    every (n, L) routing result.
+
+    Examples
+    --------
+    >>> from moekit.hierarchy import build_tree, tree_leaves
+    >>> leaf = tree_leaves(build_tree(1, branching=(3, 2)))[3]
+    >>> leaf.path, leaf.index, leaf.member, leaf.family, leaf.depth
+    ((1, 1), 1, 1, 'LinearGaussianExpert', 2)
     """
 
     path: tuple
@@ -403,24 +445,108 @@ def _walk(node: MixtureOfExperts, path: tuple = ()):
 
 
 def tree_leaves(tree: MixtureOfExperts) -> list[LeafInfo]:
-    """The leaves of a tree in depth-first order (the column order of every (n, L) result)."""
+    """The leaves of a tree in depth-first order (the column order of every (n, L) result).
+
+    Parameters
+    ----------
+    tree : MixtureOfExperts
+        The root.
+
+    Returns
+    -------
+    list of LeafInfo
+        L entries, one per leaf (a stacked group counts as its members).
+
+    Shapes
+    ------
+    No arrays; entry j describes column j of the (n, L) results of
+    :func:`path_probabilities`, :func:`path_posteriors` and
+    :func:`leaf_mixture`.
+
+    Examples
+    --------
+    >>> from moekit.hierarchy import build_tree, tree_leaves
+    >>> [leaf.path for leaf in tree_leaves(build_tree(1, branching=(3, 2)))]
+    [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    """
     _check_tree(tree)
     return [i for i in _walk(tree) if isinstance(i, LeafInfo)]
 
 
 def tree_nodes(tree: MixtureOfExperts) -> list[NodeInfo]:
-    """The inner nodes (gates) of a tree in depth-first order, the root first."""
+    """The inner nodes (gates) of a tree in depth-first order, the root first.
+
+    Parameters
+    ----------
+    tree : MixtureOfExperts
+        The root.
+
+    Returns
+    -------
+    list of NodeInfo
+
+    Shapes
+    ------
+    No arrays; the nodes are the keys (their paths) of
+    :func:`node_gate_probabilities`.
+
+    Examples
+    --------
+    >>> from moekit.hierarchy import build_tree, tree_nodes
+    >>> [node.path for node in tree_nodes(build_tree(1, branching=(3, 2)))]
+    [(), (0,), (1,), (2,)]
+    """
     _check_tree(tree)
     return [i for i in _walk(tree) if isinstance(i, NodeInfo)]
 
 
 def n_leaves(tree: MixtureOfExperts) -> int:
-    """Number of leaves L."""
+    """Number of leaves L.
+
+    Parameters
+    ----------
+    tree : MixtureOfExperts
+        The root.
+
+    Returns
+    -------
+    int
+
+    Shapes
+    ------
+    No arrays; L is the width of every (n, L) routing result.
+
+    Examples
+    --------
+    >>> from moekit.hierarchy import build_tree, n_leaves
+    >>> n_leaves(build_tree(1, branching=(3, 2)))
+    6
+    """
     return len(tree_leaves(tree))
 
 
 def tree_depth(tree: MixtureOfExperts) -> int:
-    """Number of gates on the longest root-to-leaf path (1 for a flat mixture)."""
+    """Number of gates on the longest root-to-leaf path (1 for a flat mixture).
+
+    Parameters
+    ----------
+    tree : MixtureOfExperts
+        The root.
+
+    Returns
+    -------
+    int
+
+    Shapes
+    ------
+    No arrays.
+
+    Examples
+    --------
+    >>> from moekit.hierarchy import build_tree, tree_depth
+    >>> tree_depth(build_tree(1, depth=1, branching=3)), tree_depth(build_tree(1, branching=(3, 2)))
+    (1, 2)
+    """
     return max(leaf.depth for leaf in tree_leaves(tree))
 
 
@@ -475,9 +601,29 @@ def path_log_probabilities(tree: MixtureOfExperts, x) -> torch.Tensor:
     The probability that x is routed to each leaf before y is seen; each
     row's ``logsumexp`` is 0.
 
+    Parameters
+    ----------
+    tree : MixtureOfExperts
+        The root.
+    x : Tensor or array (n, d_x)
+
+    Returns
+    -------
+    Tensor (n, L)
+        Columns in the order of :func:`tree_leaves`.
+
     Shapes
     ------
     x (n, d_x) -> (n, L).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit.hierarchy import build_tree, path_log_probabilities
+    >>> tree = build_tree(1, branching=(3, 2))  # gates start uniform
+    >>> lp = path_log_probabilities(tree, torch.zeros(4, 1, dtype=torch.float64))
+    >>> lp.shape, [round(v, 4) for v in lp.exp()[0].tolist()]
+    (torch.Size([4, 6]), [0.1667, 0.1667, 0.1667, 0.1667, 0.1667, 0.1667])
     """
     _check_tree(tree)
     return _path_log_prior(tree, _as_x(tree, x))
@@ -485,6 +631,21 @@ def path_log_probabilities(tree: MixtureOfExperts, x) -> torch.Tensor:
 
 def path_probabilities(tree: MixtureOfExperts, x) -> torch.Tensor:
     """Prior path probabilities of every leaf for new x: (n, L), rows summing to one.
+
+    Parameters
+    ----------
+    tree : MixtureOfExperts
+        The root.
+    x : Tensor or array (n, d_x)
+
+    Returns
+    -------
+    Tensor (n, L)
+        ``exp`` of :func:`path_log_probabilities`.
+
+    Shapes
+    ------
+    x (n, d_x) -> (n, L).
 
     Examples
     --------
@@ -504,9 +665,31 @@ def path_log_posteriors(tree: MixtureOfExperts, x, y) -> torch.Tensor:
     Computed as ``log prior path probability + log p_leaf(y | x) - log p(y | x)``
     (the product of the branch posteriors telescopes to this).
 
+    Parameters
+    ----------
+    tree : MixtureOfExperts
+        The root.
+    x : Tensor or array (n, d_x)
+    y : Tensor or array (n,) or (n, d_y)
+
+    Returns
+    -------
+    Tensor (n, L)
+        Each row's ``logsumexp`` is 0.
+
     Shapes
     ------
     x (n, d_x); y (n,) or (n, d_y) -> (n, L).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit.hierarchy import build_tree, path_log_posteriors
+    >>> tree = build_tree(1, branching=(3, 2))
+    >>> x = torch.linspace(-1, 1, 5, dtype=torch.float64)[:, None]
+    >>> lq = path_log_posteriors(tree, x, 2 * x[:, 0])
+    >>> lq.shape, bool(torch.allclose(lq.logsumexp(1), torch.zeros(5, dtype=torch.float64)))
+    (torch.Size([5, 6]), True)
     """
     _check_tree(tree)
     x = _as_x(tree, x)
@@ -518,7 +701,34 @@ def path_log_posteriors(tree: MixtureOfExperts, x, y) -> torch.Tensor:
 
 
 def path_posteriors(tree: MixtureOfExperts, x, y) -> torch.Tensor:
-    """Path posteriors P(leaf | x, y): (n, L), rows summing to one (the weights EM gives the leaves)."""
+    """Path posteriors P(leaf | x, y): (n, L), rows summing to one (the weights EM gives the leaves).
+
+    Parameters
+    ----------
+    tree : MixtureOfExperts
+        The root.
+    x : Tensor or array (n, d_x)
+    y : Tensor or array (n,) or (n, d_y)
+
+    Returns
+    -------
+    Tensor (n, L)
+        ``exp`` of :func:`path_log_posteriors`.
+
+    Shapes
+    ------
+    x (n, d_x); y (n,) or (n, d_y) -> (n, L).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit.hierarchy import build_tree, path_posteriors
+    >>> tree = build_tree(1, depth=2, branching=2)
+    >>> x = torch.linspace(-1, 1, 5, dtype=torch.float64)[:, None]
+    >>> q = path_posteriors(tree, x, x[:, 0])
+    >>> q.shape, bool(torch.allclose(q.sum(1), torch.ones(5, dtype=torch.float64)))
+    (torch.Size([5, 4]), True)
+    """
     return path_log_posteriors(tree, x, y).exp()
 
 
@@ -527,6 +737,32 @@ def node_gate_probabilities(tree: MixtureOfExperts, x) -> dict:
 
     Each entry is the node's own gate (the probability of each child given
     that x reached the node); multiply along a path for the path probability.
+
+    Parameters
+    ----------
+    tree : MixtureOfExperts
+        The root.
+    x : Tensor or array (n, d_x)
+
+    Returns
+    -------
+    dict
+        ``{path: Tensor (n, K_node)}`` for every inner node, keyed by its
+        path from the root (``()`` is the root), in the order of
+        :func:`tree_nodes`.
+
+    Shapes
+    ------
+    x (n, d_x) -> each value (n, K_node), K_node the node's number of
+    children; rows sum to one.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit.hierarchy import build_tree, node_gate_probabilities
+    >>> g = node_gate_probabilities(build_tree(1, branching=(3, 2)), torch.zeros(4, 1, dtype=torch.float64))
+    >>> {path: tuple(p.shape) for path, p in g.items()}
+    {(): (4, 3), (0,): (4, 2), (1,): (4, 2), (2,): (4, 2)}
     """
     _check_tree(tree)
     x = _as_x(tree, x)
@@ -648,9 +884,30 @@ def leaf_mixture(tree: MixtureOfExperts, x) -> MixtureDistribution:
     categorical), the components are one distribution with batch shape
     (n, L), the fast path of :class:`~moekit.MixtureDistribution`.
 
+    Parameters
+    ----------
+    tree : MixtureOfExperts
+        The root.
+    x : Tensor or array (n, d_x)
+
+    Returns
+    -------
+    MixtureDistribution
+        Batch shape (n,), L components.
+
     Shapes
     ------
-    x (n, d_x) -> MixtureDistribution with batch shape (n,) and L components.
+    x (n, d_x) -> MixtureDistribution with batch shape (n,) and L
+    components: ``log_weights`` (n, L); event shape () for scalar y, (d_y,)
+    for vector y; on the fast path the components have batch shape (n, L).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit.hierarchy import build_tree, leaf_mixture
+    >>> mix = leaf_mixture(build_tree(1, branching=(3, 2)), torch.zeros(4, 1, dtype=torch.float64))
+    >>> tuple(mix.batch_shape), tuple(mix.log_weights.shape), tuple(mix.components.batch_shape)
+    ((4,), (4, 6), (4, 6))
     """
     _check_tree(tree)
     x = _as_x(tree, x)
@@ -710,6 +967,25 @@ def render_tree(tree: MixtureOfExperts, x=None, y=None, sample_weight=None, deci
     Returns
     -------
     str
+
+    Shapes
+    ------
+    x (n, d_x); y (n,) or (n, d_y); sample_weight (n,).  The shares are
+    column sums of the (n, L) path probabilities (or posteriors) over the
+    leaves under each line.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit.hierarchy import build_tree, render_tree
+    >>> tree = build_tree(1, branching=(2, 1))
+    >>> print(render_tree(tree, torch.zeros(3, 1, dtype=torch.float64), decimals=2))
+    HME: depth 2, 2 leaves, 1 gates, 8 parameters  (share of the data routed per line)
+    root  SoftmaxGate(d=1, K=2)                1.00
+    |-- 0  ConstantGate(K=1)                   0.50
+    |   `-- 0.0  leaf 0  LinearGaussianExpert  0.50
+    `-- 1  ConstantGate(K=1)                   0.50
+        `-- 1.0  leaf 1  LinearGaussianExpert  0.50
     """
     _check_tree(tree)
     items = list(_walk(tree))
@@ -815,7 +1091,20 @@ def init_tree(tree: MixtureOfExperts, x, y, sample_weight=None, *, init="kmeans"
 
     Shapes
     ------
-    x (n, d_x); y (n,) or (n, d_y); sample_weight (n,); an init array (n, K).
+    x (n, d_x); y (n,) or (n, d_y); sample_weight (n,); an init array (n, K)
+    with K the root's number of children.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit.hierarchy import build_tree, init_tree, path_probabilities
+    >>> x = torch.linspace(-1, 1, 40, dtype=torch.float64)[:, None]
+    >>> y = torch.where(x[:, 0] < 0, -1.0, 1.0).to(torch.float64)
+    >>> tree = build_tree(1, depth=2, branching=2)
+    >>> init_tree(tree, x, y, random_state=0) is tree
+    True
+    >>> path_probabilities(tree, x).shape
+    torch.Size([40, 4])
     """
     from ._validation import check_fit_inputs
     from .training.init import initial_responsibilities
@@ -1024,7 +1313,19 @@ def split_leaf(
 
     Shapes
     ------
-    x (n, d_x); y (n,) or (n, d_y); sample_weight (n,).
+    x (n, d_x); y (n,) or (n, d_y); sample_weight (n,).  The tree's L
+    leaves become L - 1 + ``branching``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit.hierarchy import build_tree, split_leaf, tree_leaves
+    >>> x = torch.linspace(-1, 1, 40, dtype=torch.float64)[:, None]
+    >>> y = x[:, 0].abs()
+    >>> tree = build_tree(1, depth=2, branching=2)
+    >>> new = split_leaf(tree, (0, 1), x, y, random_state=0)
+    >>> new.n_experts, [leaf.path for leaf in tree_leaves(tree)]
+    (2, [(0, 0), (0, 1, 0), (0, 1, 1), (1, 0), (1, 1)])
     """
     _check_tree(tree)
     if not (isinstance(branching, numbers.Integral) and not isinstance(branching, bool) and branching >= 2):
@@ -1117,6 +1418,24 @@ class GrowResult:
     fit_result : FitResult
         The last EM fit (on all rows when ``refit`` is true).
     seconds : float
+    n_leaves : int
+        Leaves of the grown tree.
+
+    Parameters
+    ----------
+    model, history, candidates, stopped, fit_result, seconds
+        As in Attributes (built by :func:`grow_tree`).
+
+    Shapes
+    ------
+    No array attributes; ``model`` maps x (n, d_x) to a distribution with
+    batch shape (n,) (see :func:`grow_tree`).
+
+    Examples
+    --------
+    >>> from moekit.hierarchy import GrowResult, build_tree
+    >>> GrowResult(build_tree(1, depth=1, branching=3), stopped="max_leaves").n_leaves
+    3
     """
 
     model: MixtureOfExperts

@@ -78,6 +78,31 @@ class Modes(tuple):
         ``log p(mode)``; NaN padding.
     n_modes : (n,)
         Number of modes kept in each row (integers).
+
+    Parameters
+    ----------
+    modes, weights, covariances, log_density, n_modes : Tensor or ndarray
+        The fields above, in that order (built by :func:`find_modes`).
+
+    Shapes
+    ------
+    modes (n, M) or (n, M, d_y); weights (n, M); covariances (n, M) or
+    (n, M, d_y, d_y); log_density (n, M); n_modes (n,).  M is the number of
+    mode columns (the most modes kept in any row).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.distributions import Normal
+    >>> from moekit import MixtureDistribution
+    >>> from moekit.inference import find_modes
+    >>> mix = MixtureDistribution(torch.zeros(3, 1), Normal(torch.zeros(3, 1), torch.ones(3, 1)))
+    >>> res = find_modes(mix)
+    >>> res
+    Modes(n=3, M=1, event_shape=())
+    >>> modes, weights = res
+    >>> tuple(modes.shape), tuple(res.covariances.shape), res.n_modes.tolist()
+    ((3, 1), (3, 1), [1, 1, 1])
     """
 
     def __new__(cls, modes, weights, covariances, log_density, n_modes):
@@ -811,6 +836,12 @@ def branches(mix, sort: bool = True):
     means : Tensor (n, K) for scalar y, (n, K, d_y) for vector y
     weights : Tensor (n, K)
 
+    Shapes
+    ------
+    mix: batch (n,) with K components (K = the number of leaves of a nested
+    mixture); means (n, K) for scalar y, (n, K, d_y) for vector y;
+    weights (n, K).
+
     Examples
     --------
     >>> import torch
@@ -843,10 +874,21 @@ def _check_level(level) -> float:
 def central_interval(mix, level: float = 0.9) -> torch.Tensor:
     """Central (equal-tailed) interval of scalar y: ``[F^{-1}((1-a)/2), F^{-1}((1+a)/2)]``.
 
+    Parameters
+    ----------
+    mix : MixtureDistribution
+        Batch (n,), scalar y (components with an inverse CDF).
+    level : float, default=0.9
+        Probability mass ``a`` of the interval, strictly between 0 and 1.
+
     Returns
     -------
     Tensor (n, 1, 2)
         One interval per row, in the layout of :func:`hdr` (J = 1).
+
+    Shapes
+    ------
+    mix: batch (n,), event shape (); returns (n, 1, 2) ``[lower, upper]``.
 
     Examples
     --------
@@ -1118,6 +1160,11 @@ def in_intervals(y, intervals):
     -------
     bool array / Tensor of y's shape (NumPy in, NumPy out).
 
+    Shapes
+    ------
+    y (n,) or (m, n) (any leading dimensions, last one n); intervals
+    (n, J, 2) or (n, 2) (read as J = 1) -> bool of y's shape, (n,) or (m, n).
+
     Examples
     --------
     >>> import numpy as np
@@ -1141,6 +1188,22 @@ def in_intervals(y, intervals):
 
 def interval_length(intervals):
     """Total length of each row's union of intervals (NaN padding ignored): (n,).
+
+    Parameters
+    ----------
+    intervals : array or Tensor (n, J, 2) or (n, 2)
+        ``[lower, upper]`` pairs, as returned by :func:`hdr` or
+        :func:`central_interval`; NaN padding counts as length 0.  The
+        intervals of a row are assumed disjoint (their lengths are summed).
+
+    Returns
+    -------
+    array or Tensor (n,)
+        NumPy in, NumPy out.
+
+    Shapes
+    ------
+    intervals (n, J, 2) or (n, 2) -> (n,).
 
     Examples
     --------

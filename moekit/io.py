@@ -89,7 +89,38 @@ _INSTALL_HINT = "moekit model files need the 'safetensors' package: pip install 
 
 
 class ModelFileError(ValueError):
-    """A model file cannot be written or read (not a moekit file, damaged, too new, not storable)."""
+    """A model file cannot be written or read (not a moekit file, damaged, too new, not storable).
+
+    A subclass of ``ValueError``; raised by :func:`save`, :func:`load` and
+    :func:`read_info`.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong, naming the file or the parameter that cannot be stored.
+
+    Attributes
+    ----------
+    args : tuple
+        ``(message,)``.
+
+    Shapes
+    ------
+    No arrays.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import moekit
+    >>> path = os.path.join(tempfile.mkdtemp(), "notes.txt")
+    >>> with open(path, "w") as f:
+    ...     _ = f.write("not a model")
+    >>> try:
+    ...     moekit.load(path)
+    ... except ModelFileError as e:
+    ...     print("not a moekit model file" in str(e), isinstance(e, ValueError))
+    True True
+    """
 
 
 # ------------------------------------------------------------------ registry
@@ -118,6 +149,31 @@ def register_estimator(cls: type, build: Callable, describe: Callable | None = N
         ``describe(est) -> dict`` of JSON values stored as ``structure``.
     name : str, optional
         Name written in the file (default ``cls.__name__``).
+
+    Shapes
+    ------
+    No arrays; the module returned by ``build`` must have the same tensor
+    shapes as the saved ``est.model_`` (e.g. K experts of d_x inputs), since
+    the stored tensors are copied into it with ``load_state_dict(strict=True)``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import moekit
+    >>> from moekit import LinearGaussianExpert, MixtureOfExperts, MoERegressor, SoftmaxGate
+    >>> class LineRegressor(MoERegressor):
+    ...     pass
+    >>> def build(est, structure):  # an unfitted model of the fitted one's shape
+    ...     d = est.n_features_in_
+    ...     return MixtureOfExperts(SoftmaxGate(d, 1), LinearGaussianExpert(d, n_experts=1))
+    >>> register_estimator(LineRegressor, build)
+    >>> X = np.linspace(-1, 1, 20)[:, None]
+    >>> est = LineRegressor(n_experts=1).fit(X, 2 * X[:, 0] + 1)
+    >>> path = os.path.join(tempfile.mkdtemp(), "line.moekit")
+    >>> est.save(path)
+    >>> type(moekit.load(path)).__name__
+    'LineRegressor'
     """
     _REGISTRY[name or cls.__name__] = _Entry(cls, build, describe)
 
@@ -414,6 +470,24 @@ def model_tree(model: nn.Module) -> list[dict]:
     variance floor) are part of a model's behaviour without being tensors;
     they are stored so that a loaded model computes exactly what the saved one did.
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+        E.g. a fitted estimator's ``model_``.
+
+    Returns
+    -------
+    list of dict
+        One entry per module in ``model.named_modules()`` order (the model
+        itself first, path ``""``): ``path`` (dotted name), ``class``
+        (module and qualified class name) and ``attrs`` (dict of plain
+        attributes).
+
+    Shapes
+    ------
+    No arrays in or out: tensors (parameters and buffers) are left out,
+    and tuples among the attributes become lists.
+
     Examples
     --------
     >>> from moekit import MixtureOfExperts, SoftmaxGate, LinearGaussianExpert
@@ -510,6 +584,24 @@ def save(estimator, path, metadata: dict | None = None) -> None:
     ModelFileError
         The estimator is not fitted, or holds something that cannot be
         stored without pickle (an expert or gate instance, a scikit-learn expert).
+
+    Shapes
+    ------
+    No array arguments; every tensor of the model's ``state_dict`` and every
+    numeric fitted array is stored with its shape and dtype (listed by
+    :func:`read_info` under ``state_dict``).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from moekit import MoERegressor
+    >>> X = np.linspace(-1, 1, 20)[:, None]
+    >>> est = MoERegressor(n_experts=1).fit(X, 2 * X[:, 0] + 1)
+    >>> path = os.path.join(tempfile.mkdtemp(), "line.moekit")
+    >>> save(est, path, metadata={"note": "a straight line"})
+    >>> read_info(path)["metadata"]
+    {'note': 'a straight line'}
     """
     try:
         from safetensors.torch import save as st_save
@@ -625,10 +717,42 @@ def read_info(path) -> dict:
     Numeric arrays are not decoded (their entries read ``None``); see
     :func:`load` for the estimator itself.
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :func:`save`.
+
+    Returns
+    -------
+    dict
+        Keys include ``estimator``, ``params``, ``fitted``, ``structure``,
+        ``tree`` (see :func:`model_tree`), ``state_dict``, ``metadata``,
+        ``format``, ``format_version``, ``moekit_version``,
+        ``torch_version``, ``file_size`` and ``checksum``.
+
     Raises
     ------
     ModelFileError
         As :func:`load` for a file that is not a moekit model file.
+
+    Shapes
+    ------
+    No arrays are returned: ``state_dict`` maps every stored tensor's name
+    to ``[dtype, shape]``, e.g. for a linear-Gaussian mixture of K experts
+    on d_x inputs and scalar y ``gate.coef`` (K, d_x + 1) and
+    ``experts.coef`` (K, d_x + 1, 1).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from moekit import MoERegressor
+    >>> X = np.linspace(-1, 1, 20)[:, None]
+    >>> path = os.path.join(tempfile.mkdtemp(), "line.moekit")
+    >>> MoERegressor(n_experts=1).fit(X, 2 * X[:, 0] + 1).save(path)
+    >>> info = read_info(path)
+    >>> info["estimator"], info["state_dict"]["gate.coef"]
+    ('MoERegressor', ['float64', [1, 2]])
     """
     blob, meta = _read_header(path)
     cfg = _parse_config(path, meta)
@@ -704,6 +828,24 @@ def load(path, device=None):
     ModelFileError
         Not a moekit model file, truncated or corrupted, written by a newer
         moekit, or describing a model this moekit cannot rebuild.
+
+    Shapes
+    ------
+    No array arguments; the loaded model's tensors have the shapes and
+    dtypes they were saved with (checked against the stored module tree).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from moekit import MoERegressor
+    >>> X = np.linspace(-1, 1, 20)[:, None]
+    >>> est = MoERegressor(n_experts=1).fit(X, 2 * X[:, 0] + 1)
+    >>> path = os.path.join(tempfile.mkdtemp(), "line.moekit")
+    >>> est.save(path)
+    >>> again = load(path)
+    >>> bool(np.array_equal(again.predict(X), est.predict(X)))
+    True
     """
     try:
         from safetensors import SafetensorError

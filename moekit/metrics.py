@@ -90,6 +90,15 @@ def negative_log_likelihood(dist, y, reduction: str = "mean"):
     y : array (n,) or (n, d_y)
     reduction : {"mean", "none"}
 
+    Returns
+    -------
+    float, or (n,) per-row values for ``reduction="none"``.
+
+    Shapes
+    ------
+    dist: batch shape (n,), event shape () or (d_y,); y (n,) for scalar y,
+    (n, d_y) for vector y; returns a float, or (n,) for ``reduction="none"``.
+
     Examples
     --------
     >>> import torch
@@ -117,6 +126,12 @@ def best_of_m_error(modes, y_true, reduction: str = "mean"):
     Returns
     -------
     float, or (n,) distances for ``reduction="none"`` (Euclidean in y).
+
+    Shapes
+    ------
+    modes (n, M) for scalar y, (n, M, d_y) for vector y; y_true (n,) for
+    scalar y, (n, d_y) for vector y (the same d_y as the modes); returns a
+    float, or (n,) for ``reduction="none"``.
 
     Examples
     --------
@@ -147,6 +162,16 @@ def mode_recall(modes, true_branches, tol: float, reduction: str = "mean"):
     reduction : {"mean", "none"}
         "mean": matched branches / all true branches (rows with no branch do
         not count); "none": per-row fraction (NaN for rows without branches).
+
+    Returns
+    -------
+    float, or (n,) per-row fractions for ``reduction="none"``.
+
+    Shapes
+    ------
+    modes (n, M) or (n, M, d_y); true_branches (n, B) or (n, B, d_y) with
+    the same n and d_y as the modes (M and B may differ); returns a float, or
+    (n,) for ``reduction="none"``.
 
     Examples
     --------
@@ -211,6 +236,17 @@ def forward_consistency_error(forward, modes, X, which: str = "top", weights=Non
         "rms": ``sqrt(mean ||f(y) - x||^2)``; "mean": mean Euclidean error;
         "none": per-row errors (n,) for "top", (n, M) for "all" (NaN padding).
 
+    Returns
+    -------
+    float, or an array for ``reduction="none"`` (see Shapes).
+
+    Shapes
+    ------
+    forward: (m, d_y) -> (m, d_x); modes (n, M, d_y), or (n, M) for scalar
+    y; X (n, d_x) (a 1-D X (n,) is read as d_x = 1); weights (n, M).
+    Returns a float, or for ``reduction="none"``: (n,) for ``which="top"``
+    and ``"weighted"``, (n, M) for ``which="all"`` (NaN padding).
+
     Examples
     --------
     >>> import numpy as np
@@ -267,6 +303,15 @@ def interval_coverage(y, intervals, reduction: str = "mean"):
     intervals : (n, J, 2) or (n, 2), NaN padding (``predict_interval``'s layout)
     reduction : {"mean", "none"}
 
+    Returns
+    -------
+    float, or (n,) indicators (1.0 inside, 0.0 outside) for ``reduction="none"``.
+
+    Shapes
+    ------
+    y (n,); intervals (n, J, 2) or (n, 2); returns a float, or (n,) for
+    ``reduction="none"``.
+
     Examples
     --------
     >>> import numpy as np
@@ -305,6 +350,15 @@ def crps(dist, y, reduction: str = "mean", n_grid: int = 2000):
     reduction : {"mean", "none"}
     n_grid : int, default=2000
         Grid size of the numerical fallback.
+
+    Returns
+    -------
+    float, or (n,) per-row scores for ``reduction="none"``.
+
+    Shapes
+    ------
+    dist: batch shape (n,), event shape () (with K components for a
+    mixture); y (n,); returns a float, or (n,) for ``reduction="none"``.
 
     Examples
     --------

@@ -300,6 +300,11 @@ def plot_data(X, y, *, feature: int = 0, target: int = 0, ax=None, feature_names
     -------
     matplotlib.axes.Axes
 
+    Shapes
+    ------
+    X (n, d_x) (a 1-D X (n,) is read as d_x = 1); y (n,) or (n, d_y)
+    numbers, or (n,) class labels; one point per row.
+
     Examples
     --------
     >>> import numpy as np
@@ -476,6 +481,12 @@ def plot_gate(estimator, X=None, *, feature: int = 0, n_grid: int = 200, x_range
     -------
     matplotlib.axes.Axes
 
+    Shapes
+    ------
+    X (n, d_x) (d_x as the estimator was fitted on); the plotted weights are
+    (n_grid, K) for the K experts of the top gate, or (n_grid, L) for the L
+    leaves of a hierarchy with ``leaves=True``; one curve or area per column.
+
     Examples
     --------
     >>> from moekit import MoERegressor
@@ -534,6 +545,12 @@ def plot_experts(estimator, X, y=None, *, feature: int = 0, target: int = 0, n_g
     Returns
     -------
     matplotlib.axes.Axes
+
+    Shapes
+    ------
+    X (n, d_x); y (n,) or (n, d_y) for regressors, (n,) class labels for
+    classifiers, rows matching X.  One line of n_grid points per expert
+    (per leaf L of a hierarchy).
 
     Examples
     --------
@@ -664,6 +681,11 @@ def plot_hme_tree(estimator, X=None, *, ax=None, max_leaves: int = 64):
     -------
     matplotlib.axes.Axes
 
+    Shapes
+    ------
+    X (n, d_x) (a 1-D X (n,) is read as d_x = 1); the share shown at a node
+    is the mean over the n rows of its path probability.
+
     Examples
     --------
     >>> from moekit import MoERegressor
@@ -738,6 +760,11 @@ def plot_convergence(result, *, ax=None, validation: bool = True):
     -------
     matplotlib.axes.Axes
 
+    Shapes
+    ------
+    A sequence of floats is read as a history (I,) of I iterations (any
+    array is flattened); one point per iteration or epoch.
+
     Examples
     --------
     >>> ax = plot_convergence([-1.5, -1.2, -1.1, -1.05])
@@ -789,6 +816,11 @@ def plot_robot_arm(angles, *, l1: float = 0.8, l2: float = 0.2, target=None, ax=
     Returns
     -------
     matplotlib.axes.Axes
+
+    Shapes
+    ------
+    angles (2,) or (m, 2): m arms drawn; target (2,) or (k, 2) hand
+    positions (any array with an even number of entries is read as pairs).
 
     Examples
     --------

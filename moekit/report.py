@@ -130,6 +130,27 @@ def compute_metrics(estimator, X, y, *, level: float = 0.9) -> dict:
 def describe_model(estimator, feature_names=None, target_names=None) -> str:
     """A few lines on what a fitted estimator is: type, structure, sizes, fit.
 
+    Parameters
+    ----------
+    estimator : fitted moekit estimator
+        MoE, HME or MDN regressor or classifier (anything with ``model_``
+        and ``n_features_in_``).
+    feature_names : list of str, optional
+        Names of the d_x input columns (default: the estimator's
+        ``feature_names_in_``, if any).
+    target_names : list of str, optional
+        Names of the target columns, for regressors.
+
+    Returns
+    -------
+    str
+        Several lines: the model, its inputs and outputs, its size and its fit.
+
+    Shapes
+    ------
+    No arrays; ``feature_names`` has d_x entries and ``target_names`` one
+    per target column (d_y, or 1 for scalar y).
+
     Examples
     --------
     >>> from moekit import MoERegressor
@@ -195,7 +216,32 @@ def describe_model(estimator, feature_names=None, target_names=None) -> str:
 
 # ================================================================ figures
 def figure_to_png(fig, dpi: int = 100) -> bytes:
-    """PNG bytes of a matplotlib figure."""
+    """PNG bytes of a matplotlib figure.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    dpi : int, default=100
+        Resolution; the figure is cropped to its contents (``bbox_inches="tight"``).
+
+    Returns
+    -------
+    bytes
+        The PNG file.
+
+    Shapes
+    ------
+    No arrays; the image is about (height * dpi, width * dpi) pixels before
+    cropping.
+
+    Examples
+    --------
+    >>> from matplotlib.figure import Figure
+    >>> fig = Figure(figsize=(1, 1))
+    >>> _ = fig.subplots().plot([0, 1], [0, 1])
+    >>> figure_to_png(fig, dpi=20)[1:4]  # the PNG signature
+    b'PNG'
+    """
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()

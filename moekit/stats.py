@@ -32,6 +32,13 @@ class SuffStats(Mapping):
     -----
     ``sum(list_of_stats)`` works because ``0 + stats`` is ``stats``.
 
+    Shapes
+    ------
+    Any: each entry keeps the shape its component gives it (e.g. a
+    linear-Gaussian stack's ``sw`` (K,), ``xwx`` (K, p, p)); ``a + b``
+    needs the same keys and adds entry by entry, so the shapes must match
+    (or broadcast), and the sum has the same shapes.
+
     Examples
     --------
     >>> import torch

@@ -58,6 +58,25 @@ class TrackResult(tuple):
         Log-probability of the path under the chain (unary + transitions).
     modes, weights : ndarray (T, M, d) / (T, M)
         The candidates (per-frame modes) and their masses.
+
+    Parameters
+    ----------
+    path, index, log_score, modes, weights
+        The fields above, in that order (built by :func:`track_modes`).
+
+    Shapes
+    ------
+    path (T, d), or (T,) for scalar y; index (T,) of int; modes (T, M, d),
+    or (T, M) for scalar y; weights (T, M).  T frames, M candidate columns
+    per frame (NaN padding), d the dimension of y.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> res = TrackResult(np.zeros(3), np.zeros(3, dtype=int), 0.0, np.zeros((3, 2)), np.ones((3, 2)) / 2)
+    >>> path, index = res
+    >>> path.shape, res.modes.shape, res.weights.shape
+    ((3,), (3, 2), (3, 2))
     """
 
     def __new__(cls, path, index, log_score, modes, weights):
@@ -79,10 +98,37 @@ class FilterResult(tuple):
         Mean of the heaviest hypothesis of every frame (the filter's
         point estimate).
     means : ndarray (T, H, d); covariances (T, H, d, d); weights (T, H)
-        The hypotheses (NaN / 0 padding).
+        The hypotheses (NaN / 0 padding); for scalar y means (T, H) and
+        covariances (T, H) (variances).
     log_evidence : float
         ``sum_t log p(frame_t | frames_<t)`` under the combined model (up to
         the constant of the flat-prior assumption).
+
+    Parameters
+    ----------
+    distribution, mean_path, means, covariances, weights, log_evidence
+        The fields above, in that order (built by :func:`filter_mixture`).
+
+    Shapes
+    ------
+    distribution: batch (T,), H components, event (d,) (or () for scalar
+    y); mean_path (T, d) or (T,); means (T, H, d) or (T, H); covariances
+    (T, H, d, d) or (T, H); weights (T, H).  T frames, H =
+    ``max_hypotheses``, d the dimension of y.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.distributions import Normal
+    >>> from moekit import MixtureDistribution
+    >>> from moekit.tracking import filter_mixture
+    >>> mu = torch.tensor([[0.0, 5.0]] * 4, dtype=torch.float64)
+    >>> frames = MixtureDistribution(torch.full((4, 2), 0.5, dtype=torch.float64).log(),
+    ...                              Normal(mu, torch.ones(4, 2, dtype=torch.float64)))
+    >>> res = filter_mixture(frames, transition_cov=0.1, max_hypotheses=3)
+    >>> dist, mean_path = res
+    >>> tuple(dist.batch_shape), mean_path.shape, res.means.shape, res.covariances.shape, res.weights.shape
+    ((4,), (4,), (4, 3), (4, 3), (4, 3))
     """
 
     def __new__(cls, distribution, mean_path, means, covariances, weights, log_evidence):
@@ -132,6 +178,12 @@ def estimate_transition_cov(sequences, order: int = 1, shrinkage: float = 1e-6) 
     Returns
     -------
     ndarray (d, d)
+
+    Shapes
+    ------
+    sequences (S, T, d) (S sequences of T frames), (T, d), (T,) (read as
+    d = 1) or a list of (T_i, d) / (T_i,) arrays -> (d, d).  A 2-D array is
+    always one sequence (T, d).
 
     Examples
     --------
@@ -238,6 +290,12 @@ def viterbi(candidates, log_unary, transition_cov, order: int = 1, initial_cov=N
     index : ndarray (T,) of int
     log_score : float
 
+    Shapes
+    ------
+    candidates (T, M, d), or (T, M) for scalar y; log_unary (T, M);
+    transition_cov and initial_cov () scalar, (d,) variances or (d, d);
+    path (T, d), or (T,) for scalar candidates; index (T,).
+
     Examples
     --------
     >>> import numpy as np
@@ -338,7 +396,25 @@ def track_modes(frames, transition_cov, X=None, order: int = 1, max_modes: int |
 
     Shapes
     ------
-    path (T, d) or (T,) for scalar y; modes (T, M, d) or (T, M).
+    frames: batch (T,), event (d,) or () (or X (T, d_x) with an
+    estimator); transition_cov () scalar, (d,) or (d, d); path (T, d) or
+    (T,) for scalar y; index (T,); modes (T, M, d) or (T, M); weights
+    (T, M).  M = ``max_modes`` when it is given, else the most modes of any
+    frame.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.distributions import Normal
+    >>> from moekit import MixtureDistribution
+    >>> mu = torch.tensor([[0.0, 5.0], [0.1, 5.0], [0.2, 5.0], [0.3, 5.0]], dtype=torch.float64)
+    >>> w = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.4, 0.6], [0.9, 0.1]], dtype=torch.float64)
+    >>> frames = MixtureDistribution(w.log(), Normal(mu, 0.1 * torch.ones(4, 2, dtype=torch.float64)))
+    >>> path, index = track_modes(frames, transition_cov=0.01, max_modes=2)
+    >>> path.round(4)  # stays on the branch near 0 through the ambiguous frames
+    array([0. , 0.1, 0.2, 0.3])
+    >>> index  # column of the chosen mode (column 0 is the heaviest)
+    array([0, 1, 1, 0])
     """
     from .inference import find_modes
 
@@ -443,8 +519,11 @@ def filter_mixture(frames, transition_cov, X=None, order: int = 1, max_hypothese
 
     Shapes
     ------
-    distribution: batch (T,), event (d,) (or () for scalar y); mean_path
-    (T, d) or (T,); means (T, H, d); covariances (T, H, d, d); weights (T, H).
+    frames: batch (T,), event (d,) or () (or X (T, d_x) with an
+    estimator); distribution: batch (T,), H = ``max_hypotheses``
+    components, event (d,) (or () for scalar y); mean_path (T, d) or (T,);
+    means (T, H, d) or (T, H); covariances (T, H, d, d) or (T, H) for
+    scalar y; weights (T, H).
 
     Examples
     --------

@@ -84,10 +84,21 @@ def _bunch(name, features, target, descr, as_frame):
 def load_tonedata(as_frame: bool = False) -> Bunch:
     """Tone perception data (Cohen 1980): 150 rows, ``tuned`` against ``stretchratio``.
 
+    Parameters
+    ----------
+    as_frame : bool, default=False
+        Also return the whole table as a pandas DataFrame ``frame``; ``data``
+        is then a DataFrame and ``target`` a Series (needs pandas).
+
     Returns
     -------
     Bunch
         ``data`` (150, 1) stretch ratio, ``target`` (150,) tuned ratio.
+
+    Shapes
+    ------
+    data (n, 1) and target (n,) with n = 150; ``columns`` maps each of the
+    2 column names to an (n,) array; with ``as_frame`` ``frame`` is (n, 2).
 
     Examples
     --------
@@ -104,6 +115,24 @@ def load_npreg(as_frame: bool = False) -> Bunch:
     ``data`` (200, 1) is x; ``target`` (200,) is ``yn`` (Gaussian response);
     ``columns`` also holds ``yp`` (Poisson), ``yb`` (binary) and the true ``class``.
 
+    Parameters
+    ----------
+    as_frame : bool, default=False
+        Also return the whole table as a pandas DataFrame ``frame``; ``data``
+        is then a DataFrame and ``target`` a Series (needs pandas).
+
+    Returns
+    -------
+    Bunch
+        ``data``, ``target``, ``feature_names``, ``target_name``,
+        ``columns``, ``DESCR`` (and ``frame`` with ``as_frame``).
+
+    Shapes
+    ------
+    data (n, 1) and target (n,) with n = 200; ``columns`` maps each of the
+    7 column names (x, yn, yp, yb, class, id1, id2) to an (n,) array; with
+    ``as_frame`` ``frame`` is (n, 7).
+
     Examples
     --------
     >>> d = load_npreg()
@@ -115,6 +144,23 @@ def load_npreg(as_frame: bool = False) -> Bunch:
 
 def load_faithful(as_frame: bool = False) -> Bunch:
     """Old Faithful: ``eruptions`` (data, (272, 1)) and ``waiting`` (target, (272,)).
+
+    Parameters
+    ----------
+    as_frame : bool, default=False
+        Also return the whole table as a pandas DataFrame ``frame``; ``data``
+        is then a DataFrame and ``target`` a Series (needs pandas).
+
+    Returns
+    -------
+    Bunch
+        ``data``, ``target``, ``feature_names``, ``target_name``,
+        ``columns``, ``DESCR`` (and ``frame`` with ``as_frame``).
+
+    Shapes
+    ------
+    data (n, 1) and target (n,) with n = 272; ``columns`` maps each of the
+    2 column names to an (n,) array; with ``as_frame`` ``frame`` is (n, 2).
 
     Examples
     --------

@@ -43,6 +43,10 @@ def make_inverse_sine(n_samples: int = 1000, noise: float = 0.1, random_state=No
     y : ndarray (n,)
         Targets of the inverse problem (t).
 
+    Shapes
+    ------
+    X (n, 1); y (n,), n = ``n_samples``.
+
     Examples
     --------
     >>> X, y = make_inverse_sine(5, random_state=0)
@@ -62,9 +66,26 @@ def robot_arm_forward(angles, l1: float = 0.8, l2: float = 0.2) -> np.ndarray:
 
     ``x1 = L1 cos(t1) - L2 cos(t1 + t2)``, ``x2 = L1 sin(t1) - L2 sin(t1 + t2)``.
 
+    Parameters
+    ----------
+    angles : array (n, 2)
+        Joint angles (t1, t2) per row.
+    l1, l2 : float, default=0.8, 0.2
+        Link lengths.
+
+    Returns
+    -------
+    ndarray (n, 2)
+        End-effector positions (x1, x2).
+
     Shapes
     ------
     angles : (n, 2) -> (n, 2).
+
+    Examples
+    --------
+    >>> robot_arm_forward(np.array([[0.0, 0.0]]))  # second link folded back along x
+    array([[0.6, 0. ]])
     """
     a = np.asarray(angles, dtype=float)
     if a.ndim != 2 or a.shape[1] != 2:
@@ -81,6 +102,13 @@ def make_robot_arm(n_samples: int = 1000, random_state=None, l1: float = 0.8, l2
     reachable position has **two** solutions (elbow up / elbow down, mirror
     images in t2 about pi); near the workspace boundary the two merge.
 
+    Parameters
+    ----------
+    n_samples : int, default=1000
+    random_state : int, Generator or None
+    l1, l2 : float, default=0.8, 0.2
+        Link lengths.
+
     Returns
     -------
     X : ndarray (n, 2)
@@ -89,6 +117,10 @@ def make_robot_arm(n_samples: int = 1000, random_state=None, l1: float = 0.8, l2
         Joint angles (targets).
     forward : callable
         ``forward(angles (m, 2)) -> positions (m, 2)``, for forward-consistency errors.
+
+    Shapes
+    ------
+    X (n, 2); y (n, 2), n = ``n_samples``; forward: (m, 2) -> (m, 2).
 
     Examples
     --------
@@ -130,6 +162,10 @@ def inverse_sine_branches(X) -> np.ndarray:
         The solutions in increasing order, NaN padded: three for
         0.4075 < x < 0.5925 (the fold values), one elsewhere in [0, 1], none
         outside [0, 1].
+
+    Shapes
+    ------
+    X (n,) or (n, 1) -> (n, 3).
 
     Examples
     --------
@@ -181,11 +217,25 @@ def robot_arm_inverse(X, l1: float = 0.8, l2: float = 0.2, theta1_range=(0.3, 1.
     row has two branches inside the workspace, one near its side edges (the
     mirror solution leaves the t1 range) and none outside it.
 
+    Parameters
+    ----------
+    X : array (n, 2)
+        End-effector positions.
+    l1, l2 : float, default=0.8, 0.2
+        Link lengths.
+    theta1_range, theta2_range : (float, float)
+        The sampling domain of (t1, t2), by default that of :func:`make_robot_arm`.
+
     Returns
     -------
     ndarray (n, 2, 2)
         ``[:, b, :]`` is branch b's (t1, t2), the branch with t2 < pi first;
         NaN where a branch is outside the domain.
+
+    Shapes
+    ------
+    X (n, 2) -> (n, B, 2) with B = 2 branches (NaN padding); the
+    (n, B, d_y) layout of the metrics in :mod:`moekit.metrics`.
 
     Examples
     --------
@@ -227,9 +277,27 @@ def nlink_arm_forward(y, n_links: int = 3, link_length: float | None = None) -> 
     angle kappa (every joint bends by kappa).  The hand is at
     ``L * sum_{j < n} exp(i (t0 + j kappa))``.
 
+    Parameters
+    ----------
+    y : array (m, 3)
+        Configurations ``(cos t0, sin t0, kappa)``.
+    n_links : int, default=3
+    link_length : float, optional
+        Default 1 / n_links.
+
+    Returns
+    -------
+    ndarray (m, 2)
+        Hand positions.
+
     Shapes
     ------
     y (m, 3) -> (m, 2).
+
+    Examples
+    --------
+    >>> nlink_arm_forward(np.array([[1.0, 0.0, 0.0]]))  # straight along x, total length 1
+    array([[1., 0.]])
     """
     a = np.asarray(y, dtype=float)
     if a.ndim != 2 or a.shape[1] != 3:
@@ -248,11 +316,25 @@ def nlink_arm_inverse(X, n_links: int = 3, link_length: float | None = None, kap
     kappa only; every root of ``r(kappa) = |x|`` gives one branch, with the
     base angle that turns the arm onto x.
 
+    Parameters
+    ----------
+    X : array (n, 2)
+        Hand positions.
+    n_links : int, default=3
+    link_length : float, optional
+        Default 1 / n_links.
+    kappa_max : float, default=pi
+        Largest |kappa| searched.
+
     Returns
     -------
     ndarray (n, B, 3)
         Branches sorted by kappa, NaN padding; ``B = 2 (n_links - 1)`` columns
         (the most roots that ``r(kappa) = |x|`` has on (-pi, pi)).
+
+    Shapes
+    ------
+    X (n, 2) -> (n, B, 3), B = 2 (n_links - 1) (4 for the default 3 links).
 
     Examples
     --------
@@ -342,6 +424,10 @@ def make_nlink_arm(n_samples: int = 1000, n_links: int = 3, link_length: float |
         ``(cos t0, sin t0, kappa)``.
     forward : callable
         ``forward(y (m, 3)) -> (m, 2)``.
+
+    Shapes
+    ------
+    X (n, 2); y (n, 3), n = ``n_samples``; forward: (m, 3) -> (m, 2).
 
     Examples
     --------
@@ -461,6 +547,14 @@ def make_kinematic_tracking(n_sequences: int = 10, n_frames: int = 200, n_limbs:
         ``forward``: ``poses (..., J, 3) -> (..., 2 J)``, the projection;
         ``to_poses``: ``(X (..., 2 J), depths (..., J)) -> poses (..., J, 3)``;
         ``joint_names``, ``limb_names``, ``torso`` (fixed 3-D points to draw).
+
+    Shapes
+    ------
+    S = ``n_sequences``, T = ``n_frames``, J = 2 ``n_limbs`` moving joints,
+    B = 4 ** ``n_limbs`` branch columns.  X (S, T, 2 J); y (S, T, J); poses
+    (S, T, J, 3); angles (S, T, n_limbs, 3); branches (S, T, B, J);
+    n_branches (S, T); limb_roots (n_limbs, 3); torso (7, 3); forward:
+    (..., J, 3) -> (..., 2 J); to_poses: (..., 2 J), (..., J) -> (..., J, 3).
 
     Examples
     --------

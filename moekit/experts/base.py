@@ -41,6 +41,32 @@ class Expert(nn.Module):
         Newton / ECM iterations per M-step when it is not exact.
     has_suff_stats : bool
         Whether the family implements ``suff_stats``/``m_step``.
+
+    Parameters
+    ----------
+    n_experts : int or None, default=None
+        ``None`` for a single expert, K >= 1 for a stack of K experts.
+
+    Shapes
+    ------
+    forward(x): x (n, d_x) -> a distribution with batch shape (n,) (single)
+    or (n, K) (stacked), event shape () for scalar y or (d_y,); log_prob:
+    x (n, d_x), y (n,) or (n, d_y) -> (n,) single, (n, K) stacked;
+    fit_weighted: weight (n,) single or (n, K) stacked.  Stacked parameters
+    and buffers have a leading expert axis of length K.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit import Expert, LinearGaussianExpert
+    >>> stack = LinearGaussianExpert(n_features=1, n_experts=3)
+    >>> isinstance(stack, Expert), stack.stacked
+    (True, True)
+    >>> x = torch.linspace(-1, 1, 5, dtype=torch.float64)[:, None]
+    >>> stack.log_prob(x, x[:, 0]).shape, stack.unstack()[0].log_prob(x, x[:, 0]).shape
+    (torch.Size([5, 3]), torch.Size([5]))
+    >>> LinearGaussianExpert.stack(stack.unstack()).n_experts
+    3
     """
 
     y_kind = "continuous"

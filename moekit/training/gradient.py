@@ -91,7 +91,19 @@ def fit_gradient(
 
     Shapes
     ------
-    x (n, d_x); y (n,) or (n, d_y); sample_weight (n,).
+    x (n, d_x); y (n,) or (n, d_y); sample_weight (n,); an init array
+    (n, K); ``model.log_prob(x, y)`` must return (n,).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit import LinearGaussianExpert, fit_gradient
+    >>> x = torch.linspace(-1, 1, 20, dtype=torch.float64)[:, None]
+    >>> y = 2 * x[:, 0] + 1 + 0.1 * torch.cos(7 * x[:, 0])
+    >>> expert = LinearGaussianExpert(n_features=1)
+    >>> res = fit_gradient(expert, x, y, optimizer="lbfgs", validation_fraction=0.0)
+    >>> res.method, res.converged, [round(v, 2) for v in expert.coef.detach().flatten().tolist()]
+    ('gradient', True, [1.01, 2.0])
     """
     t0 = time.perf_counter()
     x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_model_dtype(model))

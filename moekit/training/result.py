@@ -36,6 +36,30 @@ class FitResult:
         Mean per-sample validation log-likelihood per epoch (gradient training).
     seconds : float
         Wall-clock time of the whole fit.
+
+    Parameters
+    ----------
+    model, log_likelihood, history, n_iter, converged, method
+        The attributes above, in that order (only ``model`` and
+        ``log_likelihood`` are required).
+    init_log_likelihoods, best_init, pruned, validation_history, seconds
+        The remaining attributes, in that order.
+
+    Shapes
+    ------
+    No arrays: ``history`` has ``n_iter + 1`` entries for EM (the first at
+    the initial parameters); ``init_log_likelihoods`` has ``n_init``;
+    ``validation_history`` one per epoch.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit import ConstantGate, LinearGaussianExpert, MixtureOfExperts, fit_em
+    >>> x = torch.linspace(-1, 1, 20, dtype=torch.float64)[:, None]
+    >>> model = MixtureOfExperts(ConstantGate(1), LinearGaussianExpert(1, n_experts=1))
+    >>> res = fit_em(model, x, 2 * x[:, 0] + 1, random_state=0)
+    >>> res.method, res.converged, res.model is model, len(res.history) == res.n_iter + 1
+    ('em', True, True, True)
     """
 
     model: nn.Module
