@@ -182,7 +182,7 @@ def main(argv=None):
         for name, fn in [
             (f"scikit-mdn 0.0.3 (full batch, {h} softplus, lr 0.01, {args.full_epochs} epochs)",
              lambda: run_skmdn(X, y, Xte, yte, h, k, args.full_epochs, seed)),
-            (f"moekit, same settings as scikit-mdn",
+            ("moekit, same settings as scikit-mdn",
              lambda: run_moekit_fullbatch(X, y, Xte, yte, h, k, args.full_epochs, seed)),
             (f"mixture-density-nets 0.1.1 head + 64-64 tanh trunk (batch {args.batch_size}, lr {args.lr}, "
              f"{args.epochs} epochs)",

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._mstep import gradient_maximize, maximize
-from .experts.gaussian import add_intercept, solve_spd, weighted_grams
+from .experts.gaussian import add_intercept, solve_spd
 from .stats import SuffStats
 
 __all__ = ["Gate", "SoftmaxGate", "ConstantGate", "MLPGate"]
