@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import validate_data
 from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 
@@ -762,9 +762,9 @@ def fit_mdn(
     weight_decay: float = 0.0,
     validation_fraction: float = 0.1,
     early_stopping: bool = True,
-    patience: int = 50,
+    patience: int = 150,
     keep: str = "best",
-    lr_decay_patience: int | None = 15,
+    lr_decay_patience: int | None = 50,
     lr_decay: float = 0.5,
     max_grad_norm: float | None = 10.0,
     average: float | None = 0.99,
@@ -799,7 +799,9 @@ def fit_mdn(
     early_stopping : bool, default=True
         Stop when the validation NLL has not improved for ``patience``
         epochs, and restore the best parameters.
-    patience : int, default=50
+    patience : int, default=150
+        Three times ``lr_decay_patience``, so that the learning rate is
+        halved about twice after the last improvement before training stops.
     keep : {"best", "recent"}, default="best"
         Which network early stopping keeps.  "best": the one with the best
         validation NLL.  "recent": the most recent one whose validation
@@ -809,10 +811,16 @@ def fit_mdn(
         at a smaller learning rate, which helps when the network underfits
         (e.g. many components, smooth targets) and hurts when it overfits
         (small noisy data sets).
-    lr_decay_patience : int or None, default=15
+    lr_decay_patience : int or None, default=50
         Multiply the learning rate by ``lr_decay`` when the monitored NLL
         (validation, else training) has not improved for this many epochs
-        (``None``: constant rate).
+        (``None``: constant rate).  It should be well below ``patience``
+        (otherwise the rate never decays).  A short wait halves the rate on
+        the noise of a small validation split: with the earlier default of
+        15 epochs, the rate shrank towards zero within a few hundred epochs
+        on Bishop's inverse sine (100 validation rows), training froze
+        before the extra components were put to use, and 5 components did no
+        better than 3 (see ``benchmarks/RESULTS_mdn.md``).
     lr_decay : float, default=0.5
     max_grad_norm : float or None, default=10.0
         Gradient-norm clipping.
@@ -1161,7 +1169,9 @@ class MDNRegressor(ConditionalMixtureMixin, RegressorMixin, BaseEstimator):
         Hold out ``validation_fraction`` of the rows, stop when their NLL has
         not improved for ``patience`` epochs, and keep the best network.
     validation_fraction : float, default=0.1
-    patience : int, default=50
+    patience : int, default=150
+        Epochs without a better validation NLL before stopping; the learning
+        rate is halved after every 50 such epochs (see :func:`fit_mdn`).
     keep : {"best", "recent"}, default="best"
         Which validated network to keep: the best one, or the most recent one
         within one paired standard error of it (see :func:`fit_mdn`).
@@ -1227,7 +1237,7 @@ class MDNRegressor(ConditionalMixtureMixin, RegressorMixin, BaseEstimator):
         weight_decay=0.0,
         early_stopping=True,
         validation_fraction=0.1,
-        patience=50,
+        patience=150,
         keep="best",
         scale_floor=1e-3,
         reseed_dead=False,

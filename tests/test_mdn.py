@@ -168,6 +168,16 @@ def test_keep_recent_keeps_a_later_network_within_one_paired_standard_error():
     assert best.validation_history[best.best_epoch] == max(best.validation_history)
 
 
+def test_default_schedule_decays_the_rate_before_stopping():
+    """Early stopping waits three learning-rate decay periods; the estimator uses fit_mdn's default."""
+    import inspect
+
+    sig = inspect.signature(fit_mdn).parameters
+    patience, lr_patience = sig["patience"].default, sig["lr_decay_patience"].default
+    assert lr_patience is not None and patience == 3 * lr_patience
+    assert MDNRegressor().patience == patience
+
+
 def test_inverse_sine_default_settings_fast():
     """Looser than the benchmark (-1.09 averaged over 5 seeds): one seed, default settings, K=3."""
     X, y = make_inverse_sine(1000, random_state=0)
