@@ -997,18 +997,12 @@ def _save_fig(fig, out, name, files) -> bytes:
     return png
 
 
-def _mixture_for_demo(args, n_components_mdn, moe_experts, mdn_kw):
-    """An MDN when this moekit has one, else a mixture of linear experts (with enough experts)."""
-    try:
-        from .mdn import MDNRegressor
-    except ImportError:
-        MDNRegressor = None
-    if MDNRegressor is not None:
-        return MDNRegressor(n_components=n_components_mdn, random_state=args.seed, device=args.device, reseed_dead=True,
-                            **mdn_kw), "MDN"
-    from .estimators import MoERegressor
+def _mixture_for_demo(args, n_components_mdn, mdn_kw):
+    """The demos' mixture density network, and its label."""
+    from .mdn import MDNRegressor
 
-    return MoERegressor(n_experts=moe_experts, n_init=2, random_state=args.seed, device=args.device), "MoE"
+    return MDNRegressor(n_components=n_components_mdn, random_state=args.seed, device=args.device, reseed_dead=True,
+                        **mdn_kw), "MDN"
 
 
 def _branches_of(dist, min_weight):
@@ -1042,7 +1036,7 @@ def _demo_robot_arm(out, args) -> list:
                                                            random_state=s_mlp)).fit(X, Y)
     bar.update(1)
     bar.set_postfix_str("mixture")
-    mix, kind = _mixture_for_demo(args, 4, 10, dict(hidden_layer_sizes=(32, 32), max_epochs=200, batch_size=256,
+    mix, kind = _mixture_for_demo(args, 4, dict(hidden_layer_sizes=(32, 32), max_epochs=200, batch_size=256,
                                                    learning_rate=1e-2))
     mix.fit(X, Y)
     bar.update(1)
@@ -1150,7 +1144,7 @@ def _demo_inverse_sine(out, args) -> list:
         warnings.simplefilter("ignore")
         mlp = MLPRegressor(hidden_layer_sizes=(20,), solver="lbfgs", max_iter=2000, random_state=s_mlp).fit(X, y)
     bar.update(1)
-    mix, kind = _mixture_for_demo(args, 3, 5, dict(hidden_layer_sizes=(20,), max_epochs=300, batch_size=128,
+    mix, kind = _mixture_for_demo(args, 3, dict(hidden_layer_sizes=(20,), max_epochs=300, batch_size=128,
                                                   learning_rate=1e-2))
     mix.fit(X, y)
     bar.update(1)
@@ -1276,7 +1270,7 @@ def _demo_tracking(out, args) -> list:
         warnings.simplefilter("ignore")
         mlp = MLPRegressor(hidden_layer_sizes=(32, 32), max_iter=300, random_state=s_mlp).fit(X, Y)
     bar.update(1)
-    mix, kind = _mixture_for_demo(args, 4, 8, dict(hidden_layer_sizes=(32, 32), max_epochs=150, batch_size=256,
+    mix, kind = _mixture_for_demo(args, 4, dict(hidden_layer_sizes=(32, 32), max_epochs=150, batch_size=256,
                                                   learning_rate=1e-2))
     mix.fit(X, Y)
     bar.update(1)
