@@ -15,3 +15,14 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def _doctest_temp_files(request, tmp_path, monkeypatch):
+    """Doctests that write files (``tempfile.mkdtemp()``) write under pytest's own temporary folder."""
+    from _pytest.doctest import DoctestItem
+
+    if isinstance(request.node, DoctestItem):
+        import tempfile
+
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
