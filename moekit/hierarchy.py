@@ -1150,10 +1150,11 @@ def fit_tree_em(
     """Fit a tree by EM from ``n_init`` tree-aware starts and keep the best, in place.
 
     :func:`~moekit.fit_em` fits a tree as it is (the EM recursion is in
-    :class:`~moekit.MixtureOfExperts`), but it draws only the root's split
-    per start; here every start initialises the whole tree with
-    :func:`init_tree` (seeded splits at every node), then runs
-    :func:`~moekit.fit_em` from there.  For a depth-1 tree and
+    :class:`~moekit.MixtureOfExperts`), splitting the rows of nested nodes
+    by k-means; here every start initialises the whole tree with
+    :func:`init_tree` (seeded splits at every node, of the kind ``init``
+    names, including "kmeans_x"), and :func:`~moekit.fit_em` runs the
+    starts.  For a depth-1 tree and
     ``init`` in {"kmeans", "random"} the starts are exactly those of
     ``fit_em(..., init=init, n_init=n_init, random_state=random_state)``, so
     the results are identical.
@@ -1193,54 +1194,20 @@ def fit_tree_em(
     >>> len(res.init_log_likelihoods), res.log_likelihood == max(res.init_log_likelihoods)
     (2, True)
     """
-    from sklearn.exceptions import ConvergenceWarning
-
-    from ._validation import check_fit_inputs
     from .training.em import fit_em
-    from .training.result import FitResult
 
-    t0 = time.perf_counter()
     _check_tree(tree)
     _check_init(init)
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_dtype(tree))
     if not (isinstance(n_init, numbers.Integral) and not isinstance(n_init, bool) and n_init >= 1):
         raise ValueError(f"n_init must be a positive int, got {n_init!r}")
-    if init is None:
-        n_init = 1
-    seeds = np.random.default_rng(random_state).integers(0, 2**31 - 1, size=int(n_init))
-    template = copy.deepcopy(tree) if n_init > 1 else None
-    best = None
-    finals: list[float] = []
-    for i in range(int(n_init)):
-        m = tree if i == 0 else copy.deepcopy(template)
-        if init is not None:
-            init_tree(m, x, y, w, init=init, random_state=int(seeds[i]))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=ConvergenceWarning)
-            res = fit_em(
-                m, x, y, w, init=None, max_iter=max_iter, tol=tol, prune_threshold=prune_threshold,
-                verbose=verbose, callback=callback,
-            )
-        finals.append(res.log_likelihood)
-        if best is None or res.log_likelihood > best[1].log_likelihood:
-            best = (i, res, m)
-    i_best, res, m = best
-    if m is not tree:
-        tree.__dict__.update(m.__dict__)
-    if not res.converged and max_iter > 0:
-        h = res.history
-        delta = abs(h[-1] - h[-2]) if len(h) > 1 else float("nan")
-        warnings.warn(
-            f"EM did not converge in max_iter={max_iter} iterations (last change of the mean "
-            f"log-likelihood {delta:.3g} > tol={tol:g}). Increase max_iter, loosen tol, or "
-            "standardise the inputs.",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    return FitResult(
-        model=tree, log_likelihood=res.log_likelihood, history=res.history, n_iter=res.n_iter,
-        converged=res.converged, method="em", init_log_likelihoods=finals, best_init=i_best, pruned=res.pruned,
-        seconds=time.perf_counter() - t0,
+
+    def start(m, x, y, w, seed):
+        init_tree(m, x, y, w, init=init, random_state=seed)
+
+    return fit_em(
+        tree, x, y, sample_weight, init=None if init is None else start, n_init=1 if init is None else int(n_init),
+        random_state=random_state, max_iter=max_iter, tol=tol, prune_threshold=prune_threshold, verbose=verbose,
+        callback=callback,
     )
 
 

@@ -21,6 +21,7 @@ from moekit import (
     fit_gradient,
 )
 from moekit.datasets import load_npreg, load_tonedata
+from moekit.training.init import initial_responsibilities
 
 D = torch.float64
 
@@ -280,3 +281,23 @@ def test_tonedata_single_regression_optimum():
     moe = MixtureOfExperts(ConstantGate(1), LinearGaussianExpert(1, n_experts=1))
     res = fit_em(moe, torch.tensor(d.data), torch.tensor(d.target))
     assert res.log_likelihood * 150 == pytest.approx(9.3821, abs=1e-3)
+
+
+def test_fit_em_callable_init_runs_once_per_start_with_its_seed():
+    d = load_tonedata()
+    x = torch.tensor(d.data, dtype=torch.float64)
+    y = torch.tensor(d.target, dtype=torch.float64)
+    seen = []
+
+    def start(m, x_, y_, w_, seed):  # the same start as init="kmeans" draws for this seed
+        seen.append(seed)
+        r = initial_responsibilities(x_, y_, m.n_experts, "kmeans", seed, w_)
+        m.init_from_responsibilities(x_, y_, w_[:, None] * r)
+
+    def moe():
+        return MixtureOfExperts(SoftmaxGate(1, 2), LinearGaussianExpert(1, n_experts=2))
+
+    a = fit_em(moe(), x, y, init=start, n_init=3, random_state=4)
+    b = fit_em(moe(), x, y, init="kmeans", n_init=3, random_state=4)
+    assert seen == list(np.random.default_rng(4).integers(0, 2**31 - 1, size=3))
+    assert a.init_log_likelihoods == b.init_log_likelihoods

@@ -58,9 +58,13 @@ def fit_em(
         Stop when the mean per-sample log-likelihood changes by less than ``tol``.
     n_init : int
         Starts; the one with the highest final log-likelihood is kept.
-    init : {"kmeans", "random"} or array (n, K)
+    init : {"kmeans", "random"}, array (n, K) or callable
         How the first responsibilities are made (see
-        :func:`~moekit.training.init.initial_responsibilities`).
+        :func:`~moekit.training.init.initial_responsibilities`), or a
+        callable ``init(model, x, y, weight, seed)`` that initialises the
+        model in place for the start with that seed (as
+        :func:`~moekit.hierarchy.fit_tree_em` does with
+        :func:`~moekit.hierarchy.init_tree`).
         ``None`` keeps the model's current parameters (warm start).
     random_state : int, optional
         Seeds the starts (start i uses a seed drawn from it).
@@ -107,7 +111,9 @@ def fit_em(
     finals: list[float] = []
     for i in range(n_init):
         m = model if i == 0 else copy.deepcopy(template)
-        if init is not None:
+        if callable(init):
+            init(m, x, y, w, int(seeds[i]))
+        elif init is not None:
             r = initial_responsibilities(x, y, m.n_experts, init, int(seeds[i]), w)
             # nested mixtures split their rows with a seed of their own, drawn from this start's
             nested_seed = int(np.random.default_rng([int(seeds[i]), 1]).integers(0, 2**31 - 1))
