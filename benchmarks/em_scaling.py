@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
 import _numpy_em as npem  # noqa: E402
 
 from moekit import LinearGaussianExpert, MixtureOfExperts, SoftmaxGate, fit_em  # noqa: E402
@@ -185,15 +186,7 @@ def _numpy_blas() -> str:
 
 
 def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -31,6 +31,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
 
 import torch  # noqa: E402
 
@@ -50,12 +51,7 @@ def bayes_floor(x: np.ndarray, noise: float = 0.1, grid: int = 20001) -> float:
 
 
 def machine() -> str:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
             f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
 

@@ -52,6 +52,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -147,12 +148,7 @@ def run_moekit_minibatch(X, y, Xte, yte, k, epochs, batch_size, lr, seed):
 
 
 def machine() -> str:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
             f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
 

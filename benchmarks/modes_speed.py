@@ -36,6 +36,7 @@ import torch
 from torch.distributions import MultivariateNormal
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
 from moekit import MixtureDistribution
 from moekit.inference import find_modes
 
@@ -61,15 +62,7 @@ def max_grad(mix: MixtureDistribution, modes: torch.Tensor, rows: int = 2000) ->
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     except OSError:

@@ -61,6 +61,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
 
 from moekit.hierarchy import build_tree, fit_tree_em  # noqa: E402
 
@@ -236,15 +237,7 @@ def first_reaching(errors, target: float):
 
 # ---------------------------------------------------------------- report
 def machine() -> str:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, {platform.python_version()}"
 
 

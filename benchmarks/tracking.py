@@ -48,18 +48,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
 from moekit import MoERegressor
 from moekit.datasets import make_kinematic_tracking
 from moekit.tracking import estimate_transition_cov, filter_mixture, viterbi
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     return (f"{cpu}; {os.cpu_count()} logical cores; torch {torch.__version__}; Python {platform.python_version()}; "
             f"{datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}")
 

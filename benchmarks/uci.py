@@ -50,6 +50,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
 
 PUBLISHED = {  # (NLL mean, NLL s.e., RMSE mean, RMSE s.e.)
     "boston": {"PBP": (2.57, 0.09, 3.01, 0.18), "MC dropout": (2.46, 0.25, 2.97, 0.85),
@@ -147,15 +148,7 @@ def run_split(task):
 
 
 def machine() -> str:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import torch
 
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
