@@ -768,6 +768,8 @@ def fit_mdn(
     lr_decay: float = 0.5,
     max_grad_norm: float | None = 10.0,
     average: float | None = 0.99,
+    input_noise: float = 0.0,
+    target_noise: float = 0.0,
     init: str | None = "gmm",
     output_init_scale: float = 0.1,
     dead_threshold: float = 1e-3,
@@ -830,6 +832,16 @@ def fit_mdn(
         after every minibatch step with this decay (``None``: the last
         iterate).  It removes most of the minibatch noise from the final
         parameters and from the validation curve that early stopping reads.
+    input_noise, target_noise : float, default=0.0
+        Noise regularisation (Rothfuss et al. 2019, "Noise regularization for
+        conditional density estimation"): every epoch, each training row's x
+        and y are perturbed by fresh Gaussian noise with this standard
+        deviation, in standardised units (a share of each column's standard
+        deviation; raw units for inputs a custom trunk does not standardise).
+        It smooths the learnt density in x and y, which curbs overfitting on
+        small data sets, and is the likelihood of a slightly blurred density:
+        leave it at 0 when the density has sharp edges.  Validation rows are
+        never perturbed; the training history is that of the perturbed rows.
     init : {"gmm", "random", None}, default="gmm"
         "gmm": set the standardisation from the data, draw fresh weights and
         start from a Gaussian mixture fitted to the targets
@@ -899,6 +911,8 @@ def fit_mdn(
     _check_real(validation_fraction, "validation_fraction", 0.0, 0.9)
     _check_real(lr_decay, "lr_decay", 0.0, 1.0, low_open=True)
     _check_real(output_init_scale, "output_init_scale", 0.0)
+    _check_real(input_noise, "input_noise", 0.0)
+    _check_real(target_noise, "target_noise", 0.0)
     _check_real(dead_threshold, "dead_threshold", 0.0, 1.0)
     if max_grad_norm is not None:
         _check_real(max_grad_norm, "max_grad_norm", 0.0, low_open=True)
@@ -1004,6 +1018,11 @@ def fit_mdn(
         else:  # one gather per epoch; the minibatches are slices
             order = torch.randperm(n_tr, generator=gen).to(device)
             xs, zs, ws = xt[order], zt[order], wt[order]
+        if input_noise > 0:  # noise regularisation: fresh noise each epoch, in standardised units
+            eps = torch.randn(xs.shape, generator=gen, dtype=xs.dtype).to(device)
+            xs = xs + float(input_noise) * (eps * model.x_scale if model._standardize_x else eps)
+        if target_noise > 0:
+            zs = zs + float(target_noise) * torch.randn(zs.shape, generator=gen, dtype=zs.dtype).to(device)
         for i in range(0, n_tr, batch_size):
             joint = model._joint_std(xs[i : i + batch_size], zs[i : i + batch_size])
             lp = torch.logsumexp(joint, dim=-1)
@@ -1165,6 +1184,11 @@ class MDNRegressor(ConditionalMixtureMixin, RegressorMixin, BaseEstimator):
         Adam's initial learning rate (halved when the validation NLL stalls).
     weight_decay : float, default=0.0
         Decoupled weight decay on the weight matrices.
+    input_noise, target_noise : float, default=0.0
+        Noise regularisation (Rothfuss et al. 2019): standard deviation of the
+        Gaussian noise added afresh every epoch to the standardised training
+        inputs and targets.  Values around 0.1 curb overfitting on small data
+        sets; keep 0 when the density has sharp edges (see :func:`fit_mdn`).
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the rows, stop when their NLL has
         not improved for ``patience`` epochs, and keep the best network.
@@ -1235,6 +1259,8 @@ class MDNRegressor(ConditionalMixtureMixin, RegressorMixin, BaseEstimator):
         batch_size=64,
         learning_rate=3e-3,
         weight_decay=0.0,
+        input_noise=0.0,
+        target_noise=0.0,
         early_stopping=True,
         validation_fraction=0.1,
         patience=150,
@@ -1254,6 +1280,8 @@ class MDNRegressor(ConditionalMixtureMixin, RegressorMixin, BaseEstimator):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
+        self.input_noise = input_noise
+        self.target_noise = target_noise
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.patience = patience
@@ -1272,6 +1300,8 @@ class MDNRegressor(ConditionalMixtureMixin, RegressorMixin, BaseEstimator):
         _check_int(self.patience, "patience", 1)
         _check_real(self.learning_rate, "learning_rate", 0.0, low_open=True)
         _check_real(self.weight_decay, "weight_decay", 0.0)
+        _check_real(self.input_noise, "input_noise", 0.0)
+        _check_real(self.target_noise, "target_noise", 0.0)
         _check_real(self.validation_fraction, "validation_fraction", 0.0, 0.9)
         _check_real(self.scale_floor, "scale_floor", 0.0, low_open=True)
         if self.activation not in _ACTIVATIONS:
@@ -1326,6 +1356,7 @@ class MDNRegressor(ConditionalMixtureMixin, RegressorMixin, BaseEstimator):
         res = fit_mdn(
             model, X, y, w, max_epochs=int(self.max_epochs), batch_size=int(self.batch_size),
             learning_rate=float(self.learning_rate), weight_decay=float(self.weight_decay),
+            input_noise=float(self.input_noise), target_noise=float(self.target_noise),
             validation_fraction=float(self.validation_fraction), early_stopping=bool(self.early_stopping),
             patience=int(self.patience), keep=self.keep, reseed_dead=bool(self.reseed_dead), random_state=seed,
             verbose=int(self.verbose),

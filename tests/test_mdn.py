@@ -335,6 +335,40 @@ def test_estimator_prediction_api_scalar_y():
     assert est.model_.n_parameters() == sum(p.numel() for p in est.model_.parameters())
 
 
+def test_target_noise_convolves_the_density():
+    # Gaussian noise of sd s (standardised units) on y is learnt as extra variance:
+    # the K=1 conditional sd becomes sqrt(sigma^2 + (s * sd_y)^2).
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4000, 1))
+    y = 2.0 * X[:, 0] + 0.1 * rng.normal(size=4000)
+    s = 0.3
+    est = MDNRegressor(n_components=1, hidden_layer_sizes=(8,), target_noise=s, max_epochs=150,
+                       early_stopping=False, random_state=0).fit(X, y)
+    sd = np.sqrt(est.predict_distribution(X[:200]).variance.numpy().ravel())
+    expected = np.sqrt(0.1**2 + (s * y.std()) ** 2)
+    assert np.median(sd) == pytest.approx(expected, rel=0.08)
+    plain = MDNRegressor(n_components=1, hidden_layer_sizes=(8,), max_epochs=150, early_stopping=False,
+                         random_state=0).fit(X, y)
+    assert np.median(np.sqrt(plain.predict_distribution(X[:200]).variance.numpy().ravel())) < 0.13
+
+
+def test_input_noise_attenuates_the_slope_and_leaves_the_data_alone():
+    # Errors in variables: with x ~ N(0, 1) standardised and noise of sd s on it, the best
+    # regression of y on the noisy x has slope a / (1 + s^2) (regression dilution).
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(4000, 1))
+    y = 2.0 * X[:, 0] + 0.1 * rng.normal(size=4000)
+    X0, y0 = X.copy(), y.copy()
+    s = 1.0
+    est = MDNRegressor(n_components=1, hidden_layer_sizes=(8,), input_noise=s, max_epochs=150,
+                       random_state=0).fit(X, y)
+    grid = np.array([[-0.5], [0.5]]) * X.std()
+    slope = np.diff(est.predict(grid))[0] / np.diff(grid[:, 0])[0]
+    assert slope == pytest.approx(2.0 / (1 + s**2), rel=0.1)
+    np.testing.assert_array_equal(X, X0)
+    np.testing.assert_array_equal(y, y0)
+
+
 @pytest.mark.parametrize(
     "params,match",
     [
@@ -345,6 +379,8 @@ def test_estimator_prediction_api_scalar_y():
         (dict(hidden_layer_sizes=(8, 0)), "hidden_layer_sizes must hold positive integers"),
         (dict(dtype="float16"), "dtype must be 'float64' or 'float32'"),
         (dict(validation_fraction=0.95), "validation_fraction must be a number"),
+        (dict(input_noise=-0.1), "input_noise must be a number"),
+        (dict(target_noise=float("nan")), "target_noise must be a number"),
     ],
 )
 def test_bad_parameters_raise_clear_errors(params, match):
