@@ -256,6 +256,10 @@ def _main(argv, capsys):
         (["fit", "{csv}", "-t", "tuned", "--expert", "logistic", "--task", "regression", "-o", "m.moekit"], 2,
          r"--expert logistic is for class labels"),
         (["fit", "{csv}", "-t", "tuned", "--depth", "3", "-o", "m.moekit"], 2, r"apply to --model hme only"),
+        (["fit", "{csv}", "-t", "tuned", "--target-noise", "0.1", "-o", "m.moekit"], 2,
+         r"--target-noise applies to --model mdn only"),
+        (["fit", "{csv}", "-t", "tuned", "--model", "mdn", "--target-noise", "-1", "-o", "m.moekit"], 2,
+         r"argument --target-noise: expected a finite number >= 0, got -1"),
         (["fit", "{csv}", "-t", "tuned", "--features", "tuned", "-o", "m.moekit"], 2, r"both --target and --features"),
         (["fit", "{csv}", "-t", "tuned", "--categorical", "id", "-o", "no/such/dir/m.moekit"], 1,
          r"the folder .* does not exist"),
@@ -359,6 +363,15 @@ def test_multivariate_target_and_info_json(tmp_path, capsys, monkeypatch):
     info = json.loads(out)
     assert info["estimator"] == "MoERegressor" and info["training"]["targets"] == ["t1", "t2"]
     assert "a 2-dimensional target" in info["description"]
+
+
+def test_mdn_with_target_noise(tone_csv, capsys, monkeypatch):
+    monkeypatch.chdir(tone_csv.parent)
+    rc, out, err = _main(["fit", tone_csv.name, "-t", "tuned", "--features", "stretch", "--model", "mdn", "-k", "2",
+                          "--target-noise", "0.1", "--max-iter", "20", "-o", "noisy.moekit"], capsys)
+    assert rc == 0, err
+    est = moekit.io.load("noisy.moekit")
+    assert est.target_noise == 0.1 and est.n_components == 2 and est.n_iter_ <= 20
 
 
 def test_demo_tone_writes_plots_report_and_model(tmp_path, capsys):
