@@ -41,7 +41,7 @@ def as_tensor(a, name: str, dtype: torch.dtype | None, device=None, ndims=(1, 2)
                 f"{name} must be numeric, got {kind} data ({_describe(arr)}); "
                 "encode categorical columns (e.g. one-hot) and convert to floats first"
             )
-        t = torch.tensor(arr)
+        t = torch.tensor(arr, device="cpu")  # NumPy data lands on the CPU first, whatever the default device
     if t.is_complex():
         raise TypeError(f"{name} must be real-valued, got complex data; pass the real part or split real and imaginary parts")
     if t.dtype == torch.bool:
@@ -68,7 +68,7 @@ def as_tensor(a, name: str, dtype: torch.dtype | None, device=None, ndims=(1, 2)
 def check_sample_weight(sample_weight, n: int, dtype: torch.dtype, device=None) -> torch.Tensor:
     """Validate weights: 1-D, length n, finite, non-negative, positive sum. Returns a new tensor."""
     if sample_weight is None:
-        return torch.ones(n, dtype=dtype, device=device)
+        return torch.ones(n, dtype=dtype, device="cpu" if device is None else device)
     if np.isscalar(sample_weight):
         sample_weight = np.full(n, float(sample_weight))
     w = as_tensor(sample_weight, "sample_weight", dtype, device, ndims=(1,))

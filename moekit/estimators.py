@@ -397,7 +397,9 @@ class _MoEBase(ConditionalMixtureMixin, BaseEstimator):
         rng = np.random.default_rng(self.random_state)
         seed = int(rng.integers(0, 2**31 - 1))
         gen = self._generator(seed)
-        model = self._build_model(d, y_info, dtype, gen).to(self.device)
+        with torch.device("cpu"):  # built and seeded on the CPU (the same start on every device), then moved
+            model = self._build_model(d, y_info, dtype, gen)
+        model = model.to(self.device)
         n_eff = int((w > 0).sum())
         try:
             n_par = model.n_parameters()

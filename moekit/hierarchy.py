@@ -582,10 +582,16 @@ def _as_x(tree, x) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         from ._validation import as_tensor
 
-        x = as_tensor(x, "x", _dtype(tree), ndims=(2,))
+        x = as_tensor(x, "x", _dtype(tree), device=_device(tree), ndims=(2,))
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (n, d_x), got shape {tuple(x.shape)}")
     return x
+
+
+def _device(tree) -> torch.device:
+    for p in tree.parameters():
+        return p.device
+    return torch.device("cpu")
 
 
 def _dtype(tree) -> torch.dtype:
@@ -693,7 +699,7 @@ def path_log_posteriors(tree: MixtureOfExperts, x, y) -> torch.Tensor:
     """
     _check_tree(tree)
     x = _as_x(tree, x)
-    y = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y), dtype=x.dtype)
+    y = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y), dtype=x.dtype, device=x.device)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}; they must have the same length")
     j = _path_log_prior(tree, x) + _leaf_log_probs(tree, x, y)
@@ -996,8 +1002,8 @@ def render_tree(tree: MixtureOfExperts, x=None, y=None, sample_weight=None, deci
         with torch.no_grad():
             xt = _as_x(tree, x)
             p = path_posteriors(tree, xt, y) if y is not None else path_probabilities(tree, xt)
-            w = torch.ones(xt.shape[0], dtype=p.dtype) if sample_weight is None else torch.as_tensor(
-                np.asarray(sample_weight, dtype=float), dtype=p.dtype
+            w = torch.ones(xt.shape[0], dtype=p.dtype, device=p.device) if sample_weight is None else torch.as_tensor(
+                np.asarray(sample_weight, dtype=float), dtype=p.dtype, device=p.device
             )
             leaf_share = (w[:, None] * p).sum(0) / w.sum()
         share = {leaf.path: float(s) for leaf, s in zip(leaves, leaf_share)}
@@ -1113,7 +1119,7 @@ def init_tree(tree: MixtureOfExperts, x, y, sample_weight=None, *, init="kmeans"
     _check_init(init)
     if init is None:
         raise ValueError("init must be 'kmeans', 'kmeans_x', 'random' or an (n, K) array; None means no initialisation")
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_dtype(tree))
+    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_dtype(tree), device=_device(tree))
     seed = int(np.random.default_rng(random_state).integers(0, 2**31 - 1)) if random_state is None or not isinstance(
         random_state, numbers.Integral
     ) else int(random_state)
@@ -1299,7 +1305,8 @@ def split_leaf(
         raise ValueError(f"branching must be an int >= 2 to split a leaf, got {branching!r}")
     from ._validation import check_fit_inputs
 
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_dtype(tree))
+    dev = _device(tree)
+    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_dtype(tree), device=dev)
     path = tuple(int(k) for k in path)
     leaves = tree_leaves(tree)
     idx = [i for i, lf in enumerate(leaves) if lf.path == path]
@@ -1324,7 +1331,8 @@ def split_leaf(
     dtype = _dtype(tree)
     gcols = tree.gate_features
     dg = x_parent.shape[1] if gcols is None else len(gcols)
-    new_gate = _gate_factory(gate, dtype, None)(dg, int(branching))
+    with torch.device("cpu"):  # built on the CPU, then moved to the tree's device
+        new_gate = _gate_factory(gate, dtype, None)(dg, int(branching)).to(dev)
     leaf = _single_leaf(parent, k)
     new_leaves = _check_children(_copies(leaf, int(branching)), int(branching), "splitting")
     seed = int(np.random.default_rng(random_state).integers(0, 2**31 - 1))
@@ -1349,9 +1357,10 @@ def split_leaf(
             parent.expert_features = None
             for j, e in enumerate(parent.experts):
                 if j != k:
+                    with torch.device("cpu"):
+                        passthrough = ConstantGate(1, dtype=dtype).to(dev)
                     parent.experts[j] = MixtureOfExperts(
-                        ConstantGate(1, dtype=dtype), [e], expert_features=list(ecols),
-                        prune_threshold=parent.prune_threshold,
+                        passthrough, [e], expert_features=list(ecols), prune_threshold=parent.prune_threshold,
                     )
         _unstack(parent)
         new = MixtureOfExperts(
@@ -1522,7 +1531,7 @@ def grow_tree(
 
     t0 = time.perf_counter()
     _check_tree(tree)
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_dtype(tree))
+    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_dtype(tree), device=_device(tree))
     if not (isinstance(branching, numbers.Integral) and not isinstance(branching, bool) and branching >= 2):
         raise ValueError(f"branching must be an int >= 2, got {branching!r}")
     if not (isinstance(max_leaves, numbers.Integral) and not isinstance(max_leaves, bool) and max_leaves >= 1):

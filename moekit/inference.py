@@ -762,7 +762,8 @@ def _generic_modes(mix, min_weight, max_modes, tol, max_iter, merge_tol):
             (g,) = torch.autograd.grad(f.sum(), p)
         return f.detach(), g.detach()
 
-    alpha = torch.ones(n, S, dtype=torch.float64)
+    dev = means.device
+    alpha = torch.ones(n, S, dtype=torch.float64, device=dev)
     act = valid.clone()
     f, g = value_grad(x)
     for _ in range(max_iter * 4):
@@ -780,9 +781,9 @@ def _generic_modes(mix, min_weight, max_modes, tol, max_iter, merge_tol):
         f = torch.where(valid, f, torch.full_like(f, -math.inf))
     # Hessian by central differences of the gradient
     sd = var.sqrt()
-    h = torch.zeros(n, S, d, d, dtype=torch.float64)
+    h = torch.zeros(n, S, d, d, dtype=torch.float64, device=dev)
     for j in range(d):
-        e = torch.zeros(d, dtype=torch.float64)
+        e = torch.zeros(d, dtype=torch.float64, device=dev)
         e[j] = 1.0
         hj = 1e-4 * sd[..., j : j + 1]
         _, gp = value_grad(x + hj * e)
@@ -790,7 +791,7 @@ def _generic_modes(mix, min_weight, max_modes, tol, max_iter, merge_tol):
         h[..., :, j] = (gp - gm) / (2 * hj)
     h = 0.5 * (h + h.transpose(-1, -2))
     lneg, info = torch.linalg.cholesky_ex(-h)
-    eye = torch.eye(d, dtype=torch.float64)
+    eye = torch.eye(d, dtype=torch.float64, device=dev)
     cov = torch.where(
         (info == 0)[..., None, None],
         torch.cholesky_inverse(torch.where((info == 0)[..., None, None], lneg, eye)),
@@ -805,7 +806,7 @@ def _generic_modes(mix, min_weight, max_modes, tol, max_iter, merge_tol):
     diff = xo[:, :, None, :] - xo[:, None, :, :]
     dist2 = torch.einsum("rijd,ride,rije->rij", diff, po, diff)
     close = dist2 < max(merge_tol, 1e-4) ** 2
-    rep = torch.arange(S).expand(n, S).clone()
+    rep = torch.arange(S, device=dev).expand(n, S).clone()
     is_rep = vo.clone()
     for j in range(1, S):
         cand = close[:, :j, j] & is_rep[:, :j]
@@ -1081,7 +1082,7 @@ def hdr(mix, level: float = 0.9, *, grid_size: int = 512, max_intervals: int | N
         j = max(j, 1)
         pts = pts[:, : 2 * j]
         if pts.shape[1] < 2 * j:
-            pts = torch.cat([pts, torch.full((n, 2 * j - pts.shape[1]), math.nan, dtype=pts.dtype)], 1)
+            pts = torch.cat([pts, torch.full((n, 2 * j - pts.shape[1]), math.nan, dtype=pts.dtype, device=pts.device)], 1)
         iv = pts.reshape(n, j, 2)
         if max_intervals is not None:
             if j > max_intervals:
@@ -1089,7 +1090,7 @@ def hdr(mix, level: float = 0.9, *, grid_size: int = 512, max_intervals: int | N
                     f"some rows' highest-density region has {j} intervals but max_intervals={max_intervals}; "
                     "raise max_intervals (or leave it None)"
                 )
-            iv = torch.cat([iv, torch.full((n, max_intervals - j, 2), math.nan, dtype=iv.dtype)], 1)
+            iv = torch.cat([iv, torch.full((n, max_intervals - j, 2), math.nan, dtype=iv.dtype, device=iv.device)], 1)
         mass = _interval_mass(mix, iv, grid, p)
     return iv, mass
 
@@ -1173,8 +1174,9 @@ def in_intervals(y, intervals):
     array([ True, False])
     """
     is_np = not isinstance(y, torch.Tensor)
-    yt = torch.as_tensor(np.asarray(y, dtype=float)) if is_np else y
-    ivt = torch.as_tensor(np.asarray(intervals, dtype=float)) if not isinstance(intervals, torch.Tensor) else intervals
+    ivt = (torch.as_tensor(np.asarray(intervals, dtype=float), device="cpu") if not isinstance(intervals, torch.Tensor)
+           else intervals)
+    yt = torch.as_tensor(np.asarray(y, dtype=float), device=ivt.device) if is_np else y.to(ivt.device)
     if ivt.dim() == 2:
         ivt = ivt[:, None, :]
     if ivt.dim() != 3 or ivt.shape[-1] != 2:
@@ -1183,7 +1185,7 @@ def in_intervals(y, intervals):
         raise ValueError(f"y has {yt.shape[-1]} rows but intervals has {ivt.shape[0]}; pass one row of intervals per y")
     yy = yt[..., None].to(ivt.dtype)
     res = ((yy >= ivt[..., 0]) & (yy <= ivt[..., 1])).any(-1)
-    return res.numpy() if is_np else res
+    return res.cpu().numpy() if is_np else res
 
 
 def interval_length(intervals):
@@ -1212,7 +1214,7 @@ def interval_length(intervals):
     array([1.5])
     """
     is_np = not isinstance(intervals, torch.Tensor)
-    iv = torch.as_tensor(np.asarray(intervals, dtype=float)) if is_np else intervals
+    iv = torch.as_tensor(np.asarray(intervals, dtype=float), device="cpu") if is_np else intervals
     if iv.dim() == 2:
         iv = iv[:, None, :]
     ln = (iv[..., 1] - iv[..., 0]).nan_to_num(nan=0.0).sum(-1)

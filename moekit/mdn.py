@@ -262,17 +262,19 @@ class MixtureDensityNetwork(nn.Module):
         k = self.n_components
         self.head = nn.utils.skip_init(nn.Linear, h_out, k * self._per_component, dtype=dtype)
         dx = self.n_features if (self.n_features is not None) else 1
-        self.register_buffer("x_loc", torch.zeros(dx, dtype=dtype))
-        self.register_buffer("x_scale", torch.ones(dx, dtype=dtype))
-        self.register_buffer("y_loc", torch.zeros(d, dtype=dtype))
-        self.register_buffer("y_scale", torch.ones(d, dtype=dtype))
+        cpu = torch.device("cpu")  # built on the CPU (like skip_init's layers), then moved to `device`
+        self.register_buffer("x_loc", torch.zeros(dx, dtype=dtype, device=cpu))
+        self.register_buffer("x_scale", torch.ones(dx, dtype=dtype, device=cpu))
+        self.register_buffer("y_loc", torch.zeros(d, dtype=dtype, device=cpu))
+        self.register_buffer("y_scale", torch.ones(d, dtype=dtype, device=cpu))
         self._standardize_x = self.n_features is not None
         if covariance == "full" and d > 1:
-            rows, cols = torch.tril_indices(d, d, offset=-1)
+            rows, cols = torch.tril_indices(d, d, offset=-1, device=cpu)
             # map each of the d*d entries of L to a column of [0, diag (d), off (m)]
-            idx = torch.zeros(d, d, dtype=torch.long)
-            idx[torch.arange(d), torch.arange(d)] = torch.arange(d) + 1
-            idx[rows, cols] = torch.arange(len(rows)) + 1 + d
+            idx = torch.zeros(d, d, dtype=torch.long, device=cpu)
+            diag = torch.arange(d, device=cpu)
+            idx[diag, diag] = diag + 1
+            idx[rows, cols] = torch.arange(len(rows), device=cpu) + 1 + d
             self.register_buffer("_tril_map", idx.reshape(-1), persistent=False)
         self.reset_parameters(generator)
         if device is not None:
@@ -350,7 +352,8 @@ class MixtureDensityNetwork(nn.Module):
         A custom trunk keeps its own initialisation.
         """
         def uniform(shape, bound, like):
-            u = torch.rand(shape, generator=generator, dtype=torch.float64)
+            u = torch.rand(shape, generator=generator, dtype=torch.float64,
+                           device=generator.device if generator is not None else "cpu")
             return ((2 * u - 1) * bound).to(dtype=like.dtype, device=like.device)
 
         if not self.custom_trunk:
@@ -363,7 +366,7 @@ class MixtureDensityNetwork(nn.Module):
         h.weight.copy_(uniform(h.weight.shape, 1.0 / math.sqrt(h.in_features), h.weight))
         h.bias.zero_()
         _, _, sc, _ = self._slices()
-        h.bias[sc] = _softplus_inv(torch.tensor(max(1.0 - self.scale_floor, 1e-3), dtype=h.bias.dtype))
+        h.bias[sc] = _softplus_inv(torch.tensor(max(1.0 - self.scale_floor, 1e-3), dtype=h.bias.dtype, device=h.bias.device))
 
     @torch.no_grad()
     def fit_standardization(self, x: torch.Tensor, y: torch.Tensor, sample_weight: torch.Tensor | None = None) -> None:
@@ -485,7 +488,7 @@ class MixtureDensityNetwork(nn.Module):
         lw = np.log(np.maximum(weights, 1e-12))
         b[gate] = torch.as_tensor(lw - lw.mean(), dtype=dt, device=dev)
         b[mean] = torch.as_tensor(means.reshape(-1), dtype=dt, device=dev)
-        b[scale] = _softplus_inv(torch.as_tensor(diag.reshape(-1), dtype=torch.float64)).to(dtype=dt, device=dev)
+        b[scale] = _softplus_inv(torch.as_tensor(diag.reshape(-1), dtype=torch.float64, device=dev)).to(dtype=dt)
         if self._n_off:
             b[offs] = torch.as_tensor(off.reshape(-1), dtype=dt, device=dev)
         self.head.weight.mul_(float(output_scale))
@@ -1016,13 +1019,13 @@ def fit_mdn(
         if batch_size >= n_tr:  # full batch: the order does not matter
             xs, zs, ws = xt, zt, wt
         else:  # one gather per epoch; the minibatches are slices
-            order = torch.randperm(n_tr, generator=gen).to(device)
+            order = torch.randperm(n_tr, generator=gen, device=gen.device).to(device)
             xs, zs, ws = xt[order], zt[order], wt[order]
         if input_noise > 0:  # noise regularisation: fresh noise each epoch, in standardised units
-            eps = torch.randn(xs.shape, generator=gen, dtype=xs.dtype).to(device)
+            eps = torch.randn(xs.shape, generator=gen, dtype=xs.dtype, device=gen.device).to(device)
             xs = xs + float(input_noise) * (eps * model.x_scale if model._standardize_x else eps)
         if target_noise > 0:
-            zs = zs + float(target_noise) * torch.randn(zs.shape, generator=gen, dtype=zs.dtype).to(device)
+            zs = zs + float(target_noise) * torch.randn(zs.shape, generator=gen, dtype=zs.dtype, device=gen.device).to(device)
         for i in range(0, n_tr, batch_size):
             joint = model._joint_std(xs[i : i + batch_size], zs[i : i + batch_size])
             lp = torch.logsumexp(joint, dim=-1)

@@ -108,7 +108,8 @@ def negative_log_likelihood(dist, y, reduction: str = "mean"):
     """
     ref = getattr(dist, "mean", None)
     dtype = ref.dtype if isinstance(ref, torch.Tensor) else torch.float64
-    yt = torch.as_tensor(_as_np(y, "y"), dtype=dtype)
+    dev = ref.device if isinstance(ref, torch.Tensor) else None
+    yt = torch.as_tensor(_as_np(y, "y"), dtype=dtype, device=dev)
     with torch.no_grad():
         v = -dist.log_prob(yt).cpu().numpy()
     return _reduce(v, reduction)
@@ -397,15 +398,15 @@ def crps(dist, y, reduction: str = "mean", n_grid: int = 2000):
 
 def _crps_numeric(dist, yv: np.ndarray, n_grid: int) -> np.ndarray:
     ref = dist.mean
-    dtype = ref.dtype
+    dtype, dev = ref.dtype, ref.device
     n = len(yv)
-    lo = dist.icdf(torch.full((n,), 1e-6, dtype=dtype))
-    hi = dist.icdf(torch.full((n,), 1 - 1e-6, dtype=dtype))
-    yt = torch.as_tensor(yv, dtype=dtype)
+    lo = dist.icdf(torch.full((n,), 1e-6, dtype=dtype, device=dev))
+    hi = dist.icdf(torch.full((n,), 1 - 1e-6, dtype=dtype, device=dev))
+    yt = torch.as_tensor(yv, dtype=dtype, device=dev)
     lo = torch.minimum(lo, yt) - 1e-9
     hi = torch.maximum(hi, yt) + 1e-9
     # split at y so that both integrands are smooth: int_lo^y F^2 + int_y^hi (1 - F)^2
-    u = torch.linspace(0, 1, max(n_grid // 2, 16), dtype=dtype)[:, None]
+    u = torch.linspace(0, 1, max(n_grid // 2, 16), dtype=dtype, device=dev)[:, None]
     z1 = lo[None, :] + (yt - lo)[None, :] * u  # (G, n)
     z2 = yt[None, :] + (hi - yt)[None, :] * u
     v = torch.trapezoid(dist.cdf(z1) ** 2, z1, dim=0) + torch.trapezoid((1 - dist.cdf(z2)) ** 2, z2, dim=0)

@@ -347,7 +347,7 @@ class MixtureOfExperts(nn.Module):
         else:
             es = SuffStats({str(k): e.suff_stats(xe, y, targets[:, k]) for k, e in enumerate(self.experts)})
         return SuffStats(
-            loglik=torch.as_tensor(ll, dtype=targets.dtype),
+            loglik=torch.as_tensor(ll, dtype=targets.dtype, device=targets.device),
             gate=self.gate.suff_stats(self._xg(x), targets),
             experts=es,
         )

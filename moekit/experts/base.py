@@ -161,7 +161,7 @@ class Expert(nn.Module):
             return copy.deepcopy(self)
         new = copy.deepcopy(self)
         new.n_experts = None if single else len(idx)
-        ii = torch.as_tensor(idx, dtype=torch.long)
+        ii = torch.as_tensor(idx, dtype=torch.long, device="cpu")
         for name in self._stacked_param_names():
             mod, attr = _resolve(new, name)
             t = getattr(mod, attr)

@@ -285,7 +285,7 @@ class LogisticExpert(_NewtonExpert):
         return self.n_features + 1
 
     def _prepare_y(self, y: torch.Tensor, n: int) -> torch.Tensor:
-        y = torch.as_tensor(y)
+        y = torch.as_tensor(y, device=self.coef.device)
         if y.dim() == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.shape != (n,):
@@ -402,7 +402,7 @@ class SoftmaxExpert(_NewtonExpert):
         return (self.n_classes - 1) * (self.n_features + 1)
 
     def _prepare_y(self, y: torch.Tensor, n: int) -> torch.Tensor:
-        y = torch.as_tensor(y)
+        y = torch.as_tensor(y, device=self.coef.device)
         if y.dim() == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.shape != (n,):

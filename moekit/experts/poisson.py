@@ -94,7 +94,7 @@ class PoissonExpert(_NewtonExpert):
         return self.n_features + 1
 
     def _prepare_y(self, y: torch.Tensor, n: int) -> torch.Tensor:
-        y = torch.as_tensor(y)
+        y = torch.as_tensor(y, device=self.coef.device)
         if y.dim() == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.shape != (n,):

@@ -13,7 +13,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from .._validation import check_fit_inputs
-from .em import _model_dtype
+from .em import _model_device, _model_dtype
 from .init import initial_responsibilities
 from .result import FitResult
 
@@ -106,7 +106,7 @@ def fit_gradient(
     ('gradient', True, [1.01, 2.0])
     """
     t0 = time.perf_counter()
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_model_dtype(model))
+    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_model_dtype(model), device=_model_device(model))
     if optimizer not in ("adam", "lbfgs"):
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
     if not 0 <= validation_fraction < 1:
@@ -155,7 +155,7 @@ def fit_gradient(
     epoch = 0
     for epoch in range(1, max_epochs + 1):
         if optimizer == "adam":
-            order = torch.randperm(xt.shape[0], generator=gen).to(x.device)
+            order = torch.randperm(xt.shape[0], generator=gen, device=gen.device).to(x.device)
             for i in range(0, xt.shape[0], batch_size):
                 b = order[i : i + batch_size]
                 wb = wt[b]
