@@ -889,7 +889,8 @@ def load(path, device=None):
     structure = _decode(cfg.get("structure", {"__dict__": {}}), tensors, "structure")
 
     try:
-        model = entry.build(est, structure)
+        with torch.device("cpu"):  # rebuilt on the CPU, where the stored tensors are read, then moved
+            model = entry.build(est, structure)
     except ModelFileError:
         raise
     except Exception as e:  # the stored parameters do not describe a buildable model

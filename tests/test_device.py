@@ -147,6 +147,38 @@ def test_training_functions_put_array_data_on_the_model_device():
         torch.set_default_device(before)
 
 
+def test_model_files_plots_and_reports_under_the_trap(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from moekit import load, plotting, report
+
+    X, y, _, _ = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = [make().fit(X, y) for make in (_ESTIMATORS["mdn"], _ESTIMATORS["moe-em"], _ESTIMATORS["hme"])]
+        for i, est in enumerate(fitted):
+            est.save(tmp_path / f"m{i}.moekit")
+        before = torch.get_default_device()
+        torch.set_default_device("meta")
+        try:
+            for i, est in enumerate(fitted):
+                back = load(tmp_path / f"m{i}.moekit")
+                np.testing.assert_array_equal(back.predict(X[:10]), est.predict(X[:10]))
+                plotting.plot_conditional_density(est, X, y)
+                plotting.plot_gate(est, X)
+                plotting.plot_experts(est, X, y)
+                report.make_report(est, X, y, tmp_path / f"r{i}.html")
+                plt.close("all")
+            plotting.plot_hme_tree(fitted[2], X)
+            plt.close("all")
+        finally:
+            torch.set_default_device(before)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", list(_ESTIMATORS))
 def test_cuda_fits_and_answers_every_query_like_the_cpu(name):
