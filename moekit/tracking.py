@@ -632,18 +632,18 @@ def filter_mixture(frames, transition_cov, X=None, order: int = 1, max_hypothese
 
     from .distributions import MixtureDistribution
 
-    dtype = mix.log_weights.dtype
+    dtype, dev = mix.log_weights.dtype, mix.log_weights.device
     fill_m = np.where(np.isnan(means), means[:, :1], means)
     fill_c = np.where(np.isnan(covs), covs[:, :1], covs)
     with np.errstate(divide="ignore"):
-        lw_t = torch.as_tensor(np.log(weights), dtype=dtype)
-    comps = MultivariateNormal(torch.as_tensor(fill_m, dtype=dtype), covariance_matrix=torch.as_tensor(fill_c, dtype=dtype),
-                               validate_args=False)
+        lw_t = torch.as_tensor(np.log(weights), dtype=dtype, device=dev)
+    comps = MultivariateNormal(torch.as_tensor(fill_m, dtype=dtype, device=dev),
+                               covariance_matrix=torch.as_tensor(fill_c, dtype=dtype, device=dev), validate_args=False)
     if scalar:
         from torch.distributions import Normal
 
-        comps = Normal(torch.as_tensor(fill_m[..., 0], dtype=dtype), torch.as_tensor(np.sqrt(fill_c[..., 0, 0]), dtype=dtype),
-                       validate_args=False)
+        comps = Normal(torch.as_tensor(fill_m[..., 0], dtype=dtype, device=dev),
+                       torch.as_tensor(np.sqrt(fill_c[..., 0, 0]), dtype=dtype, device=dev), validate_args=False)
         mean_path = mean_path[:, 0]
         means_out, covs_out = means[..., 0], covs[..., 0, 0]
     else:

@@ -147,6 +147,19 @@ def test_training_functions_put_array_data_on_the_model_device():
         torch.set_default_device(before)
 
 
+def test_tracking_under_the_trap(foreign_default_device):
+    from moekit.tracking import filter_mixture, track_modes
+
+    _, _, XA, YA = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = MoERegressor(n_experts=3, max_iter=5, random_state=0).fit(XA, YA)
+        path = track_modes(est, transition_cov=0.01 * np.eye(2), X=XA[:30], order=2).path
+        filt = filter_mixture(est, transition_cov=0.01 * np.eye(2), X=XA[:30], max_hypotheses=4)
+    assert np.isfinite(path).all() and np.isfinite(filt.mean_path).all()
+    assert filt.distribution.mean.device == torch.device("cpu")
+
+
 def test_model_files_plots_and_reports_under_the_trap(tmp_path):
     pytest.importorskip("matplotlib")
     import matplotlib
