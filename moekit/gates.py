@@ -134,7 +134,7 @@ class ConstantGate(Gate):
 
     def select(self, index):
         new = copy.deepcopy(self)
-        idx = torch.as_tensor(list(index), dtype=torch.long)
+        idx = torch.as_tensor(list(index), dtype=torch.long, device=self.logits.device)
         new.n_experts = len(idx)
         new.logits = nn.Parameter(self.logits.detach()[idx].clone())
         return new
@@ -277,7 +277,7 @@ class SoftmaxGate(Gate):
 
     def select(self, index):
         new = copy.deepcopy(self)
-        idx = torch.as_tensor(list(index), dtype=torch.long)
+        idx = torch.as_tensor(list(index), dtype=torch.long, device=self.coef.device)
         new.n_experts = len(idx)
         new.coef = nn.Parameter(self.coef.detach()[idx].clone())
         return new
@@ -349,8 +349,8 @@ class MLPGate(Gate):
 
     def select(self, index):
         new = copy.deepcopy(self)
-        idx = torch.as_tensor(list(index), dtype=torch.long)
         last = new.net[-1]
+        idx = torch.as_tensor(list(index), dtype=torch.long, device=last.weight.device)
         last.weight = nn.Parameter(last.weight.detach()[idx].clone())
         last.bias = nn.Parameter(last.bias.detach()[idx].clone())
         last.out_features = len(idx)

@@ -147,6 +147,32 @@ def test_training_functions_put_array_data_on_the_model_device():
         torch.set_default_device(before)
 
 
+def test_scikit_learn_experts_and_pruning_under_the_trap():
+    from sklearn.linear_model import Ridge
+
+    from moekit import LinearGaussianExpert, MixtureOfExperts, SoftmaxGate
+    from moekit.experts.sklearn import SklearnExpert
+    from moekit.gates import MLPGate
+
+    X, y, _, _ = _data()
+    moe = MixtureOfExperts(SoftmaxGate(1, 2), [SklearnExpert(Ridge(), 1), LinearGaussianExpert(1)])
+    gates = [SoftmaxGate(1, 3), MLPGate(1, 3)]
+    before = torch.get_default_device()
+    torch.set_default_device("meta")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = fit_em(moe, X, y, max_iter=5, random_state=0)
+        assert np.isfinite(res.log_likelihood)
+        assert torch.isfinite(moe(torch.as_tensor(X[:5], device="cpu")).mean).all()
+        for gate in gates:  # pruning a dead expert keeps the other rows of the gate
+            kept = gate.select([0, 2])
+            out = kept(torch.as_tensor(X[:5], device="cpu"))
+            assert out.shape == (5, 2) and out.device == torch.device("cpu")
+    finally:
+        torch.set_default_device(before)
+
+
 def test_tracking_under_the_trap(foreign_default_device):
     from moekit.tracking import filter_mixture, track_modes
 

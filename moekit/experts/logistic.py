@@ -45,7 +45,7 @@ class _BernoulliValue(Bernoulli):
     """:class:`torch.distributions.Bernoulli` whose ``log_prob`` accepts integer or bool values."""
 
     def log_prob(self, value):
-        return super().log_prob(torch.as_tensor(value).to(self.logits.dtype))
+        return super().log_prob(torch.as_tensor(value, device=self.logits.device).to(self.logits.dtype))
 
 
 class _NewtonExpert(Expert):

@@ -229,7 +229,7 @@ class SklearnExpert(Expert):
         self._check_fitted()
         mean = self._predict(self._x_numpy(x))
         ref = self.log_scale
-        loc = torch.as_tensor(mean, dtype=ref.dtype).to(ref.device)
+        loc = torch.as_tensor(mean, dtype=ref.dtype, device=ref.device)
         scale = ref.exp().clamp_min(math.sqrt(self.var_floor)).expand(loc.shape[0])
         return Normal(loc, scale, validate_args=False)
 
