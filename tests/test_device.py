@@ -3,8 +3,8 @@
 CI has no GPU, so the CUDA tests skip there.  What breaks code on a GPU is almost always a
 tensor created without an explicit device (``torch.zeros(n)``, ``torch.as_tensor(array)``,
 ``torch.randperm(n, generator=g)``): on a GPU it lands on the CPU and the next operation mixes
-devices.  These tests make such tensors fail on a CPU-only machine too: they set PyTorch's
-*default* device to ``"meta"`` (tensors without data) while the models live on the CPU, so any
+devices.  These tests make such tensors fail on a CPU-only machine too: they make ``"meta"``
+PyTorch's *default* device (tensors without data) while the models live on the CPU, so any
 tensor that moekit creates without saying where lands on ``meta`` and the next operation raises
 ("Tensor on device meta is not on the expected device cpu", "Cannot copy out of meta tensor").
 Every estimator is fitted and queried under this trap, and its results must equal those of
@@ -36,15 +36,15 @@ from moekit.inference import central_interval, find_modes, hdr, in_intervals
 from moekit.mdn import MixtureDensityNetwork, fit_mdn
 
 
+def _trap():
+    """``meta`` as the default device inside the block (the ``torch.device`` context; nothing leaks out)."""
+    return torch.device("meta")
+
+
 @pytest.fixture
 def foreign_default_device():
-    """Make ``meta`` the default device for the test's duration (restored afterwards)."""
-    before = torch.get_default_device()
-    torch.set_default_device("meta")
-    try:
+    with _trap():
         yield
-    finally:
-        torch.set_default_device(before)
 
 
 def _data():
@@ -130,9 +130,7 @@ def test_training_functions_put_array_data_on_the_model_device():
     flat = build_tree(1, depth=1, branching=3, dtype=torch.float64)
     net = MixtureDensityNetwork(1, n_components=2, hidden_layer_sizes=(8,))
     seedling = build_tree(1, depth=1, branching=2, dtype=torch.float64)
-    before = torch.get_default_device()
-    torch.set_default_device("meta")
-    try:
+    with _trap():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             assert np.isfinite(fit_em(flat, X, y, max_iter=5, random_state=0).log_likelihood)
@@ -143,8 +141,6 @@ def test_training_functions_put_array_data_on_the_model_device():
             modes = find_modes(mix)
             assert torch.isfinite(modes.modes[:, 0]).all()
             assert torch.isfinite(hdr(mix, 0.9)[0][:, 0]).all() and torch.isfinite(central_interval(mix, 0.9)).all()
-    finally:
-        torch.set_default_device(before)
 
 
 def test_scikit_learn_experts_and_pruning_under_the_trap():
@@ -157,9 +153,7 @@ def test_scikit_learn_experts_and_pruning_under_the_trap():
     X, y, _, _ = _data()
     moe = MixtureOfExperts(SoftmaxGate(1, 2), [SklearnExpert(Ridge(), 1), LinearGaussianExpert(1)])
     gates = [SoftmaxGate(1, 3), MLPGate(1, 3)]
-    before = torch.get_default_device()
-    torch.set_default_device("meta")
-    try:
+    with _trap():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = fit_em(moe, X, y, max_iter=5, random_state=0)
@@ -169,8 +163,6 @@ def test_scikit_learn_experts_and_pruning_under_the_trap():
             kept = gate.select([0, 2])
             out = kept(torch.as_tensor(X[:5], device="cpu"))
             assert out.shape == (5, 2) and out.device == torch.device("cpu")
-    finally:
-        torch.set_default_device(before)
 
 
 def test_tracking_under_the_trap(foreign_default_device):
@@ -201,9 +193,7 @@ def test_model_files_plots_and_reports_under_the_trap(tmp_path):
         fitted = [make().fit(X, y) for make in (_ESTIMATORS["mdn"], _ESTIMATORS["moe-em"], _ESTIMATORS["hme"])]
         for i, est in enumerate(fitted):
             est.save(tmp_path / f"m{i}.moekit")
-        before = torch.get_default_device()
-        torch.set_default_device("meta")
-        try:
+        with _trap():
             for i, est in enumerate(fitted):
                 back = load(tmp_path / f"m{i}.moekit")
                 np.testing.assert_array_equal(back.predict(X[:10]), est.predict(X[:10]))
@@ -214,8 +204,6 @@ def test_model_files_plots_and_reports_under_the_trap(tmp_path):
                 plt.close("all")
             plotting.plot_hme_tree(fitted[2], X)
             plt.close("all")
-        finally:
-            torch.set_default_device(before)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
