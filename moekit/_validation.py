@@ -65,6 +65,21 @@ def as_tensor(a, name: str, dtype: torch.dtype | None, device=None, ndims=(1, 2)
     return t
 
 
+def model_dtype(model) -> torch.dtype:
+    """The floating dtype of a module's parameters (float64 for a module without any)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float64
+
+
+def model_device(model) -> torch.device:
+    """Where a module's parameters live (the CPU for a module without any); array data is put there."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
 def check_sample_weight(sample_weight, n: int, dtype: torch.dtype, device=None) -> torch.Tensor:
     """Validate weights: 1-D, length n, finite, non-negative, positive sum. Returns a new tensor."""
     if sample_weight is None:

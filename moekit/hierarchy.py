@@ -56,6 +56,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
+from ._validation import model_device, model_dtype
 from .distributions import MixtureDistribution, _cov
 from .experts.base import Expert
 from .gates import ConstantGate, Gate, MLPGate, SoftmaxGate
@@ -582,23 +583,10 @@ def _as_x(tree, x) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         from ._validation import as_tensor
 
-        x = as_tensor(x, "x", _dtype(tree), device=_device(tree), ndims=(2,))
+        x = as_tensor(x, "x", model_dtype(tree), device=model_device(tree), ndims=(2,))
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (n, d_x), got shape {tuple(x.shape)}")
     return x
-
-
-def _device(tree) -> torch.device:
-    for p in tree.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _dtype(tree) -> torch.dtype:
-    for p in tree.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float64
 
 
 def path_log_probabilities(tree: MixtureOfExperts, x) -> torch.Tensor:
@@ -1119,7 +1107,7 @@ def init_tree(tree: MixtureOfExperts, x, y, sample_weight=None, *, init="kmeans"
     _check_init(init)
     if init is None:
         raise ValueError("init must be 'kmeans', 'kmeans_x', 'random' or an (n, K) array; None means no initialisation")
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_dtype(tree), device=_device(tree))
+    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=model_dtype(tree), device=model_device(tree))
     seed = int(np.random.default_rng(random_state).integers(0, 2**31 - 1)) if random_state is None or not isinstance(
         random_state, numbers.Integral
     ) else int(random_state)
@@ -1305,8 +1293,8 @@ def split_leaf(
         raise ValueError(f"branching must be an int >= 2 to split a leaf, got {branching!r}")
     from ._validation import check_fit_inputs
 
-    dev = _device(tree)
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_dtype(tree), device=dev)
+    dev = model_device(tree)
+    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=model_dtype(tree), device=dev)
     path = tuple(int(k) for k in path)
     leaves = tree_leaves(tree)
     idx = [i for i, lf in enumerate(leaves) if lf.path == path]
@@ -1328,7 +1316,7 @@ def split_leaf(
     _, x_parent = _node_input(tree, parent_path, x)
     with torch.no_grad():
         w_leaf = w * path_posteriors(tree, x, y)[:, idx[0]]
-    dtype = _dtype(tree)
+    dtype = model_dtype(tree)
     gcols = tree.gate_features
     dg = x_parent.shape[1] if gcols is None else len(gcols)
     with torch.device("cpu"):  # built on the CPU, then moved to the tree's device
@@ -1531,7 +1519,7 @@ def grow_tree(
 
     t0 = time.perf_counter()
     _check_tree(tree)
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_dtype(tree), device=_device(tree))
+    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=model_dtype(tree), device=model_device(tree))
     if not (isinstance(branching, numbers.Integral) and not isinstance(branching, bool) and branching >= 2):
         raise ValueError(f"branching must be an int >= 2, got {branching!r}")
     if not (isinstance(max_leaves, numbers.Integral) and not isinstance(max_leaves, bool) and max_leaves >= 1):

@@ -9,10 +9,9 @@ import warnings
 from typing import Callable
 
 import numpy as np
-import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from .._validation import check_fit_inputs
+from .._validation import check_fit_inputs, model_device, model_dtype
 from .init import initial_responsibilities
 from .result import FitResult
 
@@ -97,7 +96,7 @@ def fit_em(
     (True, True)
     """
     t0 = time.perf_counter()
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_model_dtype(model), device=_model_device(model))
+    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=model_dtype(model), device=model_device(model))
     if not (isinstance(max_iter, int) and max_iter >= 0):
         raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
     if not (isinstance(n_init, int) and n_init >= 1):
@@ -193,17 +192,3 @@ def _em_loop(m, x, y, w, total, max_iter, tol, prune_threshold, verbose, callbac
         m.m_step_targets(x, y, targets)
         n_iter += 1
     return {"history": history, "n_iter": n_iter, "converged": converged, "pruned": pruned}
-
-
-def _model_device(model) -> torch.device:
-    """Where the model's parameters live (data given as arrays is put there)."""
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _model_dtype(model) -> torch.dtype:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float64

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from .._validation import check_fit_inputs
-from .em import _model_device, _model_dtype
+from .._validation import check_fit_inputs, model_device, model_dtype
 from .init import initial_responsibilities
 from .result import FitResult
 
@@ -106,7 +105,7 @@ def fit_gradient(
     ('gradient', True, [1.01, 2.0])
     """
     t0 = time.perf_counter()
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=_model_dtype(model), device=_model_device(model))
+    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=model_dtype(model), device=model_device(model))
     if optimizer not in ("adam", "lbfgs"):
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
     if not 0 <= validation_fraction < 1:
