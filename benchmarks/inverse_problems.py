@@ -40,11 +40,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import sys
 import time
 import warnings
@@ -53,7 +51,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
+from _machine import describe  # noqa: E402  (benchmarks/ is the script's folder)
 from moekit import MoERegressor
 from moekit.datasets import (
     inverse_sine_branches,
@@ -73,12 +71,6 @@ from moekit.metrics import (
 BOUNDARY = [("none (all rows with 2 branches)", 0.0, 0.0), ("margin 0.05, |t2-pi| >= 0.1", 0.05, 0.1),
             ("margin 0.1, |t2-pi| >= 0.2", 0.1, 0.2), ("margin 0.2, |t2-pi| >= 0.4", 0.2, 0.4)]
 HEADLINE = 2  # the definition used for the must-show number
-
-
-def machine() -> str:
-    cpu = cpu_model()
-    return (f"{cpu}; {os.cpu_count()} logical cores; torch {torch.__version__}; numpy {np.__version__}; "
-            f"Python {platform.python_version()}; {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}")
 
 
 def mdn_class():
@@ -302,7 +294,7 @@ def main(argv=None):
 
         threadpool_limits(a.threads)  # NumPy / scikit-learn BLAS: oversubscription is ruinous on a shared machine
     log = lambda s: print(s, file=sys.stderr, flush=True)
-    print(f"# Inverse problems benchmark\n\n{machine()}; torch threads {torch.get_num_threads()}\n")
+    print(f"# Inverse problems benchmark\n\n{describe()}; torch threads {torch.get_num_threads()}\n")
     print("command: python benchmarks/inverse_problems.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     mdn_ok = mdn_class() is not None
     if not a.no_mdn and not mdn_ok:

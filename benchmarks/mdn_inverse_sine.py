@@ -21,9 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 import time
 import warnings
@@ -31,7 +29,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
+from _machine import describe  # noqa: E402  (benchmarks/ is the script's folder)
 
 import torch  # noqa: E402
 
@@ -50,12 +48,6 @@ def bayes_floor(x: np.ndarray, noise: float = 0.1, grid: int = 20001) -> float:
     return float(np.mean(np.log(out)))
 
 
-def machine() -> str:
-    cpu = cpu_model()
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--components", type=int, nargs="+", default=[3, 5, 10])
@@ -67,7 +59,7 @@ def main(argv=None):
                     help="MDNRegressor's keep (default: the estimator's default)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"# {machine()}")
+    print(f"# {describe()}")
     print(f"# command: python {' '.join(sys.argv)}")
     Xte, yte = make_inverse_sine(args.n_test, random_state=10**6)
     floor = bayes_floor(Xte[:, 0])

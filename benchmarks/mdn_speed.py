@@ -41,10 +41,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import os
-import platform
 import sys
 import time
 import warnings
@@ -52,7 +50,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
+from _machine import describe  # noqa: E402  (benchmarks/ is the script's folder)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -147,12 +145,6 @@ def run_moekit_minibatch(X, y, Xte, yte, k, epochs, batch_size, lr, seed):
     return res.epoch_seconds, secs, moekit_nll(net, Xte, yte)
 
 
-def machine() -> str:
-    cpu = cpu_model()
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-train", type=int, default=5000)
@@ -166,7 +158,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"# {machine()}")
+    print(f"# {describe()}")
     print(f"# command: python {' '.join(sys.argv)}")
     print(f"# torch threads: {torch.get_num_threads()}; inverse sine, n_train={args.n_train}, test 100,000 rows, "
           f"K={args.components}, seeds 0..{args.seeds - 1} (interleaved runs)\n")

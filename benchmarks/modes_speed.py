@@ -25,9 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,7 +34,7 @@ import torch
 from torch.distributions import MultivariateNormal
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
+from _machine import describe  # noqa: E402  (benchmarks/ is the script's folder)
 from moekit import MixtureDistribution
 from moekit.inference import find_modes
 
@@ -61,16 +59,6 @@ def max_grad(mix: MixtureDistribution, modes: torch.Tensor, rows: int = 2000) ->
     return float(g.permute(1, 0, 2)[ok].abs().max())
 
 
-def machine() -> str:
-    cpu = cpu_model()
-    try:
-        load = " ".join(f"{v:.1f}" for v in os.getloadavg())
-    except OSError:
-        load = "n/a"
-    return (f"{cpu}; {os.cpu_count()} logical cores; torch {torch.__version__}; Python {platform.python_version()}; "
-            f"load average {load}; {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}")
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -89,7 +77,7 @@ def main(argv=None) -> None:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(a.threads)  # NumPy's BLAS too
-    print(f"# find_modes speed\n\n{machine()}; torch threads {torch.get_num_threads()}\n")
+    print(f"# find_modes speed\n\n{describe(load_average=True)}; torch threads {torch.get_num_threads()}\n")
     print("command: python benchmarks/modes_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "\n")
     print("| case | n | K | d | method | wall s (best) | wall s (median) | CPU s (best) | rows/s (best wall) | "
           "mean modes/row | max grad at modes |")

@@ -48,11 +48,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import sys
 import time
 import warnings
@@ -61,7 +59,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
+from _machine import describe  # noqa: E402  (benchmarks/ is the script's folder)
 
 from moekit.hierarchy import build_tree, fit_tree_em  # noqa: E402
 
@@ -236,11 +234,6 @@ def first_reaching(errors, target: float):
 
 
 # ---------------------------------------------------------------- report
-def machine() -> str:
-    cpu = cpu_model()
-    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, {platform.python_version()}"
-
-
 def table(run: dict, marks) -> list[str]:
     out = []
     for ep in marks:
@@ -278,8 +271,7 @@ def main(argv=None) -> dict:
     assert float(err) < 1e-9, f"simulator disagrees with the two-link closed form by {float(err)}"
 
     print(f"# Robot dynamics: planar {a.links}-link arm; HME (16 linear leaves, EM) vs MLP (32 tanh units, Adam)")
-    print(f"# machine: {machine()}; torch threads {a.threads}")
-    print(f"# date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"# machine: {describe()}; torch threads {a.threads}")
     print(f"# command: python {' '.join(sys.argv)}")
     print(f"# simulator check: max |general - closed form| = {float(err):.1e}")
     marks = [0, 1, 2, 3, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000]

@@ -37,9 +37,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 import time
 import warnings
@@ -48,16 +46,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
+from _machine import describe  # noqa: E402  (benchmarks/ is the script's folder)
 from moekit import MoERegressor
 from moekit.datasets import make_kinematic_tracking
 from moekit.tracking import estimate_transition_cov, filter_mixture, viterbi
-
-
-def machine() -> str:
-    cpu = cpu_model()
-    return (f"{cpu}; {os.cpu_count()} logical cores; torch {torch.__version__}; Python {platform.python_version()}; "
-            f"{datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}")
 
 
 def mode_noise(est, X, y, max_modes):
@@ -152,7 +144,7 @@ def main(argv=None):
 
         threadpool_limits(a.threads)  # NumPy / scikit-learn BLAS: oversubscription is ruinous on a shared machine
     log = lambda s: print(s, file=sys.stderr, flush=True)
-    print(f"# Tracking benchmark\n\n{machine()}; torch threads {torch.get_num_threads()}\n")
+    print(f"# Tracking benchmark\n\n{describe()}; torch threads {torch.get_num_threads()}\n")
     print("command: python benchmarks/tracking.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "\n")
     results = [run(s, a.sequences, not a.no_mdn, log) for s in a.seeds]
     print(f"Ambiguous frames: {np.mean([r['ambiguous_share'] for r in results]):.1%} of "

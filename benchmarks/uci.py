@@ -42,11 +42,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -56,7 +54,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
+from _machine import describe  # noqa: E402  (benchmarks/ is the script's folder)
 
 PUBLISHED = {  # (NLL mean, NLL s.e., RMSE mean, RMSE s.e.)
     "boston": {"PBP": (2.57, 0.09, 3.01, 0.18), "MC dropout": (2.46, 0.25, 2.97, 0.85),
@@ -165,14 +163,6 @@ def run_split(task):
             "seconds": time.perf_counter() - t0}
 
 
-def machine() -> str:
-    cpu = cpu_model()
-    import torch
-
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["boston", "concrete"], choices=["boston", "concrete"])
@@ -190,7 +180,7 @@ def main(argv=None):
     modes = [m for mode in args.mode for m in (["defaults", "tuned"] if mode == "both" else [mode])]
     tasks = [(d, i, m, (args.cv_folds, args.cv_repeats)) for d in args.datasets for m in modes
              for i in range(args.splits)]
-    print(f"# {machine()}")
+    print(f"# {describe()}")
     print(f"# command: python {' '.join(sys.argv)}")
     t0 = time.perf_counter()
     if args.jobs > 1:
