@@ -597,7 +597,7 @@ def _estimator_for(args, task: str, k: int):
         from .mdn import MDNRegressor
     except ImportError:
         raise UsageError("--model mdn needs moekit.mdn's MDNRegressor, which this installation of moekit does not have") from None
-    kw = dict(common, n_components=k, max_epochs=args.max_iter, target_noise=getattr(args, "target_noise", 0.0))
+    kw = dict(common, n_components=k, max_epochs=args.max_iter, target_noise=args.target_noise)
     return MDNRegressor(**kw)
 
 
@@ -620,7 +620,7 @@ def _check_fit_options(args, task: str, n_targets: int) -> None:
             raise UsageError("--expert poisson models one count target; give one --target column")
     if args.model != "hme" and (args.depth is not None or args.branching is not None):
         raise UsageError("--depth and --branching apply to --model hme only")
-    if args.model != "mdn" and getattr(args, "target_noise", 0.0):
+    if args.model != "mdn" and args.target_noise:
         raise UsageError("--target-noise applies to --model mdn only")
 
 
