@@ -56,7 +56,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
-from ._validation import model_device, model_dtype
+from ._validation import as_tensor, check_fit_inputs, model_device, model_dtype
 from .distributions import MixtureDistribution, _cov
 from .experts.base import Expert
 from .gates import ConstantGate, Gate, MLPGate, SoftmaxGate
@@ -581,8 +581,6 @@ def _leaf_log_probs(node: MixtureOfExperts, x: torch.Tensor, y: torch.Tensor) ->
 
 def _as_x(tree, x) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
-        from ._validation import as_tensor
-
         x = as_tensor(x, "x", model_dtype(tree), device=model_device(tree), ndims=(2,))
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (n, d_x), got shape {tuple(x.shape)}")
@@ -1100,7 +1098,6 @@ def init_tree(tree: MixtureOfExperts, x, y, sample_weight=None, *, init="kmeans"
     >>> path_probabilities(tree, x).shape
     torch.Size([40, 4])
     """
-    from ._validation import check_fit_inputs
     from .training.init import initial_responsibilities
 
     _check_tree(tree)
@@ -1291,8 +1288,6 @@ def split_leaf(
     _check_tree(tree)
     if not (isinstance(branching, numbers.Integral) and not isinstance(branching, bool) and branching >= 2):
         raise ValueError(f"branching must be an int >= 2 to split a leaf, got {branching!r}")
-    from ._validation import check_fit_inputs
-
     dev = model_device(tree)
     x, y, w = check_fit_inputs(x, y, sample_weight, dtype=model_dtype(tree), device=dev)
     path = tuple(int(k) for k in path)
@@ -1514,7 +1509,6 @@ def grow_tree(
     >>> res.n_leaves, res.stopped
     (2, 'no split helps')
     """
-    from ._validation import check_fit_inputs
     from .training.em import fit_em
 
     t0 = time.perf_counter()
