@@ -14,7 +14,7 @@ from .experts import (
 )
 from .gates import ConstantGate, Gate, MLPGate, SoftmaxGate
 from .hierarchy import build_tree, fit_tree_em, grow_tree, render_tree
-from .hme import HMEClassifier, HMERegressor
+from .estimators import HMEClassifier, HMERegressor
 from .mdn import DeadComponentWarning, MDNRegressor, MixtureDensityNetwork, fit_mdn
 from .mixture import MixtureOfExperts
 from .stats import SuffStats

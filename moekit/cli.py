@@ -586,7 +586,7 @@ def _estimator_for(args, task: str, k: int):
         return MoERegressor(expert=expert or "linear", **kw)
     if kind == "hme":
         try:
-            from .hme import HMEClassifier, HMERegressor
+            from .estimators import HMEClassifier, HMERegressor
         except ImportError:
             raise UsageError("--model hme needs moekit.hme, which this installation of moekit does not have") from None
         kw = dict(common, depth=args.depth, branching=k, n_init=args.n_init, max_iter=args.max_iter)

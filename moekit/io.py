@@ -214,7 +214,7 @@ def _describe_moe(est) -> dict:
 
 
 def _build_moe(est, structure: dict) -> nn.Module:
-    from .estimators import _torch_dtype
+    from .estimators.base import _torch_dtype
 
     k = int(structure["n_experts"])
     saved = est.n_experts
@@ -231,7 +231,7 @@ def _describe_mdn(est) -> dict:
 
 
 def _build_mdn(est, structure: dict) -> nn.Module:
-    from .estimators import _torch_dtype
+    from .estimators.base import _torch_dtype
     from .mdn import MixtureDensityNetwork
 
     cfg = structure.get("config") if isinstance(structure, dict) else None
@@ -265,7 +265,7 @@ def _describe_hme(est) -> dict:
 
 def _build_hme(est, structure: dict) -> nn.Module:
     """Rebuild the tree node by node (it may have been pruned or grown), with the estimator's own factories."""
-    from .estimators import _torch_dtype
+    from .estimators.base import _torch_dtype
     from .gates import ConstantGate
     from .mixture import MixtureOfExperts
 
@@ -309,8 +309,8 @@ def _build_hme(est, structure: dict) -> nn.Module:
 # (module, class, build, describe): estimators registered when their module exists.
 _OPTIONAL: list[tuple[str, str, Callable, Callable | None]] = [
     ("mdn", "MDNRegressor", _build_mdn, _describe_mdn),
-    ("hme", "HMERegressor", _build_hme, _describe_hme),
-    ("hme", "HMEClassifier", _build_hme, _describe_hme),
+    ("estimators.hme", "HMERegressor", _build_hme, _describe_hme),
+    ("estimators.hme", "HMEClassifier", _build_hme, _describe_hme),
 ]
 
 

@@ -59,7 +59,7 @@ from torch.distributions import Independent, MultivariateNormal, Normal
 
 from ._validation import as_tensor, check_sample_weight
 from .distributions import MixtureDistribution
-from .estimators import ConditionalMixtureMixin, _torch_dtype
+from .estimators.base import ConditionalMixtureMixin, _torch_dtype
 from .training.result import FitResult
 
 __all__ = ["MixtureDensityNetwork", "fit_mdn", "MDNFitResult", "MDNRegressor", "DeadComponentWarning"]

@@ -39,7 +39,7 @@ from moekit.hierarchy import (
     tree_leaves,
     tree_nodes,
 )
-from moekit.hme import HMEClassifier, HMERegressor
+from moekit import HMEClassifier, HMERegressor
 
 D = torch.float64
 

@@ -62,7 +62,7 @@ def _cases():
                                          random_state=0), X, LABELS2),
     ]
     try:
-        from moekit.hme import HMEClassifier, HMERegressor
+        from moekit import HMEClassifier, HMERegressor
     except ImportError:  # pragma: no cover - the HME is part of moekit
         pass
     else:
@@ -414,7 +414,6 @@ def test_robot_arm_mdn_or_moe_vector_target(tmp_path):
 
 def test_irregular_tree_round_trip(fitted, tmp_path):
     """A tree that no (depth, branching) describes: a node beside a single leaf, as pruning or growing leave."""
-    pytest.importorskip("moekit.hme")
     est, XX, yy = fitted["hme-depth2"]
     est = __import__("copy").deepcopy(est)
     g = torch.Generator().manual_seed(1)
