@@ -5,6 +5,9 @@ The caller's arrays are never modified: every function returns new tensors.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 import torch
 
@@ -104,3 +107,23 @@ def check_fit_inputs(x, y, sample_weight, dtype: torch.dtype, device=None):
         raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}; they must have the same length")
     w = check_sample_weight(sample_weight, x.shape[0], x.dtype, x.device)
     return x, y, w
+
+
+def check_int(value, name: str, minimum: int, allow_none: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer (not a bool) >= ``minimum`` (or None, if allowed)."""
+    if value is None and allow_none:
+        return
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_real(value, name: str, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite real number (not a bool) in [low, high] ((low, high] if ``low_open``)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok:
+        v = float(value)
+        ok = (v > low if low_open else v >= low) and v <= high
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = "inf)" if high == math.inf else f"{high}]"
+        raise ValueError(f"{name} must be a number in {lo}{low}, {hi}, got {value!r}")
