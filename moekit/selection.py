@@ -1,0 +1,182 @@
+"""Choosing the number of experts: fit one estimator per candidate K and keep the best by a criterion.
+
+The criteria are the estimators' own ``bic`` and ``aic`` (the one place they are computed) on the data
+the models were fitted to, or the mean log-likelihood of rows held out from fitting (the choice for
+networks, whose parameter count says little about their flexibility).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["CRITERIA", "SelectionResult", "parse_n_experts", "select_n_experts"]
+
+CRITERIA = {
+    "bic": "BIC (lower is better)",
+    "aic": "AIC (lower is better)",
+    "heldout": "held-out mean log-likelihood (higher is better)",
+}
+_MAX_K = 64
+
+
+@dataclass
+class SelectionResult:
+    """What :func:`select_n_experts` found.
+
+    Attributes
+    ----------
+    criterion : str
+        'bic', 'aic' or 'heldout'.
+    scores : dict of int to float
+        The criterion for every candidate K, in the order tried.
+    n_experts : int
+        The chosen K.
+    estimator : estimator
+        The chosen model, fitted: for 'bic' and 'aic' the fit that was scored, for 'heldout' a refit
+        on every row.
+    """
+
+    criterion: str
+    scores: dict
+    n_experts: int
+    estimator: object
+
+    @property
+    def description(self) -> str:
+        """The criterion in words, with its direction, e.g. 'BIC (lower is better)'."""
+        return CRITERIA[self.criterion]
+
+
+def parse_n_experts(spec: str) -> list[int]:
+    """Candidate numbers of experts from text: a range '1..8' (or '1-8') or a list '2,3,5'.
+
+    Raises
+    ------
+    ValueError
+        text that is neither, or a number outside 1..64.
+
+    Examples
+    --------
+    >>> parse_n_experts("1..4"), parse_n_experts("5,2,3")
+    ([1, 2, 3, 4], [2, 3, 5])
+    """
+    s = spec.strip()
+    try:
+        if ".." in s:
+            a, b = s.split("..", 1)
+            ks = list(range(int(a), int(b) + 1))
+        elif "-" in s[1:]:
+            a, b = s.split("-", 1)
+            ks = list(range(int(a), int(b) + 1))
+        else:
+            ks = sorted({int(p) for p in s.split(",") if p.strip()})
+    except ValueError:
+        raise ValueError(f"{spec!r}: give a range such as 1..8 or a list such as 2,3,5") from None
+    if not ks or min(ks) < 1 or max(ks) > _MAX_K:
+        raise ValueError(f"{spec!r}: the numbers of experts must lie between 1 and {_MAX_K}")
+    return ks
+
+
+def _rows(a, idx):
+    """Rows ``idx`` of an array or a DataFrame (keeping its column names)."""
+    return a.iloc[idx] if hasattr(a, "iloc") else np.asarray(a)[idx]
+
+
+def _fit(est, X, y, sample_weight):
+    return est.fit(X, y) if sample_weight is None else est.fit(X, y, sample_weight=sample_weight)
+
+
+def select_n_experts(
+    make_estimator: Callable[[int], object],
+    X,
+    y,
+    ks: Sequence[int],
+    criterion: str = "bic",
+    sample_weight=None,
+    *,
+    validation_fraction: float = 0.2,
+    random_state=None,
+    callback: Callable[[int], None] | None = None,
+) -> SelectionResult:
+    """Fit ``make_estimator(k)`` for every k in ``ks`` and choose the best k.
+
+    Parameters
+    ----------
+    make_estimator : callable
+        ``k -> unfitted estimator`` with k experts (or components, or branching).
+    X, y : array-like
+        The data, as the estimator's ``fit`` takes them.
+    ks : sequence of int
+        Candidate values, each at least 1 (see :func:`parse_n_experts` for text).
+    criterion : {'bic', 'aic', 'heldout'}
+        'bic' and 'aic': the estimator's ``bic(X, y)`` / ``aic(X, y)`` after fitting on every row
+        (lower is better). 'heldout': each K is fitted on the rows left after holding out
+        ``validation_fraction`` of them at random, and scored by the mean log-likelihood of the
+        held-out rows (higher is better); the best K is then refitted on every row.
+    sample_weight : array-like (n,), optional
+        Passed to every ``fit``; with 'heldout' the held-out mean is weighted too. The estimators'
+        ``bic``/``aic`` count every row once, so 'bic' and 'aic' do not take weights.
+    validation_fraction : float
+        Share of the rows held out for 'heldout' (at least one row).
+    random_state : int or numpy Generator, optional
+        Seeds the held-out split.
+    callback : callable, optional
+        Called with k just before each fit (and before the final refit of 'heldout'): for progress
+        bars, and to know which fit raised.
+
+    Returns
+    -------
+    SelectionResult
+        On ties the first K in ``ks`` wins.
+
+    Examples
+    --------
+    >>> from moekit import MoERegressor
+    >>> from moekit.datasets import load_tonedata
+    >>> d = load_tonedata()
+    >>> res = select_n_experts(lambda k: MoERegressor(n_experts=k, random_state=0), d.data, d.target, [1, 2, 3])
+    >>> res.n_experts, res.estimator.n_experts_, sorted(res.scores) == [1, 2, 3]
+    (2, 2, True)
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
+    ks = list(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty sequence of integers >= 1, got {ks!r}")
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"ks lists a value twice: {ks!r}")
+    ks = [int(k) for k in ks]
+    if sample_weight is not None and criterion != "heldout":
+        raise ValueError(f"criterion={criterion!r} does not take sample_weight (the estimators' bic and aic count "
+                         "every row once); use criterion='heldout' or leave the weights out")
+    notify = callback or (lambda k: None)
+    scores: dict[int, float] = {}
+    if criterion == "heldout":
+        if not 0 < validation_fraction < 1:
+            raise ValueError(f"validation_fraction must lie strictly between 0 and 1, got {validation_fraction!r}")
+        n = len(X)
+        perm = np.random.default_rng(random_state).permutation(n)
+        n_val = max(1, int(round(validation_fraction * n)))
+        val, tr = perm[:n_val], perm[n_val:]
+        w_tr = None if sample_weight is None else np.asarray(sample_weight)[tr]
+        X_val, y_val = _rows(X, val), _rows(y, val)
+        for k in ks:
+            notify(k)
+            est = _fit(make_estimator(k), _rows(X, tr), _rows(y, tr), w_tr)
+            ll = est.score_samples(X_val, y_val)
+            scores[k] = float(np.mean(ll) if sample_weight is None
+                              else np.average(ll, weights=np.asarray(sample_weight)[val]))
+        best = max(ks, key=lambda k: scores[k])
+        notify(best)
+        return SelectionResult(criterion, scores, best, _fit(make_estimator(best), X, y, sample_weight))
+    models = {}
+    for k in ks:
+        notify(k)
+        est = _fit(make_estimator(k), X, y, None)
+        scores[k] = float(est.bic(X, y) if criterion == "bic" else est.aic(X, y))
+        models[k] = est
+    best = min(ks, key=lambda k: scores[k])
+    return SelectionResult(criterion, scores, best, models[best])

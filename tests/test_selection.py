@@ -1,0 +1,154 @@
+"""moekit.selection: choosing the number of experts by BIC, AIC or held-out log-likelihood."""
+
+import numpy as np
+import pytest
+
+from moekit import MoERegressor
+from moekit.datasets import load_tonedata
+from moekit.selection import CRITERIA, SelectionResult, parse_n_experts, select_n_experts
+
+
+# ------------------------------------------------------------------ parsing
+@pytest.mark.parametrize(
+    "spec, ks",
+    [("1..4", [1, 2, 3, 4]), (" 2..3 ", [2, 3]), ("1-3", [1, 2, 3]), ("5,2,3", [2, 3, 5]), ("3,3,1", [1, 3]),
+     ("7", [7]), ("64", [64])],
+)
+def test_parse_n_experts(spec, ks):
+    assert parse_n_experts(spec) == ks
+
+
+@pytest.mark.parametrize(
+    "spec, pattern",
+    [("a..b", r"'a\.\.b': give a range such as 1\.\.8 or a list such as 2,3,5"),
+     ("", r"between 1 and 64"), ("0..3", r"'0\.\.3': the numbers of experts must lie between 1 and 64"),
+     ("3..1", r"between 1 and 64"), ("2,65", r"between 1 and 64"), ("1.5", r"give a range")],
+)
+def test_parse_n_experts_errors(spec, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        parse_n_experts(spec)
+
+
+# ------------------------------------------------- the loop, with stand-ins
+class _Fake:
+    """An estimator whose criteria and held-out log-likelihood are set per K."""
+
+    bics = {}
+    lls = {}
+
+    def __init__(self, k):
+        self.k = k
+
+    def fit(self, X, y, sample_weight=None):
+        self.n_fit_ = len(X)
+        self.sample_weight_ = sample_weight
+        return self
+
+    def bic(self, X, y):
+        return self.bics[self.k]
+
+    def aic(self, X, y):
+        return -self.bics[self.k]
+
+    def score_samples(self, X, y):
+        return np.full(len(X), self.lls[self.k])
+
+
+@pytest.fixture()
+def fake(monkeypatch):
+    monkeypatch.setattr(_Fake, "bics", {1: 10.0, 2: 5.0, 3: 5.0, 4: 7.0})
+    monkeypatch.setattr(_Fake, "lls", {1: -2.0, 2: -1.0, 3: -1.5, 4: -1.0})
+    return _Fake
+
+
+def test_bic_picks_the_lowest_and_the_first_on_ties(fake):
+    seen = []
+    X, y = np.zeros((20, 1)), np.zeros(20)
+    res = select_n_experts(fake, X, y, [1, 2, 3, 4], callback=seen.append)
+    assert isinstance(res, SelectionResult)
+    assert res.criterion == "bic" and res.description == "BIC (lower is better)"
+    assert res.scores == {1: 10.0, 2: 5.0, 3: 5.0, 4: 7.0}
+    assert res.n_experts == 2 and res.estimator.k == 2 and res.estimator.n_fit_ == 20
+    assert seen == [1, 2, 3, 4]
+    res = select_n_experts(fake, X, y, [3, 2])  # the order of ks decides ties
+    assert res.n_experts == 3 and list(res.scores) == [3, 2]
+
+
+def test_aic_uses_the_estimators_aic(fake):
+    res = select_n_experts(fake, np.zeros((5, 1)), np.zeros(5), [1, 2, 4], criterion="aic")
+    assert res.scores == {1: -10.0, 2: -5.0, 4: -7.0} and res.n_experts == 1
+    assert res.description == CRITERIA["aic"]
+
+
+def test_heldout_scores_the_held_out_rows_and_refits_the_best_on_every_row(fake):
+    seen = []
+    X, y = np.arange(50.0)[:, None], np.zeros(50)
+    res = select_n_experts(fake, X, y, [1, 2, 3, 4], criterion="heldout", random_state=0, callback=seen.append)
+    assert res.scores == {1: -2.0, 2: -1.0, 3: -1.5, 4: -1.0}
+    assert res.n_experts == 2 and res.estimator.k == 2 and res.estimator.n_fit_ == 50  # refitted on all rows
+    assert seen == [1, 2, 3, 4, 2]
+    assert res.description == "held-out mean log-likelihood (higher is better)"
+
+
+def test_heldout_split_passes_weights_and_keeps_data_frames(fake):
+    pd = pytest.importorskip("pandas")
+    fits = []
+
+    class Recording(fake):
+        def fit(self, X, y, sample_weight=None):
+            fits.append((X, sample_weight))
+            return super().fit(X, y, sample_weight)
+
+    X = pd.DataFrame({"a": np.arange(10.0)})
+    w = np.arange(1.0, 11.0)
+    select_n_experts(Recording, X, np.zeros(10), [1], criterion="heldout", sample_weight=w,
+                     validation_fraction=0.3, random_state=3)
+    (Xtr, wtr), (Xall, wall) = fits
+    perm = np.random.default_rng(3).permutation(10)
+    assert isinstance(Xtr, pd.DataFrame) and list(Xtr["a"]) == list(perm[3:])
+    assert np.array_equal(wtr, w[perm[3:]]) and Xall is X and wall is w
+
+
+def test_argument_errors(fake):
+    X, y = np.zeros((5, 1)), np.zeros(5)
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        select_n_experts(fake, X, y, [1], criterion="icl")
+    for ks in ([], [0, 1], [1.5], [True]):
+        with pytest.raises(ValueError, match="ks must be a non-empty sequence of integers >= 1"):
+            select_n_experts(fake, X, y, ks)
+    with pytest.raises(ValueError, match="lists a value twice"):
+        select_n_experts(fake, X, y, [1, 2, 1])
+    with pytest.raises(ValueError, match="does not take sample_weight"):
+        select_n_experts(fake, X, y, [1], sample_weight=np.ones(5))
+    with pytest.raises(ValueError, match="validation_fraction"):
+        select_n_experts(fake, X, y, [1], criterion="heldout", validation_fraction=1.0)
+
+
+# ------------------------------------------------------ real estimators
+@pytest.fixture(scope="module")
+def tone():
+    d = load_tonedata()
+    return d.data, d.target
+
+
+def _make(k):
+    return MoERegressor(n_experts=k, n_init=2, random_state=0)
+
+
+def test_bic_on_tone_data_equals_the_estimators_own(tone):
+    X, y = tone
+    res = select_n_experts(_make, X, y, [1, 2, 3])
+    for k in (1, 2, 3):
+        assert res.scores[k] == _make(k).fit(X, y).bic(X, y)
+    assert res.n_experts == 2 == res.estimator.n_experts_  # Cohen's two groups of musicians
+    assert res.scores[2] == min(res.scores.values())
+
+
+def test_heldout_on_tone_data_matches_a_split_by_hand(tone):
+    X, y = tone
+    res = select_n_experts(_make, X, y, [1, 2], criterion="heldout", random_state=5)
+    perm = np.random.default_rng(5).permutation(len(X))
+    val, tr = perm[:30], perm[30:]
+    for k in (1, 2):
+        assert res.scores[k] == float(np.mean(_make(k).fit(X[tr], y[tr]).score_samples(X[val], y[val])))
+    np.testing.assert_array_equal(res.estimator.predict(X), _make(res.n_experts).fit(X, y).predict(X))
