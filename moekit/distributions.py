@@ -5,27 +5,41 @@ of experts: a batch of n mixtures (one per row of x), each of K components.
 It answers the questions users ask of a conditional density: mean, variance or
 covariance (law of total variance), sampling, log-density, and for scalar y
 the CDF and quantiles.
+
+Also here: :func:`flatten_leaves` (the leaves of a nested mixture, the one
+flattener that inference, plotting and the tree routing share) and
+:func:`marginal` (the mixture of one target column of vector y).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import numbers
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-from torch.distributions import Categorical, Distribution, constraints
+from torch.distributions import Categorical, Distribution, Independent, MultivariateNormal, Normal, constraints
 from torch.distributions import Poisson as _Poisson
 from torch.distributions import StudentT as _StudentT
 
-__all__ = ["MixtureDistribution", "StudentT", "Poisson"]
+__all__ = [
+    "LeafGroup",
+    "MixtureDistribution",
+    "Poisson",
+    "StudentT",
+    "check_scalar",
+    "covariance",
+    "flatten_leaves",
+    "marginal",
+]
 
 
 class StudentT(_StudentT):
     """:class:`torch.distributions.StudentT` with a CDF (not differentiable)."""
 
     def cdf(self, value):
-        from scipy.special import stdtr
+        from scipy.special import stdtr  # deferred: scipy is needed by this one method only
 
         z = ((value - self.loc) / self.scale).detach()
         df = self.df.detach().expand_as(z)
@@ -150,8 +164,8 @@ class MixtureDistribution(Distribution):
         if len(self.event_shape) == 0:
             return self.component_variances
         if isinstance(self.components, Distribution):
-            return _cov(self.components)
-        return torch.stack([_cov(c) for c in self.components], dim=1)
+            return covariance(self.components)
+        return torch.stack([covariance(c) for c in self.components], dim=1)
 
     # -------------------------------------------------------------- moments
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -207,13 +221,9 @@ class MixtureDistribution(Distribution):
         return comp.gather(len(sample_shape) + 1, index).squeeze(len(sample_shape) + 1)
 
     # ---------------------------------------------------- CDF and quantiles
-    def _require_scalar(self, what: str) -> None:
-        if len(self.event_shape) != 0:
-            raise ValueError(f"{what} is defined for scalar y only; this mixture has event shape {tuple(self.event_shape)}")
-
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
         """P(Y <= y) for each row (scalar y). ``value``: (n,) or (m, n)."""
-        self._require_scalar("cdf")
+        check_scalar(self, "cdf")
         if isinstance(self.components, Distribution):
             c = self.components.cdf(value.unsqueeze(-1))
         else:
@@ -227,7 +237,7 @@ class MixtureDistribution(Distribution):
     @torch.no_grad()
     def icdf(self, q) -> torch.Tensor:
         """Quantile function for scalar y: ``q`` a float or (n,) tensor -> (n,)."""
-        self._require_scalar("icdf")
+        check_scalar(self, "icdf")
         lw = self.log_weights
         n = lw.shape[0]
         q = torch.as_tensor(q, dtype=lw.dtype, device=lw.device).expand(n)
@@ -274,51 +284,140 @@ class MixtureDistribution(Distribution):
         qs = np.atleast_1d(np.asarray(q, dtype=float))
         return torch.stack([self.icdf(float(v)) for v in qs], dim=1)
 
-    # ------------------------------------------ modes, branches, intervals
-    def modes(self, max_modes: int | None = None, min_weight: float = 0.01, **kwargs):
-        """Modes of p(y) for every row, each with its mass and local covariance.
-
-        See :func:`moekit.inference.find_modes` (keyword options ``tol``,
-        ``max_iter``, ``merge_tol``, ``method``).
-
-        Returns
-        -------
-        Modes
-            Unpacks as ``(modes, weights)``: modes (n, M) for scalar y or
-            (n, M, d_y), weights (n, M), sorted by decreasing mass, NaN padding;
-            also ``covariances``, ``log_density`` and ``n_modes``.
-        """
-        from .inference import find_modes
-
-        return find_modes(self, max_modes=max_modes, min_weight=min_weight, **kwargs)
-
-    def branches(self, sort: bool = True):
-        """Component means with their mixing weights, heaviest first: ((n, K, *event), (n, K)).
-
-        See :func:`moekit.inference.branches`.
-        """
-        from .inference import branches
-
-        return branches(self, sort=sort)
-
-    def hdr(self, level: float = 0.9, **kwargs):
-        """Highest-density region of scalar y: ``(intervals (n, J, 2), mass (n,))``.
-
-        A union of intervals where p(y) is multimodal; NaN padding.  See
-        :func:`moekit.inference.hdr`.
-        """
-        from .inference import hdr
-
-        return hdr(self, level, **kwargs)
-
     def __repr__(self) -> str:
         return f"MixtureDistribution(n={self.batch_shape[0]}, K={self.n_components}, event_shape={tuple(self.event_shape)})"
 
 
-def _cov(d: Distribution) -> torch.Tensor:
+def check_scalar(dist: Distribution, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` unless ``dist`` is over scalar y (event shape ())."""
+    if len(dist.event_shape) != 0:
+        raise ValueError(f"{what} is defined for scalar y only; this mixture has event shape {tuple(dist.event_shape)}")
+
+
+def covariance(d: Distribution) -> torch.Tensor:
+    """Covariance matrices of a distribution over vector y: ``covariance_matrix``, else ``diag(variance)``."""
     if hasattr(d, "covariance_matrix"):
         return d.covariance_matrix
     return torch.diag_embed(d.variance)
+
+
+# ------------------------------------------------------------ nested leaves
+class LeafGroup(NamedTuple):
+    """Leaves of a (nested) mixture that share one distribution object.
+
+    Attributes
+    ----------
+    log_weights : Tensor (n, Kb)
+        Log weight of each leaf in the whole mixture: the sum of the log
+        mixing weights along its path.
+    dist : Distribution
+        Batch (n, Kb) when ``stacked`` (one object for Kb leaves), else batch
+        (n,) and Kb = 1.
+    stacked : bool
+    """
+
+    log_weights: torch.Tensor
+    dist: Distribution
+    stacked: bool
+
+    def attr(self, name: str) -> torch.Tensor:
+        """``dist.<name>`` with the leaf axis at position 1: (n, Kb, ...)."""
+        t = getattr(self.dist, name)
+        return t if self.stacked else t.unsqueeze(1)
+
+
+def flatten_leaves(mix: MixtureDistribution) -> list[LeafGroup]:
+    """The leaves of a (possibly nested) mixture, in depth-first order, as groups.
+
+    A component that is itself a :class:`MixtureDistribution` (a node of a
+    hierarchical mixture) is replaced by its leaves, whose log-weights add the
+    parent's log-weight.  Stacked components (batch (n, K)) stay one group,
+    so that callers can keep working on them batched.  Concatenating the
+    groups' ``log_weights`` along axis 1 gives the (n, L) leaf log-weights.
+
+    Shapes
+    ------
+    mix: batch (n,); each group's ``log_weights`` (n, Kb), the Kb summing to
+    the number of leaves L.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.distributions import Normal
+    >>> half = torch.full((1, 2), 0.5).log()
+    >>> inner = MixtureDistribution(half, Normal(torch.zeros(1, 2), torch.ones(1, 2)))
+    >>> outer = MixtureDistribution(half, [inner, Normal(torch.zeros(1), torch.ones(1))])
+    >>> [(g.log_weights.exp().tolist(), g.stacked) for g in flatten_leaves(outer)]
+    [([[0.25, 0.25]], True), ([[0.5]], False)]
+    """
+    lw = mix.log_weights
+    if isinstance(mix.components, Distribution):
+        return [LeafGroup(lw, mix.components, True)]
+    out = []
+    for k, c in enumerate(mix.components):
+        if isinstance(c, MixtureDistribution):
+            for lw2, d2, st in flatten_leaves(c):
+                out.append(LeafGroup(lw[:, k : k + 1] + lw2, d2, st))
+        else:
+            out.append(LeafGroup(lw[:, k : k + 1], c, False))
+    return out
+
+
+# ---------------------------------------------------------------- marginals
+def _marginal_component(c: Distribution, j: int) -> Distribution:
+    if isinstance(c, MixtureDistribution):
+        return _marginal(c, j)
+    if isinstance(c, MultivariateNormal):
+        return Normal(c.loc[..., j], c.covariance_matrix[..., j, j].sqrt(), validate_args=False)
+    if isinstance(c, Independent) and c.reinterpreted_batch_ndims == 1:
+        b = c.base_dist
+        if isinstance(b, Normal):
+            return Normal(b.loc[..., j], b.scale[..., j], validate_args=False)
+        if isinstance(b, _StudentT):
+            return StudentT(b.df[..., j], b.loc[..., j], b.scale[..., j], validate_args=False)
+    raise TypeError(
+        f"the marginal of one target column is available for Gaussian and Student-t components, "
+        f"not for {type(c).__name__}"
+    )
+
+
+def _marginal(dist: MixtureDistribution, j: int) -> MixtureDistribution:
+    """The mixture of the marginal distributions of target column ``j`` (scalar y)."""
+    if len(dist.event_shape) == 0:
+        return dist
+    comps = dist.components
+    if isinstance(comps, Distribution):
+        return MixtureDistribution(dist.log_weights, _marginal_component(comps, j))
+    return MixtureDistribution(dist.log_weights, [_marginal_component(c, j) for c in comps])
+
+
+def marginal(dist: MixtureDistribution, target: int = 0) -> MixtureDistribution:
+    """The predictive mixture of one target column (for vector y); scalar mixtures are returned as they are.
+
+    Exact for Gaussian (``MultivariateNormal``, ``Independent(Normal)``) and
+    Student-t components, and for nested mixtures of them; other families
+    raise ``TypeError``.  ``target`` may count from the end (-1 is the last
+    column).
+
+    Shapes
+    ------
+    dist: batch (n,), event (d_y,) -> batch (n,), event ().
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.distributions import MultivariateNormal
+    >>> cov = torch.tensor([[[[1.0, 0.5], [0.5, 4.0]]]])
+    >>> mix = MixtureDistribution(torch.zeros(1, 1), MultivariateNormal(torch.zeros(1, 1, 2), cov))
+    >>> marginal(mix, 1).variance
+    tensor([4.])
+    """
+    if len(dist.event_shape) == 0:
+        return dist
+    n = dist.event_shape[0]
+    if not (isinstance(target, numbers.Integral) and not isinstance(target, bool) and -n <= target < n):
+        raise ValueError(f"target must be an integer index into the {n} target columns, got {target!r}")
+    return _marginal(dist, int(target) % n)
 
 
 def log_mean_exp(t: torch.Tensor, dim: int) -> torch.Tensor:

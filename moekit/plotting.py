@@ -26,10 +26,8 @@ import numbers
 
 import numpy as np
 import torch
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
-from .distributions import MixtureDistribution
-from .distributions import StudentT as _MoekitStudentT
+from .distributions import MixtureDistribution, flatten_leaves, marginal  # marginal stays public here too
 
 __all__ = [
     "plot_data",
@@ -141,25 +139,14 @@ def _predict_dist(est, Xg) -> MixtureDistribution:
 
 # ------------------------------------------------------------ mixture views
 def _leaves(dist) -> tuple[torch.Tensor, list]:
-    """Flatten a (possibly nested) mixture: leaf log-weights (n, L) and the L leaf distributions.
+    """Leaf log-weights (n, L) of a (possibly nested) mixture and its L leaves.
 
     Each leaf is ``(distribution, k)``: ``k`` is None for a distribution with
     batch (n,), or the index along the expert axis of a stacked (n, K) one.
     """
-    lw = dist.log_weights
-    comps = dist.components
-    if isinstance(comps, Distribution):
-        return lw, [(comps, k) for k in range(lw.shape[1])]
-    out_lw, out = [], []
-    for k, c in enumerate(comps):
-        if isinstance(c, MixtureDistribution):
-            clw, cl = _leaves(c)
-            out_lw.append(lw[:, k : k + 1] + clw)
-            out.extend(cl)
-        else:
-            out_lw.append(lw[:, k : k + 1])
-            out.append((c, None))
-    return torch.cat(out_lw, dim=1), out
+    groups = flatten_leaves(dist)
+    leaves = [(g.dist, k if g.stacked else None) for g in groups for k in range(g.log_weights.shape[1])]
+    return torch.cat([g.log_weights for g in groups], dim=1), leaves
 
 
 def _leaf_attr(leaf, attr: str) -> torch.Tensor:
@@ -174,49 +161,6 @@ def _leaf_log_prob(leaf, value: torch.Tensor) -> torch.Tensor:
         return d.log_prob(value)
     ev = len(d.event_shape)
     return d.log_prob(value.unsqueeze(value.dim() - ev)).select(-1, k)
-
-
-def _marginal_component(c: Distribution, j: int) -> Distribution:
-    if isinstance(c, MixtureDistribution):
-        return _marginal(c, j)
-    if isinstance(c, MultivariateNormal):
-        return Normal(c.loc[..., j], c.covariance_matrix[..., j, j].sqrt(), validate_args=False)
-    if isinstance(c, Independent) and c.reinterpreted_batch_ndims == 1:
-        b = c.base_dist
-        if isinstance(b, Normal):
-            return Normal(b.loc[..., j], b.scale[..., j], validate_args=False)
-        if isinstance(b, torch.distributions.StudentT):
-            return _MoekitStudentT(b.df[..., j], b.loc[..., j], b.scale[..., j], validate_args=False)
-    raise TypeError(
-        f"the marginal of one target column is available for Gaussian and Student-t components, "
-        f"not for {type(c).__name__}"
-    )
-
-
-def _marginal(dist: MixtureDistribution, j: int) -> MixtureDistribution:
-    """The mixture of the marginal distributions of target column ``j`` (scalar y)."""
-    if len(dist.event_shape) == 0:
-        return dist
-    comps = dist.components
-    if isinstance(comps, Distribution):
-        return MixtureDistribution(dist.log_weights, _marginal_component(comps, j))
-    return MixtureDistribution(dist.log_weights, [_marginal_component(c, j) for c in comps])
-
-
-def marginal(dist: MixtureDistribution, target: int = 0) -> MixtureDistribution:
-    """The predictive mixture of one target column (for vector y); scalar mixtures are returned as they are.
-
-    Exact for Gaussian (``MultivariateNormal``, ``Independent(Normal)``) and
-    Student-t components, and for nested mixtures of them.
-
-    Shapes
-    ------
-    dist: batch (n,), event (d_y,) -> batch (n,), event ().
-    """
-    if len(dist.event_shape) == 0:
-        return dist
-    j = _check_index(target, dist.event_shape[0], "target", "target columns")
-    return _marginal(dist, j)
 
 
 def _is_discrete(dist) -> bool:

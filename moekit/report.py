@@ -21,6 +21,9 @@ import os
 import numpy as np
 import torch
 
+from .distributions import marginal
+from .inference import find_modes
+
 __all__ = ["compute_metrics", "describe_model", "make_report", "figure_to_png"]
 
 
@@ -99,16 +102,10 @@ def compute_metrics(estimator, X, y, *, level: float = 0.9) -> dict:
     out["rmse_mean"] = float(np.sqrt(np.mean(err**2)))
     out["rmse_top_mode"] = None
     try:
-        from .inference import find_modes
-
         modes = find_modes(dist, max_modes=1).numpy().modes[:, 0]
         out["rmse_top_mode"] = _finite(np.sqrt(np.mean((modes.reshape(n, -1) - yf.reshape(n, -1)) ** 2)))
-    except ImportError:  # pragma: no cover - inference is part of moekit
-        pass
     except TypeError:  # discrete families have no modes in this sense
         pass
-    from .plotting import marginal
-
     cov = []
     n_t = 1 if yf.ndim == 1 else yf.shape[1]
     lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
@@ -169,7 +166,7 @@ def describe_model(estimator, feature_names=None, target_names=None) -> str:
     )
     if nested:
         try:
-            from .hierarchy import render_tree
+            from .tree.render import render_tree
 
             lines.append(f"{name}: hierarchical mixture of experts")
             lines.extend("  " + ln for ln in render_tree(model).splitlines())

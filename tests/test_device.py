@@ -166,7 +166,7 @@ def test_scikit_learn_experts_and_pruning_under_the_trap():
 
 
 def test_tracking_under_the_trap(foreign_default_device):
-    from moekit.tracking import filter_mixture, track_modes
+    from moekit.inference import filter_mixture, track_modes
 
     _, _, XA, YA = _data()
     with warnings.catch_warnings():

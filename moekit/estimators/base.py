@@ -11,6 +11,8 @@ from sklearn.base import is_classifier
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..inference import branches, central_interval, find_modes, hdr
+
 __all__ = ["ConditionalMixtureMixin"]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64, "float": torch.float32}
@@ -173,8 +175,6 @@ class ConditionalMixtureMixin:
         >>> modes.round(1), weights.round(1)  # both branches; the mean (0.4) is neither
         (array([[ 2., -2.]]), array([[0.6, 0.4]]))
         """
-        from ..inference import find_modes
-
         dist = self.predict_distribution(X)
         return find_modes(dist, max_modes=max_modes, min_weight=min_weight, **kwargs).numpy()
 
@@ -187,8 +187,6 @@ class ConditionalMixtureMixin:
         means : ndarray (n, K) for scalar y, (n, K, d_y) for vector y
         weights : ndarray (n, K)
         """
-        from ..inference import branches
-
         means, w = branches(self.predict_distribution(X))
         return means.cpu().numpy(), w.cpu().numpy()
 
@@ -211,10 +209,8 @@ class ConditionalMixtureMixin:
         ndarray (n, J, 2)
             ``[lower, upper]`` of each interval, sorted, NaN padding (J = 1 for
             "central"); use :func:`moekit.inference.in_intervals` and
-            :func:`moekit.metrics.interval_coverage` with it.
+            :func:`moekit.inference.interval_coverage` with it.
         """
-        from ..inference import central_interval, hdr
-
         if self._y_ndim != 1:
             raise ValueError("predict_interval needs a scalar (1-D) y; this model was fitted on a 2-D y")
         if kind not in ("hdr", "central"):

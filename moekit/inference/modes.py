@@ -1,8 +1,4 @@
-"""Modes, branches and intervals of conditional mixtures (inverse problems).
-
-When p(y | x) has several branches (a robot hand reached elbow-up or
-elbow-down, an image explained by several 3-D poses), its mean is none of
-them.  This module returns the branches themselves:
+"""Modes and branches of conditional mixtures (inverse problems).
 
 * :func:`find_modes` - the modes of every row's mixture, found by a vectorised
   hill-climb started from every component mean (the fixed-point / mean-shift
@@ -11,9 +7,6 @@ them.  This module returns the branches themselves:
   its probability mass and a local covariance.  Returned as NaN-padded arrays so
   that users can vectorise: ``modes, weights = find_modes(mix)``.
 * :func:`branches` - the cheap variant: component means with their weights.
-* :func:`hdr` and :func:`central_interval` - highest-density regions (a union
-  of intervals when p(y | x) is multimodal) and central intervals for scalar
-  y, with :func:`in_intervals` and :func:`interval_length` to use them.
 
 Supported components
 --------------------
@@ -36,18 +29,12 @@ import numbers
 
 import numpy as np
 import torch
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, constraints
 from torch.distributions import StudentT as _TorchStudentT
 
-__all__ = [
-    "Modes",
-    "branches",
-    "central_interval",
-    "find_modes",
-    "hdr",
-    "in_intervals",
-    "interval_length",
-]
+from ..distributions import flatten_leaves
+
+__all__ = ["Modes", "branches", "find_modes"]
 
 _LOG_2PI = math.log(2 * math.pi)
 # elements of the largest (rows x starts x components x d x d) work tensor per chunk
@@ -130,8 +117,6 @@ class Modes(tuple):
 
 # ============================================================ canonical form
 def _is_discrete(d: Distribution) -> bool:
-    from torch.distributions import constraints
-
     try:
         sup = d.support
     except NotImplementedError:
@@ -262,23 +247,6 @@ class _ProdTBlock(_Block):
         return grad, a, q
 
 
-def _flatten(mix) -> list[tuple[torch.Tensor, Distribution, bool]]:
-    """Leaves of a (possibly nested) mixture: [(log_weights (n, Kb), dist, stacked)]."""
-    from .distributions import MixtureDistribution
-
-    lw = mix.log_weights
-    if isinstance(mix.components, Distribution):
-        return [(lw, mix.components, True)]
-    out = []
-    for k, c in enumerate(mix.components):
-        if isinstance(c, MixtureDistribution):
-            for lw2, d2, st in _flatten(c):
-                out.append((lw[:, k : k + 1] + lw2, d2, st))
-        else:
-            out.append((lw[:, k : k + 1], c, False))
-    return out
-
-
 def _canonical(dist: Distribution, stacked: bool, dtype):
     """A :class:`_Block` for a supported family, else None.  Batch (n, Kb) after unsqueezing."""
 
@@ -333,8 +301,9 @@ def _batched_cholesky_inverse(tril: torch.Tensor) -> torch.Tensor:
     return (inv_l.transpose(-1, -2) @ inv_l).reshape(shape)
 
 
-def _check_continuous(mix) -> None:
-    for _, d, _ in _flatten(mix):
+def check_continuous(mix) -> None:
+    """Raise ``TypeError`` when a leaf of ``mix`` is discrete or categorical (no modes or intervals there)."""
+    for _, d, _ in flatten_leaves(mix):
         if _is_discrete(d):
             raise TypeError(
                 f"modes and intervals are computed here for continuous y; this mixture has "
@@ -582,7 +551,7 @@ def find_modes(
     iteration is the mean-shift algorithm for heteroscedastic Gaussian
     mixtures; for Student-t components it is the EM-like reweighted version.
     Components that are not of the supported families use the fallback
-    described in :mod:`moekit.inference`.
+    described in :mod:`moekit.inference.modes`.
 
     Examples
     --------
@@ -599,11 +568,11 @@ def find_modes(
     _check_options(max_modes, min_weight, tol, max_iter, merge_tol)
     if method not in ("newton", "fixed_point"):
         raise ValueError(f"method must be 'newton' or 'fixed_point', got {method!r}")
-    _check_continuous(mix)
+    check_continuous(mix)
     out_dtype = mix.log_weights.dtype
     dev = mix.log_weights.device
     dtype = torch.float64
-    leaves = _flatten(mix)
+    leaves = flatten_leaves(mix)
     blocks = [_canonical(d, st, dtype) for _, d, st in leaves]
     n = mix.log_weights.shape[0]
     scalar = len(mix.event_shape) == 0
@@ -734,13 +703,10 @@ def _generic_modes(mix, min_weight, max_modes, tol, max_iter, merge_tol):
     gradient ascent on ``mix.log_prob`` (autograd) from every component mean,
     adaptive step with halving; finite-difference Hessian at the end."""
     scalar = len(mix.event_shape) == 0
-    lw = torch.cat([l for l, _, _ in _flatten(mix)], dim=1).to(torch.float64)
-    means = torch.cat(
-        [(d.mean if st else d.mean.unsqueeze(1)) for _, d, st in _flatten(mix)], dim=1
-    ).to(torch.float64)
-    var = torch.cat(
-        [(d.variance if st else d.variance.unsqueeze(1)) for _, d, st in _flatten(mix)], dim=1
-    ).to(torch.float64)
+    leaves = flatten_leaves(mix)
+    lw = torch.cat([g.log_weights for g in leaves], dim=1).to(torch.float64)
+    means = torch.cat([g.attr("mean") for g in leaves], dim=1).to(torch.float64)
+    var = torch.cat([g.attr("variance") for g in leaves], dim=1).to(torch.float64)
     if scalar:
         means, var = means[..., None], var[..., None]
     n, S, d = means.shape
@@ -853,9 +819,9 @@ def branches(mix, sort: bool = True):
     >>> means, w
     (tensor([[5., 0.]]), tensor([[0.8000, 0.2000]]))
     """
-    leaves = _flatten(mix)
-    lw = torch.cat([l for l, _, _ in leaves], dim=1)
-    means = torch.cat([(d.mean if st else d.mean.unsqueeze(1)) for _, d, st in leaves], dim=1)
+    leaves = flatten_leaves(mix)
+    lw = torch.cat([g.log_weights for g in leaves], dim=1)
+    means = torch.cat([g.attr("mean") for g in leaves], dim=1)
     w = lw.exp()
     if sort:
         order = torch.argsort(w, dim=1, descending=True, stable=True)
@@ -863,359 +829,3 @@ def branches(mix, sort: bool = True):
         idx = order.reshape(order.shape + (1,) * (means.dim() - 2)).expand_as(means)
         means = means.gather(1, idx)
     return means, w
-
-
-# ================================================================= intervals
-def _check_level(level) -> float:
-    if not (isinstance(level, numbers.Real) and 0 < float(level) < 1):
-        raise ValueError(f"level must be a probability strictly between 0 and 1 (e.g. 0.9), got {level!r}")
-    return float(level)
-
-
-def central_interval(mix, level: float = 0.9) -> torch.Tensor:
-    """Central (equal-tailed) interval of scalar y: ``[F^{-1}((1-a)/2), F^{-1}((1+a)/2)]``.
-
-    Parameters
-    ----------
-    mix : MixtureDistribution
-        Batch (n,), scalar y (components with an inverse CDF).
-    level : float, default=0.9
-        Probability mass ``a`` of the interval, strictly between 0 and 1.
-
-    Returns
-    -------
-    Tensor (n, 1, 2)
-        One interval per row, in the layout of :func:`hdr` (J = 1).
-
-    Shapes
-    ------
-    mix: batch (n,), event shape (); returns (n, 1, 2) ``[lower, upper]``.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from torch.distributions import Normal
-    >>> from moekit import MixtureDistribution
-    >>> m = MixtureDistribution(torch.zeros(1, 1), Normal(torch.zeros(1, 1), torch.ones(1, 1)))
-    >>> central_interval(m, 0.95).round(decimals=3)
-    tensor([[[-1.9600,  1.9600]]])
-    """
-    level = _check_level(level)
-    mix._require_scalar("central_interval")
-    lo = mix.icdf((1 - level) / 2)
-    hi = mix.icdf((1 + level) / 2)
-    return torch.stack([lo, hi], -1)[:, None, :]
-
-
-def _component_grid(mix, per_component: int, width: float) -> torch.Tensor | None:
-    """Points mu_k + s_k * linspace(-width, width) for every component: (n, K * G) or None."""
-    try:
-        leaves = _flatten(mix)
-        mu = torch.cat([(d.mean if st else d.mean.unsqueeze(1)) for _, d, st in leaves], dim=1)
-        sd = torch.cat([(d.stddev if st else d.stddev.unsqueeze(1)) for _, d, st in leaves], dim=1)
-        lw = torch.cat([l for l, _, _ in leaves], dim=1)
-    except (NotImplementedError, AttributeError):
-        return None
-    for _, d, _ in leaves:  # heavy tails: use the scale, the grid of the mixture covers the rest
-        base = d.base_dist if isinstance(d, Independent) else d
-        if hasattr(base, "df") and hasattr(base, "scale"):
-            return None
-    ok = torch.isfinite(mu) & torch.isfinite(sd) & (sd > 0) & torch.isfinite(lw)
-    z = torch.linspace(-width, width, per_component, dtype=mu.dtype, device=mu.device)
-    pts = mu[..., None] + sd[..., None] * z  # (n, K, G)
-    # invalid components: repeat the first valid mean (harmless duplicates)
-    fill = torch.where(ok, mu, torch.full_like(mu, math.nan)).nan_to_num(nan=0.0)
-    pts = torch.where(ok[..., None], pts, fill.amax(1, keepdim=True)[..., None].expand_as(pts))
-    return pts.reshape(mu.shape[0], -1)
-
-
-def _logp_grid(mix, grid: torch.Tensor, chunk_cols: int = 4096) -> torch.Tensor:
-    """log p at grid (n, G) -> (n, G)."""
-    outs = []
-    for s in range(0, grid.shape[1], chunk_cols):
-        g = grid[:, s : s + chunk_cols]
-        outs.append(mix.log_prob(g.T.contiguous()).T)
-    return torch.cat(outs, dim=1)
-
-
-def hdr(mix, level: float = 0.9, *, grid_size: int = 512, max_intervals: int | None = None):
-    """Highest-density region of scalar y: ``{y : p(y) >= f_a}`` holding mass ``level``.
-
-    For a multimodal p(y | x) the region is a union of intervals, one around
-    each sufficiently heavy mode; it is the shortest set with that coverage.
-
-    The density is evaluated on a grid adapted to the mixture (a uniform grid
-    between the ``1e-4 (1 - level)`` tail quantiles plus, for each component,
-    points within 8 standard deviations of its mean), the threshold ``f_a`` is
-    found by bisection on the mass of the superlevel set (trapezoidal
-    integration of the density), and each end point is then refined by
-    bisection on the exact density.
-
-    Parameters
-    ----------
-    mix : MixtureDistribution
-        Batch (n,), scalar y, continuous components.
-    level : float, default=0.9
-        Probability mass of the region.
-    grid_size : int, default=512
-        Uniform grid points per row (plus 64 per component).
-    max_intervals : int, optional
-        Number of columns J of the output, for a fixed layout; a row needing
-        more intervals raises ValueError (nothing is dropped silently).
-        Default: as many as the row with the most intervals needs.
-
-    Returns
-    -------
-    intervals : Tensor (n, J, 2)
-        ``[lower, upper]`` of each interval, sorted by lower end, NaN padding.
-    mass : Tensor (n,)
-        Probability of the returned region (``level`` up to the grid
-        accuracy, typically within 1e-6).
-
-    Shapes
-    ------
-    intervals (n, J, 2); mass (n,).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from torch.distributions import Normal
-    >>> from moekit import MixtureDistribution
-    >>> lw = torch.tensor([[0.5, 0.5]], dtype=torch.float64).log()
-    >>> mix = MixtureDistribution(lw, Normal(torch.tensor([[-5.0, 5.0]], dtype=torch.float64),
-    ...                                      torch.ones(1, 2, dtype=torch.float64)))
-    >>> iv, mass = hdr(mix, 0.95)
-    >>> iv.round(decimals=3), round(float(mass), 6)
-    (tensor([[[-6.9600, -3.0400],
-             [ 3.0400,  6.9600]]], dtype=torch.float64), 0.95)
-    """
-    level = _check_level(level)
-    mix._require_scalar("hdr")
-    _check_continuous(mix)
-    if not (isinstance(grid_size, numbers.Integral) and grid_size >= 16):
-        raise ValueError(f"grid_size must be an integer >= 16, got {grid_size!r}")
-    if max_intervals is not None and not (isinstance(max_intervals, numbers.Integral) and max_intervals >= 1):
-        raise ValueError(f"max_intervals must be None or a positive integer, got {max_intervals!r}")
-    n = mix.log_weights.shape[0]
-    with torch.no_grad():
-        eps = max(1e-4 * (1 - level), 1e-12)
-        lo = mix.icdf(eps)
-        hi = mix.icdf(1 - eps)
-        u = torch.linspace(0, 1, int(grid_size), dtype=lo.dtype, device=lo.device)
-        grid = lo[:, None] + (hi - lo)[:, None] * u
-        comp = _component_grid(mix, 64, 8.0)
-        if comp is not None:
-            grid = torch.cat([grid, comp.to(grid.dtype)], 1)
-        grid = torch.sort(grid, dim=1).values
-        logp = _logp_grid(mix, grid)
-        p = logp.exp()
-        dx = grid[:, 1:] - grid[:, :-1]
-        try:  # exact mass of whole grid segments from the CDF where the family has one
-            seg = _cdf_grid(mix, grid)
-            seg = seg[:, 1:] - seg[:, :-1]
-            exact = True
-        except NotImplementedError:
-            seg = 0.5 * (p[:, 1:] + p[:, :-1]) * dx
-            exact = False
-
-        a_p, b_p = p[:, :-1], p[:, 1:]
-        slope = b_p - a_p
-        slope = torch.where(slope == 0, torch.full_like(slope, 1e-300), slope)
-
-        def superlevel_mass(logf):  # whole segments inside {p >= f}, plus linear end pieces
-            f = logf.exp()[:, None]
-            ina, inb = a_p >= f, b_p >= f
-            t = ((f - a_p) / slope).clamp(0, 1)  # where p (linear on the segment) crosses f
-            m = seg * (ina & inb) + (0.5 * dx) * ((f + b_p) * (1 - t) * (~ina & inb) + (a_p + f) * t * (ina & ~inb))
-            return m.sum(1)
-
-        if exact:
-            target = torch.full((n,), level, dtype=p.dtype, device=p.device)
-        else:  # normalise by the grid's total (removes most of the quadrature error)
-            target = level * superlevel_mass(torch.full((n,), -math.inf, dtype=p.dtype, device=p.device))
-        # bracket: counting whole segments only, sorted by their lower end value, the cumulative
-        # mass first reaches the target at f0; the threshold lies in [f0, max p]
-        mseg = torch.minimum(a_p, b_p)
-        ms, order = torch.sort(mseg, dim=1, descending=True)
-        cm = torch.cumsum(seg.gather(1, order), dim=1)
-        j0 = torch.searchsorted(cm, target[:, None]).clamp_max(cm.shape[1] - 1)
-        lo_f = ms.gather(1, j0)[:, 0].clamp_min(1e-300).log()
-        hi_f = logp.max(1).values
-        lo_f = torch.minimum(lo_f, hi_f)
-        for _ in range(40):
-            mid = 0.5 * (lo_f + hi_f)
-            enough = superlevel_mass(mid) >= target
-            lo_f = torch.where(enough, mid, lo_f)
-            hi_f = torch.where(enough, hi_f, mid)
-        logf = lo_f
-        above = logp >= logf[:, None]
-        # end points: segments where `above` changes; refine by bisection on the exact density
-        ch = above[:, 1:] != above[:, :-1]
-        starts_edge = above[:, 0]
-        ends_edge = above[:, -1]
-        n_cross = ch.sum(1)
-        jmax = int(n_cross.max()) if n > 0 else 0
-        pos = torch.argsort((~ch).to(torch.int8), dim=1, stable=True)[:, :jmax]  # crossing segment indices
-        has = torch.arange(jmax, device=p.device)[None, :] < n_cross[:, None]
-        a_pt = grid.gather(1, pos)
-        b_pt = grid.gather(1, pos + 1)
-        a_in = above.gather(1, pos)
-        for _ in range(50):
-            mid = 0.5 * (a_pt + b_pt)
-            lm = _logp_grid(mix, mid) if jmax > 0 else mid
-            mid_in = lm >= logf[:, None]
-            same = mid_in == a_in
-            a_pt = torch.where(same, mid, a_pt)
-            b_pt = torch.where(same, b_pt, mid)
-        ends = 0.5 * (a_pt + b_pt)
-        if exact and jmax > 0:
-            ends, logf = _polish_threshold(mix, ends, has, a_in, logf, level, grid, starts_edge, ends_edge)
-        ends = torch.where(has, ends, torch.full_like(ends, math.nan))
-        # assemble: edges + crossings alternate start/end
-        pts = torch.cat([torch.where(starts_edge, grid[:, 0], torch.full_like(grid[:, 0], math.nan))[:, None], ends,
-                         torch.where(ends_edge, grid[:, -1], torch.full_like(grid[:, 0], math.nan))[:, None]], 1)
-        finite = torch.isfinite(pts)
-        order = torch.argsort((~finite).to(torch.int8), dim=1, stable=True)
-        pts = pts.gather(1, order)
-        n_pts = finite.sum(1)
-        j = int((n_pts.max() // 2).item()) if n > 0 else 0
-        j = max(j, 1)
-        pts = pts[:, : 2 * j]
-        if pts.shape[1] < 2 * j:
-            pts = torch.cat([pts, torch.full((n, 2 * j - pts.shape[1]), math.nan, dtype=pts.dtype, device=pts.device)], 1)
-        iv = pts.reshape(n, j, 2)
-        if max_intervals is not None:
-            if j > max_intervals:
-                raise ValueError(
-                    f"some rows' highest-density region has {j} intervals but max_intervals={max_intervals}; "
-                    "raise max_intervals (or leave it None)"
-                )
-            iv = torch.cat([iv, torch.full((n, max_intervals - j, 2), math.nan, dtype=iv.dtype, device=iv.device)], 1)
-        mass = _interval_mass(mix, iv, grid, p)
-    return iv, mass
-
-
-def _polish_threshold(mix, ends, has, a_in, logf, level, grid, starts_edge, ends_edge, steps: int = 3):
-    """Newton steps on the density threshold with exact masses (CDF) and moving end points.
-
-    The mass of ``{p >= f}`` is ``sum_e sign_e F(e)`` over its end points
-    (sign +1 where p falls through f, -1 where it rises); moving ``log f`` by
-    ``t`` moves each end point by ``t / (d log p / dy)``.  Shapes: ends (n, J).
-    """
-    sign = torch.where(a_in, 1.0, -1.0).to(ends.dtype)
-    sign = torch.where(has, sign, torch.zeros_like(sign))
-    base = torch.where(starts_edge, -mix.cdf(grid[:, 0]), torch.zeros_like(logf))
-    base = base + torch.where(ends_edge, mix.cdf(grid[:, -1]), torch.zeros_like(logf))
-    width = (grid[:, -1] - grid[:, 0])[:, None]
-    for _ in range(steps):
-        e = torch.where(has, ends, grid[:, :1].expand_as(ends))
-        cdf = mix.cdf(e.T.contiguous()).T
-        mass = base + (sign * cdf).sum(1)
-        hstep = 1e-7 * width
-        slope = (_logp_grid(mix, e + hstep) - _logp_grid(mix, e - hstep)) / (2 * hstep)
-        ok_slope = has & torch.isfinite(slope) & (slope.abs() > 1e-12)
-        f = logf.exp()
-        dm = torch.where(ok_slope, sign * f[:, None] / slope, torch.zeros_like(slope)).sum(1)
-        dlog = torch.where(dm < 0, (level - mass) / dm, torch.zeros_like(dm))
-        dlog = dlog.clamp(-0.05, 0.05)  # small corrections only: the grid solution is close
-        logf = logf + dlog
-        ends = torch.where(ok_slope, ends + dlog[:, None] / slope, ends)
-    return ends, logf
-
-
-def _cdf_grid(mix, grid: torch.Tensor, chunk_cols: int = 4096) -> torch.Tensor:
-    """CDF at grid (n, G) -> (n, G); NotImplementedError when a component has no CDF."""
-    outs = []
-    for s in range(0, grid.shape[1], chunk_cols):
-        g = grid[:, s : s + chunk_cols]
-        outs.append(mix.cdf(g.T.contiguous()).T)
-    return torch.cat(outs, dim=1)
-
-
-def _interval_mass(mix, iv, grid, p):
-    """Probability of a union of intervals (n, J, 2): CDF differences, else trapezoid."""
-    try:
-        lo = iv[..., 0].nan_to_num(nan=0.0)
-        hi = iv[..., 1].nan_to_num(nan=0.0)
-        ok = torch.isfinite(iv[..., 0])
-        cols = []
-        for jj in range(iv.shape[1]):
-            cols.append(mix.cdf(hi[:, jj]) - mix.cdf(lo[:, jj]))
-        m = torch.stack(cols, 1)
-        return torch.where(ok, m, torch.zeros_like(m)).sum(1)
-    except NotImplementedError:
-        inside = in_intervals(grid.T, iv).T  # (n, G)
-        pm = torch.where(inside, p, torch.zeros_like(p))
-        return (0.5 * (pm[:, 1:] + pm[:, :-1]) * (grid[:, 1:] - grid[:, :-1])).sum(1)
-
-
-def in_intervals(y, intervals):
-    """Whether y lies in any of each row's intervals.
-
-    Parameters
-    ----------
-    y : array or Tensor (n,) or (m, n)
-    intervals : (n, J, 2) or (n, 2), NaN padding allowed
-
-    Returns
-    -------
-    bool array / Tensor of y's shape (NumPy in, NumPy out).
-
-    Shapes
-    ------
-    y (n,) or (m, n) (any leading dimensions, last one n); intervals
-    (n, J, 2) or (n, 2) (read as J = 1) -> bool of y's shape, (n,) or (m, n).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> iv = np.array([[[0.0, 1.0], [2.0, 3.0]], [[0.0, 1.0], [np.nan, np.nan]]])
-    >>> in_intervals(np.array([2.5, 2.5]), iv)
-    array([ True, False])
-    """
-    is_np = not isinstance(y, torch.Tensor)
-    ivt = (torch.as_tensor(np.asarray(intervals, dtype=float), device="cpu") if not isinstance(intervals, torch.Tensor)
-           else intervals)
-    yt = torch.as_tensor(np.asarray(y, dtype=float), device=ivt.device) if is_np else y.to(ivt.device)
-    if ivt.dim() == 2:
-        ivt = ivt[:, None, :]
-    if ivt.dim() != 3 or ivt.shape[-1] != 2:
-        raise ValueError(f"intervals must have shape (n, J, 2) or (n, 2), got {tuple(ivt.shape)}")
-    if yt.shape[-1] != ivt.shape[0]:
-        raise ValueError(f"y has {yt.shape[-1]} rows but intervals has {ivt.shape[0]}; pass one row of intervals per y")
-    yy = yt[..., None].to(ivt.dtype)
-    res = ((yy >= ivt[..., 0]) & (yy <= ivt[..., 1])).any(-1)
-    return res.cpu().numpy() if is_np else res
-
-
-def interval_length(intervals):
-    """Total length of each row's union of intervals (NaN padding ignored): (n,).
-
-    Parameters
-    ----------
-    intervals : array or Tensor (n, J, 2) or (n, 2)
-        ``[lower, upper]`` pairs, as returned by :func:`hdr` or
-        :func:`central_interval`; NaN padding counts as length 0.  The
-        intervals of a row are assumed disjoint (their lengths are summed).
-
-    Returns
-    -------
-    array or Tensor (n,)
-        NumPy in, NumPy out.
-
-    Shapes
-    ------
-    intervals (n, J, 2) or (n, 2) -> (n,).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> interval_length(np.array([[[0.0, 1.0], [2.0, 2.5]]]))
-    array([1.5])
-    """
-    is_np = not isinstance(intervals, torch.Tensor)
-    iv = torch.as_tensor(np.asarray(intervals, dtype=float), device="cpu") if is_np else intervals
-    if iv.dim() == 2:
-        iv = iv[:, None, :]
-    ln = (iv[..., 1] - iv[..., 0]).nan_to_num(nan=0.0).sum(-1)
-    return ln.numpy() if is_np else ln

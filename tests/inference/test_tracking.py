@@ -1,4 +1,7 @@
-"""Tracking through time (moekit.tracking): Viterbi over modes and Gaussian-sum filtering, by property."""
+"""Tracking through time (moekit.inference.tracking): Viterbi over modes and Gaussian-sum filtering, by property."""
+
+import importlib
+import sys
 
 import numpy as np
 import pytest
@@ -6,7 +9,7 @@ import torch
 from torch.distributions import MultivariateNormal, Normal
 
 from moekit import MixtureDistribution
-from moekit.tracking import (
+from moekit.inference import (
     estimate_transition_cov,
     filter_mixture,
     track_modes,
@@ -140,3 +143,10 @@ def test_estimate_transition_cov():
     np.testing.assert_allclose(q2, 2 * q, rtol=0.1)  # second differences of a random walk: twice the variance
     with pytest.raises(ValueError, match="too short"):
         estimate_transition_cov(np.zeros((1, 2)))
+
+
+def test_the_old_import_path_works_with_a_deprecation_warning():
+    sys.modules.pop("moekit.tracking", None)
+    with pytest.warns(DeprecationWarning, match="moekit.inference"):
+        old = importlib.import_module("moekit.tracking")
+    assert old.filter_mixture is filter_mixture and old.track_modes is track_modes

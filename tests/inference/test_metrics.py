@@ -1,6 +1,8 @@
-"""Metrics for conditional densities and inverse problems (moekit.metrics), by property."""
+"""Metrics for conditional densities and inverse problems (moekit.inference.metrics), by property."""
 
+import importlib
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from torch.distributions import Normal
 from moekit import MixtureDistribution
 from moekit.datasets import make_robot_arm, robot_arm_inverse
 from moekit.distributions import StudentT
-from moekit.metrics import (
+from moekit.inference import (
     best_of_m_error,
     crps,
     forward_consistency_error,
@@ -129,3 +131,10 @@ def test_crps_for_student_t_and_proper_scoring():
     assert crps(_mix([[0.0]], [[1.0]], [[1.0]]), [0.0]) < crps(_mix([[1.0]], [[1.0]], [[1.0]]), [0.0])
     with pytest.raises(ValueError, match="scalar"):
         crps(m, np.zeros((1, 2)))
+
+
+def test_the_old_import_path_works_with_a_deprecation_warning():
+    sys.modules.pop("moekit.metrics", None)
+    with pytest.warns(DeprecationWarning, match="moekit.inference"):
+        old = importlib.import_module("moekit.metrics")
+    assert old.crps is crps and old.mode_recall is mode_recall
