@@ -59,7 +59,7 @@ from moekit.datasets import (
     make_robot_arm,
     robot_arm_inverse,
 )
-from moekit.metrics import (
+from moekit.inference import (
     forward_consistency_error,
     mode_recall,
     negative_log_likelihood,

@@ -1,4 +1,4 @@
-"""Tracking a 3-D stick figure through its ambiguous frames (moekit.tracking).
+"""Tracking a 3-D stick figure through its ambiguous frames (moekit.inference.tracking).
 
 Data (``moekit.datasets.make_kinematic_tracking``, one moving arm: shoulder
 swing, abduction and elbow bend; orthographic camera along the depth axis):
@@ -49,7 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _machine import describe  # noqa: E402  (benchmarks/ is the script's folder)
 from moekit import MoERegressor
 from moekit.datasets import make_kinematic_tracking
-from moekit.tracking import estimate_transition_cov, filter_mixture, viterbi
+from moekit.inference import estimate_transition_cov, filter_mixture, viterbi
 
 
 def mode_noise(est, X, y, max_modes):

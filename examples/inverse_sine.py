@@ -23,7 +23,7 @@ from sklearn.preprocessing import PolynomialFeatures
 
 from moekit import MoERegressor
 from moekit.datasets import inverse_sine_branches, make_inverse_sine
-from moekit.metrics import mode_recall
+from moekit.inference import mode_recall
 
 out = sys.argv[1] if len(sys.argv) > 1 else "moekit-output"
 os.makedirs(out, exist_ok=True)

@@ -27,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 
 from moekit import MoERegressor
 from moekit.datasets import make_robot_arm, robot_arm_inverse
-from moekit.metrics import forward_consistency_error, mode_recall
+from moekit.inference import forward_consistency_error, mode_recall
 
 out = sys.argv[1] if len(sys.argv) > 1 else "moekit-output"
 os.makedirs(out, exist_ok=True)

@@ -25,7 +25,7 @@ import numpy as np
 
 from moekit import MoERegressor
 from moekit.datasets import make_kinematic_tracking
-from moekit.tracking import estimate_transition_cov, filter_mixture, track_modes
+from moekit.inference import estimate_transition_cov, filter_mixture, track_modes
 
 out = sys.argv[1] if len(sys.argv) > 1 else "moekit-output"
 os.makedirs(out, exist_ok=True)
