@@ -30,11 +30,29 @@ def _params(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters()]
 
 
+def has_stats(component) -> bool:
+    """Whether ``component`` summarises its weighted data in statistics (else it is fitted on the data)."""
+    return bool(getattr(component, "has_suff_stats", False))
+
+
+def _objective(component, stats: SuffStats) -> torch.Tensor:
+    """The M-step objective held in ``stats``, less the component's ridge penalty when it has one."""
+    if getattr(component, "l2", 0) > 0:
+        return stats["objective"] - component.penalty()
+    return stats["objective"]
+
+
+def uses_trial_objective(component) -> bool:
+    """Whether step-halving may evaluate ``component.objective`` alone at trial points (no penalty to add)."""
+    return hasattr(component, "objective") and not getattr(component, "l2", 0) > 0
+
+
 @torch.no_grad()
 def maximize(
     component,
-    stats_fn: Callable[[], SuffStats],
+    stats_fn: Callable[[], SuffStats] | None,
     *,
+    stats: SuffStats | None = None,
     max_steps: int | None = None,
     tol: float = 1e-10,
     max_halvings: int = 30,
@@ -47,9 +65,15 @@ def maximize(
     component : Gate or Expert
         Must implement ``m_step(stats)``; if ``component.m_step_exact`` is
         false, ``stats["objective"]`` must hold the weighted objective at the
-        current parameters.
-    stats_fn : callable
-        Returns the statistics at the component's current parameters.
+        current parameters (a ridge penalty ``component.penalty()`` is
+        subtracted when ``component.l2 > 0``).
+    stats_fn : callable or None
+        Returns the statistics at the component's current parameters (one
+        pass over the data in memory, a sum over batches out of core).
+        ``None``: only ``stats`` is known, so one step is taken unchecked.
+    stats : SuffStats, optional
+        The statistics at the current parameters when the caller has them
+        already (the E-step's pass); else the first call of ``stats_fn``.
     max_steps : int, optional
         Newton / ECM iterations (default ``component.max_m_steps``).
     tol : float
@@ -68,14 +92,18 @@ def maximize(
     int
         Number of accepted steps.
     """
-    stats = stats_fn()
+    if stats is None:
+        stats = stats_fn()
     if getattr(component, "m_step_exact", True):
+        component.m_step(stats)
+        return 1
+    if stats_fn is None:
         component.m_step(stats)
         return 1
     steps = component.max_m_steps if max_steps is None else max_steps
     params = _params(component)
     accepted = 0
-    f_old = float(stats["objective"])
+    f_old = float(_objective(component, stats))
     for _ in range(steps):
         if stats is None:
             stats = stats_fn()
@@ -94,7 +122,7 @@ def maximize(
                 f_new = float(objective_fn())
             else:
                 new_stats = stats_fn()
-                f_new = float(new_stats["objective"])
+                f_new = float(_objective(component, new_stats))
             if f_new == f_new and f_new >= f_old - 1e-12 * (1.0 + abs(f_old)):
                 ok = True
                 break
@@ -110,6 +138,54 @@ def maximize(
         if done:
             break
     return accepted
+
+
+def fit_in_memory(component, *data) -> None:
+    """The weighted M-step of ``component`` on data held in memory (``data`` as its ``suff_stats`` takes it)."""
+    objective_fn = (lambda: component.objective(*data)) if uses_trial_objective(component) else None
+    maximize(component, lambda: component.suff_stats(*data), objective_fn=objective_fn)
+
+
+class Passes:
+    """Summed passes over the weighted data of an E-step, for the M-steps that need more than one.
+
+    ``data[b][path] = (component, args)`` is what the E-step of batch ``b``
+    handed the component at ``path`` (see
+    :meth:`moekit.MixtureOfExperts.suff_stats`).  A Newton component's next
+    statistics, or its objective at a trial point, is the sum of its
+    statistics over the batches: in memory the weighted data are kept, so
+    that is one pass with no new E-step.
+
+    Parameters
+    ----------
+    data : list of dict
+        One dict per batch.
+    """
+
+    def __init__(self, data: list[dict]):
+        self.data = data
+
+    def stats_fn(self, path: tuple) -> Callable[[], SuffStats]:
+        """Statistics of the component at ``path`` at its current parameters, summed over batches."""
+        return lambda: sum(comp.suff_stats(*args) for comp, args in (d[path] for d in self.data))
+
+    def objective_fn(self, path: tuple) -> Callable[[], torch.Tensor] | None:
+        """Its objective alone, where step-halving can use it (else None)."""
+        comp = self.data[0][path][0]
+        if not uses_trial_objective(comp):
+            return None
+        return lambda: sum(c.objective(*args) for c, args in (d[path] for d in self.data))
+
+    def fit_weighted(self, path: tuple) -> None:
+        """Generalised M-step of a component without statistics on its weighted data (one batch only)."""
+        if len(self.data) != 1:
+            comp = self.data[0][path][0]
+            raise TypeError(
+                f"{type(comp).__name__} has no sufficient statistics, so it can be fitted only on data held "
+                "in memory (one batch), not streamed"
+            )
+        comp, args = self.data[0][path]
+        comp.fit_weighted(*args)
 
 
 def gradient_maximize(

@@ -16,14 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._mstep import gradient_maximize, maximize
-from .experts.gaussian import add_intercept, solve_spd
+from ._mstep import fit_in_memory, gradient_maximize
+from ._linalg import add_intercept, chunk_rows, solve_spd
 from .stats import SuffStats
 
 __all__ = ["Gate", "SoftmaxGate", "ConstantGate", "MLPGate"]
 
-_CHUNK = 1 << 16
-_CHUNK_ELEMENTS = 1 << 18  # ~2 MB of float64 per temporary
 
 
 class Gate(nn.Module):
@@ -73,12 +71,12 @@ class Gate(nn.Module):
         ------
         x : (n, d_x); targets : (n, K) non-negative (weight times responsibility).
         """
-        maximize(self, lambda: self.suff_stats(x, targets))
+        fit_in_memory(self, x, targets)
         return self
 
     def objective(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``sum(targets * log g(x))`` (a scalar tensor)."""
-        c = max(256, _CHUNK_ELEMENTS // max(1, self.n_experts * 4))
+        c = chunk_rows(self.n_experts * 4)
         return sum((targets[i : i + c] * self(x[i : i + c])).sum() for i in range(0, max(x.shape[0], 1), c))
 
     def n_parameters(self) -> int:
@@ -211,7 +209,7 @@ class SoftmaxGate(Gate):
         ------
         Returns ``objective`` (), ``grad`` (K-1, p), ``info`` ((K-1) p, (K-1) p).
         """
-        c = max(256, min(_CHUNK, _CHUNK_ELEMENTS // max(1, self.n_experts * (self.n_features + 1))))
+        c = chunk_rows(self.n_experts * (self.n_features + 1))
         return sum(
             self._stats_chunk(x[i : i + c], targets[i : i + c])
             for i in range(0, max(x.shape[0], 1), c)
@@ -240,21 +238,9 @@ class SoftmaxGate(Gate):
             info = info + torch.block_diag(*zz[:, km * p :].reshape(km, p, p))
         return SuffStats(objective=objective, grad=grad, info=info)
 
-    def _penalty(self, coef: torch.Tensor) -> torch.Tensor:
-        return 0.5 * self.l2 * (coef[:, 1:] ** 2).sum()
-
-    def fit_weighted(self, x: torch.Tensor, targets: torch.Tensor):
-        if self.l2 == 0:
-            # trial points of the line search need only the objective, not the Hessian
-            maximize(self, lambda: self.suff_stats(x, targets), objective_fn=lambda: self.objective(x, targets))
-            return self
-
-        def stats_fn():
-            s = self.suff_stats(x, targets)
-            return SuffStats(objective=s["objective"] - self._penalty(self.coef.detach()), grad=s["grad"], info=s["info"])
-
-        maximize(self, stats_fn)
-        return self
+    def penalty(self) -> torch.Tensor:
+        """The ridge penalty ``0.5 * l2 * ||W[:, 1:]||^2`` at the current coefficients."""
+        return 0.5 * self.l2 * (self.coef.detach()[:, 1:] ** 2).sum()
 
     @torch.no_grad()
     def m_step(self, stats: SuffStats) -> None:

@@ -9,6 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._mstep import Passes, maximize
+from ._mstep import has_stats as _has_stats
+from ._partition import initial_responsibilities
 from .distributions import MixtureDistribution
 from .stats import SuffStats
 
@@ -160,39 +163,13 @@ class MixtureOfExperts(nn.Module):
         return MixtureDistribution(lw, comps)
 
     # ----------------------------------------------------------------- EM
-    @torch.no_grad()
-    def e_step(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
-        """Responsibilities and the weighted log-likelihood at the current parameters.
-
-        Returns
-        -------
-        targets : (n, K) tensor, ``weight * responsibility``
-        loglik : float, ``sum(weight * log p(y | x))``
-        """
-        j = self.joint_log_prob(x, y)
-        lse = torch.logsumexp(j, dim=1, keepdim=True)
-        r = (j - lse).exp()
-        if weight is None:
-            return r, float(lse.sum())
-        return weight[:, None] * r, float((weight * lse[:, 0]).sum())
-
-    def m_step_targets(self, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor) -> None:
-        """M-step for the gate and every expert given ``targets`` (n, K) = weight * responsibility.
-
-        An expert that is itself a mixture (a node of a hierarchy) receives
-        its column of ``targets`` as row weights and runs its own E-step and
-        M-step on them: its experts are thereby fitted on the *path
-        posteriors* (products of branch posteriors from the root), which is
-        EM for hierarchical mixtures of experts (Jordan & Jacobs 1994).
-        """
-        self._m_step_targets(x, y, targets, float(targets.sum()), (), None)
-
     def _joint_tree(self, x: torch.Tensor, y: torch.Tensor):
         """``joint_log_prob`` plus, for every child that is a mixture, its own joint: a record of the subtree.
 
         Returns ``(joint (n, K), records)`` where ``records[k]`` is child k's
         ``(joint, records)`` (``None`` for a leaf, and ``records`` is ``None``
-        for stacked experts).  The numbers are those of ``joint_log_prob``.
+        for stacked experts).  The numbers are those of ``joint_log_prob``;
+        the E-step reuses each child's joint instead of computing it twice.
         """
         lg = self.log_gate(x)
         xe = self._xe(x)
@@ -209,64 +186,53 @@ class MixtureOfExperts(nn.Module):
                 recs.append(None)
         return lg + torch.stack(cols, dim=1), recs
 
-    def _m_step_targets(self, x, y, targets, total: float, path: tuple, records) -> None:
-        self.gate.fit_weighted(self._xg(x), targets)
-        xe = self._xe(x)
-        if self.is_stacked:
-            self.experts.fit_weighted(xe, y, targets)
-        else:
-            for k, e in enumerate(self.experts):
-                if isinstance(e, MixtureOfExperts):
-                    # the child's subtree is untouched so far: its joint from this node's E-step is current
-                    rec = None if records is None else records[k]
-                    e._em_step_nested(xe, y, targets[:, k], total, path + (k,), rec)
-                else:
-                    e.fit_weighted(xe, y, targets[:, k])
+    def components(self, path: tuple = ()):
+        """Every gate and expert of the (possibly nested) mixture, in M-step order.
 
-    def _em_step_nested(self, x, y, weight, total: float, path: tuple, record=None) -> None:
-        """EM step of a node inside a hierarchy; prunes vanishing children first (see ``prune_threshold``).
-
-        ``record`` is this node's ``_joint_tree(x, y)`` at the current
-        parameters when the caller has it (computed in the parent's E-step).
+        Yields ``(path, module)``: the gate at ``path + ("gate",)``, then each
+        expert (``("experts", "stacked")`` for a stacked module, or
+        ``("experts", "k")``), descending into experts that are mixtures.  The
+        paths are the keys of :meth:`suff_stats`' nested statistics.
         """
-        with torch.no_grad():
-            joint, records = self._joint_tree(x, y) if record is None else record
-            targets = weight[:, None] * (joint - torch.logsumexp(joint, dim=1, keepdim=True)).exp()
-        thr = self.prune_threshold
-        if thr and self.n_experts > 1 and total > 0:
-            share = targets.sum(0) / total
-            dead = (share < thr).nonzero().flatten().tolist()
-            if dead and len(dead) < self.n_experts:
-                keep = [k for k in range(self.n_experts) if k not in dead]
-                warnings.warn(
-                    f"hierarchy node {list(path)}: pruned child(ren) {dead}: their share of the data fell below "
-                    f"prune_threshold={thr:g}; {len(keep)} child(ren) remain. The tree is larger than the data "
-                    "supports here: use a smaller depth or branching, or grow the tree (hierarchy.grow_tree).",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self.prune(keep)
-                with torch.no_grad():
-                    joint, records = self._joint_tree(x, y)
-                    targets = weight[:, None] * (joint - torch.logsumexp(joint, dim=1, keepdim=True)).exp()
-        self._m_step_targets(x, y, targets, total, path, records)
-
-    def em_step(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> float:
-        """One EM iteration; returns the weighted log-likelihood *before* the step."""
-        targets, ll = self.e_step(x, y, weight)
-        self.m_step_targets(x, y, targets)
-        return ll
+        yield path + ("gate",), self.gate
+        if self.is_stacked:
+            yield path + ("experts", "stacked"), self.experts
+            return
+        for k, e in enumerate(self.experts):
+            if isinstance(e, MixtureOfExperts):
+                yield from e.components(path + ("experts", str(k)))
+            else:
+                yield path + ("experts", str(k)), e
 
     def fit_weighted(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
         """As an expert of a larger mixture: one (generalised) EM step on the weighted data.
 
         Never lowers ``sum(weight * log p(y | x))``: the E-step at the current
         parameters followed by M-steps that never lower their own objectives.
+        Vanishing children of this node and of nested nodes are pruned first
+        (see ``prune_threshold``).
         """
         if weight is None:
             weight = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        self._em_step_nested(x, y, weight, float(weight.sum()), ())
+        self.em_step(x, y, weight, prune_root=True)
         return self
+
+    def em_step(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None, *, prune_root=False) -> float:
+        """One EM iteration on data held in memory; returns the weighted log-likelihood *before* the step.
+
+        The same path as :func:`~moekit.fit_em`: :meth:`suff_stats` (keeping
+        each component's weighted data for its Newton steps), pruning of
+        vanishing nested children, then :meth:`m_step`.
+        """
+        data: dict = {}
+        stats = self.suff_stats(x, y, weight, data=data)
+        ll = float(stats["loglik"])
+        total = float(stats["weight"].sum())
+        while self.prune_vanishing(stats, total, include_root=prune_root):
+            data = {}
+            stats = self.suff_stats(x, y, weight, data=data)
+        self.m_step(stats, Passes([data]))
+        return ll
 
     def init_from_responsibilities(
         self, x: torch.Tensor, y: torch.Tensor, resp: torch.Tensor, random_state=None, split: str = "kmeans"
@@ -300,8 +266,6 @@ class MixtureOfExperts(nn.Module):
             raise ValueError(f"split must be 'kmeans', 'kmeans_x' or 'random', got {split!r}")
         rng = np.random.default_rng(0 if random_state is None else random_state)
         if resp.dim() == 1:
-            from .training.init import initial_responsibilities
-
             seed = int(rng.integers(0, 2**31 - 1))
             sub = None
             if float(resp.sum()) > 0:
@@ -330,37 +294,123 @@ class MixtureOfExperts(nn.Module):
 
     # ----------------------------------------------- statistics (streaming)
     @torch.no_grad()
-    def suff_stats(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> SuffStats:
+    def suff_stats(
+        self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None, *, data: dict | None = None
+    ) -> SuffStats:
         """Additive statistics of one E-step: the gate's and every expert's, nested.
 
         Expert k receives ``weight * responsibility_k``; for a nested mixture the
         same recursion yields the path posteriors of a hierarchy.  Also holds the
-        weighted log-likelihood ``loglik`` at the current parameters.
-        """
-        if not self.has_suff_stats:
-            raise TypeError("this mixture has a gate or expert without sufficient statistics (e.g. a neural network)")
-        targets, ll = self.e_step(x, y, weight)
-        xe = self._xe(x)
-        if self.is_stacked:
-            ex = self.experts.suff_stats(xe, y, targets)
-            es = SuffStats(stacked=ex)
-        else:
-            es = SuffStats({str(k): e.suff_stats(xe, y, targets[:, k]) for k, e in enumerate(self.experts)})
-        return SuffStats(
-            loglik=torch.as_tensor(ll, dtype=targets.dtype, device=targets.device),
-            gate=self.gate.suff_stats(self._xg(x), targets),
-            experts=es,
-        )
+        weighted log-likelihood ``loglik`` and each expert's total weight
+        ``weight`` (K,) at the current parameters.  A component without
+        statistics (a neural network, a scikit-learn model) contributes an empty
+        entry and is fitted on its weighted data (generalised EM).
 
-    @torch.no_grad()
-    def m_step(self, stats: SuffStats) -> None:
-        """Update every component from summed statistics (one step for Newton components)."""
-        self.gate.m_step(stats["gate"])
-        if self.is_stacked:
-            self.experts.m_step(stats["experts"]["stacked"])
+        Parameters
+        ----------
+        x, y, weight
+            One batch.
+        data : dict, optional
+            Filled with ``path -> (component, weighted data)`` for every
+            component (paths of :meth:`components`), so that Newton steps and
+            weighted fits can revisit the E-step's data without recomputing it.
+
+        Shapes
+        ------
+        x (n, d_x); y (n,) or (n, d_y); weight (n,).
+        """
+        joint, records = self._joint_tree(x, y)
+        return self._stats_from_joint(x, y, weight, joint, records, data, ())
+
+    def _stats_from_joint(self, x, y, weight, joint, records, data, path) -> SuffStats:
+        lse = torch.logsumexp(joint, dim=1, keepdim=True)
+        r = (joint - lse).exp()
+        if weight is None:
+            targets, ll = r, lse.sum()
         else:
+            targets, ll = weight[:, None] * r, (weight * lse[:, 0]).sum()
+        xe = self._xe(x)
+        gate = _component_stats(self.gate, path + ("gate",), data, self._xg(x), targets)
+        if self.is_stacked:
+            experts = SuffStats(stacked=_component_stats(self.experts, path + ("experts", "stacked"), data, xe, y, targets))
+        else:
+            parts = {}
             for k, e in enumerate(self.experts):
-                e.m_step(stats["experts"][str(k)])
+                where = path + ("experts", str(k))
+                if isinstance(e, MixtureOfExperts):
+                    j, rec = records[k]
+                    parts[str(k)] = e._stats_from_joint(xe, y, targets[:, k], j, rec, data, where)
+                else:
+                    parts[str(k)] = _component_stats(e, where, data, xe, y, targets[:, k])
+            experts = SuffStats(parts)
+        return SuffStats(loglik=ll, weight=targets.sum(0), gate=gate, experts=experts)
+
+    def m_step(self, stats: SuffStats, passes: "Passes | None" = None) -> None:
+        """Update every component from summed statistics.
+
+        With ``passes`` (summed passes over the E-step's weighted data), each
+        Newton / ECM component iterates to its M-step's optimum with
+        step-halving, and components without statistics take weighted gradient
+        steps: this is the M-step of :func:`~moekit.fit_em`.  Without it, every
+        component takes one step from ``stats`` alone (exact components are then
+        fully updated).
+        """
+        for path, comp in self.components():
+            s = stats
+            for key in path:
+                s = s[key]
+            if _has_stats(comp):
+                maximize(
+                    comp,
+                    None if passes is None else passes.stats_fn(path),
+                    stats=s,
+                    objective_fn=None if passes is None else passes.objective_fn(path),
+                    max_steps=1 if passes is None else None,
+                )
+            elif passes is None:
+                raise TypeError(
+                    f"{type(comp).__name__} at {'/'.join(path)} has no statistics: its M-step needs the "
+                    "weighted data; pass the passes of the E-step (fit_em does)"
+                )
+            else:
+                passes.fit_weighted(path)
+
+    def prune_vanishing(self, stats: SuffStats, total: float, *, include_root: bool = False, _path: tuple = ()) -> bool:
+        """Remove nested children whose share of the data fell below their node's ``prune_threshold``.
+
+        A node's share is its path-posterior weight over ``total``, read from
+        ``stats`` (this mixture's :meth:`suff_stats`).  Nodes below a pruned
+        node are not examined (their weights change): call again after
+        recomputing the statistics, until it returns False.  The root itself is
+        examined only with ``include_root`` (:func:`~moekit.fit_em` prunes the
+        root with its own ``prune_threshold``).
+
+        Returns
+        -------
+        bool
+            Whether anything was pruned.
+        """
+        thr = self.prune_threshold
+        if (include_root or _path) and thr and self.n_experts > 1 and total > 0:
+            share = stats["weight"] / total
+            dead = (share < thr).nonzero().flatten().tolist()
+            if dead and len(dead) < self.n_experts:
+                keep = [k for k in range(self.n_experts) if k not in dead]
+                warnings.warn(
+                    f"hierarchy node {list(_path)}: pruned child(ren) {dead}: their share of the data fell below "
+                    f"prune_threshold={thr:g}; {len(keep)} child(ren) remain. The tree is larger than the data "
+                    "supports here: use a smaller depth or branching, or grow the tree (moekit.grow_tree).",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.prune(keep)
+                return True
+        pruned = False
+        if not self.is_stacked:
+            for k, e in enumerate(self.experts):
+                if isinstance(e, MixtureOfExperts):
+                    pruned |= e.prune_vanishing(stats["experts"][str(k)], total, _path=_path + (k,))
+        return pruned
 
     # --------------------------------------------------------------- pruning
     def prune(self, keep: Sequence[int]) -> None:
@@ -373,3 +423,10 @@ class MixtureOfExperts(nn.Module):
             self.experts = self.experts.select(keep)
         else:
             self.experts = nn.ModuleList([self.experts[k] for k in keep])
+
+
+def _component_stats(comp, path: tuple, data: dict | None, *args) -> SuffStats:
+    """``comp``'s statistics on its weighted data ``args`` (recorded in ``data`` under ``path``)."""
+    if data is not None:
+        data[path] = (comp, args)
+    return comp.suff_stats(*args) if _has_stats(comp) else SuffStats()

@@ -14,6 +14,7 @@ from sklearn.linear_model import LogisticRegression, PoissonRegressor
 from torch import nn
 from torch.distributions import Bernoulli, Categorical
 
+import moekit._linalg as _linalg
 import moekit.experts.logistic as logistic_mod
 import moekit.experts.poisson as poisson_mod
 from moekit import ConstantGate, MixtureOfExperts, SoftmaxGate, fit_em
@@ -265,8 +266,8 @@ def test_chunked_statistics_equal_unchunked(fam, monkeypatch):
     e = randomise(make(fam, 2, 2), seed=5)
     w = weights(97, 2)
     whole = e.suff_stats(x, y, w)
-    monkeypatch.setattr(logistic_mod, "_CHUNK", 10)
-    monkeypatch.setattr(logistic_mod, "_CHUNK_ELEMENTS", 50)
+    monkeypatch.setattr(_linalg, "CHUNK_MIN_ROWS", 1)
+    monkeypatch.setattr(_linalg, "CHUNK_MAX_ROWS", 10)
     chunked = e.suff_stats(x, y, w)
     for key in whole:
         np.testing.assert_allclose(chunked[key].numpy(), whole[key].numpy(), rtol=1e-11, atol=1e-11)

@@ -22,7 +22,7 @@ import copy
 import torch
 from torch import nn
 
-from .._mstep import maximize
+from .._mstep import fit_in_memory
 
 
 class Expert(nn.Module):
@@ -136,7 +136,7 @@ class Expert(nn.Module):
         ------
         x : (n, d_x); y : (n,) or (n, d_y); weight : (n,) single or (n, K) stacked.
         """
-        maximize(self, lambda: self.suff_stats(x, y, weight))
+        fit_in_memory(self, x, y, weight)
         return self
 
     def init_from_responsibilities(self, x, y, weight):

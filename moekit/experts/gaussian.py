@@ -8,62 +8,11 @@ import torch
 from torch import nn
 from torch.distributions import MultivariateNormal, Normal
 
+from .._linalg import add_intercept, chunk_rows, solve_spd, weighted_grams
 from ..stats import SuffStats
 from .base import Expert
 
 _COVARIANCES = ("full", "diag", "spherical")
-
-
-_CHUNK_ELEMENTS = 1 << 18  # elements per row-chunk temporary (~2 MB in float64): bounded memory, few page faults
-
-
-def add_intercept(x: torch.Tensor) -> torch.Tensor:
-    """``[1, x]``: (n, d) -> (n, d + 1)."""
-    return torch.cat([torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device), x], dim=1)
-
-
-def weighted_grams(xd: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Per-expert weighted Gram matrices ``X^T diag(w_k) X``.
-
-    Shapes
-    ------
-    xd : (n, p); w : (n, K) -> (K, p, p).
-    """
-    n, p = xd.shape
-    k = w.shape[1]
-    out = xd.new_zeros(k * p, p)
-    rows = max(256, _CHUNK_ELEMENTS // max(1, k * p))  # one GEMM per chunk of ~2 MB temporaries
-    for i in range(0, n, rows):
-        xs = xd[i : i + rows]
-        out.addmm_((w[i : i + rows, :, None] * xs[:, None, :]).reshape(-1, k * p).T, xs)
-    return out.reshape(k, p, p)
-
-
-def solve_spd(a: torch.Tensor, b: torch.Tensor, rel_jitter: float = 1e-10) -> torch.Tensor:
-    """Solve ``a x = b`` for a batch of symmetric PSD ``a``, adding jitter only where singular.
-
-    Each matrix of the batch that is not numerically positive definite gets
-    ``jitter * mean(diag)`` added to its diagonal, growing 100-fold until its
-    Cholesky factorisation succeeds; the others are solved exactly.
-
-    Shapes
-    ------
-    a : (..., p, p); b : (..., p, m) -> (..., p, m).
-    """
-    p = a.shape[-1]
-    eye = torch.eye(p, dtype=a.dtype, device=a.device)
-    scale = a.diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp_min(torch.finfo(a.dtype).tiny)
-    jitter = torch.zeros(a.shape[:-2], dtype=a.dtype, device=a.device)
-    l, info = torch.linalg.cholesky_ex(a)
-    step = rel_jitter
-    for _ in range(12):
-        bad = info != 0
-        if not bool(bad.any()):
-            return torch.cholesky_solve(b, l)
-        jitter = torch.where(bad, step * scale, jitter)
-        l, info = torch.linalg.cholesky_ex(a + jitter[..., None, None] * eye)
-        step *= 100.0
-    return torch.linalg.lstsq(a, b).solution
 
 
 class LinearGaussianExpert(Expert):
@@ -228,7 +177,7 @@ class LinearGaussianExpert(Expert):
         x : (n, d_x); y : (n,) or (n, d_y); weight : (n,) or (n, K).
         Returns ``sw`` (K,), ``xwx`` (K, p, p), ``xwy`` (K, p, d), ``ywy`` (K, d, d).
         """
-        c = max(256, min(1 << 16, _CHUNK_ELEMENTS // max(1, self._k * (self.n_features + 1))))
+        c = chunk_rows(self._k * (self.n_features + 1))
         if x.shape[0] > c:  # statistics are additive: sum them over row chunks
             return sum(
                 self.suff_stats(x[i : i + c], y[i : i + c], None if weight is None else weight[i : i + c])

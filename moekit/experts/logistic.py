@@ -23,23 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Categorical
 
-from .._mstep import maximize
+from .._mstep import fit_in_memory
 from ..stats import SuffStats
 from .base import Expert
-from .gaussian import add_intercept, solve_spd, weighted_grams
+from .._linalg import add_intercept, chunk_rows, solve_spd, weighted_grams
 
 __all__ = ["LogisticExpert", "SoftmaxExpert"]
-
-#: Most rows per chunk when computing statistics (as in :mod:`moekit.gates`).
-_CHUNK = 1 << 15
-#: Most elements of one (rows, K, free parameters) work array per chunk.
-_CHUNK_ELEMENTS = 1 << 22
-
-
-def _chunk_rows(per_row: int) -> int:
-    """Rows per chunk so that a work array of ``per_row`` elements a row stays bounded."""
-    return int(max(1, min(_CHUNK, _CHUNK_ELEMENTS // max(per_row, 1))))
-
 
 class _BernoulliValue(Bernoulli):
     """:class:`torch.distributions.Bernoulli` whose ``log_prob`` accepts integer or bool values."""
@@ -109,7 +98,7 @@ class _NewtonExpert(Expert):
         yy = self._prepare_y(y, xx.shape[0])
         w = self._weight_nk(weight, xx.shape[0], xx)
         coef = self.coef.detach()
-        rows = _chunk_rows(self._k * self._n_free())
+        rows = chunk_rows(self._k * self._n_free())
         n = xx.shape[0]
         return sum(
             self._stats_chunk(add_intercept(xx[i : i + rows]), yy[i : i + rows], w[i : i + rows], coef)
@@ -135,17 +124,7 @@ class _NewtonExpert(Expert):
         """
         xx = self._prepare_x(x)
         yy = self._prepare_y(y, xx.shape[0])
-        w = self._weight_nk(weight, xx.shape[0], xx)
-
-        if self.l2 == 0:
-            stats_fn = lambda: self.suff_stats(xx, yy, w)  # noqa: E731
-        else:
-
-            def stats_fn():
-                s = self.suff_stats(xx, yy, w)
-                return SuffStats(objective=s["objective"] - self.penalty(), grad=s["grad"], info=s["info"], sw=s["sw"])
-
-        maximize(self, stats_fn)
+        fit_in_memory(self, xx, yy, self._weight_nk(weight, xx.shape[0], xx))
         return self
 
     @torch.no_grad()

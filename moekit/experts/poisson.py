@@ -9,7 +9,7 @@ from torch import nn
 
 from ..distributions import Poisson
 from ..stats import SuffStats
-from .gaussian import add_intercept, weighted_grams
+from .._linalg import add_intercept, weighted_grams
 from .logistic import _NewtonExpert
 
 __all__ = ["PoissonExpert"]

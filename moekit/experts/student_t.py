@@ -11,7 +11,7 @@ from torch.distributions import Independent
 from ..distributions import StudentT
 from ..stats import SuffStats
 from .base import Expert
-from .gaussian import add_intercept, solve_spd, weighted_grams
+from .._linalg import add_intercept, solve_spd, weighted_grams
 
 __all__ = ["StudentTExpert"]
 

@@ -11,11 +11,13 @@ from typing import Callable
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
+from .._mstep import Passes
 from .._validation import check_fit_inputs, model_device, model_dtype
+from ..data import ArrayBatches
 from .init import initial_responsibilities
 from .result import FitResult
 
-__all__ = ["fit_em"]
+__all__ = ["fit_em", "e_step_pass"]
 
 
 def fit_em(
@@ -35,12 +37,17 @@ def fit_em(
 ) -> FitResult:
     """Fit a :class:`~moekit.MixtureOfExperts` by EM, in place.
 
-    Each iteration computes responsibilities in log space (E-step), then
-    gives the gate the targets ``w * r`` and expert k the weights ``w * r_k``
-    (M-step).  Exact M-steps (least squares, constant gate) come from additive
-    sufficient statistics; Newton / IRLS M-steps halve their step whenever the
-    weighted objective would fall, and neural components keep their gradient
-    steps only when they help, so the log-likelihood never decreases.
+    One EM path for flat, nested (HME) and mixed models: every iteration is
+    one pass of :meth:`~moekit.MixtureOfExperts.suff_stats` over the batches
+    of the data (the E-step: log-likelihood, responsibilities and every
+    component's additive statistics), summed, then
+    :meth:`~moekit.MixtureOfExperts.m_step`.  Exact M-steps (least squares,
+    constant gate) use the summed statistics once; Newton / IRLS / ECM steps
+    revisit the E-step's weighted data for their next statistics and for the
+    objective at step-halving trial points, so the weighted objective never
+    falls; components without statistics (neural networks, scikit-learn
+    models) take weighted steps kept only when they help (generalised EM).
+    The log-likelihood therefore never decreases.
 
     Parameters
     ----------
@@ -103,7 +110,8 @@ def fit_em(
         raise ValueError(f"n_init must be a positive int, got {n_init!r}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
-    total = float(w.sum())
+    source = ArrayBatches(x, y, w)
+    total = source.total_weight
     seeds = np.random.default_rng(random_state).integers(0, 2**31 - 1, size=n_init)
     template = copy.deepcopy(model) if n_init > 1 else None
     best = None
@@ -117,7 +125,7 @@ def fit_em(
             # nested mixtures split their rows with a seed of their own, drawn from this start's
             nested_seed = int(np.random.default_rng([int(seeds[i]), 1]).integers(0, 2**31 - 1))
             m.init_from_responsibilities(x, y, w[:, None] * r, random_state=nested_seed)
-        run = _em_loop(m, x, y, w, total, max_iter, tol, prune_threshold, verbose, callback)
+        run = _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback)
         finals.append(run["history"][-1])
         if best is None or run["history"][-1] > best[1]["history"][-1]:
             best = (i, run, m)
@@ -148,16 +156,36 @@ def fit_em(
     )
 
 
-def _em_loop(m, x, y, w, total, max_iter, tol, prune_threshold, verbose, callback) -> dict:
+def e_step_pass(model, source):
+    """One E-step over every batch of ``source``: the summed statistics and the passes for the M-step.
+
+    Returns
+    -------
+    stats : SuffStats
+        ``model.suff_stats`` summed over the batches (an all-reduce across
+        machines would go here).
+    passes : Passes
+        The weighted data each component received, for the Newton steps.
+    """
+    data: list[dict] = []
+    stats = 0
+    for xb, yb, wb in source:
+        d: dict = {}
+        stats = stats + model.suff_stats(xb, yb, wb, data=d)
+        data.append(d)
+    return stats, Passes(data)
+
+
+def _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback) -> dict:
     history: list[float] = []
     pruned: list[int] = []
     alive = list(range(m.n_experts))
     converged = False
     n_iter = 0
     while True:
-        targets, ll = m.e_step(x, y, w)
+        stats, passes = e_step_pass(m, source)
         if m.n_experts > 1 and prune_threshold > 0:
-            share = targets.sum(0) / total
+            share = stats["weight"] / total
             dead = (share < prune_threshold).nonzero().flatten().tolist()
             if dead and len(dead) < m.n_experts:
                 keep = [k for k in range(m.n_experts) if k not in dead]
@@ -172,8 +200,8 @@ def _em_loop(m, x, y, w, total, max_iter, tol, prune_threshold, verbose, callbac
                 pruned.extend(gone)
                 alive = [alive[k] for k in keep]
                 m.prune(keep)
-                targets, ll = m.e_step(x, y, w)
-        mean_ll = ll / total
+                stats, passes = e_step_pass(m, source)
+        mean_ll = float(stats["loglik"]) / total
         if not math.isfinite(mean_ll):
             raise FloatingPointError(
                 f"the log-likelihood became {mean_ll} at EM iteration {n_iter}; "
@@ -189,6 +217,8 @@ def _em_loop(m, x, y, w, total, max_iter, tol, prune_threshold, verbose, callbac
             break
         if n_iter >= max_iter:
             break
-        m.m_step_targets(x, y, targets)
+        while m.prune_vanishing(stats, float(stats["weight"].sum())):
+            stats, passes = e_step_pass(m, source)
+        m.m_step(stats, passes)
         n_iter += 1
     return {"history": history, "n_iter": n_iter, "converged": converged, "pruned": pruned}

@@ -1,0 +1,101 @@
+"""Initial partitions of the rows among K experts (k-means++ or random): the responsibilities EM starts from."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["initial_responsibilities"]
+
+
+def initial_responsibilities(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_experts: int,
+    init="kmeans",
+    random_state: int | None = None,
+    sample_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Hard (one-hot) initial responsibilities, shape (n, K).
+
+    Parameters
+    ----------
+    x : Tensor (n, d_x)
+    y : Tensor (n,) or (n, d_y); integer labels are one-hot encoded.
+    n_experts : int
+    init : {"kmeans", "random"} or array-like (n, K)
+        ``"kmeans"``: k-means (k-means++ seeding) on the standardised joint
+        ``[x, y]``, the usual start for mixtures of regressions.
+        ``"random"``: every row to a uniformly random expert.
+        An array: responsibilities given by the user (rows are normalised).
+    random_state : int, optional
+    sample_weight : Tensor (n,), optional
+        Passed to k-means.
+
+    Shapes
+    ------
+    Returns (n, K), rows summing to one, in x's dtype.
+    """
+    n = x.shape[0]
+    dtype, device = x.dtype, x.device
+    if isinstance(init, str):
+        if init not in ("random", "kmeans"):
+            raise ValueError(f"init must be 'kmeans', 'random' or an (n, K) array, got {init!r}")
+        z, uniq, inv, counts, pos = _unique_rows(x, y, sample_weight)
+        if len(uniq) < n_experts:
+            raise ValueError(
+                f"init={init!r} needs at least n_experts={n_experts} distinct rows of [X, y] with positive "
+                f"weight, got {len(uniq)} (from {n} sample(s)); use fewer experts or more data"
+            )
+        if init == "random":
+            rng = np.random.default_rng(random_state)
+            labels_u = rng.integers(0, n_experts, size=len(uniq))
+            labels = np.zeros(n, dtype=int)
+        else:
+            from sklearn.cluster import KMeans
+
+            km = KMeans(n_clusters=n_experts, n_init=1, random_state=random_state).fit(uniq, sample_weight=counts)
+            labels_u = km.labels_
+            labels = km.predict(z)
+        labels[pos] = labels_u[inv]
+        r = np.zeros((n, n_experts))
+        r[np.arange(n), labels] = 1.0
+        return torch.as_tensor(r, dtype=dtype, device=device)
+    r = torch.as_tensor(np.asarray(init, dtype=float), dtype=dtype, device=device)
+    if r.shape != (n, n_experts):
+        raise ValueError(f"init responsibilities must have shape ({n}, {n_experts}), got {tuple(r.shape)}")
+    if not torch.isfinite(r).all() or (r < 0).any() or (r.sum(1) <= 0).any():
+        raise ValueError("init responsibilities must be finite, non-negative, with a positive sum in every row")
+    return r / r.sum(1, keepdim=True)
+
+
+def _unique_rows(x, y, sample_weight):
+    """Standardised joint rows [x, y] and their distinct values among positive-weight rows.
+
+    Starts are drawn on the distinct rows (identical rows start in the same
+    expert, their weights summed), so that integer weights and repeated rows
+    give exactly the same start, and zero-weight rows change nothing.
+
+    Returns
+    -------
+    z (n, d) standardised rows; uniq (m, d) distinct rows of z[pos] in sorted
+    order; inv (n_pos,) index of each positive row in uniq; counts (m,) summed
+    weights; pos (n,) mask of positive-weight rows.
+    """
+    xs = x.detach().cpu().numpy().astype(float)
+    ys = y.detach().cpu().numpy()
+    if not np.issubdtype(ys.dtype, np.floating):
+        _, codes = np.unique(ys, return_inverse=True)
+        ys = np.eye(int(codes.max()) + 1)[codes.reshape(-1)]
+    if ys.ndim == 1:
+        ys = ys[:, None]
+    z = np.hstack([xs, ys.astype(float)])
+    sw = np.ones(len(z)) if sample_weight is None else sample_weight.detach().cpu().numpy().astype(float)
+    pos = sw > 0
+    mean = np.average(z[pos], axis=0, weights=sw[pos])
+    sd = np.sqrt(np.average((z[pos] - mean) ** 2, axis=0, weights=sw[pos]))
+    z = (z - mean) / np.where(sd > 0, sd, 1.0)
+    uniq, inv = np.unique(z[pos], axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    counts = np.bincount(inv, weights=sw[pos], minlength=len(uniq))
+    return z, uniq, inv, counts, pos
