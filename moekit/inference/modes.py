@@ -629,16 +629,27 @@ def _modes_chunk(blocks, lw, tol, max_iter, merge_tol, method):
     la, _ = torch.linalg.cholesky_ex(a)
     cov_a = torch.cholesky_inverse(la)
     cov = torch.where((info == 0)[..., None, None], cov_h, cov_a)
-    # merge: greedy from the highest climb; j joins the first kept i within merge_tol
+    return _merge_climbs(x, f, valid, a, cov, lw, merge_tol)
+
+
+def _merge_climbs(x, f, valid, metric, cov, lw, tol):
+    """Merge climbs that ended together: greedy from the highest, j joins the first kept i within ``tol``.
+
+    Distances are Mahalanobis in the metric of point i (the higher one).  A
+    mode's mass is the summed weight ``exp(lw)`` of the components whose
+    climbs joined it.  Shapes: x (R, S, d); f, valid, lw (R, S); metric, cov
+    (R, S, d, d).  Returns (modes, mass, cov, log p, kept), sorted by
+    decreasing log p; mass is NaN where a climb was merged into another.
+    """
     R, S, d = x.shape
     fv = torch.where(valid, f, torch.full_like(f, -math.inf))
     order = torch.argsort(fv, dim=1, descending=True)
     xo = x.gather(1, order[..., None].expand(R, S, d))
-    ao = a.gather(1, order[..., None, None].expand(R, S, d, d))
+    mo = metric.gather(1, order[..., None, None].expand(R, S, d, d))
     vo = valid.gather(1, order)
     diff = xo[:, :, None, :] - xo[:, None, :, :]  # (R, i, j, d)
-    dist2 = torch.einsum("rijd,ride,rije->rij", diff, ao, diff)  # metric of point i (the higher one)
-    close = dist2 < merge_tol**2
+    dist2 = torch.einsum("rijd,ride,rije->rij", diff, mo, diff)
+    close = dist2 < tol**2
     rep = torch.arange(S, device=x.device).expand(R, S).clone()
     is_rep = vo.clone()
     for j in range(1, S):
@@ -650,9 +661,7 @@ def _modes_chunk(blocks, lw, tol, max_iter, merge_tol, method):
     w = torch.where(valid, lw.exp(), torch.zeros_like(lw)).gather(1, order)
     mass = torch.zeros_like(w).scatter_add_(1, rep, w)
     mass = torch.where(is_rep, mass, torch.full_like(mass, math.nan))
-    fo = fv.gather(1, order)
-    covo = cov.gather(1, order[..., None, None].expand(R, S, d, d))
-    return xo, mass, covo, fo, is_rep
+    return xo, mass, cov.gather(1, order[..., None, None].expand(R, S, d, d)), fv.gather(1, order), is_rep
 
 
 def _finish(modes, mass, covs, logd, keep, min_weight, max_modes, scalar, out_dtype) -> Modes:
@@ -763,26 +772,7 @@ def _generic_modes(mix, min_weight, max_modes, tol, max_iter, merge_tol):
         torch.cholesky_inverse(torch.where((info == 0)[..., None, None], lneg, eye)),
         torch.diag_embed(var),
     )
-    prec = torch.linalg.inv(cov)
-    fv = torch.where(valid, f, torch.full_like(f, -math.inf))
-    order = torch.argsort(fv, dim=1, descending=True)
-    xo = x.gather(1, order[..., None].expand(n, S, d))
-    po = prec.gather(1, order[..., None, None].expand(n, S, d, d))
-    vo = valid.gather(1, order)
-    diff = xo[:, :, None, :] - xo[:, None, :, :]
-    dist2 = torch.einsum("rijd,ride,rije->rij", diff, po, diff)
-    close = dist2 < max(merge_tol, 1e-4) ** 2
-    rep = torch.arange(S, device=dev).expand(n, S).clone()
-    is_rep = vo.clone()
-    for j in range(1, S):
-        cand = close[:, :j, j] & is_rep[:, :j]
-        has = cand.any(1) & vo[:, j]
-        rep[:, j] = torch.where(has, torch.argmax(cand.to(torch.int8), dim=1), rep[:, j])
-        is_rep[:, j] = is_rep[:, j] & ~has
-    w = torch.where(valid, lw.exp(), torch.zeros_like(lw)).gather(1, order)
-    mass = torch.zeros_like(w).scatter_add_(1, rep, w)
-    mass = torch.where(is_rep, mass, torch.full_like(mass, math.nan))
-    return xo, mass, cov.gather(1, order[..., None, None].expand(n, S, d, d)), fv.gather(1, order), is_rep
+    return _merge_climbs(x, f, valid, torch.linalg.inv(cov), cov, lw, max(merge_tol, 1e-4))
 
 
 # ================================================================== branches
