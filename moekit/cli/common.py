@@ -1,0 +1,142 @@
+"""What several commands share: messages, progress bars, threads, the device, loading a model file and
+its column schema.  Imported only by the command modules, so torch loads when a command runs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+
+import torch
+from tqdm.auto import tqdm
+
+from ..io import ModelFileError, load, read_info
+from .errors import DataError, UsageError, one_line
+
+__all__ = [
+    "check_device",
+    "collect_warnings",
+    "load_model",
+    "predict_frame",
+    "progress",
+    "say",
+    "schema_of",
+    "set_threads",
+    "target_names",
+]
+
+_MODEL_EXT_HINT = "model files are written by 'moekit fit' (any extension; '.moekit' is customary)"
+_SMALL_ROWS = 50_000
+
+
+def progress(total: int, desc: str, args):
+    """A tqdm bar on a terminal; silent in pipes, files and with --quiet."""
+    quiet = getattr(args, "quiet", False) or not sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, disable=quiet, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def say(args, msg: str) -> None:
+    """A message on stderr, unless --quiet."""
+    if not getattr(args, "quiet", False):
+        print(msg, file=sys.stderr)
+
+
+def set_threads(args, n_rows: int) -> None:
+    """Small problems run fastest single-threaded (and do not stall on a busy machine)."""
+    n = getattr(args, "threads", None)
+    if n is None and n_rows < _SMALL_ROWS:
+        n = 1
+    if n is not None:
+        torch.set_num_threads(int(n))
+
+
+def check_device(dev):
+    """--device as a torch device name (None stays None); UsageError for a device this machine lacks."""
+    if dev is None:
+        return None
+    try:
+        d = torch.device(dev)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"--device {dev!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {dev}: this machine has no CUDA GPU that torch can use; use --device cpu")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {dev}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    elif d.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UsageError(f"--device {dev}: MPS is not available here; use --device cpu")
+    elif d.type != "cpu":
+        raise UsageError(f"--device {dev!r}: moekit runs on cpu, cuda or mps")
+    return str(d)
+
+
+@contextlib.contextmanager
+def collect_warnings(args):
+    """Show library warnings as one line each (after the work), or not at all with --quiet."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    seen = set()
+    for w in caught:
+        msg = one_line(w.message)
+        if msg in seen or issubclass(w.category, DeprecationWarning):
+            continue
+        seen.add(msg)
+        say(args, f"moekit: warning: {msg}")
+
+
+def load_model(path: str, device=None):
+    """The estimator in a model file and the file's description (DataError for anything but a model file)."""
+    if not os.path.exists(path):
+        raise DataError(f"model file '{path}' does not exist; {_MODEL_EXT_HINT}")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est = load(path, device=device)
+        info = read_info(path)
+    except ModelFileError as e:
+        raise DataError(one_line(e)) from None
+    for w in caught:
+        print(f"moekit: warning: {one_line(w.message)}", file=sys.stderr)
+    return est, info
+
+
+def schema_of(est, info, args) -> dict:
+    """The column schema stored by 'moekit fit', or one made from the options for models saved from Python."""
+    meta = info.get("metadata") or {}
+    cli = meta.get("cli") if isinstance(meta, dict) else None
+    if isinstance(cli, dict) and "features" in cli:
+        return cli
+    task = "classification" if hasattr(est, "classes_") else "regression"
+    feats = getattr(args, "features", None)
+    if feats is None:
+        names = getattr(est, "feature_names_in_", None)
+        if names is None:
+            raise UsageError("this model was saved from Python without column names; pass --features COL ... "
+                             f"(its {est.n_features_in_} input columns, in order)")
+        feats = [str(n) for n in names]
+    if len(feats) != int(est.n_features_in_):
+        raise UsageError(f"--features names {len(feats)} column(s) but the model takes {est.n_features_in_} inputs")
+    targets = getattr(args, "target", None) or ["y"]
+    return {"features": [{"name": f, "kind": "numeric"} for f in feats], "encoded_features": list(feats),
+            "targets": list(targets), "task": task}
+
+
+def predict_frame(est, X):
+    """X as the estimator wants it (a DataFrame when it was fitted with column names)."""
+    names = getattr(est, "feature_names_in_", None)
+    if names is None:
+        return X
+    import pandas as pd  # optional heavy library, needed only for models fitted on a DataFrame
+
+    return pd.DataFrame(X, columns=list(names))
+
+
+def target_names(schema, dist=None) -> list[str]:
+    """Names for the target columns of the output (y0, y1, ... when the model's y is wider than the schema)."""
+    t = list(schema["targets"])
+    if dist is not None and len(dist.event_shape) == 1 and len(t) != dist.event_shape[0]:
+        t = [f"y{j}" for j in range(dist.event_shape[0])]
+    return t

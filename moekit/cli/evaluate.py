@@ -1,0 +1,76 @@
+"""moekit evaluate and moekit report: a fitted model judged on a data file, as numbers or as an HTML page."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..report import _LABELS, _fmt, compute_metrics, make_report
+from .common import (
+    check_device,
+    collect_warnings,
+    load_model,
+    predict_frame,
+    progress,
+    say,
+    schema_of,
+    set_threads,
+    target_names,
+)
+from .errors import DataError, UsageError, one_line
+from .tables import check_out_folder, encode_features, encode_targets, read_table
+
+__all__ = ["cmd_evaluate", "cmd_report"]
+
+
+def _eval_data(args):
+    """The model, its column schema, the table, and X and y encoded as in training."""
+    dev = check_device(args.device)
+    est, info = load_model(args.model, dev)
+    schema = schema_of(est, info, args)
+    tab = read_table(args.data)
+    set_threads(args, tab.n)
+    X = predict_frame(est, encode_features(tab, schema))
+    y = encode_targets(tab, schema, getattr(est, "classes_", None))
+    return est, schema, tab, X, y
+
+
+def cmd_evaluate(args) -> int:
+    if not 0 < args.level < 1:
+        raise UsageError(f"--level must lie strictly between 0 and 1, got {args.level}")
+    est, schema, tab, X, y = _eval_data(args)
+    try:
+        with collect_warnings(args):
+            m = compute_metrics(est, X, y, level=args.level)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"evaluation failed: {one_line(e)}") from None
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    width = max(len(_LABELS.get(k, k)) for k in m)
+    print(f"{type(est).__name__} on {tab.path} ({tab.n} rows)")
+    for k, v in m.items():
+        print(f"  {_LABELS.get(k, k).ljust(width)}  {_fmt(v)}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    if not args.output.lower().endswith((".html", ".htm")):
+        raise UsageError(f"the report is an HTML page; give -o a name ending in .html, got '{args.output}'")
+    check_out_folder(args.output, "report")
+    est, schema, tab, X, y = _eval_data(args)
+    bar = progress(1, "drawing the report", args)
+    try:
+        with collect_warnings(args):
+            make_report(est, X, y, args.output, title=args.title or f"moekit report: {os.path.basename(args.model)}",
+                        feature_names=schema["encoded_features"], target_names=None if schema["task"] == "classification"
+                        else target_names(schema), level=args.level,
+                        notes=f"Model file {os.path.basename(args.model)}, evaluated on {os.path.basename(tab.path)}.")
+    except (ValueError, TypeError) as e:
+        raise DataError(f"the report failed: {one_line(e)}") from None
+    except OSError as e:
+        raise DataError(f"cannot write the report '{args.output}': {one_line(e)}") from None
+    bar.update(1)
+    bar.close()
+    say(args, f"wrote {args.output}")
+    return 0

@@ -1,0 +1,184 @@
+"""moekit fit: fit a conditional mixture to a table and save it, with its column schema, to a model file."""
+
+from __future__ import annotations
+
+import shlex
+import time
+
+import numpy as np
+
+from ..estimators import HMEClassifier, HMERegressor, MDNRegressor, MoEClassifier, MoERegressor
+from ..io import ModelFileError, save
+from ..selection import parse_n_experts, select_n_experts
+from .common import check_device, collect_warnings, predict_frame, progress, set_threads
+from .errors import DataError, UsageError, one_line
+from .tables import (
+    as_text,
+    build_schema,
+    check_out_folder,
+    encode_features,
+    encode_targets,
+    is_text_type,
+    read_table,
+    summarize,
+    text_numeric_share,
+)
+
+__all__ = ["cmd_fit"]
+
+
+def _estimator_for(args, task: str, k: int):
+    """The unfitted estimator that the options ask for, with k experts (HME: branching; MDN: components)."""
+    kind = args.model
+    expert = args.expert
+    common = {"random_state": args.seed, "device": args.device or "cpu"}
+    if kind == "moe":
+        kw = dict(common, n_experts=k, n_init=args.n_init, max_iter=args.max_iter)
+        if task == "classification":
+            return MoEClassifier(expert=expert or "logistic", **kw)
+        return MoERegressor(expert=expert or "linear", **kw)
+    if kind == "hme":
+        kw = dict(common, depth=args.depth, branching=k, n_init=args.n_init, max_iter=args.max_iter)
+        if task == "classification":
+            return HMEClassifier(expert=expert or "logistic", **kw)
+        return HMERegressor(expert=expert or "linear", **kw)
+    kw = dict(common, n_components=k, max_epochs=args.max_iter, target_noise=args.target_noise)
+    return MDNRegressor(**kw)
+
+
+def _check_fit_options(args, task: str, n_targets: int) -> None:
+    e = args.expert
+    if args.model == "mdn":
+        if task == "classification":
+            raise UsageError("--model mdn is for regression; to classify use --model moe or hme with --expert logistic")
+        if e not in (None, "linear"):
+            raise UsageError(f"--expert {e} does not apply to --model mdn (its components are Gaussian)")
+    if task == "classification":
+        if n_targets != 1:
+            raise UsageError("classification takes exactly one --target column (the class labels)")
+        if e not in (None, "logistic", "mlp"):
+            raise UsageError(f"--expert {e} is for regression; classification uses --expert logistic or mlp")
+    else:
+        if e == "logistic":
+            raise UsageError("--expert logistic is for class labels; pass --task classification (or a text target)")
+        if e == "poisson" and n_targets != 1:
+            raise UsageError("--expert poisson models one count target; give one --target column")
+    if args.model != "hme" and (args.depth is not None or args.branching is not None):
+        raise UsageError("--depth and --branching apply to --model hme only")
+    if args.model != "mdn" and args.target_noise:
+        raise UsageError("--target-noise applies to --model mdn only")
+
+
+def _fit_one(args, task, X, y, k):
+    est = _estimator_for(args, task, k)
+    try:
+        est.fit(X, y)
+    except (ValueError, TypeError, FloatingPointError, RuntimeError) as e:
+        raise DataError(f"fitting a model with {k} expert(s) failed: {one_line(e)}") from None
+    return est
+
+
+def cmd_fit(args) -> int:
+    args.device = check_device(args.device)
+    if args.model == "hme":
+        args.depth = 2 if args.depth is None else args.depth
+        if args.depth < 1:
+            raise UsageError(f"--depth must be at least 1, got {args.depth}")
+    if args.experts is not None and args.select_k is not None:
+        raise UsageError("give --experts K or --select-k RANGE, not both")
+    if args.model == "hme" and args.branching is not None and (args.experts is not None or args.select_k is not None):
+        raise UsageError("for --model hme, --branching, --experts and --select-k all set the branching; give one")
+    ks = _parse_ks(args.select_k) if args.select_k is not None else None
+    out = args.output
+    check_out_folder(out, "model file")
+    tab = read_table(args.data)
+    set_threads(args, tab.n)
+    tab.require(args.target, "target")
+    task = args.task
+    if task == "auto":
+        task = "regression"
+        if args.expert == "logistic":
+            task = "classification"
+        elif len(args.target) == 1:
+            col = tab.column(args.target[0])
+            if is_text_type(col.type) and text_numeric_share(as_text(col)) < 0.5:
+                task = "classification"
+    _check_fit_options(args, task, len(args.target))
+    schema = build_schema(tab, args.target, args.features, args.categorical, task)
+    X = encode_features(tab, schema)
+    y = encode_targets(tab, schema)
+    if task == "classification" and len(np.unique(y)) < 2:
+        raise DataError(f"target column '{args.target[0]}' of {tab.path} has a single class; a classifier needs two or more")
+    k_default = args.branching if args.model == "hme" and args.branching is not None else (args.experts or 2)
+    candidates = ks or [k_default]
+    selection = None
+    t0 = time.perf_counter()
+    with collect_warnings(args):
+        if ks is None:
+            bar = progress(1, "fitting", args)
+            est = _fit_one(args, task, X, y, candidates[0])
+            bar.update(1)
+            bar.close()
+        else:
+            est, selection = _select_k(args, task, X, y, ks)
+    seconds = time.perf_counter() - t0
+    meta = {"cli": dict(schema, training_data=summarize(tab, schema), selection=selection,
+                        command="moekit " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["fit"])),
+                        fit_seconds=round(seconds, 3))}
+    try:
+        save(est, out, metadata=meta)
+    except ModelFileError as e:
+        raise DataError(one_line(e)) from None
+    except OSError as e:
+        raise DataError(f"cannot write the model file '{out}': {one_line(e)}") from None
+    if selection is not None and not args.quiet:
+        crit = selection["criterion"]
+        what = {"hme": "branching", "mdn": "number of components"}.get(args.model, "number of experts")
+        print(f"{crit} by {what}:")
+        for k, v in selection["scores"].items():
+            mark = "  <- chosen" if int(k) == selection["chosen"] else ""
+            print(f"  K={k:>2}  {v:.6g}{mark}")
+    if not args.quiet:
+        ll = est.score_samples(predict_frame(est, X), y)
+        print(f"fitted {type(est).__name__} ({_size_text(est)}) on {tab.n} rows, {X.shape[1]} input column(s) -> "
+              f"{'classes of ' if task == 'classification' else ''}{', '.join(schema['targets'])}: "
+              f"log-likelihood {ll.sum():.6g}, {seconds:.1f} s; saved to {out}")
+    return 0
+
+
+def _size_text(est) -> str:
+    if hasattr(est, "n_leaves_"):
+        return f"{est.n_leaves_} leaves, depth {est.depth_}"
+    if hasattr(est, "n_components"):
+        return f"{est.n_components} components"
+    return f"{est.n_experts_} experts"
+
+
+def _parse_ks(spec: str) -> list[int]:
+    try:
+        return parse_n_experts(spec)
+    except ValueError as e:
+        raise UsageError(f"--select-k {e}") from None
+
+
+def _select_k(args, task, X, y, ks):
+    """BIC on the whole data (MoE, HME) or held-out log-likelihood (MDN, refitted on all rows)."""
+    heldout = args.model == "mdn"
+    bar = progress(len(ks) + heldout, "choosing K", args)
+    tried: list = []
+
+    def on_fit(k):
+        if tried:
+            bar.update(1)
+        tried.append(k)
+        bar.set_postfix_str(f"K={k}")
+
+    try:
+        res = select_n_experts(lambda k: _estimator_for(args, task, k), X, y, ks,
+                               criterion="heldout" if heldout else "bic", random_state=args.seed, callback=on_fit)
+    except (ValueError, TypeError, FloatingPointError, RuntimeError) as e:
+        raise DataError(f"fitting a model with {tried[-1]} expert(s) failed: {one_line(e)}") from None
+    bar.update(1)
+    bar.close()
+    scores = {str(k): v for k, v in res.scores.items()}
+    return res.estimator, {"criterion": res.description, "scores": scores, "chosen": int(res.n_experts)}

@@ -1,0 +1,144 @@
+"""The command line's parser: commands, options and argument types.
+
+It imports nothing heavy: ``moekit --help``, ``moekit --version`` and ``moekit COMMAND --help`` answer
+without loading torch.  Each subcommand records in ``command_module`` the module of :mod:`moekit.cli`
+that runs it (its function is ``cmd_<command>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from .. import __version__
+from .errors import UsageError
+
+__all__ = ["EXPERTS", "WHATS", "build_parser", "nonnegative_float", "positive_int"]
+
+EXPERTS = ("linear", "poisson", "student_t", "mlp", "logistic")
+WHATS = ("mean", "modes", "quantiles", "interval", "samples", "gate")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2, no usage dump
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``moekit`` parser with its subcommands (demo, fit, predict, evaluate, report, info)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors and requested output")
+    common.add_argument("--seed", type=int, default=0, help="random seed for fitting, splitting and sampling (default 0)")
+    common.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
+    common.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="CPU threads for torch (default: 1 for tables under 50000 rows, where more threads "
+                             "cost more than they save; torch's default above)")
+
+    p = _Parser(prog="moekit", description="Fit, inspect and use mixtures of experts on tables of data.",
+                epilog="Exit codes: 0 ok, 1 data error, 2 usage error, 3 internal error. "
+                       "Run 'moekit demo' for a first look.")
+    p.add_argument("--version", action="version", version=f"moekit {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    d = sub.add_parser("demo", parents=[common], help="run a demo on built-in data (default: robot-arm)",
+                       description="Generate or load built-in data, fit the right models, print the key numbers "
+                                   "and write plots and an HTML report to an output folder.")
+    d.add_argument("name", nargs="?", default="robot-arm", choices=["robot-arm", "inverse-sine", "tone", "tracking"])
+    d.add_argument("-o", "--output", default=None, help="output folder (default moekit-output/demo-NAME)")
+    d.set_defaults(command_module="demos")
+
+    f = sub.add_parser("fit", parents=[common], help="fit a model to a CSV or Parquet file",
+                       description="Fit a conditional mixture p(y | x) to a table and save it to a model file.")
+    f.add_argument("data", help="CSV (.csv, .tsv) or Parquet (.parquet, .pq) file with a header row")
+    f.add_argument("--target", "-t", nargs="+", required=True, metavar="COL", help="target column(s) y")
+    f.add_argument("--features", nargs="+", metavar="COL", help="input columns x (default: every other column)")
+    f.add_argument("--categorical", nargs="+", metavar="COL",
+                   help="numeric input columns to treat as categories (text columns always are)")
+    f.add_argument("--model", choices=["moe", "hme", "mdn"], default="moe",
+                   help="mixture of experts (default), hierarchical mixture of experts, mixture density network")
+    f.add_argument("--experts", "-k", type=positive_int, default=None, metavar="K",
+                   help="number of experts (MDN: components; HME: branching of every gate); default 2")
+    f.add_argument("--select-k", default=None, metavar="RANGE",
+                   help="choose K in a range such as 1..8 by BIC (MDN: held-out log-likelihood)")
+    f.add_argument("--expert", choices=list(EXPERTS), default=None,
+                   help="expert family (default: linear for regression, logistic for classification)")
+    f.add_argument("--task", choices=["auto", "regression", "classification"], default="auto",
+                   help="auto: classification for a text target or --expert logistic")
+    f.add_argument("--depth", type=int, default=None, help="HME: depth of the tree (default 2)")
+    f.add_argument("--branching", type=positive_int, default=None, help="HME: experts under every gate")
+    f.add_argument("--target-noise", type=nonnegative_float, default=0.0, metavar="S",
+                   help="MDN: noise regularisation, the sd of Gaussian noise added to the standardised targets "
+                        "every epoch; about 0.1-0.2 curbs overfitting on a few hundred rows (default 0)")
+    f.add_argument("--n-init", type=positive_int, default=3, help="random starts; the best is kept (default 3)")
+    f.add_argument("--max-iter", type=positive_int, default=200, help="EM iterations or epochs (default 200)")
+    f.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write")
+    f.set_defaults(command_module="fit")
+
+    pr = sub.add_parser("predict", parents=[common], help="predict for every row of a data file",
+                        description="Write one output row per input row: means, modes, quantiles, intervals, "
+                                    "samples or gate probabilities. Rows with fewer modes than columns get empty cells.")
+    pr.add_argument("model", help="model file written by 'moekit fit'")
+    pr.add_argument("data", help="CSV or Parquet file with the model's input columns")
+    pr.add_argument("-o", "--output", required=True, metavar="OUT", help="output .csv, .tsv or .parquet ('-': CSV on stdout)")
+    pr.add_argument("--what", choices=list(WHATS), default="mean",
+                    help="what to predict (default mean; gate: the mixing weights, per leaf for a hierarchy)")
+    pr.add_argument("--quantiles", type=float, nargs="+", default=[0.05, 0.5, 0.95], metavar="Q",
+                    help="levels for --what quantiles (default 0.05 0.5 0.95)")
+    pr.add_argument("--level", type=float, default=0.9, help="central interval level for --what interval (default 0.9)")
+    pr.add_argument("--n-samples", type=positive_int, default=10, help="draws per row for --what samples (default 10)")
+    pr.add_argument("--max-modes", type=positive_int, default=3, help="mode columns for --what modes (default 3)")
+    pr.add_argument("--min-weight", type=float, default=0.01, help="drop modes lighter than this (default 0.01)")
+    pr.add_argument("--keep", nargs="+", metavar="COL", help="copy these input columns (e.g. an id) to the output")
+    pr.add_argument("--features", nargs="+", metavar="COL", help="input columns, for models saved from Python")
+    pr.set_defaults(command_module="predict")
+
+    ev = sub.add_parser("evaluate", parents=[common], help="goodness of fit on a data file",
+                        description="Log-likelihood, NLL, RMSE of the mean and of the top mode, interval coverage.")
+    ev.add_argument("model")
+    ev.add_argument("data")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.add_argument("--level", type=float, default=0.9, help="level of the intervals whose coverage is shown (default 0.9)")
+    ev.add_argument("--features", nargs="+", metavar="COL", help="input columns, for models saved from Python")
+    ev.add_argument("--target", nargs="+", metavar="COL", help="target columns, for models saved from Python")
+    ev.set_defaults(command_module="evaluate")
+
+    rp = sub.add_parser("report", parents=[common], help="one self-contained HTML page about a model",
+                        description="Data, fitted experts and gate regions, conditional density with modes, "
+                                    "convergence curve and metrics, as one HTML file with embedded images.")
+    rp.add_argument("model")
+    rp.add_argument("data")
+    rp.add_argument("-o", "--output", required=True, metavar="HTML")
+    rp.add_argument("--title", default=None)
+    rp.add_argument("--level", type=float, default=0.9)
+    rp.add_argument("--features", nargs="+", metavar="COL", help="input columns, for models saved from Python")
+    rp.add_argument("--target", nargs="+", metavar="COL", help="target columns, for models saved from Python")
+    rp.set_defaults(command_module="evaluate")
+
+    inf = sub.add_parser("info", parents=[common], help="what a model file holds",
+                         description="Model type, tree, sizes, training data summary and versions.")
+    inf.add_argument("model")
+    inf.add_argument("--json", action="store_true")
+    inf.set_defaults(command_module="info")
+    return p
+
+
+def positive_int(s: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def nonnegative_float(s: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s}")
+    return v

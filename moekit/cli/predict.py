@@ -1,0 +1,116 @@
+"""moekit predict: one output row per input row (means, modes, quantiles, intervals, samples or gate weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..distributions import flatten_leaves, marginal
+from ..inference import find_modes
+from .common import check_device, collect_warnings, load_model, predict_frame, say, schema_of, set_threads, target_names
+from .errors import DataError, UsageError, one_line
+from .tables import (
+    as_text,
+    check_out_folder,
+    encode_features,
+    is_numeric_type,
+    numeric_column,
+    out_kind,
+    read_table,
+    write_table,
+)
+
+__all__ = ["cmd_predict"]
+
+
+def cmd_predict(args) -> int:
+    dev = check_device(args.device)
+    if args.output != "-":
+        out_kind(args.output)
+        check_out_folder(args.output, "output")
+    est, info = load_model(args.model, dev)
+    schema = schema_of(est, info, args)
+    clf = schema["task"] == "classification"
+    if clf and args.what in ("modes", "quantiles", "interval"):
+        raise UsageError(f"--what {args.what} is for regression models; this model classifies "
+                         "(use --what mean for labels and probabilities, samples or gate)")
+    tab = read_table(args.data)
+    set_threads(args, tab.n)
+    if args.keep:
+        tab.require(args.keep, "--keep")
+    X = predict_frame(est, encode_features(tab, schema))
+    cols: dict = {}
+    for c in args.keep or []:
+        col = tab.column(c)
+        cols[c] = numeric_column(tab, c, "kept") if is_numeric_type(col.type) else as_text(col)
+    try:
+        with torch.no_grad(), collect_warnings(args):
+            _predict_columns(args, est, schema, X, cols)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"prediction failed: {one_line(e)}") from None
+    write_table(cols, args.output)
+    if args.output != "-":
+        say(args, f"wrote {tab.n} rows x {len(cols)} columns ({args.what}) to {args.output}")
+    return 0
+
+
+def _predict_columns(args, est, schema, X, cols) -> None:
+    dist = est.predict_distribution(X)
+    clf = schema["task"] == "classification"
+    tnames = target_names(schema, dist)
+    what = args.what
+    if what == "mean":
+        if clf:
+            p = est.predict_proba(X)
+            cols[f"{tnames[0]}_predicted"] = est.predict(X)
+            for j, c in enumerate(est.classes_):
+                cols[f"p_{c}"] = p[:, j]
+            return
+        m = dist.mean.cpu().numpy().reshape(len(X), -1)
+        for j, t in enumerate(tnames):
+            cols[f"{t}_mean"] = m[:, j]
+        return
+    if what == "gate":
+        lw = torch.cat([g.log_weights for g in flatten_leaves(dist)], dim=1)
+        nested = lw.shape[1] != dist.log_weights.shape[1] or hasattr(est, "n_leaves_")
+        w = lw.exp().cpu().numpy()
+        for k in range(w.shape[1]):
+            cols[f"leaf{k}" if nested else f"gate{k}"] = w[:, k]
+        return
+    if what == "samples":
+        s = est.sample_y(X, n_samples=args.n_samples, random_state=args.seed)
+        if clf:
+            s = est.classes_[s.astype(int)]
+        s = s.reshape(len(X), -1, args.n_samples) if s.ndim == 3 else s[:, None, :]
+        for j, t in enumerate(tnames):
+            for i in range(args.n_samples):
+                cols[f"{t}_sample{i + 1}"] = s[:, j, i]
+        return
+    if what == "quantiles" or what == "interval":
+        qs = list(args.quantiles) if what == "quantiles" else [(1 - args.level) / 2, (1 + args.level) / 2]
+        for q in qs:
+            if not 0 < q < 1:
+                raise UsageError(f"quantile levels must lie strictly between 0 and 1, got {q}")
+        for j, t in enumerate(tnames):
+            try:
+                mj = marginal(dist, j)
+            except TypeError as e:
+                raise UsageError(f"--what {what}: {one_line(e)}") from None
+            q = mj.quantiles(qs).cpu().numpy()
+            if what == "interval":
+                cols[f"{t}_lower"], cols[f"{t}_upper"] = q[:, 0], q[:, 1]
+            else:
+                for i, lv in enumerate(qs):
+                    cols[f"{t}_q{lv:g}"] = q[:, i]
+        return
+    # modes
+    try:
+        m = find_modes(dist, max_modes=args.max_modes, min_weight=args.min_weight).numpy()
+    except TypeError as e:
+        raise UsageError(f"--what modes: {one_line(e)}") from None
+    modes = m.modes if m.modes.ndim == 3 else m.modes[:, :, None]
+    cols["n_modes"] = np.asarray(m.n_modes).astype(np.int64)
+    for i in range(modes.shape[1]):
+        for j, t in enumerate(tnames):
+            cols[f"{t}_mode{i + 1}"] = modes[:, i, j]
+        cols[f"mode{i + 1}_weight"] = m.weights[:, i]

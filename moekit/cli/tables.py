@@ -1,0 +1,364 @@
+"""Data tables for the command line: CSV and Parquet files read and written with pyarrow, and the column
+schema that turns a table into X and y (numeric columns as they are, text columns one-hot encoded)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from .errors import DataError, UsageError, one_line
+
+__all__ = [
+    "Table",
+    "as_text",
+    "build_schema",
+    "check_out_folder",
+    "encode_features",
+    "encode_targets",
+    "is_numeric_type",
+    "is_text_type",
+    "numeric_column",
+    "out_kind",
+    "read_table",
+    "summarize",
+    "text_column",
+    "text_numeric_share",
+    "write_table",
+]
+
+_CSV = {".csv": ",", ".tsv": "\t"}
+_PARQUET = {".parquet", ".pq"}
+
+
+class Table:
+    """A data file's columns (pyarrow), with its path and kind for messages."""
+
+    def __init__(self, table, path: str, kind: str):
+        self.t = table
+        self.path = path
+        self.kind = kind
+        self.names = list(table.column_names)
+        self.n = table.num_rows
+
+    def where(self, i: int) -> str:
+        """Human row reference (1-based data row; the line number for text files)."""
+        return f"row {i + 1} (line {i + 2})" if self.kind == "csv" else f"row {i + 1}"
+
+    def column(self, name: str):
+        """The pyarrow column ``name``."""
+        return self.t.column(name)
+
+    def require(self, names, what: str) -> None:
+        """DataError naming the first of ``names`` that is not a column."""
+        for c in names:
+            if c not in self.names:
+                shown = ", ".join(self.names[:20]) + (" ..." if len(self.names) > 20 else "")
+                raise DataError(f"{what} column '{c}' is not in {self.path}; its columns are: {shown}")
+
+
+def _kind_of(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext in _CSV:
+        return "csv"
+    if ext in _PARQUET:
+        return "parquet"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return "parquet" if head == b"PAR1" else "csv"
+
+
+def read_table(path: str) -> Table:
+    """Read a CSV or Parquet file (DataError for anything a user can fix)."""
+    if not os.path.exists(path):
+        raise DataError(f"data file '{path}' does not exist; check the path")
+    if os.path.isdir(path):
+        raise DataError(f"'{path}' is a folder; give a CSV or Parquet file")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"data file '{path}' is empty; it needs a header row and at least one data row")
+    kind = _kind_of(path)
+    try:
+        if kind == "csv":
+            delim = _CSV.get(os.path.splitext(path)[1].lower(), ",")
+            table = pcsv.read_csv(path, parse_options=pcsv.ParseOptions(delimiter=delim))
+        else:
+            table = pq.read_table(path)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError, UnicodeDecodeError) as e:
+        msg = one_line(e)
+        if "Empty CSV file" in msg:
+            raise DataError(f"data file '{path}' is empty; it needs a header row and at least one data row") from None
+        what = "CSV" if kind == "csv" else "Parquet"
+        raise DataError(f"cannot read '{path}' as {what}: {msg[:300]}") from None
+    if table.num_columns == 0:
+        raise DataError(f"data file '{path}' has no columns")
+    if table.num_rows == 0:
+        raise DataError(f"data file '{path}' has a header but no data rows")
+    dup = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
+    if dup:
+        raise DataError(f"data file '{path}' has duplicate column names {dup}; rename them")
+    return Table(table, path, kind)
+
+
+def is_numeric_type(t) -> bool:
+    """Whether a pyarrow type holds numbers (integers, floats, booleans, decimals)."""
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
+
+
+def is_text_type(t) -> bool:
+    """Whether a pyarrow type holds text (strings, dictionaries, or nothing but nulls)."""
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t) or pa.types.is_null(t)
+
+
+def as_text(col) -> np.ndarray:
+    """A column as an object array of Python strings (None where missing)."""
+    if pa.types.is_dictionary(col.type):
+        col = pc.cast(col, pa.string())
+    if not is_text_type(col.type):
+        col = pc.cast(col, pa.string())
+    out = np.empty(len(col), dtype=object)
+    out[:] = col.to_pylist()
+    return out
+
+
+def _parse_float(s) -> float | None:
+    try:
+        return float(s)
+    except (TypeError, ValueError):
+        return None
+
+
+def text_numeric_share(vals: np.ndarray) -> float:
+    """The share of the present (non-blank) values that parse as numbers."""
+    present = [v for v in vals if v is not None and str(v).strip() != ""]
+    if not present:
+        return 0.0
+    return sum(_parse_float(v) is not None for v in present) / len(present)
+
+
+def numeric_column(tab: Table, name: str, role: str) -> np.ndarray:
+    """One column as float64, with clear errors for missing and non-numeric values."""
+    col = tab.column(name)
+    if is_numeric_type(col.type):
+        vals = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(float)
+    elif is_text_type(col.type):
+        text = as_text(col)
+        vals = np.empty(len(text))
+        for i, v in enumerate(text):
+            if v is None or str(v).strip() == "":
+                vals[i] = np.nan
+                continue
+            f = _parse_float(v)
+            if f is None:
+                hint = f" (or pass --categorical {name} if it holds categories)" if role == "input" else ""
+                raise DataError(
+                    f"{role} column '{name}' of {tab.path} holds the non-numeric value {str(v)[:40]!r} in "
+                    f"{tab.where(i)}; a numeric column needs a number in every row: fix that value{hint}"
+                )
+            vals[i] = f
+    else:
+        raise DataError(f"{role} column '{name}' of {tab.path} has type {col.type}, which moekit cannot use; "
+                        "convert it to numbers or text")
+    bad = np.flatnonzero(np.isnan(vals))
+    if len(bad):
+        raise DataError(
+            f"{role} column '{name}' of {tab.path} has {len(bad)} missing value(s) (first in {tab.where(int(bad[0]))}); "
+            "remove those rows or fill them in"
+        )
+    bad = np.flatnonzero(~np.isfinite(vals))
+    if len(bad):
+        raise DataError(f"{role} column '{name}' of {tab.path} holds an infinite value in {tab.where(int(bad[0]))}")
+    return vals
+
+
+def text_column(tab: Table, name: str, role: str) -> np.ndarray:
+    """One column as strings, with a clear error for a missing value."""
+    vals = as_text(tab.column(name))
+    for i, v in enumerate(vals):
+        if v is None or str(v).strip() == "":
+            raise DataError(f"{role} column '{name}' of {tab.path} has a missing value in {tab.where(i)}; "
+                            "remove that row or fill it in")
+    return np.asarray([str(v) for v in vals], dtype=object)
+
+
+_MAX_LEVELS = 200
+
+
+def build_schema(tab: Table, targets, features, categorical, task: str) -> dict:
+    """How to turn a table into X and y: the columns, their kinds and categorical levels."""
+    tab.require(targets, "target")
+    if len(set(targets)) != len(targets):
+        raise UsageError(f"--target lists a column twice: {targets}")
+    if features is None:
+        features = [c for c in tab.names if c not in targets]
+        if not features:
+            raise DataError(f"{tab.path} has no column left for inputs once the target column(s) {targets} are taken")
+    else:
+        tab.require(features, "input")
+        both = sorted(set(features) & set(targets))
+        if both:
+            raise UsageError(f"column(s) {both} are both --target and --features; a column is one or the other")
+    categorical = list(categorical or [])
+    for c in categorical:
+        if c not in features:
+            raise UsageError(f"--categorical names '{c}', which is not an input column ({', '.join(features)})")
+    feats = []
+    for c in features:
+        col = tab.column(c)
+        is_cat = c in categorical
+        if not is_cat and is_text_type(col.type):
+            text = as_text(col)
+            if text_numeric_share(text) >= 0.5:
+                numeric_column(tab, c, "input")  # raises on the first non-numeric value
+            else:
+                is_cat = True
+        if is_cat:
+            vals = text_column(tab, c, "input")
+            levels = sorted(set(vals.tolist()))
+            if len(levels) > _MAX_LEVELS:
+                raise DataError(f"input column '{c}' of {tab.path} has {len(levels)} distinct text values, too many "
+                                f"for categories (at most {_MAX_LEVELS}); is it an identifier? leave it out with --features")
+            feats.append({"name": c, "kind": "categorical", "levels": levels})
+        else:
+            numeric_column(tab, c, "input")
+            feats.append({"name": c, "kind": "numeric"})
+    encoded = []
+    for f in feats:
+        if f["kind"] == "numeric":
+            encoded.append(f["name"])
+        else:
+            encoded.extend(f"{f['name']}={lv}" for lv in f["levels"][1:])
+    if not encoded:
+        raise DataError("every input column is a category with a single value: there is nothing to learn from; "
+                        "choose other --features")
+    return {"features": feats, "encoded_features": encoded, "targets": list(targets), "task": task}
+
+
+def encode_features(tab: Table, schema: dict) -> np.ndarray:
+    """X as the model saw it in training: numeric columns as they are, categories one-hot (reference = first level)."""
+    tab.require([f["name"] for f in schema["features"]], "input")
+    cols = []
+    for f in schema["features"]:
+        if f["kind"] == "numeric":
+            cols.append(numeric_column(tab, f["name"], "input")[:, None])
+            continue
+        vals = text_column(tab, f["name"], "input")
+        levels = f["levels"]
+        index = {lv: i for i, lv in enumerate(levels)}
+        unknown = [(i, v) for i, v in enumerate(vals) if v not in index]
+        if unknown:
+            i, v = unknown[0]
+            shown = ", ".join(levels[:10]) + (" ..." if len(levels) > 10 else "")
+            raise DataError(f"input column '{f['name']}' of {tab.path} holds the category {v!r} in {tab.where(i)}, "
+                            f"which the model never saw in training (known: {shown})")
+        idx = np.array([index[v] for v in vals])
+        onehot = np.zeros((tab.n, max(len(levels) - 1, 0)))
+        rows = np.flatnonzero(idx > 0)
+        onehot[rows, idx[rows] - 1] = 1.0
+        cols.append(onehot)
+    return np.hstack(cols)
+
+
+def encode_targets(tab: Table, schema: dict, classes=None) -> np.ndarray:
+    """y as the model saw it: class labels (typed like ``classes`` when given) or numbers, one column per target."""
+    targets = schema["targets"]
+    tab.require(targets, "target")
+    if schema["task"] == "classification":
+        name = targets[0]
+        col = tab.column(name)
+        if classes is not None and np.asarray(classes).dtype.kind in "biuf":
+            vals = numeric_column(tab, name, "target")
+            if np.asarray(classes).dtype.kind in "biu":
+                if not np.all(vals == np.round(vals)):
+                    raise DataError(f"target column '{name}' of {tab.path} holds non-integer labels; the model's "
+                                    f"classes are {list(classes)}")
+                vals = vals.astype(np.asarray(classes).dtype)
+            return vals
+        if is_numeric_type(col.type) and classes is None:
+            vals = numeric_column(tab, name, "target")
+            return vals.astype(np.int64) if np.all(vals == np.round(vals)) else vals
+        return text_column(tab, name, "target").astype(str)
+    ys = []
+    for t in targets:
+        col = tab.column(t)
+        if is_text_type(col.type) and text_numeric_share(as_text(col)) < 0.5:
+            ex = next((v for v in as_text(col) if v is not None), None)
+            raise DataError(f"target column '{t}' of {tab.path} holds text (e.g. {str(ex)[:40]!r}); regression needs "
+                            "numbers: fix the column, or pass --task classification to predict it as a class label")
+        ys.append(numeric_column(tab, t, "target"))
+    return ys[0] if len(ys) == 1 else np.column_stack(ys)
+
+
+def summarize(tab: Table, schema: dict) -> dict:
+    """The training data in brief, for the model file: rows, and per column its range or its category counts."""
+    cols = {}
+    for f in schema["features"]:
+        if f["kind"] == "numeric":
+            v = numeric_column(tab, f["name"], "input")
+            cols[f["name"]] = {"kind": "numeric", "min": float(v.min()), "max": float(v.max()),
+                               "mean": float(v.mean()), "std": float(v.std())}
+        else:
+            v = text_column(tab, f["name"], "input")
+            lv, cnt = np.unique(v, return_counts=True)
+            cols[f["name"]] = {"kind": "categorical", "counts": {str(a): int(b) for a, b in zip(lv, cnt)}}
+    for t in schema["targets"]:
+        if schema["task"] == "classification":
+            v = text_column(tab, t, "target")
+            lv, cnt = np.unique(v, return_counts=True)
+            cols[t] = {"kind": "target (classes)", "counts": {str(a): int(b) for a, b in zip(lv, cnt)}}
+        else:
+            v = numeric_column(tab, t, "target")
+            cols[t] = {"kind": "target", "min": float(v.min()), "max": float(v.max()),
+                       "mean": float(v.mean()), "std": float(v.std())}
+    return {"file": os.path.basename(tab.path), "rows": int(tab.n), "columns": cols}
+
+
+def write_table(columns: dict, path: str) -> None:
+    """Write named 1-D arrays as CSV (or to stdout with '-') or Parquet; NaN becomes an empty cell."""
+    arrays = []
+    for v in columns.values():
+        v = np.asarray(v)
+        if v.dtype.kind == "f":
+            arrays.append(pa.array(v, mask=np.isnan(v)))
+        elif v.dtype.kind in "biu":
+            arrays.append(pa.array(v))
+        else:
+            arrays.append(pa.array([None if x is None else str(x) for x in v], type=pa.string()))
+    table = pa.Table.from_arrays(arrays, names=list(columns))
+    if path == "-":
+        buf = pa.BufferOutputStream()
+        pcsv.write_csv(table, buf)
+        sys.stdout.write(buf.getvalue().to_pybytes().decode("utf-8"))
+        sys.stdout.flush()
+        return
+    try:
+        if out_kind(path) == "parquet":
+            pq.write_table(table, path)
+        else:
+            opts = pcsv.WriteOptions(delimiter=_CSV.get(os.path.splitext(path)[1].lower(), ","))
+            pcsv.write_csv(table, path, write_options=opts)
+    except OSError as e:
+        raise DataError(f"cannot write '{path}': {one_line(e)}") from None
+
+
+def out_kind(path: str) -> str:
+    """'csv' or 'parquet' from an output name's extension (UsageError for any other)."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in _CSV:
+        return "csv"
+    if ext in _PARQUET:
+        return "parquet"
+    raise UsageError(f"cannot tell the format of the output '{path}' from its extension; use .csv, .tsv or .parquet")
+
+
+def check_out_folder(path: str, what: str) -> None:
+    """DataError when the folder that would hold ``path`` does not exist."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise DataError(f"cannot write the {what} '{path}': the folder '{folder}' does not exist")
+
+
