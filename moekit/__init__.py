@@ -1,96 +1,62 @@
-"""moekit: mixtures of experts, hierarchical mixtures and mixture density networks."""
+"""moekit: mixtures of experts, hierarchical mixtures and mixture density networks.
 
-from .distributions import MixtureDistribution
-from .estimators import MoEClassifier, MoERegressor
-from .experts import (
-    Expert,
-    LinearGaussianExpert,
-    LogisticExpert,
-    MLPExpert,
-    PoissonExpert,
-    SklearnExpert,
-    SoftmaxExpert,
-    StudentTExpert,
-)
-from .gates import ConstantGate, Gate, MLPGate, SoftmaxGate
-from .hierarchy import build_tree, fit_tree_em, grow_tree, render_tree
-from .estimators import HMEClassifier, HMERegressor
-from .mdn import DeadComponentWarning, MDNRegressor, MixtureDensityNetwork, fit_mdn
-from .mixture import MixtureOfExperts
-from .stats import SuffStats
-from .training import FitResult, fit_em
-from .training.gradient import fit_gradient
+The public names below are loaded on first use (PEP 562): ``import moekit`` is instant and imports
+neither torch nor NumPy, so the ``moekit`` command answers ``--help`` at once; ``moekit.MoERegressor``
+imports its module the first time it is read.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
+# public name -> the module of moekit that defines it
+_PUBLIC = {
+    "MixtureDistribution": "distributions",
+    "ConstantGate": "gates",
+    "Gate": "gates",
+    "MLPGate": "gates",
+    "SoftmaxGate": "gates",
+    "Expert": "experts",
+    "LinearGaussianExpert": "experts",
+    "LogisticExpert": "experts",
+    "MLPExpert": "experts",
+    "PoissonExpert": "experts",
+    "SklearnExpert": "experts",
+    "SoftmaxExpert": "experts",
+    "StudentTExpert": "experts",
+    "MixtureOfExperts": "mixture",
+    "SuffStats": "stats",
+    "build_tree": "tree",
+    "render_tree": "tree",
+    "FitResult": "training",
+    "fit_em": "training",
+    "fit_gradient": "training.gradient",
+    "fit_tree_em": "training.tree",
+    "grow_tree": "training.grow",
+    "DeadComponentWarning": "training.mdn",
+    "MixtureDensityNetwork": "mdn",
+    "fit_mdn": "training.mdn",
+    "HMEClassifier": "estimators",
+    "HMERegressor": "estimators",
+    "MoEClassifier": "estimators",
+    "MoERegressor": "estimators",
+    "MDNRegressor": "estimators",
+    "load": "io",
+}
 
-def load(path, device=None):
-    """Load an estimator saved with ``estimator.save(path)`` (never unpickles; see :mod:`moekit.io`).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        A moekit model file.
-    device : str or torch.device, optional
-        Where to put the model (default: the device it was saved from when
-        that exists here, else the CPU).
-
-    Returns
-    -------
-    estimator
-        The fitted estimator (see :func:`moekit.io.load`).
-
-    Shapes
-    ------
-    No array arguments; the model's tensors keep their saved shapes.
-
-    Examples
-    --------
-    >>> import os, tempfile
-    >>> import numpy as np
-    >>> import moekit
-    >>> X = np.linspace(-1, 1, 20)[:, None]
-    >>> est = moekit.MoERegressor(n_experts=1).fit(X, 2 * X[:, 0] + 1)
-    >>> path = os.path.join(tempfile.mkdtemp(), "line.moekit")
-    >>> est.save(path)
-    >>> type(moekit.load(path)).__name__
-    'MoERegressor'
-    """
-    from .io import load as _load
-
-    return _load(path, device=device)
+__all__ = sorted(_PUBLIC)
 
 
-__all__ = [
-    "ConstantGate",
-    "DeadComponentWarning",
-    "Expert",
-    "FitResult",
-    "Gate",
-    "HMEClassifier",
-    "HMERegressor",
-    "MDNRegressor",
-    "MixtureDensityNetwork",
-    "LinearGaussianExpert",
-    "LogisticExpert",
-    "MLPExpert",
-    "PoissonExpert",
-    "SklearnExpert",
-    "SoftmaxExpert",
-    "StudentTExpert",
-    "MLPGate",
-    "MixtureDistribution",
-    "MixtureOfExperts",
-    "MoEClassifier",
-    "MoERegressor",
-    "SoftmaxGate",
-    "SuffStats",
-    "build_tree",
-    "fit_em",
-    "fit_gradient",
-    "fit_tree_em",
-    "grow_tree",
-    "fit_mdn",
-    "load",
-    "render_tree",
-]
+def __getattr__(name: str):
+    try:
+        module = _PUBLIC[name]
+    except KeyError:
+        raise AttributeError(f"module 'moekit' has no attribute {name!r}") from None
+    # PEP 562 lazy public name: its module (and torch) loads on first use, not on 'import moekit'
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later reads skip __getattr__
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(__all__))
