@@ -130,6 +130,11 @@ def _is_discrete(d: Distribution) -> bool:
     )
 
 
+def _t_log_const(df: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Log normalising constant of the univariate Student-t density."""
+    return torch.lgamma(0.5 * (df + 1)) - torch.lgamma(0.5 * df) - 0.5 * torch.log(df * math.pi) - torch.log(scale)
+
+
 class _Block:
     """Components of one family with parameters aligned to rows: leading dims (R, Kb)."""
 
@@ -210,9 +215,7 @@ class _ProdTBlock(_Block):
 
     def __init__(self, loc, scale, df):
         self.loc, self.scale, self.df = loc, scale, df
-        self.logc = (
-            torch.lgamma(0.5 * (df + 1)) - torch.lgamma(0.5 * df) - 0.5 * torch.log(df * math.pi) - torch.log(scale)
-        )
+        self.logc = _t_log_const(df, scale)
 
     def gather(self, rows):
         return _ProdTBlock(self.loc[rows], self.scale[rows], self.df[rows])
@@ -266,8 +269,7 @@ def _canonical(dist: Distribution, stacked: bool, dtype):
         sc = b(dist.scale.expand(batch))
         df = b(dist.df.expand(batch))
         prec = (1.0 / sc**2)[..., None, None]
-        logc = torch.lgamma(0.5 * (df + 1)) - torch.lgamma(0.5 * df) - 0.5 * torch.log(df * math.pi) - torch.log(sc)
-        return _MVTBlock(loc, prec, logc, df)
+        return _MVTBlock(loc, prec, _t_log_const(df, sc), df)
     if isinstance(dist, MultivariateNormal):
         tril = dist._unbroadcasted_scale_tril.to(dtype)
         d = tril.shape[-1]
