@@ -88,7 +88,7 @@ def compute_metrics(estimator, X, y, *, level: float = 0.9) -> dict:
     try:
         p = int(estimator.model_.n_parameters())
         out["n_parameters"] = p
-        out["bic"] = float(-2 * ll.sum() + p * math.log(n))
+        out["bic"] = float(estimator.bic(X, y))  # the estimators' bic(): BIC is computed in one place
     except (AttributeError, NotImplementedError, TypeError):
         out["n_parameters"] = None
         out["bic"] = None
