@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._mstep import fit_in_memory, gradient_maximize
 from ._linalg import add_intercept, chunk_rows, solve_spd
+from ._mstep import fit_in_memory, gradient_maximize
+from .experts.newton import multinomial_newton_stats
 from .stats import SuffStats
 
 __all__ = ["Gate", "SoftmaxGate", "ConstantGate", "MLPGate"]
@@ -216,27 +217,12 @@ class SoftmaxGate(Gate):
         )
 
     def _stats_chunk(self, x, targets) -> SuffStats:
-        k = self.n_experts
         coef = self.coef.detach()
         xd = add_intercept(x.to(coef.dtype))
-        n, p = xd.shape
-        t = targets.to(coef.dtype)
         a = xd @ coef.T
         logg = a - torch.logsumexp(a, dim=1, keepdim=True)
-        g = logg.exp()
-        s = t.sum(1)
-        objective = (t * logg).sum()
-        km = k - 1
-        resid = t[:, :km] - s[:, None] * g[:, :km]
-        grad = resid.T @ xd  # (K-1, p)
-        sg = s[:, None] * g[:, :km]
-        z = (sg[:, :, None] * xd[:, None, :]).reshape(n, km * p)
-        g1 = torch.cat([g[:, :km], torch.ones(n, 1, dtype=g.dtype, device=g.device)], dim=1)
-        zz = z.T @ (g1[:, :, None] * xd[:, None, :]).reshape(n, (km + 1) * p)
-        info = -zz[:, : km * p]
-        if km > 0:
-            info = info + torch.block_diag(*zz[:, km * p :].reshape(km, p, p))
-        return SuffStats(objective=objective, grad=grad, info=info)
+        objective, grad, info = multinomial_newton_stats(xd, logg[:, None, :], targets.to(coef.dtype)[:, None, :])
+        return SuffStats(objective=objective, grad=grad.reshape(self.n_experts - 1, -1), info=info[0])
 
     def penalty(self) -> torch.Tensor:
         """The ridge penalty ``0.5 * l2 * ||W[:, 1:]||^2`` at the current coefficients."""

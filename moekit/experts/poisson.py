@@ -7,10 +7,10 @@ import math
 import torch
 from torch import nn
 
+from .._linalg import add_intercept, weighted_grams
 from ..distributions import Poisson
 from ..stats import SuffStats
-from .._linalg import add_intercept, weighted_grams
-from .logistic import _NewtonExpert
+from .newton import NewtonExpert
 
 __all__ = ["PoissonExpert"]
 
@@ -21,7 +21,7 @@ def _eta_bounds(dtype: torch.dtype) -> tuple[float, float]:
     return 0.9 * math.log(fi.tiny), min(30.0, 0.5 * math.log(fi.max))
 
 
-class PoissonExpert(_NewtonExpert):
+class PoissonExpert(NewtonExpert):
     """Poisson regression with log link: ``y | x ~ Poisson(exp(beta^T [1, x]))``.
 
     The weighted M-step is Newton-Raphson (IRLS) with the exact Hessian, from

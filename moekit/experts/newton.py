@@ -1,0 +1,215 @@
+"""The Newton (IRLS) machinery shared by the GLM experts and the softmax gate.
+
+A GLM expert's weighted M-step is Newton-Raphson on the weighted
+log-likelihood.  What one Newton step needs -- the objective, its gradient
+and the information matrix at the current coefficients -- is a sum over rows,
+so it is an additive :class:`~moekit.stats.SuffStats`.  ``m_step(stats)``
+takes one full step; :func:`moekit._mstep.maximize` iterates with
+step-halving, so an M-step never lowers its objective.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._linalg import add_intercept, chunk_rows, solve_spd
+from .._mstep import fit_in_memory
+from ..stats import SuffStats
+from .base import Expert
+
+__all__ = ["NewtonExpert", "multinomial_newton_stats"]
+
+
+def multinomial_newton_stats(xd: torch.Tensor, logp: torch.Tensor, counts: torch.Tensor):
+    """Objective, gradient and information of B weighted multinomial regressions (the last class is the reference).
+
+    The objective is ``sum(counts * logp)``; the free coefficients are the
+    first C-1 class rows of each regression (the last row is held at zero),
+    so the information of regression b is
+    ``sum_i s_ib (diag(g_ib) - g_ib g_ib^T) (x) x_i x_i^T`` over the first
+    C-1 classes, with ``g = exp(logp)`` and ``s = counts.sum(-1)``.  The
+    softmax gate is one regression over K experts (soft counts: the targets);
+    a stack of K softmax experts is K regressions over C classes (counts:
+    weight times one-hot y).
+
+    Shapes
+    ------
+    xd : (n, p) with the intercept column; logp, counts : (n, B, C).
+    Returns objective (), grad (B, (C-1) p), info (B, (C-1) p, (C-1) p).
+    """
+    n, p = xd.shape
+    b, c = logp.shape[1], logp.shape[2]
+    km = c - 1
+    g = logp.exp()
+    s = counts.sum(-1)  # (n, B)
+    objective = (counts * logp).sum()
+    resid = counts[..., :km] - s[..., None] * g[..., :km]  # (n, B, C-1)
+    grad = (resid.reshape(n, b * km).T @ xd).reshape(b, km * p)
+    z = ((s[..., None] * g[..., :km])[..., None] * xd[:, None, None, :]).reshape(n, b, km * p).transpose(0, 1)
+    g1 = torch.cat([g[..., :km], torch.ones(n, b, 1, dtype=g.dtype, device=g.device)], dim=-1)
+    gx = (g1[..., None] * xd[:, None, None, :]).reshape(n, b, (km + 1) * p).transpose(0, 1)
+    zz = torch.bmm(z.transpose(1, 2), gx)  # (B, (C-1) p, C p): the g g^T term, then the diag(g) blocks
+    info = -zz[:, :, : km * p]
+    blocks = zz[:, :, km * p :].reshape(b, km, p, p)
+    info5 = info.view(b, km, p, km, p)
+    for j in range(km):
+        info5[:, j, :, j, :] += blocks[:, j]
+    return objective, grad, info
+
+
+class NewtonExpert(Expert):
+    """A GLM expert fitted by Newton steps from additive statistics (base class of the GLM experts).
+
+    Subclasses hold one parameter ``coef`` with a leading expert axis and
+    implement ``_prepare_y``, ``_stats_chunk`` (returning ``objective`` (),
+    ``grad`` (K, m), ``info`` (K, m, m), ``sw`` (K,) for the m free
+    coefficients of each expert), ``_free`` / ``_set_free`` (the free
+    coefficients as a (K, m) tensor) and ``_penalty_mask`` (an (m,) tensor,
+    1 where the ridge penalty applies).
+    """
+
+    m_step_exact = False
+
+    def __init__(self, n_features: int, n_experts: int | None, l2: float, max_m_steps: int):
+        super().__init__(n_experts)
+        if not (isinstance(n_features, int) and n_features >= 0):
+            raise ValueError(f"n_features must be a non-negative int, got {n_features!r}")
+        if not (isinstance(max_m_steps, int) and max_m_steps >= 1):
+            raise ValueError(f"max_m_steps must be a positive int, got {max_m_steps!r}")
+        l2 = float(l2)
+        if not (l2 >= 0 and math.isfinite(l2)):
+            raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+        self.n_features = n_features
+        self.l2 = l2
+        self.max_m_steps = max_m_steps
+
+    # ------------------------------------------------------------- inputs
+    def _prepare_x(self, x: torch.Tensor) -> torch.Tensor:
+        """x in the parameters' dtype and device, with its shape checked: (n, d_x)."""
+        if x.dim() != 2 or x.shape[1] != self.n_features:
+            raise ValueError(
+                f"x must have shape (n, {self.n_features}) for this expert, got {tuple(x.shape)}"
+            )
+        return x.to(dtype=self.coef.dtype, device=self.coef.device)
+
+    def _eta(self, xd: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """Linear predictors for every expert: ``xd`` (n, p), ``coef`` (K, ..., p) -> (n, K, ...)."""
+        k = coef.shape[0]
+        out = xd @ coef.reshape(-1, xd.shape[1]).T
+        return out.reshape(xd.shape[0], k, *coef.shape[1:-1])
+
+    # --------------------------------------------------------- statistics
+    def suff_stats(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> SuffStats:
+        """Newton statistics at the current coefficients (additive over rows).
+
+        The data are processed in chunks of rows, so memory stays bounded
+        however many rows there are.
+
+        Shapes
+        ------
+        x : (n, d_x); y : (n,); weight : (n,) single or (n, K) stacked.
+        Returns ``objective`` () the weighted log-likelihood summed over the
+        experts (without the ridge penalty), ``grad`` (K, m) its gradient with
+        respect to each expert's m free coefficients, ``info`` (K, m, m) the
+        information matrices (minus the Hessians, one block per expert) and
+        ``sw`` (K,) the total weight of each expert.
+        """
+        xx = self._prepare_x(x)
+        yy = self._prepare_y(y, xx.shape[0])
+        w = self._weight_nk(weight, xx.shape[0], xx)
+        coef = self.coef.detach()
+        rows = chunk_rows(self._k * self._n_free())
+        n = xx.shape[0]
+        return sum(
+            self._stats_chunk(add_intercept(xx[i : i + rows]), yy[i : i + rows], w[i : i + rows], coef)
+            for i in range(0, max(n, 1), rows)
+        )
+
+    def _n_free(self) -> int:
+        return self._penalty_mask().numel()
+
+    def penalty(self) -> torch.Tensor:
+        """The ridge penalty ``0.5 * l2 * ||non-intercept free coefficients||^2`` summed over experts."""
+        free = self._free(self.coef.detach())
+        return 0.5 * self.l2 * ((free * self._penalty_mask()) ** 2).sum()
+
+    def fit_weighted(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
+        """Weighted M-step: Newton steps with step-halving; never lowers the (penalised) objective.
+
+        The objective is ``sum_ik w_ik log p_k(y_i | x_i) - penalty()``.
+
+        Shapes
+        ------
+        x : (n, d_x); y : (n,); weight : (n,) single or (n, K) stacked.
+        """
+        xx = self._prepare_x(x)
+        yy = self._prepare_y(y, xx.shape[0])
+        fit_in_memory(self, xx, yy, self._weight_nk(weight, xx.shape[0], xx))
+        return self
+
+    @torch.no_grad()
+    def m_step(self, stats: SuffStats) -> None:
+        """One full Newton step per expert from the statistics (the driver adds step-halving).
+
+        Each expert's information matrix is solved on its own (a batch of K
+        small systems); a singular one (separable data, too few rows) gets
+        :func:`~moekit.experts.gaussian.solve_spd`'s jitter.  Experts with no
+        weight are left as they are.
+        """
+        coef = self.coef.data
+        self._normalise(coef)
+        free = self._free(coef)  # (K, m)
+        grad = stats["grad"].to(coef.dtype)
+        info = stats["info"].to(coef.dtype)
+        if self.l2 > 0:
+            pen = self.l2 * self._penalty_mask()
+            grad = grad - pen * free
+            info = info + torch.diag(pen)
+        step = solve_spd(info, grad[..., None])[..., 0]
+        sw = stats["sw"].to(coef.dtype)
+        keep = sw > 1e-12 * sw.sum().clamp_min(torch.finfo(sw.dtype).tiny)
+        keep = keep & torch.isfinite(step).all(-1)
+        step = torch.where(keep[:, None], step, torch.zeros_like(step))
+        self._set_free(coef, free + step)
+
+    def _normalise(self, coef: torch.Tensor) -> None:
+        """Move coef to its canonical representative in place (softmax: reference class at zero)."""
+
+    def _free(self, coef: torch.Tensor) -> torch.Tensor:
+        return coef
+
+    def _set_free(self, coef: torch.Tensor, free: torch.Tensor) -> None:
+        coef.copy_(free)
+
+    def _penalty_mask(self) -> torch.Tensor:
+        mask = torch.ones(self.n_features + 1, dtype=self.coef.dtype, device=self.coef.device)
+        mask[0] = 0.0
+        return mask
+
+    def _weighted_mean_y(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Per-expert weighted mean of y (or of its one-hot code): (K,) or (K, C)."""
+        sw = weight.sum(0)
+        tot = weight.T @ y
+        safe = sw.clamp_min(torch.finfo(sw.dtype).tiny)
+        return tot / (safe[:, None] if tot.dim() == 2 else safe)
+
+    def init_from_responsibilities(self, x, y, weight):
+        """Initial fit: intercept-only maximum likelihood, then Newton steps.
+
+        Starting from the intercept-only fit (the weighted mean response
+        through the link) makes the first Newton steps short and safe.
+        """
+        xx = self._prepare_x(x)
+        yy = self._prepare_y(y, xx.shape[0])
+        w = self._weight_nk(weight, xx.shape[0], xx)
+        with torch.no_grad():
+            self.coef.data.zero_()
+            self._set_intercept_only(yy, w)
+        return self.fit_weighted(xx, yy, w)
+
+    def extra_repr(self) -> str:
+        return f"n_features={self.n_features}, n_experts={self.n_experts}, l2={self.l2}"
+
+
