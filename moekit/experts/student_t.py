@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from torch.distributions import Independent
 
+from .._linalg import add_intercept, solve_spd, weighted_grams
 from ..distributions import StudentT
 from ..stats import SuffStats
 from .base import Expert
-from .._linalg import add_intercept, solve_spd, weighted_grams
 
 __all__ = ["StudentTExpert"]
 
