@@ -12,7 +12,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from moekit.datasets import make_inverse_sine
 from moekit.distributions import MixtureDistribution
-from moekit.mdn import DeadComponentWarning, MDNRegressor, MixtureDensityNetwork, fit_mdn
+from moekit.estimators import MDNRegressor
+from moekit.mdn import MixtureDensityNetwork
+from moekit.training.mdn import DeadComponentWarning, fit_mdn
 
 F64 = torch.float64
 
@@ -141,20 +143,78 @@ def test_netlab_initialisation_starts_from_the_unconditional_mixture():
 # ------------------------------------------------------------------ training
 
 
-def test_gradient_clipping_equals_torch_clip_grad_norm():
-    from moekit.mdn import _clip_grad_norm_
+def _hand_schedule(scores, start, patience, factor, lr):
+    """The learning-rate rule fit_mdn used before ReduceLROnPlateau: the rate after each epoch."""
+    best, since, out = start, 0, []
+    for v in scores:
+        if v > best + 1e-6:
+            best, since = v, 0
+        else:
+            since += 1
+            if since >= patience:
+                lr *= factor
+                since = 0
+        out.append(lr)
+    return out
+
+
+@pytest.mark.parametrize("patience", [1, 2, 5])
+def test_lr_schedule_is_the_hand_written_rule(patience):
+    from moekit.training.mdn import _lr_schedule
+
+    rng = np.random.default_rng(patience)
+    # rises, plateaus, improvements smaller than the threshold, exact ties
+    steps = rng.choice([0.0, 0.0, 5e-7, 1e-6, 2e-6, 0.1, -0.05], size=300)
+    scores = list(np.cumsum(steps) - 3.0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-3)
+    sched = _lr_schedule(opt, patience, 0.5, start=-3.0)
+    got = []
+    for v in scores:
+        sched.step(v)
+        got.append(opt.param_groups[0]["lr"])
+    assert got == _hand_schedule(scores, -3.0, patience, 0.5, 3e-3)
+    assert got[-1] < 3e-3  # the rule did fire
+    assert _lr_schedule(opt, None, 0.5, 0.0) is None and _lr_schedule(opt, 3, 1.0, 0.0) is None
+
+
+def test_moving_average_is_an_exponential_average_from_the_start():
+    from moekit.training.mdn import _moving_average
 
     g = torch.Generator().manual_seed(0)
-    for scale in (1e-3, 1.0, 1e3):
-        a = [torch.nn.Parameter(torch.zeros(s, dtype=F64)) for s in [(4, 3), (3,), (2, 2, 2)]]
-        b = [torch.nn.Parameter(torch.zeros(s, dtype=F64)) for s in [(4, 3), (3,), (2, 2, 2)]]
-        for p, q in zip(a, b):
-            p.grad = torch.randn(p.shape, generator=g, dtype=F64) * scale
-            q.grad = p.grad.clone()
-        _clip_grad_norm_(a, 1.0)
-        torch.nn.utils.clip_grad_norm_(b, 1.0)
-        for p, q in zip(a, b):
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-15)
+    net = MixtureDensityNetwork(1, None, 2, (4,), dtype=F64, generator=g)
+    ema = _moving_average(net, 0.9)
+    ref = [p.detach().clone() for p in net.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(ema.module.parameters(), ref))
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    for _ in range(3):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=g, dtype=F64))
+        ema.update_parameters(net)
+        ref = [r + 0.1 * (p.detach() - r) for r, p in zip(ref, net.parameters())]
+    for a, b in zip(ema.module.parameters(), ref):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("name,module", [("MDNRegressor", "moekit.estimators.mdn"), ("fit_mdn", "moekit.training.mdn"),
+                                         ("MDNFitResult", "moekit.training.mdn"),
+                                         ("DeadComponentWarning", "moekit.training.mdn")])
+def test_names_moved_out_of_moekit_mdn_still_import_with_a_warning(name, module):
+    import importlib
+
+    import moekit.mdn
+
+    with pytest.warns(DeprecationWarning, match=f"moekit.mdn.{name} has moved to {module}"):
+        old = getattr(moekit.mdn, name)
+    assert old is getattr(importlib.import_module(module), name)
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        moekit.mdn.nothing_here  # noqa: B018
+
+
+def test_from_import_of_a_moved_name_warns():
+    with pytest.warns(DeprecationWarning, match="moekit.mdn.MDNRegressor has moved"):
+        from moekit.mdn import MDNRegressor as Old
+    assert Old is MDNRegressor
 
 
 def test_keep_recent_keeps_a_later_network_within_one_paired_standard_error():
@@ -478,5 +538,4 @@ def test_verbose_training_reports_progress(capsys):
     res = fit_mdn(net, X, y, max_epochs=3, verbose=1, random_state=0)
     out = capsys.readouterr()
     assert len(res.history) >= 4
-    # a tqdm bar (stderr) when tqdm is installed, otherwise one line per epoch (stdout)
-    assert "epoch" in out.out + out.err or "MDN" in out.err
+    assert "MDN" in out.err  # a tqdm bar

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from moekit.datasets import make_inverse_sine
-from moekit.mdn import MixtureDensityNetwork, fit_mdn
+from moekit.mdn import MixtureDensityNetwork
+from moekit.training.mdn import fit_mdn
 
 pytestmark = pytest.mark.slow
 

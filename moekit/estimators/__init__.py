@@ -2,6 +2,7 @@
 
 from .base import ConditionalMixtureMixin
 from .hme import HMEClassifier, HMERegressor
+from .mdn import MDNRegressor
 from .moe import MoEClassifier, MoERegressor
 
-__all__ = ["ConditionalMixtureMixin", "HMEClassifier", "HMERegressor", "MoEClassifier", "MoERegressor"]
+__all__ = ["ConditionalMixtureMixin", "HMEClassifier", "HMERegressor", "MDNRegressor", "MoEClassifier", "MoERegressor"]
