@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import warnings
@@ -12,9 +11,10 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from .._validation import check_fit_inputs, model_device, model_dtype
+from .._validation import check_fit_inputs, check_int, model_device, model_dtype
 from .init import initial_responsibilities
 from .result import FitResult
+from .stopping import EarlyStopping
 
 __all__ = ["fit_gradient"]
 
@@ -110,10 +110,8 @@ def fit_gradient(
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
-    if not (isinstance(max_epochs, int) and max_epochs >= 0):
-        raise ValueError(f"max_epochs must be a non-negative int, got {max_epochs!r}")
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int(max_epochs, "max_epochs", 0)
+    check_int(batch_size, "batch_size", 1)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TypeError(
@@ -148,8 +146,10 @@ def fit_gradient(
         )
     history = [mean_ll(xt, yt, wt)]
     val_history = [mean_ll(xv, yv, wv)] if n_val else None
-    best_val, since_best = (val_history[0] if n_val else -math.inf), 0
-    best_state = copy.deepcopy(model.state_dict()) if n_val else None
+    stopper = None
+    if n_val:
+        stopper = EarlyStopping(patience, min_delta=tol, best=val_history[0])
+        stopper.snapshot(model, 0)
     converged = False
     epoch = 0
     for epoch in range(1, max_epochs + 1):
@@ -190,19 +190,16 @@ def fit_gradient(
         if n_val:
             v = mean_ll(xv, yv, wv)
             val_history.append(v)
-            if v > best_val + tol:
-                best_val, since_best = v, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                since_best += 1
-                if since_best >= patience:
-                    converged = True
-                    break
+            if stopper.step(v, epoch):
+                stopper.snapshot(model, epoch)
+            elif stopper.should_stop:
+                converged = True
+                break
         elif abs(history[-1] - history[-2]) < tol:
             converged = True
             break
-    if n_val and best_state is not None:
-        model.load_state_dict(best_state)
+    if n_val:
+        stopper.restore(model)
         history.append(mean_ll(xt, yt, wt))
     if not converged and max_epochs > 0:
         warnings.warn(
