@@ -308,7 +308,7 @@ def _build_hme(est, structure: dict) -> nn.Module:
 
 # (module, class, build, describe): estimators registered when their module exists.
 _OPTIONAL: list[tuple[str, str, Callable, Callable | None]] = [
-    ("mdn", "MDNRegressor", _build_mdn, _describe_mdn),
+    ("estimators.mdn", "MDNRegressor", _build_mdn, _describe_mdn),
     ("estimators.hme", "HMERegressor", _build_hme, _describe_hme),
     ("estimators.hme", "HMEClassifier", _build_hme, _describe_hme),
 ]
