@@ -929,7 +929,7 @@ def _result_classes() -> dict:
         out[c.__name__] = c
         todo.extend(c.__subclasses__())
     try:
-        from .hierarchy import GrowResult
+        from .training.grow import GrowResult
 
         out["GrowResult"] = GrowResult
     except ImportError:  # pragma: no cover - hierarchy is part of moekit

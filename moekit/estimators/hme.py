@@ -4,7 +4,7 @@ The same API as :class:`~moekit.MoERegressor` / :class:`~moekit.MoEClassifier`
 (they are subclasses: fitting, prediction, quantiles, sampling, BIC/AIC,
 pipelines and grid searches work the same), with a tree of gates instead of
 one gate: ``depth`` and ``branching`` give its shape, or ``grow=True`` grows
-it from a single leaf by held-out likelihood (:func:`~moekit.hierarchy.grow_tree`).
+it from a single leaf by held-out likelihood (:func:`~moekit.training.grow.grow_tree`).
 Every gate and leaf is fitted by EM (path posteriors, IRLS at every gate) or
 by gradient.  What is per expert in the flat estimators is per *leaf* here:
 ``predict_gate`` gives the path probabilities (n, L), ``responsibilities``
@@ -21,21 +21,12 @@ import numpy as np
 import torch
 
 from ..gates import Gate
-from ..hierarchy import (
-    _as_branching,
-    build_tree,
-    fit_tree_em,
-    grow_tree,
-    init_tree,
-    leaf_mixture,
-    n_leaves,
-    node_gate_probabilities,
-    path_posteriors,
-    path_probabilities,
-    render_tree,
-    tree_depth,
-)
 from ..training.gradient import fit_gradient
+from ..training.grow import grow_tree
+from ..training.tree import fit_tree_em, init_tree
+from ..tree.build import as_branching, build_tree, n_leaves, tree_depth
+from ..tree.render import render_tree
+from ..tree.routing import leaf_mixture, node_gate_probabilities, path_posteriors, path_probabilities
 from .base import _torch_dtype
 from .moe import MoEClassifier, MoERegressor
 
@@ -62,7 +53,7 @@ class _HMEMixin:
             if not (isinstance(self.min_gain, numbers.Real) and self.min_gain >= 0):
                 raise ValueError(f"min_gain must be a non-negative number, got {self.min_gain!r}")
         else:
-            _as_branching(self.depth, self.branching)
+            as_branching(self.depth, self.branching)
         if not isinstance(self.grow, (bool, np.bool_)):
             raise ValueError(f"grow must be True or False, got {self.grow!r}")
         if self.fit_method not in ("em", "gradient"):
@@ -209,7 +200,7 @@ class _HMEMixin:
         -------
         MixtureDistribution
             Batch shape (n,), L components in the order of
-            :func:`~moekit.hierarchy.tree_leaves`.
+            :func:`~moekit.tree.tree_leaves`.
         """
         x = self._x(X)
         with torch.no_grad():
@@ -258,7 +249,7 @@ _PARAMS_DOC = """
     grow : bool, default=False
         Grow the tree from a single leaf, splitting at each step the leaf
         whose split most raises the held-out log-likelihood, until no split
-        helps (see :func:`~moekit.hierarchy.grow_tree`); then refit on all
+        helps (see :func:`~moekit.training.grow.grow_tree`); then refit on all
         rows.
     max_leaves : int, default=16
         Upper bound on the leaves of a grown tree.
@@ -270,7 +261,7 @@ _PARAMS_DOC = """
         Children of inner nodes whose share of the data falls below this
         during EM are removed with a warning (None: never).
     init : {"kmeans", "kmeans_x", "random"} or array
-        Recursive start (see :func:`~moekit.hierarchy.init_tree`):
+        Recursive start (see :func:`~moekit.training.tree.init_tree`):
         k-means on the joint [X, y] of each node's rows (the regressor's
         default: it separates branches that overlap in X, as in inverse
         problems), k-means on the gate inputs only, a partition of input
