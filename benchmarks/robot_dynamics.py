@@ -61,7 +61,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _machine import describe  # noqa: E402  (benchmarks/ is the script's folder)
 
-from moekit.hierarchy import build_tree, fit_tree_em  # noqa: E402
+from moekit import build_tree, fit_tree_em  # noqa: E402
 
 LENGTHS = [1.0, 0.8, 0.6, 0.5, 0.4]
 MASSES = [1.0, 0.7, 0.5, 0.4, 0.3]
