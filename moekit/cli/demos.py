@@ -29,6 +29,7 @@ __all__ = ["cmd_demo"]
 
 
 def cmd_demo(args) -> int:
+    """moekit demo: run one demo into its output folder and list what it wrote."""
     args.device = check_device(args.device) or "cpu"
     out = args.output or os.path.join("moekit-output", f"demo-{args.name}")
     try:

@@ -36,9 +36,10 @@ def _eval_data(args):
 
 
 def cmd_evaluate(args) -> int:
+    """moekit evaluate: goodness of fit on a data file, as a table or JSON."""
     if not 0 < args.level < 1:
         raise UsageError(f"--level must lie strictly between 0 and 1, got {args.level}")
-    est, schema, tab, X, y = _eval_data(args)
+    est, _, tab, X, y = _eval_data(args)
     try:
         with collect_warnings(args):
             m = compute_metrics(est, X, y, level=args.level)
@@ -55,6 +56,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
+    """moekit report: one self-contained HTML page about the model on a data file."""
     if not args.output.lower().endswith((".html", ".htm")):
         raise UsageError(f"the report is an HTML page; give -o a name ending in .html, got '{args.output}'")
     check_out_folder(args.output, "report")

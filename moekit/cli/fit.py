@@ -79,6 +79,7 @@ def _fit_one(args, task, X, y, k):
 
 
 def cmd_fit(args) -> int:
+    """moekit fit: read the table, build the schema, fit (or choose K and fit), save the model file."""
     args.device = check_device(args.device)
     if args.model == "hme":
         args.depth = 2 if args.depth is None else args.depth

@@ -13,6 +13,7 @@ __all__ = ["cmd_info"]
 
 
 def cmd_info(args) -> int:
+    """moekit info: describe a model file (as text or JSON)."""
     est, info = load_model(args.model, check_device(args.device))
     meta = info.get("metadata") or {}
     cli = meta.get("cli") if isinstance(meta, dict) else None

@@ -24,6 +24,7 @@ __all__ = ["cmd_predict"]
 
 
 def cmd_predict(args) -> int:
+    """moekit predict: load the model, encode the table as in training, write the asked-for columns."""
     dev = check_device(args.device)
     if args.output != "-":
         out_kind(args.output)
