@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .._validation import as_tensor, check_int, check_real, check_sample_weight
+from .._validation import as_tensor, check_int, check_real, check_sample_weight, model_device
 from ..mdn import MixtureDensityNetwork
 from .result import FitResult
 from .stopping import EarlyStopping
@@ -114,7 +114,8 @@ def _moving_average(model: torch.nn.Module, decay: float) -> AveragedModel:
     ``update_parameters(model)`` then sets ``avg += (1 - decay) * (model - avg)``.
     The averaged copy (``.module``) needs no gradients.
     """
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    # its step counter goes where the model is (by default it would land on torch's default device)
+    ema = AveragedModel(model, device=model_device(model), multi_avg_fn=get_ema_multi_avg_fn(decay))
     ema.update_parameters(model)  # the first update copies (AveragedModel's rule); later ones average
     ema.module.requires_grad_(False)
     return ema
