@@ -222,7 +222,7 @@ class SoftmaxGate(Gate):
         a = xd @ coef.T
         logg = a - torch.logsumexp(a, dim=1, keepdim=True)
         objective, grad, info = multinomial_newton_stats(xd, logg[:, None, :], targets.to(coef.dtype)[:, None, :])
-        return SuffStats(objective=objective, grad=grad.reshape(self.n_experts - 1, -1), info=info[0])
+        return SuffStats(objective=objective, grad=grad.reshape(self.n_experts - 1, self.n_features + 1), info=info[0])
 
     def penalty(self) -> torch.Tensor:
         """The ridge penalty ``0.5 * l2 * ||W[:, 1:]||^2`` at the current coefficients."""

@@ -154,3 +154,9 @@ class _HalfStepGate(ConstantGate):
 def test_faulty_gates_fail_the_suite(cls, message):
     with pytest.raises(AssertionError, match=message):
         check_gate(lambda: cls(3), REG[0], soft_targets(60, 3, seed=5))
+
+
+def test_one_expert_gates_conform():
+    """K = 1: nothing to fit (the softmax gate has no free coefficients), and nothing may break."""
+    for make in (lambda: SoftmaxGate(2, 1), lambda: ConstantGate(1)):
+        check_gate(make, REG[0], soft_targets(60, 1, seed=6))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import warnings
@@ -15,6 +14,7 @@ from .._mstep import Passes
 from .._validation import check_fit_inputs, model_device, model_dtype
 from ..data import ArrayBatches
 from .init import initial_responsibilities
+from .restarts import best_of
 from .result import FitResult
 
 __all__ = ["fit_em", "e_step_pass"]
@@ -106,32 +106,22 @@ def fit_em(
     x, y, w = check_fit_inputs(x, y, sample_weight, dtype=model_dtype(model), device=model_device(model))
     if not (isinstance(max_iter, int) and max_iter >= 0):
         raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
-    if not (isinstance(n_init, int) and n_init >= 1):
-        raise ValueError(f"n_init must be a positive int, got {n_init!r}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
     source = ArrayBatches(x, y, w)
     total = source.total_weight
-    seeds = np.random.default_rng(random_state).integers(0, 2**31 - 1, size=n_init)
-    template = copy.deepcopy(model) if n_init > 1 else None
-    best = None
-    finals: list[float] = []
-    for i in range(n_init):
-        m = model if i == 0 else copy.deepcopy(template)
+
+    def run_one(m, seed: int) -> dict:
         if callable(init):
-            init(m, x, y, w, int(seeds[i]))
+            init(m, x, y, w, seed)
         elif init is not None:
-            r = initial_responsibilities(x, y, m.n_experts, init, int(seeds[i]), w)
+            r = initial_responsibilities(x, y, m.n_experts, init, seed, w)
             # nested mixtures split their rows with a seed of their own, drawn from this start's
-            nested_seed = int(np.random.default_rng([int(seeds[i]), 1]).integers(0, 2**31 - 1))
+            nested_seed = int(np.random.default_rng([seed, 1]).integers(0, 2**31 - 1))
             m.init_from_responsibilities(x, y, w[:, None] * r, random_state=nested_seed)
-        run = _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback)
-        finals.append(run["history"][-1])
-        if best is None or run["history"][-1] > best[1]["history"][-1]:
-            best = (i, run, m)
-    i_best, run, m = best
-    if m is not model:
-        model.__dict__.update(m.__dict__)
+        return _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback)
+
+    i_best, run, finals = best_of(model, n_init, random_state, run_one, score=lambda r: r["history"][-1])
     if not run["converged"] and max_iter > 0:
         h = run["history"]
         delta = abs(h[-1] - h[-2]) if len(h) > 1 else float("nan")
