@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
 
 __all__ = ["initial_responsibilities"]
 
@@ -52,8 +53,6 @@ def initial_responsibilities(
             labels_u = rng.integers(0, n_experts, size=len(uniq))
             labels = np.zeros(n, dtype=int)
         else:
-            from sklearn.cluster import KMeans
-
             km = KMeans(n_clusters=n_experts, n_init=1, random_state=random_state).fit(uniq, sample_weight=counts)
             labels_u = km.labels_
             labels = km.predict(z)

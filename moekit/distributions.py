@@ -19,6 +19,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
+from scipy.special import stdtr
 from torch.distributions import Categorical, Distribution, Independent, MultivariateNormal, Normal, constraints
 from torch.distributions import Poisson as _Poisson
 from torch.distributions import StudentT as _StudentT
@@ -39,8 +40,6 @@ class StudentT(_StudentT):
     """:class:`torch.distributions.StudentT` with a CDF (not differentiable)."""
 
     def cdf(self, value):
-        from scipy.special import stdtr  # deferred: scipy is needed by this one method only
-
         z = ((value - self.loc) / self.scale).detach()
         df = self.df.detach().expand_as(z)
         out = stdtr(df.cpu().numpy(), z.cpu().numpy())

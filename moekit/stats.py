@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Callable, Iterator
 
 import torch
+import torch.distributed as dist
 
 __all__ = ["SuffStats"]
 
@@ -125,8 +126,6 @@ class SuffStats(Mapping):
 
     def all_reduce(self, group=None) -> "SuffStats":
         """Sum the statistics over all ranks of ``torch.distributed`` (one flat all-reduce)."""
-        import torch.distributed as dist
-
         ts = self.tensors()
         flat = torch.cat([t.reshape(-1) for t in ts])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)

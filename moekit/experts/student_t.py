@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
+from scipy.optimize import brentq
+from scipy.special import digamma
 from torch import nn
 from torch.distributions import Independent
 
@@ -314,9 +316,6 @@ class StudentTExpert(Expert):
 
     def _update_df(self, stats: SuffStats, keep: torch.Tensor) -> None:
         """nu: root in ``df_bounds`` of the expected complete-data score equation."""
-        from scipy.optimize import brentq
-        from scipy.special import digamma
-
         lo, hi = self.df_bounds
         sw = stats["sw"].detach().cpu().double()
         c = (stats["elogu_u"].detach().cpu().double() / (self._d * sw.clamp_min(1e-300))).tolist()

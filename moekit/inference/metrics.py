@@ -25,6 +25,8 @@ import numbers
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.special import ndtr
 from torch.distributions import Normal
 
 from ..distributions import MixtureDistribution
@@ -184,8 +186,6 @@ def mode_recall(modes, true_branches, tol: float, reduction: str = "mean"):
     >>> mode_recall(modes, truth, tol=0.1)
     0.5
     """
-    from scipy.optimize import linear_sum_assignment  # deferred: scipy.optimize is needed here only
-
     if not (isinstance(tol, numbers.Real) and tol > 0):
         raise ValueError(f"tol must be a positive number, got {tol!r}")
     m = _points(modes, "modes")
@@ -332,8 +332,6 @@ def _crps_gauss_term(mu, var):
     """E|X| for X ~ N(mu, var): ``2 s phi(mu/s) + mu (2 Phi(mu/s) - 1)``."""
     s = np.sqrt(var)
     z = mu / s
-    from scipy.special import ndtr  # deferred: scipy is needed by the closed-form CRPS only
-
     return 2 * s * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) + mu * (2 * ndtr(z) - 1)
 
 
