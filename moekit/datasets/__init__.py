@@ -15,6 +15,7 @@ from importlib import resources
 
 import numpy as np
 
+from ._bunch import Bunch
 from .generators import (
     inverse_sine_branches,
     make_inverse_sine,
@@ -43,16 +44,6 @@ __all__ = [
 ]
 
 
-class Bunch(dict):
-    """A dict whose keys are also attributes (as scikit-learn's Bunch)."""
-
-    def __getattr__(self, key):
-        try:
-            return self[key]
-        except KeyError as e:
-            raise AttributeError(key) from e
-
-
 def _read_csv(name: str):
     with resources.files(__package__).joinpath("data", name).open("r") as f:
         header = [h.strip('"') for h in f.readline().strip().split(",")]
@@ -73,7 +64,7 @@ def _bunch(name, features, target, descr, as_frame):
     tgt = cols[target]
     out = Bunch(data=data, target=tgt, feature_names=list(features), target_name=target, columns=cols, DESCR=descr)
     if as_frame:
-        import pandas as pd
+        import pandas as pd  # optional (not a moekit dependency): only as_frame=True needs it
 
         out["frame"] = pd.DataFrame({h: cols[h] for h in header})
         out["data"] = out["frame"][list(features)]

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from ._bunch import Bunch
+
 __all__ = [
     "inverse_sine_branches",
     "make_inverse_sine",
@@ -566,8 +568,6 @@ def make_kinematic_tracking(n_sequences: int = 10, n_frames: int = 200, n_limbs:
     >>> bool(np.nanmin(np.abs(d.branches - d.y[:, :, None, :]).max(-1), axis=2).max() < 1e-12)
     True
     """
-    from . import Bunch
-
     if not (isinstance(n_sequences, (int, np.integer)) and n_sequences >= 1):
         raise ValueError(f"n_sequences must be a positive int, got {n_sequences!r}")
     if not (isinstance(n_frames, (int, np.integer)) and n_frames >= 1):
