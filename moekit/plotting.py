@@ -16,7 +16,8 @@ of y (exact for Gaussian and Student-t components).
 Functions
 ---------
 plot_data, plot_conditional_density, plot_gate, plot_experts,
-plot_hme_tree, plot_convergence, plot_robot_arm.
+plot_hme_tree, plot_convergence, plot_robot_arm; tree_summary (the nodes
+that plot_hme_tree draws, as data).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 
 from .distributions import MixtureDistribution, flatten_leaves, marginal  # marginal stays public here too
+from .inference import find_modes
+from .mixture import MixtureOfExperts
 
 __all__ = [
     "plot_data",
@@ -37,16 +40,13 @@ __all__ = [
     "plot_hme_tree",
     "plot_convergence",
     "plot_robot_arm",
+    "tree_summary",
 ]
-
-_HINT = "moekit.plotting needs matplotlib: pip install matplotlib"
 
 
 def _pyplot():
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as e:  # pragma: no cover - matplotlib is a dependency
-        raise ImportError(_HINT) from e
+    import matplotlib.pyplot as plt  # matplotlib is slow to import: loaded when a plot is drawn
+
     return plt
 
 
@@ -57,10 +57,8 @@ def _get_ax(ax):
 
 
 def _colors(n: int):
-    try:
-        from matplotlib import colormaps
-    except ImportError as e:  # pragma: no cover
-        raise ImportError(_HINT) from e
+    from matplotlib import colormaps  # matplotlib is slow to import: loaded when a plot is drawn
+
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
 
@@ -98,7 +96,7 @@ def _frame(est, Xg: np.ndarray):
     names = getattr(est, "feature_names_in_", None)
     if names is None:
         return Xg
-    import pandas as pd
+    import pandas as pd  # optional (not a moekit dependency): only estimators fitted on a DataFrame need it
 
     return pd.DataFrame(Xg, columns=list(names))
 
@@ -196,21 +194,16 @@ def _label(names, i, default):
 def _modes_for_plot(mix: MixtureDistribution, dens: np.ndarray, y_grid: np.ndarray):
     """Modes of each column's mixture: (xi, yi, weight) arrays.
 
-    Uses :func:`moekit.inference.find_modes` (exact) when it is available;
-    otherwise the local maxima of the density on the plotted grid, with the
-    density's share of the column as weight.
+    Uses :func:`moekit.inference.find_modes` (exact) when the family has
+    modes; otherwise the local maxima of the density on the plotted grid,
+    with the density's share of the column as weight.
     """
     try:
-        from .inference import find_modes
-    except ImportError:
-        find_modes = None
-    if find_modes is not None:
-        try:
-            m = find_modes(mix, min_weight=0.05).numpy()
-            rows, cols = np.nonzero(np.isfinite(m.weights))
-            return rows, m.modes[rows, cols], m.weights[rows, cols]
-        except (TypeError, ValueError):
-            pass  # a family without modes in this sense: fall back to the grid
+        m = find_modes(mix, min_weight=0.05).numpy()
+        rows, cols = np.nonzero(np.isfinite(m.weights))
+        return rows, m.modes[rows, cols], m.weights[rows, cols]
+    except (TypeError, ValueError):
+        pass  # a family without modes in this sense: fall back to the grid
     xi, yi, wi = [], [], []
     for i in range(dens.shape[1]):
         col = dens[:, i]
@@ -374,10 +367,8 @@ def plot_conditional_density(
     ax = _get_ax(ax)
     step_x = (grid[1] - grid[0]) / 2
     step_y = (y_grid[1] - y_grid[0]) / 2 if len(y_grid) > 1 else 0.5
-    try:
-        from matplotlib.colors import PowerNorm
-    except ImportError as e:  # pragma: no cover
-        raise ImportError(_HINT) from e
+    from matplotlib.colors import PowerNorm  # matplotlib is slow to import: loaded when a plot is drawn
+
     ax.imshow(
         dens,
         origin="lower",
@@ -506,10 +497,8 @@ def plot_experts(estimator, X, y=None, *, feature: int = 0, target: int = 0, n_g
     >>> len(ax.collections)  # one line per expert and the data
     3
     """
-    try:
-        from matplotlib.collections import LineCollection
-    except ImportError as e:  # pragma: no cover
-        raise ImportError(_HINT) from e
+    from matplotlib.collections import LineCollection  # matplotlib is slow to import: loaded when a plot is drawn
+
     grid, Xg = _slice(estimator, X, feature, n_grid, x_range)
     f = _check_index(feature, Xg.shape[1], "feature", "input columns")
     clf = _is_classifier(estimator)
@@ -576,10 +565,23 @@ def _short_family(name: str) -> str:
 
 
 @torch.no_grad()
-def _tree_of(model, x: torch.Tensor | None) -> list[dict]:
-    """Nodes of a mixture tree: dicts with path, label, leaf flag and share (mean path probability)."""
-    from .mixture import MixtureOfExperts
+def tree_summary(model, x: torch.Tensor | None) -> list[dict]:
+    """The nodes of a mixture of experts seen as a tree (a flat MoE is a tree of depth one).
 
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        Flat, stacked or nested (an HME).
+    x : tensor (n, d_x) or None
+        With x, every node gets its routing share on these rows.
+
+    Returns
+    -------
+    list of dict
+        One per node, parents before their children: ``path`` (tuple of branch indices from the
+        root), ``label`` (the gate's or the expert family's short name), ``leaf`` (bool) and
+        ``share`` (mean probability over the rows of reaching the node; ``None`` without x).
+    """
     nodes: list[dict] = []
 
     def share(logp):
@@ -650,10 +652,8 @@ def plot_hme_tree(estimator, X=None, *, ax=None, max_leaves: int = 64):
         p = next((q for q in model.parameters() if q.is_floating_point()), None)
         x = torch.as_tensor(Xa, dtype=p.dtype if p is not None else torch.float64,
                             device=p.device if p is not None else "cpu")
-    from .mixture import MixtureOfExperts
-
     if isinstance(model, MixtureOfExperts):
-        nodes = _tree_of(model, x)
+        nodes = tree_summary(model, x)
     else:  # one network: its components under one root
         if x is None:
             raise ValueError("for a model that is not a tree of gates, pass X to show its components")

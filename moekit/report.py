@@ -21,10 +21,22 @@ import os
 import numpy as np
 import torch
 
+from . import __version__
 from .distributions import marginal
 from .inference import find_modes
+from .mixture import MixtureOfExperts
+from .plotting import (
+    plot_conditional_density,
+    plot_convergence,
+    plot_data,
+    plot_experts,
+    plot_gate,
+    plot_hme_tree,
+    tree_summary,
+)
+from .tree.render import render_tree
 
-__all__ = ["compute_metrics", "describe_model", "make_report", "figure_to_png"]
+__all__ = ["compute_metrics", "describe_model", "make_report", "figure_to_png", "format_value", "METRIC_LABELS"]
 
 
 # ================================================================= metrics
@@ -156,8 +168,6 @@ def describe_model(estimator, feature_names=None, target_names=None) -> str:
     >>> print(describe_model(MoERegressor(n_experts=2, random_state=0).fit(d.data, d.target)).splitlines()[0])
     MoERegressor: 2 experts (LinearGaussianExpert, stacked) under a SoftmaxGate
     """
-    from .mixture import MixtureOfExperts
-
     model = estimator.model_
     name = type(estimator).__name__
     lines = []
@@ -165,13 +175,8 @@ def describe_model(estimator, feature_names=None, target_names=None) -> str:
         isinstance(e, MixtureOfExperts) for e in model.experts
     )
     if nested:
-        try:
-            from .tree.render import render_tree
-
-            lines.append(f"{name}: hierarchical mixture of experts")
-            lines.extend("  " + ln for ln in render_tree(model).splitlines())
-        except ImportError:  # pragma: no cover - hierarchy is part of moekit
-            lines.append(f"{name}: hierarchical mixture of experts, {model.n_experts} branches at the root")
+        lines.append(f"{name}: hierarchical mixture of experts")
+        lines.extend("  " + ln for ln in render_tree(model).splitlines())
     elif isinstance(model, MixtureOfExperts):
         ex = model.experts
         fams = type(ex).__name__ + ", stacked" if model.is_stacked else ", ".join(sorted({type(e).__name__ for e in ex}))
@@ -245,10 +250,8 @@ def figure_to_png(fig, dpi: int = 100) -> bytes:
 
 
 def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1, **kw):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as e:  # pragma: no cover - matplotlib is a dependency
-        raise ImportError("moekit.report needs matplotlib: pip install matplotlib") from e
+    from matplotlib.figure import Figure  # matplotlib is slow to import: loaded when a picture is drawn
+
     fig = Figure(figsize=(w, h), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     return fig, axes
@@ -264,9 +267,6 @@ def _names(names, n, prefix):
 
 
 def _default_figures(est, X, y, fnames, tnames) -> list[tuple[str, str, bytes]]:
-    from . import plotting as P
-    from .mixture import MixtureOfExperts
-
     Xa = _np(X).astype(float)
     if Xa.ndim == 1:
         Xa = Xa[:, None]
@@ -282,13 +282,13 @@ def _default_figures(est, X, y, fnames, tnames) -> list[tuple[str, str, bytes]]:
     fig, axes = _figure(3.6 * len(feats), 2.8 * len(targs), len(targs), len(feats))
     for r, j in enumerate(targs):
         for c, f in enumerate(feats):
-            P.plot_data(Xa, ya, feature=f, target=j, ax=axes[r, c], feature_names=fnames, target_names=tnames)
+            plot_data(Xa, ya, feature=f, target=j, ax=axes[r, c], feature_names=fnames, target_names=tnames)
     figs.append(("Data", f"{len(Xa)} rows: each target column against each input column.", figure_to_png(fig)))
 
     fig, axes = _figure(4.2 * min(d, 2), 5.2, 2, min(d, 2), sharex="col", gridspec_kw={"height_ratios": [3, 2]})
     for c in range(min(d, 2)):
-        P.plot_experts(est, Xa, ya, feature=c, ax=axes[0, c], feature_names=fnames, target_names=tnames)
-        P.plot_gate(est, Xa, feature=c, ax=axes[1, c], feature_names=fnames)
+        plot_experts(est, Xa, ya, feature=c, ax=axes[0, c], feature_names=fnames, target_names=tnames)
+        plot_gate(est, Xa, feature=c, ax=axes[1, c], feature_names=fnames)
         axes[0, c].set_xlabel("")
     what = "probability of each class" if clf else "mean of y"
     figs.append(("Fitted experts and gate regions",
@@ -300,26 +300,24 @@ def _default_figures(est, X, y, fnames, tnames) -> list[tuple[str, str, bytes]]:
         fig, axes = _figure(4.4 * min(d, 2), 3.4 * len(dens_targets), len(dens_targets), min(d, 2))
         for r, j in enumerate(dens_targets):
             for c in range(min(d, 2)):
-                P.plot_conditional_density(est, Xa, ya, feature=c, target=j, n_grid=160, ax=axes[r, c],
-                                           feature_names=fnames, target_names=tnames)
+                plot_conditional_density(est, Xa, ya, feature=c, target=j, n_grid=160, ax=axes[r, c],
+                                         feature_names=fnames, target_names=tnames)
         marg = " (marginal density of each target column)" if n_t > 1 else ""
         figs.append(("Conditional density with modes",
                      f"Heat map of p(y | x){marg}; white dots: its modes at every x (size: their probability "
                      f"mass); blue: the data.{slice_note}", figure_to_png(fig)))
 
     fig, axes = _figure(5.0, 3.0)
-    P.plot_convergence(est, ax=axes[0, 0])
+    plot_convergence(est, ax=axes[0, 0])
     figs.append(("Convergence", "Mean log-likelihood per row after every iteration of the best start.",
                  figure_to_png(fig)))
 
     model = est.model_
     if isinstance(model, MixtureOfExperts):
-        from .plotting import _tree_of
-
-        n_leaves = sum(1 for nd in _tree_of(model, None) if nd["leaf"])
+        n_leaves = sum(1 for nd in tree_summary(model, None) if nd["leaf"])
         if n_leaves <= 64:
             fig, axes = _figure(max(4.0, 1.0 * n_leaves), 1.2 + 1.1 * max(1, _depth(model)))
-            P.plot_hme_tree(est, Xa, ax=axes[0, 0])
+            plot_hme_tree(est, Xa, ax=axes[0, 0])
             figs.append(("Tree of gates and experts",
                          "Numbers on the edges: mean probability of being routed there on these data.",
                          figure_to_png(fig)))
@@ -327,8 +325,6 @@ def _default_figures(est, X, y, fnames, tnames) -> list[tuple[str, str, bytes]]:
 
 
 def _depth(model) -> int:
-    from .mixture import MixtureOfExperts
-
     if not isinstance(model, MixtureOfExperts) or model.is_stacked:
         return 1
     return 1 + max((_depth(e) if isinstance(e, MixtureOfExperts) else 0) for e in model.experts)
@@ -346,17 +342,25 @@ figure{margin:1em 0}figcaption{color:#555;font-size:.9em;margin-top:.3em}img{max
 """
 
 
-def _fmt(v) -> str:
+def format_value(v) -> str:
+    """A metric's value as text: 6 significant digits, lists joined by commas, ``None`` as "n/a".
+
+    Examples
+    --------
+    >>> format_value(0.123456789), format_value([0.9, None]), format_value(150)
+    ('0.123457', '0.9, n/a', '150')
+    """
     if v is None:
         return "n/a"
     if isinstance(v, float):
         return f"{v:.6g}"
     if isinstance(v, (list, tuple)):
-        return ", ".join(_fmt(x) for x in v)
+        return ", ".join(format_value(x) for x in v)
     return str(v)
 
 
-_LABELS = {
+# how each key of compute_metrics' dict is named in the report and by ``moekit evaluate``
+METRIC_LABELS = {
     "n": "rows",
     "log_likelihood": "log-likelihood (sum)",
     "mean_log_likelihood": "mean log-likelihood per row",
@@ -374,8 +378,8 @@ _LABELS = {
 def metrics_table_html(metrics: dict) -> str:
     rows = []
     for k, v in metrics.items():
-        label = _LABELS.get(k, k.replace("_", " "))
-        rows.append(f"<tr><th>{html.escape(label)}</th><td class='num'>{html.escape(_fmt(v))}</td></tr>")
+        label = METRIC_LABELS.get(k, k.replace("_", " "))
+        rows.append(f"<tr><th>{html.escape(label)}</th><td class='num'>{html.escape(format_value(v))}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -454,8 +458,6 @@ def make_report(
         t, cap, fig = item
         png = fig if isinstance(fig, (bytes, bytearray)) else figure_to_png(fig)
         figs.append((t, cap, bytes(png)))
-    from . import __version__
-
     title = title or f"moekit report: {type(estimator).__name__}"
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts = [

@@ -14,7 +14,6 @@ import torch  # noqa: E402
 from moekit import LinearGaussianExpert, MixtureOfExperts, MoEClassifier, MoERegressor, SoftmaxGate  # noqa: E402
 from moekit.datasets import load_tonedata, make_inverse_sine, make_robot_arm, robot_arm_forward  # noqa: E402
 from moekit.plotting import (  # noqa: E402
-    _tree_of,
     marginal,
     plot_conditional_density,
     plot_convergence,
@@ -23,6 +22,7 @@ from moekit.plotting import (  # noqa: E402
     plot_gate,
     plot_hme_tree,
     plot_robot_arm,
+    tree_summary,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -158,7 +158,7 @@ def test_hme_tree_shares_add_up():
     inner = [MixtureOfExperts(node(2), LinearGaussianExpert(2, n_experts=2)) for _ in range(3)]
     tree = MixtureOfExperts(node(3), inner)
     x = torch.randn(100, 2, generator=g, dtype=torch.float64)
-    nodes = _tree_of(tree, x)
+    nodes = tree_summary(tree, x)
     by_path = {n["path"]: n for n in nodes}
     leaves = [n for n in nodes if n["leaf"]]
     assert len(leaves) == 6

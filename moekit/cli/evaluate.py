@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..report import _LABELS, _fmt, compute_metrics, make_report
+from ..report import METRIC_LABELS, compute_metrics, format_value, make_report
 from .common import (
     check_device,
     collect_warnings,
@@ -48,10 +48,10 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
-    width = max(len(_LABELS.get(k, k)) for k in m)
+    width = max(len(METRIC_LABELS.get(k, k)) for k in m)
     print(f"{type(est).__name__} on {tab.path} ({tab.n} rows)")
     for k, v in m.items():
-        print(f"  {_LABELS.get(k, k).ljust(width)}  {_fmt(v)}")
+        print(f"  {METRIC_LABELS.get(k, k).ljust(width)}  {format_value(v)}")
     return 0
 
 
