@@ -39,7 +39,7 @@ class MixtureOfExperts(nn.Module):
         fraction is removed with a warning before the node's M-step (its
         M-step would be ill-posed).  ``None`` (default) never prunes nested
         children; the top level is pruned by :func:`~moekit.fit_em`'s own
-        ``prune_threshold``.  :func:`~moekit.hierarchy.build_tree` sets 1e-4.
+        ``prune_threshold``.  :func:`~moekit.build_tree` sets 1e-4.
 
     Shapes
     ------
@@ -117,10 +117,12 @@ class MixtureOfExperts(nn.Module):
         ex = [self.experts] if self.is_stacked else list(self.experts)
         return bool(getattr(self.gate, "has_suff_stats", False)) and all(getattr(e, "has_suff_stats", False) for e in ex)
 
-    def _xg(self, x: torch.Tensor) -> torch.Tensor:
+    def gate_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The columns of x the gate sees (``gate_features``): (n, d_x) -> (n, d_g)."""
         return x if self.gate_features is None else x[:, self.gate_features]
 
-    def _xe(self, x: torch.Tensor) -> torch.Tensor:
+    def expert_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The columns of x the experts see (``expert_features``): (n, d_x) -> (n, d_e)."""
         return x if self.expert_features is None else x[:, self.expert_features]
 
     def n_parameters(self) -> int:
@@ -134,11 +136,11 @@ class MixtureOfExperts(nn.Module):
     # ----------------------------------------------------------- likelihood
     def log_gate(self, x: torch.Tensor) -> torch.Tensor:
         """Log mixing weights (n, K)."""
-        return self.gate(self._xg(x))
+        return self.gate(self.gate_input(x))
 
     def expert_log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p_k(y | x) for every expert: (n, K)."""
-        xe = self._xe(x)
+        xe = self.expert_input(x)
         if self.is_stacked:
             return self.experts.log_prob(xe, y)
         return torch.stack([e.log_prob(xe, y) for e in self.experts], dim=1)
@@ -158,7 +160,7 @@ class MixtureOfExperts(nn.Module):
 
     def forward(self, x: torch.Tensor) -> MixtureDistribution:
         lw = self.log_gate(x)
-        xe = self._xe(x)
+        xe = self.expert_input(x)
         comps = self.experts(xe) if self.is_stacked else [e(xe) for e in self.experts]
         return MixtureDistribution(lw, comps)
 
@@ -172,7 +174,7 @@ class MixtureOfExperts(nn.Module):
         the E-step reuses each child's joint instead of computing it twice.
         """
         lg = self.log_gate(x)
-        xe = self._xe(x)
+        xe = self.expert_input(x)
         if self.is_stacked:
             return lg + self.experts.log_prob(xe, y), None
         cols, recs = [], []
@@ -269,7 +271,7 @@ class MixtureOfExperts(nn.Module):
             seed = int(rng.integers(0, 2**31 - 1))
             sub = None
             if float(resp.sum()) > 0:
-                xs, ys = (self._xg(x), x.new_zeros(x.shape[0], 0)) if split == "kmeans_x" else (x, y)
+                xs, ys = (self.gate_input(x), x.new_zeros(x.shape[0], 0)) if split == "kmeans_x" else (x, y)
                 try:
                     kind = "random" if split == "random" else "kmeans"
                     sub = initial_responsibilities(xs, ys, self.n_experts, kind, seed, resp)
@@ -278,8 +280,8 @@ class MixtureOfExperts(nn.Module):
             if sub is None:
                 sub = torch.full((x.shape[0], self.n_experts), 1.0 / self.n_experts, dtype=x.dtype, device=x.device)
             resp = resp[:, None] * sub
-        self.gate.fit_weighted(self._xg(x), resp)
-        xe = self._xe(x)
+        self.gate.fit_weighted(self.gate_input(x), resp)
+        xe = self.expert_input(x)
         if self.is_stacked:
             self.experts.init_from_responsibilities(xe, y, resp)
         else:
@@ -329,8 +331,8 @@ class MixtureOfExperts(nn.Module):
             targets, ll = r, lse.sum()
         else:
             targets, ll = weight[:, None] * r, (weight * lse[:, 0]).sum()
-        xe = self._xe(x)
-        gate = _component_stats(self.gate, path + ("gate",), data, self._xg(x), targets)
+        xe = self.expert_input(x)
+        gate = _component_stats(self.gate, path + ("gate",), data, self.gate_input(x), targets)
         if self.is_stacked:
             experts = SuffStats(stacked=_component_stats(self.experts, path + ("experts", "stacked"), data, xe, y, targets))
         else:

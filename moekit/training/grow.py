@@ -39,7 +39,7 @@ def _node_input(tree: MixtureOfExperts, path: tuple, x: torch.Tensor):
         child = node.experts[k] if not node.is_stacked else None
         if not isinstance(child, MixtureOfExperts):
             raise ValueError(f"no inner node at path {list(path)}")
-        xx = node._xe(xx)
+        xx = node.expert_input(xx)
         node = child
     return node, xx
 

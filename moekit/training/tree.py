@@ -97,7 +97,7 @@ def init_tree(tree: MixtureOfExperts, x, y, sample_weight=None, *, init="kmeans"
     k = tree.n_experts
     if isinstance(init, str):
         if init == "kmeans_x":
-            r = initial_responsibilities(tree._xg(x), x.new_zeros(x.shape[0], 0), k, "kmeans", seed, w)
+            r = initial_responsibilities(tree.gate_input(x), x.new_zeros(x.shape[0], 0), k, "kmeans", seed, w)
         else:
             r = initial_responsibilities(x, y, k, init, seed, w)
         split = init

@@ -41,7 +41,7 @@ def _path_log_prior(node: MixtureOfExperts, x: torch.Tensor) -> torch.Tensor:
     lg = node.log_gate(x)
     if node.is_stacked:
         return lg
-    xe = node._xe(x)
+    xe = node.expert_input(x)
     cols = []
     for k, e in enumerate(node.experts):
         if isinstance(e, MixtureOfExperts):
@@ -52,7 +52,7 @@ def _path_log_prior(node: MixtureOfExperts, x: torch.Tensor) -> torch.Tensor:
 
 
 def _leaf_log_probs(node: MixtureOfExperts, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    xe = node._xe(x)
+    xe = node.expert_input(x)
     if node.is_stacked:
         return node.experts.log_prob(xe, y)
     cols = []
@@ -248,7 +248,7 @@ def node_gate_probabilities(tree: MixtureOfExperts, x) -> dict:
     def visit(node, xx, path):
         out[path] = node.log_gate(xx).exp()
         if not node.is_stacked:
-            xe = node._xe(xx)
+            xe = node.expert_input(xx)
             for k, e in enumerate(node.experts):
                 if isinstance(e, MixtureOfExperts):
                     visit(e, xe, path + (k,))

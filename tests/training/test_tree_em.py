@@ -138,7 +138,7 @@ def _manual_hme_em_step(tree, x, y):
         for k in range(nd.node.n_experts):
             under = [i for i, lf in enumerate(leaves) if lf.path[: len(nd.path) + 1] == nd.path + (k,)]
             cols.append(h[:, under].sum(1))
-        nd.node.gate.fit_weighted(nd.node._xg(x), torch.stack(cols, 1))
+        nd.node.gate.fit_weighted(nd.node.gate_input(x), torch.stack(cols, 1))
     for i, lf in enumerate(leaves):
         if lf.member is None:
             lf.module.fit_weighted(x, y, h[:, i])
