@@ -591,7 +591,7 @@ def tree_summary(model, x: torch.Tensor | None) -> list[dict]:
         nodes.append({"path": path, "label": type(node.gate).__name__.replace("Gate", " gate"), "leaf": False,
                       "share": share(logp)})
         lg = None if xx is None else node.log_gate(xx)
-        xe = None if xx is None else node._xe(xx)
+        xe = None if xx is None else node.expert_input(xx)
         for k in range(node.n_experts):
             clp = None if lg is None else logp + lg[:, k]
             child = None if node.is_stacked else node.experts[k]
