@@ -25,7 +25,7 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from moekit import MoERegressor
+from moekit import MDNRegressor, MoERegressor
 from moekit.datasets import make_robot_arm, robot_arm_inverse
 from moekit.inference import forward_consistency_error, mode_recall
 
@@ -47,12 +47,7 @@ with warnings.catch_warnings():
     mlp.fit(Xtr, ytr)
     models["MoE, 40 linear experts"] = MoERegressor(n_experts=40, n_init=3, max_iter=500, init="kmeans",
                                                     random_state=0).fit(Xtr, ytr)
-    try:
-        from moekit.mdn import MDNRegressor
-
-        models["MDN, 5 components"] = MDNRegressor(n_components=5, random_state=0).fit(Xtr, ytr)
-    except ImportError:
-        print("(moekit.mdn is not available: no MDN in this run)")
+    models["MDN, 5 components"] = MDNRegressor(n_components=5, random_state=0).fit(Xtr, ytr)
 
 y_mlp = mlp.predict(Xte)
 truth = robot_arm_inverse(Xte)

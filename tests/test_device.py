@@ -33,7 +33,8 @@ from moekit import (
 )
 from moekit.datasets import make_inverse_sine, make_robot_arm
 from moekit.inference import central_interval, find_modes, hdr, in_intervals
-from moekit.mdn import MixtureDensityNetwork, fit_mdn
+from moekit.mdn import MixtureDensityNetwork
+from moekit.training.mdn import fit_mdn
 
 
 def _trap():

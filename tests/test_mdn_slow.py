@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from moekit.datasets import make_inverse_sine
-from moekit.mdn import MixtureDensityNetwork
+from moekit import MixtureDensityNetwork
 from moekit.training.mdn import fit_mdn
 
 pytestmark = pytest.mark.slow

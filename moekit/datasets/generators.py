@@ -237,7 +237,7 @@ def robot_arm_inverse(X, l1: float = 0.8, l2: float = 0.2, theta1_range=(0.3, 1.
     Shapes
     ------
     X (n, 2) -> (n, B, 2) with B = 2 branches (NaN padding); the
-    (n, B, d_y) layout of the metrics in :mod:`moekit.metrics`.
+    (n, B, d_y) layout of the metrics in :mod:`moekit.inference.metrics`.
 
     Examples
     --------
