@@ -47,15 +47,17 @@ def multinomial_newton_stats(xd: torch.Tensor, logp: torch.Tensor, counts: torch
     objective = (counts * logp).sum()
     resid = counts[..., :km] - s[..., None] * g[..., :km]  # (n, B, C-1)
     grad = (resid.reshape(n, b * km).T @ xd).reshape(b, km * p)
-    z = ((s[..., None] * g[..., :km])[..., None] * xd[:, None, None, :]).reshape(n, b, km * p).transpose(0, 1)
-    g1 = torch.cat([g[..., :km], torch.ones(n, b, 1, dtype=g.dtype, device=g.device)], dim=-1)
-    gx = (g1[..., None] * xd[:, None, None, :]).reshape(n, b, (km + 1) * p).transpose(0, 1)
-    zz = torch.bmm(z.transpose(1, 2), gx)  # (B, (C-1) p, C p): the g g^T term, then the diag(g) blocks
-    info = -zz[:, :, : km * p]
-    blocks = zz[:, :, km * p :].reshape(b, km, p, p)
-    info5 = info.view(b, km, p, km, p)
-    for j in range(km):
-        info5[:, j, :, j, :] += blocks[:, j]
+    sg = s[..., None] * g[..., :km]  # (n, B, C-1)
+    g1 = torch.cat([g[..., :km], torch.ones(n, b, 1, dtype=g.dtype, device=g.device)], dim=-1)  # (n, B, C)
+    infos = []
+    for j in range(b):  # one GEMM per regression: (s g (x) x)^T (g1 (x) x) holds the g g^T term and the diag(g) blocks
+        z = (sg[:, j, :, None] * xd[:, None, :]).reshape(n, km * p)
+        zz = z.T @ (g1[:, j, :, None] * xd[:, None, :]).reshape(n, (km + 1) * p)
+        info_j = -zz[:, : km * p]
+        if km > 0:
+            info_j = info_j + torch.block_diag(*zz[:, km * p :].reshape(km, p, p))
+        infos.append(info_j)
+    info = infos[0].unsqueeze(0) if b == 1 else torch.stack(infos)
     return objective, grad, info
 
 
