@@ -179,6 +179,26 @@ def _with_params(module, mapping: dict, fn):
             owner._parameters[leaf] = p
 
 
+def _check_m_step(module, fit, objective, exact: bool, seed: int, what: str, reference_row: bool = False) -> None:
+    """``fit()`` never lowers ``objective()``; with ``exact``, its point (or, for Newton / ECM
+    components, the fixed point of repeated fits) is a maximum."""
+    before = objective()
+    fit()
+    after = objective()
+    if after < before - 1e-9 * (1 + abs(before)):
+        raise AssertionError(f"{what}fit_weighted lowered the weighted objective from {before:.10g} to {after:.10g}")
+    if not exact:
+        return
+    if not getattr(module, "m_step_exact", True):
+        for _ in range(30):
+            prev = after
+            fit()
+            after = objective()
+            if after - prev <= 1e-12 * (1 + abs(prev)):
+                break
+    _not_worse_nearby(module, objective, 1e-4, seed, f"{what}M-step optimum", reference_row=reference_row)
+
+
 def _under_meta_default(fn):
     """Run ``fn`` with ``meta`` as PyTorch's default device: a tensor created without a device fails."""
     with torch.device("meta"):
@@ -261,21 +281,8 @@ def check_expert(
         _stats_close(whole, parts, rtol, 1e-10, "statistics are not additive (stats(a) + stats(b) != stats(a+b))")
 
     # 3. the weighted M-step never lowers its objective, and exact families reach its maximum
-    before = _expert_objective(e, x, y, w)
-    e.fit_weighted(x, y, w)
-    after = _expert_objective(e, x, y, w)
-    if after < before - 1e-9 * (1 + abs(before)):
-        raise AssertionError(f"fit_weighted lowered the weighted objective from {before:.10g} to {after:.10g}")
     exact = has_stats(e) if exact_m_step is None else exact_m_step
-    if exact and not getattr(e, "m_step_exact", True):
-        for _ in range(30):  # Newton / ECM families: their fixed point is the maximum
-            prev = after
-            e.fit_weighted(x, y, w)
-            after = _expert_objective(e, x, y, w)
-            if after - prev <= 1e-12 * (1 + abs(prev)):
-                break
-    if exact:
-        _not_worse_nearby(e, lambda: _expert_objective(e, x, y, w), 1e-4, seed, "M-step optimum")
+    _check_m_step(e, lambda: e.fit_weighted(x, y, w), lambda: _expert_objective(e, x, y, w), exact, seed, "")
 
     # 4. integer weights equal repeated rows
     if has_stats(e):
@@ -357,21 +364,9 @@ def check_gate(
         _stats_close(g.suff_stats(x, targets), g.suff_stats(x[:cut], targets[:cut]) + g.suff_stats(x[cut:], targets[cut:]),
                      rtol, 1e-10, "gate statistics are not additive")
 
-    before = _gate_objective(g, x, targets)
-    g.fit_weighted(x, targets)
-    after = _gate_objective(g, x, targets)
-    if after < before - 1e-9 * (1 + abs(before)):
-        raise AssertionError(f"fit_weighted lowered the gate objective from {before:.10g} to {after:.10g}")
     exact = has_stats(g) if exact_m_step is None else exact_m_step
-    if exact and not getattr(g, "m_step_exact", True):
-        for _ in range(30):  # Newton gates: their fixed point is the maximum
-            prev = after
-            g.fit_weighted(x, targets)
-            after = _gate_objective(g, x, targets)
-            if after - prev <= 1e-12 * (1 + abs(prev)):
-                break
-    if exact:
-        _not_worse_nearby(g, lambda: _gate_objective(g, x, targets), 1e-4, seed, "gate M-step optimum", reference_row=True)
+    _check_m_step(g, lambda: g.fit_weighted(x, targets), lambda: _gate_objective(g, x, targets), exact, seed, "gate ",
+                  reference_row=True)
 
     if has_stats(g):
         reps = _integer_weights(n, seed + 7)
