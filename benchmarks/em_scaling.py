@@ -324,7 +324,7 @@ def main(argv=None) -> int:
     print()
     print(
         "| N | D | K | iters | moekit s/iter | numpy s/iter | moekit/numpy (mean) | moekit/numpy (median) "
-        "| loglik moekit | loglik numpy | abs diff | load |"
+        "| mean loglik moekit | mean loglik numpy | abs diff | load |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in sorted(rows, key=lambda r: (r["D"], r["K"], r["N"])):
@@ -342,7 +342,7 @@ def main(argv=None) -> int:
     print(
         f"moekit slower than NumPy in {n_slower} of {len(rows)} cells by the mean ({n_slower_med} by the median); "
         f"worst mean ratio {worst['ratio']:.2f} at N={fmt_n(worst['N'])} D={worst['D']} K={worst['K']}. "
-        f"Largest |loglik diff| {max(r['diff'] for r in rows):.1e}."
+        f"Largest |mean loglik diff| {max(r['diff'] for r in rows):.1e}."
     )
 
     # ---------------------------------------------------------- linearity

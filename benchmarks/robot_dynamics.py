@@ -162,7 +162,7 @@ def run_hme(xtr, ytr, xte, yte, seed: int, init: str, max_iter: int, tol: float)
         res = fit_tree_em(tree, xtr, ytr, init=init, random_state=seed, max_iter=max_iter, tol=tol, callback=callback)
     return dict(model=f"HME 16 linear leaves, EM, init={init}", errors=errors, seconds=seconds,
                 epochs=list(range(len(errors))), n_iter=res.n_iter, converged=res.converged,
-                n_parameters=tree.n_parameters(), train_log_likelihood=res.log_likelihood)
+                n_parameters=tree.n_parameters(), train_mean_log_likelihood=res.mean_log_likelihood)
 
 
 def make_mlp(d_in: int, d_out: int, seed: int) -> torch.nn.Module:

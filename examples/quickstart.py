@@ -23,7 +23,7 @@ for k in (1, 2, 3):
 
 moe = MoERegressor(n_experts=2, n_init=5, random_state=0).fit(X, y)
 print(f"\nEM converged in {moe.n_iter_} iterations; total log-likelihood "
-      f"{moe.score_samples(X, y).sum():.3f} (literature's two-line fit: 142.848)")
+      f"{moe.log_likelihood_:.3f} (literature's two-line fit: 142.848)")
 coef = moe.model_.experts.coef.detach().numpy()[:, :, 0]
 sd = np.sqrt(moe.model_.experts.covariance_matrix().detach().numpy()[:, 0, 0])
 for k in range(2):

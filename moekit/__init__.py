@@ -7,7 +7,7 @@ imports its module the first time it is read.
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name -> the module of moekit that defines it
 _PUBLIC = {

@@ -884,8 +884,13 @@ def load(path, device=None):
         est.set_params(**params)
     except (TypeError, ValueError) as e:
         raise ModelFileError(f"damaged model file '{path}': {e}") from None
+    legacy = _before_total_log_likelihood(cfg)
+    if legacy:
+        _rename_result_fields(cfg["fitted"])
     for k, v in cfg["fitted"].items():
         setattr(est, k, _decode(v, tensors, f"attribute {k}"))
+    if legacy:
+        _totals_unknown(est, path, cfg.get("moekit_version"))
     structure = _decode(cfg.get("structure", {"__dict__": {}}), tensors, "structure")
 
     try:
@@ -917,6 +922,67 @@ def load(path, device=None):
     for v in vars(est).values():
         _attach_model(v, model)
     return est
+
+
+# ------------------------------------------------- files of older moekit versions
+def _version_tuple(version) -> tuple:
+    try:
+        return tuple(int(p) for p in str(version).split("+")[0].split(".")[:3])
+    except ValueError:
+        return ()
+
+
+def _before_total_log_likelihood(cfg: dict) -> bool:
+    """Whether the file was written before 0.2.0, when ``log_likelihood_`` was the mean per unit weight."""
+    v = _version_tuple(cfg.get("moekit_version"))
+    return v < (0, 2, 0)
+
+
+def _rename_result_fields(value, depth: int = 0) -> None:
+    """In the raw configuration of a pre-0.2.0 file: the results' means move to their explicit names.
+
+    ``log_likelihood`` becomes ``mean_log_likelihood`` (the total is unknown: NaN) and
+    ``init_log_likelihoods`` becomes ``init_mean_log_likelihoods``; results nested in results
+    (``GrowResult.fit_result``) too.
+    """
+    if depth > 8:
+        return
+    if isinstance(value, list):
+        for v in value:
+            _rename_result_fields(v, depth + 1)
+        return
+    if not isinstance(value, dict):
+        return
+    if "__result__" in value and isinstance(value.get("fields"), dict):
+        fields = value["fields"].get("__dict__")
+        if isinstance(fields, dict):
+            if "log_likelihood" in fields and "mean_log_likelihood" not in fields:
+                fields["mean_log_likelihood"] = fields["log_likelihood"]
+                fields["log_likelihood"] = {"__float__": "nan"}
+            if "init_log_likelihoods" in fields:
+                fields["init_mean_log_likelihoods"] = fields.pop("init_log_likelihoods")
+    for v in value.values():
+        _rename_result_fields(v, depth + 1)
+
+
+def _totals_unknown(est, path, version) -> None:
+    """A pre-0.2.0 estimator's fitted log-likelihoods: the stored means under their new names, the totals NaN."""
+    if not hasattr(est, "log_likelihood_"):
+        return
+    est.mean_log_likelihood_ = est.log_likelihood_
+    est.log_likelihood_ = math.nan
+    hist = getattr(est, "log_likelihood_history_", None)
+    if isinstance(hist, np.ndarray):
+        est.mean_log_likelihood_history_ = hist
+        est.log_likelihood_history_ = np.full_like(hist, np.nan, dtype=float)
+    warnings.warn(
+        f"'{path}' was written by moekit {version}, whose log_likelihood_ was the mean per unit weight: it is "
+        f"now mean_log_likelihood_ ({est.mean_log_likelihood_:.6g}). log_likelihood_, now the total weighted "
+        "log-likelihood, is NaN because such files do not store the training weight; "
+        "score_samples(X, y) @ sample_weight on the training data gives it",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _result_classes() -> dict:

@@ -695,7 +695,7 @@ def plot_convergence(result, *, ax=None, validation: bool = True):
     Parameters
     ----------
     result : fitted estimator, FitResult, or sequence of float
-        An estimator's ``fit_result_`` (or ``log_likelihood_history_``) is used.
+        An estimator's ``fit_result_`` (or ``mean_log_likelihood_history_``) is used.
     ax : matplotlib Axes, optional
     validation : bool
         Also draw the validation curve of gradient training when there is one.
@@ -721,8 +721,8 @@ def plot_convergence(result, *, ax=None, validation: bool = True):
         hist = list(fr.history)
         val = getattr(fr, "validation_history", None)
         method = getattr(fr, "method", None)
-    elif hasattr(result, "log_likelihood_history_"):
-        hist = list(result.log_likelihood_history_)
+    elif hasattr(result, "mean_log_likelihood_history_"):
+        hist = list(result.mean_log_likelihood_history_)
     else:
         hist = list(np.asarray(result, dtype=float).ravel())
     if len(hist) == 0:

@@ -209,8 +209,8 @@ def describe_model(estimator, feature_names=None, target_names=None) -> str:
     if fr is not None:
         conv = "converged" if fr.converged else "did not converge"
         unit = "EM iterations" if fr.method == "em" else "epochs"
-        lines.append(f"  fit: {fr.method}, {fr.n_iter} {unit}, {conv}; final mean log-likelihood "
-                     f"{fr.log_likelihood:.6g} per row; {fr.seconds:.2f} s")
+        lines.append(f"  fit: {fr.method}, {fr.n_iter} {unit}, {conv}; final log-likelihood {fr.log_likelihood:.6g} "
+                     f"(mean {fr.mean_log_likelihood:.6g} per row); {fr.seconds:.2f} s")
         if fr.pruned:
             lines.append(f"  pruned experts: {list(fr.pruned)}")
     return "\n".join(lines)

@@ -154,8 +154,14 @@ def test_prediction_api_shapes_and_meaning():
     p = est.model_.n_parameters()
     assert est.bic(X, y) == pytest.approx(-2 * ll.sum() + p * np.log(n))
     assert est.aic(X, y) == pytest.approx(-2 * ll.sum() + 2 * p)
-    assert est.log_likelihood_ == pytest.approx(ll.mean(), abs=1e-9)
+    # one meaning per name: log_likelihood_ is the total (as R and the command line), mean_* per unit weight
+    assert est.log_likelihood_ == pytest.approx(ll.sum(), rel=1e-12)
+    assert est.mean_log_likelihood_ == pytest.approx(ll.mean(), abs=1e-9)
     assert est.log_likelihood_history_[-1] == pytest.approx(est.log_likelihood_)
+    assert est.mean_log_likelihood_history_[-1] == pytest.approx(est.mean_log_likelihood_)
+    np.testing.assert_array_equal(est.mean_log_likelihood_history_, est.fit_result_.history)
+    np.testing.assert_allclose(est.log_likelihood_history_, est.mean_log_likelihood_history_ * n, rtol=1e-15)
+    assert est.fit_result_.total_weight == n and est.fit_result_.log_likelihood == est.log_likelihood_
     assert est.converged_ and est.n_iter_ > 0
 
 
@@ -227,7 +233,7 @@ def test_gradient_fit_method():
     lb = MoERegressor(fit_method="gradient", optimizer="lbfgs", random_state=0, gate_features=[0], n_init=5).fit(Xs, y)
     assert lb.fit_result_.method == "gradient"
     # full-batch L-BFGS from as many starts reaches the same (global) optimum as EM
-    assert lb.log_likelihood_ == pytest.approx(em.log_likelihood_, abs=1e-4)
+    assert lb.mean_log_likelihood_ == pytest.approx(em.mean_log_likelihood_, abs=1e-4)
     # minibatch Adam with early stopping, on data large enough for a validation split
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, size=(3000, 1))
@@ -237,7 +243,7 @@ def test_gradient_fit_method():
         warnings.simplefilter("ignore")
         ad = MoERegressor(fit_method="gradient", random_state=0, n_init=3, max_iter=300, learning_rate=0.05).fit(x, yy)
     assert np.isfinite(ad.fit_result_.validation_history).all()
-    assert ad.log_likelihood_ > em2.log_likelihood_ - 0.05
+    assert ad.mean_log_likelihood_ > em2.mean_log_likelihood_ - 0.05
 
 
 def test_classifier_basic():
@@ -293,7 +299,7 @@ def test_other_expert_families_through_the_estimator():
     z = X[:, 0] > 0
     y = np.where(z, 2 * X[:, 0], -X[:, 0]) + 0.1 * rng.standard_t(3, size=500)
     t = MoERegressor(expert="student_t", random_state=0).fit(X, y)
-    assert np.isfinite(t.score_samples(X, y)).all() and np.all(np.diff(t.log_likelihood_history_) > -1e-9)
+    assert np.isfinite(t.score_samples(X, y)).all() and np.all(np.diff(t.mean_log_likelihood_history_) > -1e-9)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = MoERegressor(expert="mlp", hidden_layer_sizes=(8,), random_state=0, max_iter=30).fit(X, y)

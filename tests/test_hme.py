@@ -47,7 +47,8 @@ def test_hme_estimator_prediction_api_and_tree_views():
     assert 1 - np.mean((est.predict(X) - Y) ** 2) / np.var(Y) > 0.9
     txt = est.render_tree(X, Y)
     assert txt.startswith("HME: depth 3, 8 leaves, 7 gates")
-    assert est.log_likelihood_ == pytest.approx(est.score_samples(X, Y).mean(), abs=1e-9)
+    assert est.mean_log_likelihood_ == pytest.approx(est.score_samples(X, Y).mean(), abs=1e-9)
+    assert est.log_likelihood_ == pytest.approx(est.score_samples(X, Y).sum(), rel=1e-12)
     assert est.bic(X, Y) == pytest.approx(-2 * est.score_samples(X, Y).sum() + est.model_.n_parameters() * np.log(600))
 
 

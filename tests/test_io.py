@@ -127,8 +127,12 @@ def test_round_trip_is_bit_identical(fitted, name, tmp_path):
     if hasattr(est, "feature_names_in_"):
         _same(again.feature_names_in_, est.feature_names_in_)
     _same(again.log_likelihood_history_, est.log_likelihood_history_)
+    _same(again.mean_log_likelihood_history_, est.mean_log_likelihood_history_)
+    assert again.log_likelihood_ == est.log_likelihood_ and again.mean_log_likelihood_ == est.mean_log_likelihood_
     assert type(again.fit_result_) is type(est.fit_result_)
     assert again.fit_result_.history == est.fit_result_.history
+    for k in ("log_likelihood", "mean_log_likelihood", "total_weight", "train_weight", "init_mean_log_likelihoods"):
+        assert getattr(again.fit_result_, k) == getattr(est.fit_result_, k), k
     assert again.fit_result_.model is again.model_
     for a, b in zip(again.model_.parameters(), est.model_.parameters()):
         assert a.dtype == b.dtype and torch.equal(a, b)
@@ -429,3 +433,51 @@ def test_irregular_tree_round_trip(fitted, tmp_path):
     _same(again.predict(XX), est.predict(XX))
     _same(again.predict_gate(XX), est.predict_gate(XX))
     assert type(again.model_.experts[1]) is type(single) and again.model_.experts[1].n_experts is None
+
+
+# ------------------------------------------------- files of older versions
+OLD_FILES = os.path.join(ROOT, "tests", "golden", "model_files")
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(OLD_FILES) if f.endswith(".moekit")))
+def test_files_before_0_2_keep_their_mean_under_its_new_name(name):
+    """moekit 0.1.0 stored the mean per unit weight as log_likelihood_; it is mean_log_likelihood_ now.
+
+    Those files do not store the training weight, so the total (log_likelihood_) cannot be recovered:
+    it is NaN, and a warning says so.
+    """
+    path = os.path.join(OLD_FILES, name)
+    old = read_info(path)
+    assert old["moekit_version"] == "0.1.0"
+    stored = old["fitted"]["log_likelihood_"]
+    with pytest.warns(UserWarning, match="was written by moekit 0.1.0, whose log_likelihood_ was the mean"):
+        est = load(path)
+    assert est.mean_log_likelihood_ == stored and np.isnan(est.log_likelihood_)
+    fr, stored_fr = est.fit_result_, old["fitted"]["fit_result_"]
+    assert fr.mean_log_likelihood == stored_fr["log_likelihood"] and np.isnan(fr.log_likelihood)
+    assert fr.init_mean_log_likelihoods == stored_fr["init_log_likelihoods"]
+    assert fr.history == stored_fr["history"]  # histories were and are means: unchanged
+    _same(est.mean_log_likelihood_history_, np.asarray(stored_fr["history"]))
+    assert est.log_likelihood_history_.shape == est.mean_log_likelihood_history_.shape
+    assert np.isnan(est.log_likelihood_history_).all()
+
+
+def test_the_stored_value_of_an_old_file_was_the_mean():
+    d = load_tonedata()  # the data moe_regressor.moekit was fitted on (tests/golden/record_model_files.py)
+    with pytest.warns(UserWarning, match="0.1.0"):
+        est = load(os.path.join(OLD_FILES, "moe_regressor.moekit"))
+    ll = est.score_samples(d.data, d.target)
+    assert est.mean_log_likelihood_ == pytest.approx(ll.mean(), rel=1e-10)
+    refit = MoERegressor(**est.get_params()).fit(d.data, d.target)
+    assert refit.mean_log_likelihood_ == pytest.approx(est.mean_log_likelihood_, rel=1e-10)
+    assert refit.log_likelihood_ == pytest.approx(ll.sum(), rel=1e-10)
+
+
+def test_new_files_load_without_a_note(fitted, tmp_path):
+    est, _, _ = fitted["linear-scalar"]
+    est.save(tmp_path / "m.moekit")
+    assert read_info(tmp_path / "m.moekit")["moekit_version"] == moekit.__version__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = load(tmp_path / "m.moekit")
+    assert again.log_likelihood_ == est.log_likelihood_

@@ -161,9 +161,14 @@ def test_moe_statistics_additive_and_streaming_step_matches_in_memory():
 def test_n_init_keeps_best_and_history_is_of_best():
     x, y = _two_lines()
     res = fit_em(_moe(), x, y, n_init=4, random_state=0)
-    assert len(res.init_log_likelihoods) == 4
-    assert res.log_likelihood == pytest.approx(max(res.init_log_likelihoods))
-    assert res.history[-1] == pytest.approx(res.log_likelihood)
+    assert len(res.init_mean_log_likelihoods) == 4
+    assert res.mean_log_likelihood == pytest.approx(max(res.init_mean_log_likelihoods))
+    assert res.history[-1] == pytest.approx(res.mean_log_likelihood)
+    # one meaning per name: log_likelihood is the total, history and mean_* the mean per unit weight
+    assert res.total_weight == res.train_weight == len(y)
+    assert res.log_likelihood == pytest.approx(float(res.model.log_prob(x, y).sum()), rel=1e-12)
+    with pytest.warns(DeprecationWarning, match="init_mean_log_likelihoods"):
+        assert res.init_log_likelihoods == res.init_mean_log_likelihoods
 
 
 def test_vanishing_expert_is_pruned_with_warning_not_nan():
@@ -214,13 +219,13 @@ def test_gradient_training_lbfgs_and_adam():
     r_em = fit_em(em, x, y, random_state=0)
     lb = _moe()
     r_lb = fit_gradient(lb, x, y, optimizer="lbfgs", init="random", random_state=0, early_stopping=False, max_epochs=50)
-    assert r_lb.log_likelihood == pytest.approx(r_em.log_likelihood, abs=1e-4)
+    assert r_lb.mean_log_likelihood == pytest.approx(r_em.mean_log_likelihood, abs=1e-4)
     ad = _moe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         r_ad = fit_gradient(ad, x, y, init="random", random_state=0, max_epochs=300, learning_rate=0.05, batch_size=64)
     assert r_ad.validation_history is not None and len(r_ad.history) >= 2
-    assert r_ad.log_likelihood > r_em.log_likelihood - 0.05
+    assert r_ad.mean_log_likelihood > r_em.mean_log_likelihood - 0.05
 
 
 def test_generalised_em_with_mlp_gate_improves_on_linear_gate():
@@ -233,7 +238,7 @@ def test_generalised_em_with_mlp_gate_improves_on_linear_gate():
         warnings.simplefilter("ignore", ConvergenceWarning)
         mlp = fit_em(_moe("mlp"), x, y, random_state=0, n_init=3, max_iter=300)
     assert _nondecreasing(mlp.history)
-    assert mlp.log_likelihood > lin.log_likelihood + 0.2
+    assert mlp.mean_log_likelihood > lin.mean_log_likelihood + 0.2
 
 
 def test_nested_mixture_is_an_expert():
@@ -255,7 +260,7 @@ def test_tonedata_known_optima(gate, classic):
     for seed in range(10):
         moe = _moe(gate)
         res = fit_em(moe, x, y, n_init=5, random_state=seed)
-        totals.append(res.log_likelihood * len(y))
+        totals.append(res.log_likelihood)
     best_known = {"softmax": 145.6503, "constant": 145.4168}[gate]
     assert max(totals) <= best_known + 1e-3  # never above the global maximum
     assert sum(t >= classic - 1e-3 for t in totals) >= 9
@@ -269,7 +274,7 @@ def test_npreg_global_maxima(gate, optimum):
     gates = {"softmax": SoftmaxGate(1, 2), "constant": ConstantGate(2)}
     moe = MixtureOfExperts(gates[gate], LinearGaussianExpert(2, n_experts=2), gate_features=[0])
     res = fit_em(moe, x, y, n_init=5, random_state=0, tol=1e-10, max_iter=2000)
-    assert res.log_likelihood * len(y) == pytest.approx(optimum, abs=1e-3)
+    assert res.log_likelihood == pytest.approx(optimum, abs=1e-3)
     # the recovered components: slope 5 through 0, and 15 + 10x - x^2
     coefs = sorted(moe.experts.coef[:, :, 0].tolist(), key=lambda c: c[0])
     np.testing.assert_allclose(coefs[0], [0, 5, 0], atol=1.5)
@@ -280,7 +285,7 @@ def test_tonedata_single_regression_optimum():
     d = load_tonedata()
     moe = MixtureOfExperts(ConstantGate(1), LinearGaussianExpert(1, n_experts=1))
     res = fit_em(moe, torch.tensor(d.data), torch.tensor(d.target))
-    assert res.log_likelihood * 150 == pytest.approx(9.3821, abs=1e-3)
+    assert res.log_likelihood == pytest.approx(9.3821, abs=1e-3)
 
 
 def test_fit_em_callable_init_runs_once_per_start_with_its_seed():
@@ -300,4 +305,4 @@ def test_fit_em_callable_init_runs_once_per_start_with_its_seed():
     a = fit_em(moe(), x, y, init=start, n_init=3, random_state=4)
     b = fit_em(moe(), x, y, init="kmeans", n_init=3, random_state=4)
     assert seen == list(np.random.default_rng(4).integers(0, 2**31 - 1, size=3))
-    assert a.init_log_likelihoods == b.init_log_likelihoods
+    assert a.init_mean_log_likelihoods == b.init_mean_log_likelihoods

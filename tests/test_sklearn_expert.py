@@ -91,12 +91,12 @@ def test_fit_em_tree_and_linear_improves():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         res = fit_em(moe, x, y, max_iter=50, random_state=0)
-    assert res.log_likelihood > res.history[0] + 0.1
+    assert res.mean_log_likelihood > res.history[0] + 0.1
     assert _monotone(res.history), res.history
     # better than one linear-Gaussian expert on all the data
     lg = LinearGaussianExpert(1).fit_weighted(torch.as_tensor(x), torch.as_tensor(y))
     lin_ll = float(lg.log_prob(torch.as_tensor(x), torch.as_tensor(y)).detach().mean())
-    assert res.log_likelihood > lin_ll + 0.5
+    assert res.mean_log_likelihood > lin_ll + 0.5
     m = moe(torch.as_tensor(x))
     assert m.mean.shape == (300,) and torch.isfinite(m.mean).all()
 
@@ -108,7 +108,7 @@ def test_mixed_families_in_one_list():
         warnings.simplefilter("ignore", ConvergenceWarning)
         res = fit_em(moe, x, y, max_iter=30, random_state=0)
     assert _monotone(res.history), res.history
-    assert res.log_likelihood > res.history[0]
+    assert res.mean_log_likelihood > res.history[0]
     xt = torch.as_tensor(x)
     assert moe.expert_log_prob(xt, torch.as_tensor(y)).shape == (300, 2)
     assert moe.n_parameters() == 2 + 3 + 3
@@ -122,10 +122,10 @@ def test_fit_em_with_restarts_deep_copies():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         res = fit_em(moe, x, y, max_iter=10, n_init=2, random_state=0)
-    assert len(res.init_log_likelihoods) == 2
+    assert len(res.init_mean_log_likelihoods) == 2
     with torch.no_grad():
         ll = float(moe.log_prob(torch.as_tensor(x), torch.as_tensor(y)).mean())
-    assert math.isclose(ll, res.log_likelihood, rel_tol=1e-9)
+    assert math.isclose(ll, res.mean_log_likelihood, rel_tol=1e-9)
 
 
 # ---------------------------------------------------------- monotonicity

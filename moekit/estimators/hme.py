@@ -178,7 +178,7 @@ class _HMEMixin:
                     max_epochs=int(self.max_iter), batch_size=int(self.batch_size), tol=float(self.tol), init=None,
                     early_stopping=self.optimizer == "adam", random_state=int(s), verbose=int(self.verbose),
                 )
-                if best is None or r.log_likelihood > best.log_likelihood:
+                if best is None or r.mean_log_likelihood > best.mean_log_likelihood:
                     best = r
             res = best
         self.model_ = res.model
@@ -186,7 +186,9 @@ class _HMEMixin:
         self.n_iter_ = res.n_iter
         self.converged_ = res.converged
         self.log_likelihood_ = res.log_likelihood
-        self.log_likelihood_history_ = np.asarray(res.history)
+        self.mean_log_likelihood_ = res.mean_log_likelihood
+        self.mean_log_likelihood_history_ = np.asarray(res.history)
+        self.log_likelihood_history_ = self.mean_log_likelihood_history_ * res.train_weight
         self.n_leaves_ = n_leaves(self.model_)
         self.n_experts_ = self.n_leaves_
         self.depth_ = tree_depth(self.model_)
@@ -291,7 +293,10 @@ class HMERegressor(_HMEMixin, MoERegressor):
         Gates on the longest root-to-leaf path.
     grow_result_ : GrowResult or None
         The growth history when ``grow=True``.
-    n_iter_, converged_, log_likelihood_, log_likelihood_history_, fit_result_, n_features_in_
+    log_likelihood_, mean_log_likelihood_, log_likelihood_history_, mean_log_likelihood_history_
+        Total and mean (per unit weight) training log-likelihood, as for
+        :class:`~moekit.MoERegressor`.
+    n_iter_, converged_, fit_result_, n_features_in_
 
     Shapes
     ------

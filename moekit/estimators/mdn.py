@@ -89,8 +89,15 @@ class MDNRegressor(ConditionalMixtureMixin, RegressorMixin, BaseEstimator):
         Share of the training data each component explains.
     dead_components_ : list of int
     log_likelihood_ : float
-        Mean training log-likelihood (original units).
-    log_likelihood_history_, validation_history_ : ndarray
+        Total weighted log-likelihood ``sum_i w_i log p(y_i | x_i)`` of all
+        rows with positive weight (original units; as R reports it).
+    mean_log_likelihood_ : float
+        The same per unit weight.
+    log_likelihood_history_, mean_log_likelihood_history_ : ndarray
+        Total and mean training log-likelihood per epoch, over the training
+        split (``fit_result_.train_weight``) when there is a validation split.
+    validation_history_ : ndarray
+        Mean validation log-likelihood per epoch.
     n_features_in_ : int
     feature_names_in_ : ndarray, for DataFrames
 
@@ -232,7 +239,9 @@ class MDNRegressor(ConditionalMixtureMixin, RegressorMixin, BaseEstimator):
         self.usage_ = res.usage
         self.dead_components_ = res.dead_components
         self.log_likelihood_ = res.log_likelihood
-        self.log_likelihood_history_ = np.asarray(res.history)
+        self.mean_log_likelihood_ = res.mean_log_likelihood
+        self.mean_log_likelihood_history_ = np.asarray(res.history)
+        self.log_likelihood_history_ = self.mean_log_likelihood_history_ * res.train_weight
         self.validation_history_ = np.asarray(res.validation_history if res.validation_history is not None else [])
         return self
 

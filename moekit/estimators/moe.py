@@ -223,7 +223,7 @@ class _MoEBase(ConditionalMixtureMixin, BaseEstimator):
                     early_stopping=self.optimizer == "adam",
                     random_state=int(s), verbose=int(self.verbose),
                 )
-                if best is None or r.log_likelihood > best.log_likelihood:
+                if best is None or r.mean_log_likelihood > best.mean_log_likelihood:
                     best = r
             res = best
         self.model_ = res.model
@@ -231,7 +231,9 @@ class _MoEBase(ConditionalMixtureMixin, BaseEstimator):
         self.n_iter_ = res.n_iter
         self.converged_ = res.converged
         self.log_likelihood_ = res.log_likelihood
-        self.log_likelihood_history_ = np.asarray(res.history)
+        self.mean_log_likelihood_ = res.mean_log_likelihood
+        self.mean_log_likelihood_history_ = np.asarray(res.history)
+        self.log_likelihood_history_ = self.mean_log_likelihood_history_ * res.train_weight
         self.n_experts_ = self.model_.n_experts
         return self
 
@@ -312,7 +314,15 @@ class MoERegressor(RegressorMixin, _MoEBase):
     Attributes
     ----------
     model_ : MixtureOfExperts
-    n_iter_, converged_, log_likelihood_, log_likelihood_history_, fit_result_
+    log_likelihood_ : float
+        Total weighted training log-likelihood ``sum_i w_i log p(y_i | x_i)``
+        (as R and the command line report it).
+    mean_log_likelihood_ : float
+        The same per unit weight (``log_likelihood_ / sum_i w_i``).
+    log_likelihood_history_, mean_log_likelihood_history_ : ndarray
+        Total and mean training log-likelihood after every iteration or epoch
+        (the mean is ``fit_result_.history``, the one ``tol`` applies to).
+    n_iter_, converged_, fit_result_
     n_experts_ : int
         Experts after pruning of vanishing ones.
     n_features_in_ : int

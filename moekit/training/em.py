@@ -134,15 +134,18 @@ def fit_em(
         )
     return FitResult(
         model=model,
-        log_likelihood=run["history"][-1],
+        log_likelihood=run["history"][-1] * total,
         history=run["history"],
         n_iter=run["n_iter"],
         converged=run["converged"],
         method="em",
-        init_log_likelihoods=finals,
+        init_mean_log_likelihoods=finals,
         best_init=i_best,
         pruned=run["pruned"],
         seconds=time.perf_counter() - t0,
+        mean_log_likelihood=run["history"][-1],
+        total_weight=total,
+        train_weight=total,
     )
 
 

@@ -86,7 +86,8 @@ def fit_gradient(
         ``history`` holds the training-split mean log-likelihood after each
         epoch (index 0: at the start; with early stopping, the last entry is
         at the restored best parameters), ``validation_history`` the
-        validation one, and ``log_likelihood`` the final mean over all rows.
+        validation one, ``mean_log_likelihood`` the final mean over all rows
+        and ``log_likelihood`` their total.
 
     Shapes
     ------
@@ -208,14 +209,19 @@ def fit_gradient(
             ConvergenceWarning,
             stacklevel=2,
         )
+    mean = mean_ll(x, y, w)
+    total_weight = float(w.sum())
     return FitResult(
         model=model,
-        log_likelihood=mean_ll(x, y, w),
+        log_likelihood=mean * total_weight,
         history=history,
         n_iter=epoch,
         converged=converged,
         method="gradient",
-        init_log_likelihoods=[history[-1]],
+        init_mean_log_likelihoods=[history[-1]],
         validation_history=val_history,
         seconds=time.perf_counter() - t0,
+        mean_log_likelihood=mean,
+        total_weight=total_weight,
+        train_weight=float(wt.sum()),
     )

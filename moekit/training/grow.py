@@ -197,8 +197,9 @@ class GrowResult:
         One entry per accepted tree: ``n_leaves``, ``split`` (the path of the
         leaf split to get there, ``None`` for the start),
         ``gain`` (held-out mean log-likelihood gained by the split, as scored),
-        ``train_log_likelihood`` and ``validation_log_likelihood`` (mean per
-        row, after EM on the training rows).
+        ``train_log_likelihood`` and ``validation_log_likelihood``: despite
+        their names, both are means per unit weight (of the training and of
+        the held-out rows, after EM on the training rows), not totals.
     candidates : list of list of (path, gain)
         Every split tried in every round, with its held-out gain.
     stopped : str
@@ -383,10 +384,10 @@ def grow_tree(
     result = GrowResult(model=tree)
     val = _mean_ll(tree, xv, yv, wv)
     result.history.append(
-        dict(n_leaves=n_leaves(tree), split=None, gain=None, train_log_likelihood=res.log_likelihood,
+        dict(n_leaves=n_leaves(tree), split=None, gain=None, train_log_likelihood=res.mean_log_likelihood,
              validation_log_likelihood=val)
     )
-    say(f"start: {n_leaves(tree)} leaves, train {res.log_likelihood:.5f}, held-out {val:.5f}")
+    say(f"start: {n_leaves(tree)} leaves, train {res.mean_log_likelihood:.5f}, held-out {val:.5f}")
     stopped = "max_leaves"
     while n_leaves(tree) + branching - 1 <= max_leaves:
         tried = []
@@ -439,11 +440,11 @@ def grow_tree(
             break
         res, val = res_new, val_new
         result.history.append(
-            dict(n_leaves=n_leaves(tree), split=path, gain=gain, train_log_likelihood=res.log_likelihood,
+            dict(n_leaves=n_leaves(tree), split=path, gain=gain, train_log_likelihood=res.mean_log_likelihood,
                  validation_log_likelihood=val)
         )
         say(f"split {list(path)} (gain {gain:.5f} +- {se:.5f}): {n_leaves(tree)} leaves, "
-            f"train {res.log_likelihood:.5f}, held-out {val:.5f}")
+            f"train {res.mean_log_likelihood:.5f}, held-out {val:.5f}")
     result.stopped = stopped
     if refit:
         res = fit_em(tree, x, y, w, init=None, max_iter=max_iter, tol=tol)

@@ -247,8 +247,10 @@ def fit_mdn(
     MDNFitResult
         ``history``: mean training log-likelihood of each epoch (index 0 at
         the start; the epochs' entries are averaged over its minibatches as
-        they are visited); ``validation_history``; ``log_likelihood``: final
-        mean over all rows; ``usage``, ``dead_components`` and more.
+        they are visited; over the training split, of weight ``train_weight``);
+        ``validation_history`` (means); ``mean_log_likelihood``: final mean
+        over all rows, ``log_likelihood`` their total; ``usage``,
+        ``dead_components`` and more.
 
     Raises
     ------
@@ -487,16 +489,21 @@ def fit_mdn(
             stacklevel=2,
         )
     n_epochs = max(len(usage_hist), 1)
+    mean = mean_ll(x, model.standardize_y(y), w)
+    total_weight = float(w.sum())
     return MDNFitResult(
         model=model,
-        log_likelihood=mean_ll(x, model.standardize_y(y), w),
+        log_likelihood=mean * total_weight,
         history=history,
         n_iter=epoch,
         converged=converged,
         method="gradient",
-        init_log_likelihoods=[history[-1]],
+        init_mean_log_likelihoods=[history[-1]],
         validation_history=val_history,
         seconds=time.perf_counter() - t0,
+        mean_log_likelihood=mean,
+        total_weight=total_weight,
+        train_weight=wt_sum,
         usage=final_usage,
         usage_history=np.array(usage_hist).reshape(-1, k),
         dead_components=dead,

@@ -169,7 +169,7 @@ def fit_tree_em(
     >>> y = (x[:, 0] - x[:, 0].round()).abs() + 0.02 * torch.randn(200, generator=g, dtype=torch.float64)
     >>> tree = build_tree(1, depth=2, branching=2)
     >>> res = fit_tree_em(tree, x, y, init="kmeans_x", n_init=2, random_state=0, max_iter=30)
-    >>> len(res.init_log_likelihoods), res.log_likelihood == max(res.init_log_likelihoods)
+    >>> len(res.init_mean_log_likelihoods), res.mean_log_likelihood == max(res.init_mean_log_likelihoods)
     (2, True)
     """
     check_tree(tree)

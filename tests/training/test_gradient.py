@@ -71,7 +71,8 @@ def test_restarts_keep_the_best_start_in_the_model():
     i, res, finals = best_of(model, 3, 0, run_one)
     assert finals[i] == max(finals) == res.log_likelihood
     with torch.no_grad():
-        assert float(model.log_prob(x, y).mean()) == pytest.approx(res.log_likelihood, rel=1e-12)
+        assert float(model.log_prob(x, y).mean()) == pytest.approx(res.mean_log_likelihood, rel=1e-12)
+        assert float(model.log_prob(x, y).sum()) == pytest.approx(res.log_likelihood, rel=1e-12)
     again = _moe()
     assert best_of(again, 3, 0, run_one)[2] == finals
 
