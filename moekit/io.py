@@ -9,8 +9,8 @@ is JSON in the file's ``__metadata__`` header.
 
 Loading **never unpickles or executes anything from the file**: the JSON is
 decoded with :func:`json.loads` into plain values, the tensors are read by the
-safetensors parser, the estimator class is looked up in a fixed table of
-moekit classes (never imported by a name taken from the file), the model is
+safetensors parser, the estimator class is looked up in the table of
+registered classes (never imported by a name taken from the file), the model is
 rebuilt from the estimator's parameters and the stored structure, and the
 tensors are copied into it with ``load_state_dict(strict=True)``.  The
 rebuilt model is checked against the stored module tree (classes and
@@ -25,6 +25,20 @@ What cannot be stored: estimators whose experts or gate were given as
 *instances* (for example a scikit-learn regressor as expert, or a custom
 ``torch.nn.Module``), because rebuilding them would need pickle.  Saving
 such an estimator raises :class:`ModelFileError` naming the parameter.
+
+This module is the file format only: it imports no estimator.  Estimator
+classes register themselves (:func:`register_estimator`, called by the
+``storable`` decorator of :mod:`moekit.estimators.base` when their module is
+imported); :func:`moekit.load` imports moekit's estimators first, and
+:func:`load` raises :class:`ModelFileError` naming a class that is not
+registered.
+
+Files written by moekit before 0.2.0 stored ``log_likelihood_`` as the mean
+per unit weight; loading one moves that value to ``mean_log_likelihood_``
+(and ``fit_result_.mean_log_likelihood``), sets the totals to NaN (those files
+do not store the training weight) and says so in a warning.  Parameters an
+estimator no longer has (the classifiers' ``covariance`` and ``var_floor``)
+are ignored with a warning naming them.
 
 Adding an estimator class
 -------------------------
@@ -68,7 +82,16 @@ from typing import Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from sklearn.base import BaseEstimator
 from torch import nn
+
+from . import __version__
+from ._validation import device_problem
+from .training.grow import GrowResult
+from .training.result import FitResult
 
 __all__ = [
     "FORMAT",
@@ -84,8 +107,6 @@ __all__ = [
 FORMAT = "moekit-model"
 FORMAT_VERSION = 1
 _MAX_HEADER = 100 * 1024 * 1024  # a moekit header is kilobytes; anything this large is not one
-
-_INSTALL_HINT = "moekit model files need the 'safetensors' package: pip install safetensors"
 
 
 class ModelFileError(ValueError):
@@ -129,13 +150,18 @@ class _Entry:
     cls: type
     build: Callable
     describe: Callable | None
+    removed_parameters: tuple
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_estimator(cls: type, build: Callable, describe: Callable | None = None, name: str | None = None) -> None:
+def register_estimator(cls: type, build: Callable, describe: Callable | None = None, name: str | None = None,
+                       removed_parameters: tuple = ()) -> None:
     """Make an estimator class storable.
+
+    moekit's own estimators register themselves when their module is
+    imported (:func:`moekit.load` imports them); io itself imports none.
 
     Parameters
     ----------
@@ -149,6 +175,9 @@ def register_estimator(cls: type, build: Callable, describe: Callable | None = N
         ``describe(est) -> dict`` of JSON values stored as ``structure``.
     name : str, optional
         Name written in the file (default ``cls.__name__``).
+    removed_parameters : tuple of str, optional
+        Parameters the class no longer has that files written by earlier
+        versions may set: ignored on loading, with a warning naming them.
 
     Shapes
     ------
@@ -175,143 +204,7 @@ def register_estimator(cls: type, build: Callable, describe: Callable | None = N
     >>> type(moekit.load(path)).__name__
     'LineRegressor'
     """
-    _REGISTRY[name or cls.__name__] = _Entry(cls, build, describe)
-
-
-def _ensure_registered() -> None:
-    if "MoERegressor" not in _REGISTRY:
-        from .estimators import MoEClassifier, MoERegressor
-
-        register_estimator(MoERegressor, _build_moe, _describe_moe)
-        register_estimator(MoEClassifier, _build_moe, _describe_moe)
-    for modname, clsname, build, describe in _OPTIONAL:
-        if clsname in _REGISTRY:
-            continue
-        try:
-            mod = __import__(f"moekit.{modname}", fromlist=[clsname])
-            cls = getattr(mod, clsname)
-        except (ImportError, AttributeError):
-            continue  # that estimator is not part of this moekit build
-        register_estimator(cls, build, describe)
-
-
-def _event_shape(est) -> list[int]:
-    d = int(est.n_features_in_)
-    dtype = next((p.dtype for p in est.model_.parameters() if p.is_floating_point()), torch.float64)
-    dev = next((p.device for p in est.model_.parameters()), torch.device("cpu"))
-    with torch.no_grad():
-        dist = est.model_(torch.zeros(1, d, dtype=dtype, device=dev))
-    return [int(s) for s in dist.event_shape]
-
-
-def _describe_moe(est) -> dict:
-    from sklearn.base import is_classifier
-
-    if is_classifier(est):
-        return {"n_experts": int(est.model_.n_experts), "y_info": int(len(est.classes_))}
-    ev = _event_shape(est)
-    return {"n_experts": int(est.model_.n_experts), "y_info": None if not ev else int(ev[0])}
-
-
-def _build_moe(est, structure: dict) -> nn.Module:
-    from .estimators.base import _torch_dtype
-
-    k = int(structure["n_experts"])
-    saved = est.n_experts
-    est.n_experts = k  # the model as it was after pruning
-    try:
-        gen = torch.Generator().manual_seed(0)  # initial values are overwritten by the stored tensors
-        return est._build_model(int(est.n_features_in_), structure["y_info"], _torch_dtype(est.dtype), gen)
-    finally:
-        est.n_experts = saved
-
-
-def _describe_mdn(est) -> dict:
-    return {"config": est.model_.get_config()}
-
-
-def _build_mdn(est, structure: dict) -> nn.Module:
-    from .estimators.base import _torch_dtype
-    from .mdn import MixtureDensityNetwork
-
-    cfg = structure.get("config") if isinstance(structure, dict) else None
-    if not isinstance(cfg, dict):
-        raise ModelFileError("damaged model file: the network's configuration is missing")
-    allowed = {"n_features", "n_outputs", "n_components", "hidden_layer_sizes", "activation", "covariance", "scale_floor"}
-    if set(cfg) - allowed:
-        raise ModelFileError(f"damaged model file: unknown network settings {sorted(set(cfg) - allowed)}")
-    gen = torch.Generator().manual_seed(0)  # initial weights are overwritten by the stored tensors
-    return MixtureDensityNetwork(**cfg, dtype=_torch_dtype(est.dtype), generator=gen)
-
-
-def _tree_spec(node) -> dict:
-    """The shape of a (possibly pruned or grown) tree of mixtures, as JSON values."""
-    from .mixture import MixtureOfExperts
-
-    spec = {"k": int(node.n_experts), "gate": type(node.gate).__name__, "gate_features": node.gate_features,
-            "expert_features": node.expert_features, "prune_threshold": getattr(node, "prune_threshold", None)}
-    if node.is_stacked:
-        spec["children"] = "stacked"
-    else:
-        spec["children"] = [_tree_spec(c) if isinstance(c, MixtureOfExperts) else "leaf" for c in node.experts]
-    return spec
-
-
-def _describe_hme(est) -> dict:
-    out = _describe_moe(est)
-    out["tree"] = _tree_spec(est.model_)
-    return out
-
-
-def _build_hme(est, structure: dict) -> nn.Module:
-    """Rebuild the tree node by node (it may have been pruned or grown), with the estimator's own factories."""
-    from .estimators.base import _torch_dtype
-    from .gates import ConstantGate
-    from .mixture import MixtureOfExperts
-
-    dtype = _torch_dtype(est.dtype)
-    gen = torch.Generator().manual_seed(0)  # initial values are overwritten by the stored tensors
-    y_info = structure.get("y_info")
-
-    def cols(v, d, what):
-        if v is None:
-            return None
-        if not (isinstance(v, list) and v and all(isinstance(i, int) and 0 <= i < d for i in v)):
-            raise ModelFileError(f"damaged model file: bad {what} {v!r} in the tree")
-        return v
-
-    def build(spec, d_in, depth):
-        if not isinstance(spec, dict) or depth > 64:
-            raise ModelFileError("damaged model file: bad tree description")
-        k = spec.get("k")
-        if not (isinstance(k, int) and 1 <= k <= 4096):
-            raise ModelFileError("damaged model file: bad number of children in the tree")
-        gf = cols(spec.get("gate_features"), d_in, "gate_features")
-        ef = cols(spec.get("expert_features"), d_in, "expert_features")
-        dg = d_in if gf is None else len(gf)
-        de = d_in if ef is None else len(ef)
-        gate = ConstantGate(k, dtype=dtype) if spec.get("gate") == "ConstantGate" else est._build_gate(dg, k, dtype, gen)
-        ch = spec.get("children")
-        if ch == "stacked":
-            experts = est._build_named_experts(de, k, y_info, dtype, gen)
-        elif isinstance(ch, list) and len(ch) == k:
-            experts = [build(c, de, depth + 1) if isinstance(c, dict)
-                       else est._build_named_experts(de, None, y_info, dtype, gen) for c in ch]
-        else:
-            raise ModelFileError("damaged model file: bad children in the tree")
-        pt = spec.get("prune_threshold")
-        return MixtureOfExperts(gate, experts, gate_features=gf, expert_features=ef,
-                                prune_threshold=None if pt is None else float(pt))
-
-    return build(structure.get("tree"), int(est.n_features_in_), 0)
-
-
-# (module, class, build, describe): estimators registered when their module exists.
-_OPTIONAL: list[tuple[str, str, Callable, Callable | None]] = [
-    ("estimators.mdn", "MDNRegressor", _build_mdn, _describe_mdn),
-    ("estimators.hme", "HMERegressor", _build_hme, _describe_hme),
-    ("estimators.hme", "HMEClassifier", _build_hme, _describe_hme),
-]
+    _REGISTRY[name or cls.__name__] = _Entry(cls, build, describe, tuple(removed_parameters))
 
 
 # ------------------------------------------------------ encoding of values
@@ -531,8 +424,6 @@ def _check_storable_model(model: nn.Module, what: str) -> None:
 
 
 def _check_params(params: dict, what: str) -> dict:
-    from sklearn.base import BaseEstimator
-
     out = {}
     for k, v in params.items():
         if isinstance(v, (nn.Module, BaseEstimator)) or (hasattr(v, "fit") and hasattr(v, "predict")):
@@ -603,11 +494,6 @@ def save(estimator, path, metadata: dict | None = None) -> None:
     >>> read_info(path)["metadata"]
     {'note': 'a straight line'}
     """
-    try:
-        from safetensors.torch import save as st_save
-    except ImportError as e:  # pragma: no cover - safetensors is a dependency
-        raise ImportError(_INSTALL_HINT) from e
-    _ensure_registered()
     name = type(estimator).__name__
     entry = _REGISTRY.get(name)
     if entry is None or entry.cls is not type(estimator):
@@ -633,8 +519,6 @@ def save(estimator, path, metadata: dict | None = None) -> None:
     tensors = dict(enc.tensors)
     for k, t in model.state_dict().items():
         tensors[f"model.{k}"] = t.detach().to("cpu").contiguous().clone()
-    from . import __version__
-
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -698,8 +582,6 @@ def _read_header(path) -> tuple[bytes, dict]:
     except (TypeError, ValueError):
         raise ModelFileError(f"damaged model file '{path}': bad format version {version!r}") from None
     if version > FORMAT_VERSION:
-        from . import __version__
-
         raise ModelFileError(
             f"'{path}' uses model-file format version {version}, newer than this moekit {__version__} reads "
             f"(up to {FORMAT_VERSION}); upgrade moekit to load it"
@@ -847,11 +729,6 @@ def load(path, device=None):
     >>> bool(np.array_equal(again.predict(X), est.predict(X)))
     True
     """
-    try:
-        from safetensors import SafetensorError
-        from safetensors.torch import load as st_load
-    except ImportError as e:  # pragma: no cover - safetensors is a dependency
-        raise ImportError(_INSTALL_HINT) from e
     blob, meta = _read_header(path)
     path = os.fspath(path)
     try:
@@ -862,17 +739,27 @@ def load(path, device=None):
     if _checksum(meta["config"], tensors) != meta.get("checksum"):
         raise ModelFileError(f"'{path}' is damaged: its checksum does not match its contents (re-save or re-download it)")
 
-    _ensure_registered()
     name = cfg["estimator"]
     entry = _REGISTRY.get(name)
     if entry is None:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
         raise ModelFileError(
-            f"'{path}' holds a {name!r} model, which this moekit cannot rebuild (it knows {', '.join(sorted(_REGISTRY))}); "
-            "upgrade moekit or install the part that provides it"
+            f"'{path}' holds a {name!r} model, which this moekit cannot rebuild: no estimator class of that name "
+            f"is registered (registered: {known}). moekit.load registers moekit's own estimators; a class of "
+            "your own needs moekit.io.register_estimator"
         )
     params = {k: _decode(v, tensors, f"parameter {k}") for k, v in cfg["params"].items()}
     est = entry.cls()
     valid = est.get_params(deep=False)
+    removed = sorted(set(params) & set(entry.removed_parameters) - set(valid))
+    if removed:
+        warnings.warn(
+            f"'{path}' sets {', '.join(f'{k}={params[k]!r}' for k in removed)}, which {name} no longer has "
+            f"(accepted before moekit 0.2.0 and never used); ignored",
+            UserWarning,
+            stacklevel=2,
+        )
+        params = {k: v for k, v in params.items() if k not in removed}
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ModelFileError(f"'{path}' sets parameters {unknown} that {name} does not have (written by another moekit version?)")
@@ -987,19 +874,11 @@ def _totals_unknown(est, path, version) -> None:
 
 def _result_classes() -> dict:
     """Result records that may be stored: FitResult and its subclasses, GrowResult (never imported by a file's say)."""
-    from .training.result import FitResult
-
-    out, todo = {}, [FitResult]
+    out, todo = {"GrowResult": GrowResult}, [FitResult]
     while todo:
         c = todo.pop()
         out[c.__name__] = c
         todo.extend(c.__subclasses__())
-    try:
-        from .training.grow import GrowResult
-
-        out["GrowResult"] = GrowResult
-    except ImportError:  # pragma: no cover - hierarchy is part of moekit
-        pass
     return out
 
 
@@ -1017,13 +896,10 @@ def _attach_model(v, model, depth: int = 0) -> None:
 def _available_device(dev, path) -> str:
     dev = str(dev)
     try:
-        d = torch.device(dev)
+        torch.device(dev)
     except (RuntimeError, TypeError):
         raise ModelFileError(f"damaged model file '{path}': bad device {dev!r}") from None
-    ok = d.type == "cpu" or (d.type == "cuda" and torch.cuda.is_available() and (d.index or 0) < torch.cuda.device_count())
-    if d.type == "mps":
-        ok = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    if not ok:
+    if device_problem(dev) is not None:
         warnings.warn(
             f"'{path}' was saved from device {dev!r}, which this machine does not have; loading it on the CPU "
             "(pass device= to choose)",

@@ -45,7 +45,7 @@ SHIMS = {"moekit/hme.py", "moekit/hierarchy.py", "moekit/metrics.py", "moekit/tr
 
 # Files another change is still moving into the house (issue 11); their offences are checked apart, as an
 # expected failure, so that the rest of the house is held to the rules now. Remove the entry when it passes.
-IN_PROGRESS = ("moekit/io.py", "moekit/estimators/")
+IN_PROGRESS: tuple = ()
 
 MAX_LINES = 1000
 LONG = 500
@@ -235,7 +235,6 @@ def _lint_imports_command() -> list[str]:
     return [sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()"]
 
 
-@pytest.mark.xfail(strict=True, reason="io still imports estimators (being fixed)")
 def test_layer_contracts_hold():
     pytest.importorskip("importlinter", reason="import-linter is not installed (pip install -e '.[test]')")
     # it reads [tool.importlinter] from pyproject.toml in the folder it runs in
@@ -251,25 +250,11 @@ def test_imports_sit_at_the_top():
                     "their reason:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="deferred imports in moekit/io.py and moekit/estimators/ (moe.py, base.py, "
-                                       "hme.py) are being moved by another change")
-def test_imports_sit_at_the_top_in_io_and_estimators():
-    bad = _deferred_offences(in_progress=True)
-    assert not bad, "\n".join(bad)
-
-
 # ------------------------------------------------------------------ private names
 def test_no_private_names_across_modules():
     bad = _private_offences(in_progress=False)
     assert not bad, "private names of one moekit module used in another (make them public, or move the " \
                     "code to where it is used):\n" + "\n".join(bad)
-
-
-@pytest.mark.xfail(strict=True, reason="moekit/io.py and moekit/estimators/ (hme.py, mdn.py, moe.py) import "
-                                       "estimators.base's _torch_dtype / _check_device; being fixed by another change")
-def test_no_private_names_across_modules_in_io_and_estimators():
-    bad = _private_offences(in_progress=True)
-    assert not bad, "\n".join(bad)
 
 
 # ------------------------------------------------------------------ size
@@ -279,13 +264,6 @@ def test_no_module_over_1000_lines():
     long = [f"{m}: {n}" for m, n in sorted(sizes.items(), key=lambda t: -t[1]) if n > LONG]
     assert not over, f"modules over {MAX_LINES} lines (split them by concept):\n" + "\n".join(over) + \
         f"\n(over {LONG} lines: {', '.join(long)})"
-
-
-@pytest.mark.xfail(strict=True, reason="moekit/io.py is over 1,000 lines; being split by another change")
-def test_no_module_over_1000_lines_in_io_and_estimators():
-    sizes = _sizes(in_progress=True)
-    over = [f"{m}: {n} lines" for m, n in sorted(sizes.items()) if n > MAX_LINES]
-    assert not over, "\n".join(over)
 
 
 # ------------------------------------------------------------------ the checks themselves

@@ -78,6 +78,7 @@ def test_integer_weights_equal_repeated_rows():
     b = MoERegressor(random_state=3, tol=1e-10, max_iter=500).fit(np.repeat(X, w, axis=0), np.repeat(y, w))
     np.testing.assert_allclose(a.predict(X), b.predict(X), rtol=1e-6)
     np.testing.assert_allclose(a.log_likelihood_, b.log_likelihood_, rtol=1e-9)
+    assert a.fit_result_.total_weight == b.fit_result_.total_weight == w.sum()
 
 
 
@@ -202,7 +203,7 @@ def test_bad_input_messages_and_no_mutation():
         est.fit(X, y, sample_weight=np.ones(5))
     with pytest.raises(ValueError, match="fewer experts"):
         MoERegressor(n_experts=8).fit(X[:20], y[:20])
-    with pytest.raises(ValueError, match="n_experts must be a positive integer"):
+    with pytest.raises(ValueError, match="n_experts must be an integer >= 1, got 0"):
         MoERegressor(n_experts=0).fit(X, y)
     with pytest.raises(ValueError, match="expert must be one of"):
         MoERegressor(expert="banana").fit(X, y)
@@ -342,3 +343,49 @@ def test_no_silent_nan_from_heavy_tailed_experts():
             est.predict(d.data)
     else:
         assert np.isfinite(est.predict(d.data)).all()
+
+
+# ------------------------------------------------------------ one rule per parameter
+ALL_ESTIMATORS = ("MoERegressor", "MoEClassifier", "HMERegressor", "HMEClassifier", "MDNRegressor")
+
+
+@pytest.mark.parametrize("name", ALL_ESTIMATORS)
+def test_every_parameter_is_declared_once(name):
+    import moekit
+    from moekit._validation import PARAMETERS
+
+    cls = getattr(moekit, name)
+    for p in cls().get_params():
+        assert p in cls._parameter_specs or p in PARAMETERS, f"{name}.{p} has no spec"
+
+
+@pytest.mark.parametrize("name", ALL_ESTIMATORS)
+@pytest.mark.parametrize("device,match", [
+    ("bogus", "device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got 'bogus'"),
+    ("cuda", "device='cuda' but no CUDA device is available here; use device='cpu'"),
+])
+def test_one_device_rule_for_every_estimator(name, device, match):
+    import moekit
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    X, y = _npreg()
+    with pytest.raises(ValueError, match=match):
+        getattr(moekit, name)(device=device).fit(X, (y > y.mean()).astype(int) if "Classifier" in name else y)
+
+
+@pytest.mark.parametrize("name", ALL_ESTIMATORS)
+def test_one_dtype_rule_for_every_estimator(name):
+    import moekit
+
+    X, y = _npreg()
+    with pytest.raises(ValueError, match="dtype must be 'float64' or 'float32', got 'int8'"):
+        getattr(moekit, name)(dtype="int8").fit(X, (y > y.mean()).astype(int) if "Classifier" in name else y)
+
+
+def test_classifiers_have_no_covariance_or_variance_floor():
+    import moekit
+
+    for name in ("MoEClassifier", "HMEClassifier"):
+        params = getattr(moekit, name)().get_params()
+        assert "covariance" not in params and "var_floor" not in params

@@ -119,7 +119,7 @@ def test_bad_input_messages_and_no_mutation():
         HMERegressor(grow=True, branching=(2, 2)).fit(X, Y)
     with pytest.raises(ValueError, match="grow=True fits every candidate tree by EM"):
         HMERegressor(grow=True, fit_method="gradient").fit(X, Y)
-    with pytest.raises(ValueError, match="init must be 'kmeans', 'kmeans_x', 'random'"):
+    with pytest.raises(ValueError, match="init must be one of 'kmeans', 'kmeans_x', 'random'"):
         HMERegressor(init="spectral").fit(X, Y)
     with pytest.raises(ValueError, match="expert must be one of"):
         HMERegressor(expert="banana").fit(X, Y)

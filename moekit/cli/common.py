@@ -11,7 +11,8 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
-from ..io import ModelFileError, load, read_info
+from ..estimators import load  # io.load with moekit's estimator classes registered
+from ..io import ModelFileError, read_info
 from .errors import DataError, UsageError, one_line
 
 __all__ = [

@@ -1,8 +1,22 @@
-"""scikit-learn estimators: one base, one fit template, one module per family."""
+"""scikit-learn estimators: one base, one fit template, one module per family.
 
-from .base import ConditionalMixtureMixin
+Importing this package registers every estimator class with :mod:`moekit.io`, so ``load`` here
+(:func:`moekit.load`) reads any moekit model file.
+"""
+
+from ..io import load
+from .base import ConditionalMixtureEstimator, ConditionalMixtureMixin
 from .hme import HMEClassifier, HMERegressor
 from .mdn import MDNRegressor
 from .moe import MoEClassifier, MoERegressor
 
-__all__ = ["ConditionalMixtureMixin", "HMEClassifier", "HMERegressor", "MDNRegressor", "MoEClassifier", "MoERegressor"]
+__all__ = [
+    "ConditionalMixtureEstimator",
+    "ConditionalMixtureMixin",
+    "HMEClassifier",
+    "HMERegressor",
+    "MDNRegressor",
+    "MoEClassifier",
+    "MoERegressor",
+    "load",
+]

@@ -1,4 +1,14 @@
-"""The estimator base shared by every conditional-mixture estimator (MoE, HME, MDN)."""
+"""The estimator base shared by every conditional-mixture estimator (MoE, HME, MDN): one fit template.
+
+:class:`ConditionalMixtureEstimator` checks the parameters (declared in
+:mod:`moekit._validation`), validates X, y and the weights, builds the model
+and trains it, and sets the fitted attributes from the training function's
+:class:`~moekit.training.FitResult`.  An estimator provides only its hooks:
+``_fit_targets`` (its kind of y), ``build_model`` (its model), ``_train`` (its
+trainer) and ``_set_model_attributes`` (what it reports about the fitted
+model); for model files, ``model_structure`` and ``rebuild_model`` (see
+:func:`storable`).
+"""
 
 from __future__ import annotations
 
@@ -7,35 +17,36 @@ import numbers
 
 import numpy as np
 import torch
-from sklearn.base import is_classifier
+from sklearn.base import BaseEstimator, is_classifier
 from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._validation import check_params, check_sample_weight, torch_dtype
 from ..inference import branches, central_interval, find_modes, hdr
+from ..io import register_estimator
+from ..io import save as save_model
 
-__all__ = ["ConditionalMixtureMixin"]
-
-_DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64, "float": torch.float32}
-
-
-def _torch_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in _DTYPES:
-        return _DTYPES[dtype]
-    if dtype in (np.float64, np.float32):
-        return torch.float64 if dtype is np.float64 else torch.float32
-    raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+__all__ = ["ConditionalMixtureMixin", "ConditionalMixtureEstimator", "storable", "weighted_variance"]
 
 
-def _check_device(device) -> None:
-    """Raise a clear error for a device this machine does not have."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but no CUDA device is available here; use device='cpu'")
+def weighted_variance(y: np.ndarray, w: np.ndarray) -> float:
+    """The weighted variance of y (averaged over its columns), so that integer weights equal repeated rows."""
+    wn = w / w.sum()
+    y2 = y.reshape(len(y), -1)
+    centred = y2 - wn @ y2
+    return float(np.mean(wn @ (centred * centred)))
+
+
+def storable(cls):
+    """Class decorator: register an estimator class with :mod:`moekit.io` so that its fitted instances can be saved.
+
+    The class provides ``model_structure()`` (JSON values) and ``rebuild_model(structure)`` (an
+    unfitted model of that structure); ``_removed_parameters`` lists parameters that old model files
+    may still set (ignored on loading, with a warning).
+    """
+    register_estimator(cls, cls.rebuild_model, cls.model_structure, removed_parameters=cls._removed_parameters)
+    return cls
 
 
 class ConditionalMixtureMixin:
@@ -51,7 +62,7 @@ class ConditionalMixtureMixin:
     def _x(self, X) -> torch.Tensor:
         check_is_fitted(self, "model_")
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        return torch.as_tensor(np.array(X, dtype=np.float64), dtype=_torch_dtype(self.dtype), device=self.device)
+        return torch.as_tensor(np.array(X, dtype=np.float64), dtype=torch_dtype(self.dtype), device=self.device)
 
     def predict_distribution(self, X):
         """The predictive mixture p(y | x) for every row.
@@ -116,9 +127,17 @@ class ConditionalMixtureMixin:
 
         Load it back with :func:`moekit.load`; see :mod:`moekit.io`.
         """
-        from ..io import save
+        save_model(self, path)
 
-        save(self, path)
+    def target_shape(self) -> tuple:
+        """The event shape of p(y | x): ``()`` for a scalar y or class labels, ``(d_y,)`` for a vector y."""
+        check_is_fitted(self, "model_")
+        p = next((q for q in self.model_.parameters() if q.is_floating_point()), None)
+        dtype = torch.float64 if p is None else p.dtype
+        device = torch.device("cpu") if p is None else p.device
+        with torch.no_grad():
+            dist = self.model_(torch.zeros(1, int(self.n_features_in_), dtype=dtype, device=device))
+        return tuple(int(s) for s in dist.event_shape)
 
     @available_if(lambda self: not is_classifier(self))
     def predict_quantiles(self, X, q) -> np.ndarray:
@@ -220,3 +239,139 @@ class ConditionalMixtureMixin:
         return iv.cpu().numpy()
 
 
+class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
+    """The fit template of every conditional-mixture estimator.
+
+    ``fit`` runs: the parameter checks (:func:`moekit._validation.check_params`
+    with the class's ``_parameter_specs``, then ``_check_param_combinations``);
+    X, y and ``sample_weight`` validated (``n_features_in_``, feature names);
+    ``_fit_targets`` (the estimator's kind of y); the model built on the CPU
+    with a generator seeded from ``random_state`` (the same start on every
+    device) and moved to ``device``; ``_train``; the fitted attributes set
+    from the :class:`~moekit.training.FitResult`.
+    """
+
+    _parameter_specs: dict = {}
+    _removed_parameters: tuple = ()
+
+    # ------------------------------------------------------------ hooks
+    def _check_param_combinations(self) -> None:
+        """Rules that tie parameters together (each one alone is checked by its spec)."""
+
+    def _fit_targets(self, y: np.ndarray, w: np.ndarray):  # pragma: no cover - every estimator overrides it
+        """Check y and set what the estimator keeps about it; returns ``(y tensor, y_info for build_model)``."""
+        raise NotImplementedError
+
+    def build_model(self, n_features: int, y_info, dtype: torch.dtype, generator: torch.Generator):  # pragma: no cover
+        """A new, unfitted model for ``n_features`` inputs (``y_info``: from ``_fit_targets``)."""
+        raise NotImplementedError
+
+    def _train(self, model, x, y, w, seed: int, rng: np.random.Generator, generator: torch.Generator):  # pragma: no cover
+        """Train ``model`` on the tensors; returns a :class:`~moekit.training.FitResult`.
+
+        ``seed`` was drawn from ``rng`` (restarts draw theirs from it too); ``generator`` built the model.
+        """
+        raise NotImplementedError
+
+    def _set_model_attributes(self, result) -> None:
+        """Fitted attributes of the estimator's own (number of experts, leaves, ...)."""
+
+    # ----------------------------------------------------------- template
+    def _check_params(self) -> None:
+        check_params(self.get_params(deep=False), self._parameter_specs)
+        self._check_param_combinations()
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model.
+
+        Parameters
+        ----------
+        X : array-like (n, d_x)
+        y : array-like (n,) or (n, d_y); class labels (n,) for classifiers
+        sample_weight : array-like (n,), optional
+            Non-negative weights; integer weights are equivalent to repeated
+            rows, rows with weight 0 to dropped ones.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        if is_classifier(self):
+            X, y = validate_data(self, X, y, dtype=np.float64)
+            check_classification_targets(y)
+        else:
+            X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
+        w = check_sample_weight(sample_weight, X.shape[0], torch.float64).numpy()
+        yt, y_info = self._fit_targets(y, w)
+        dtype = torch_dtype(self.dtype)
+        x = torch.as_tensor(np.array(X, dtype=np.float64), dtype=dtype, device=self.device)
+        wt = torch.as_tensor(w, dtype=dtype, device=self.device)
+        rng = np.random.default_rng(self.random_state)
+        seed = int(rng.integers(0, 2**31 - 1))
+        gen = torch.Generator().manual_seed(seed)
+        with torch.device("cpu"):  # built and seeded on the CPU (the same start on every device), then moved
+            model = self.build_model(X.shape[1], y_info, dtype, gen)
+        model = model.to(self.device)
+        result = self._train(model, x, yt, wt, seed, rng, gen)
+        self.model_ = result.model
+        self.fit_result_ = result
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.log_likelihood_ = result.log_likelihood
+        self.mean_log_likelihood_ = result.mean_log_likelihood
+        self.mean_log_likelihood_history_ = np.asarray(result.history)
+        self.log_likelihood_history_ = self.mean_log_likelihood_history_ * result.train_weight
+        self._set_model_attributes(result)
+        return self
+
+    # ------------------------------------------------------- model files
+    def model_structure(self) -> dict:  # pragma: no cover - every storable estimator overrides it
+        """What :meth:`rebuild_model` needs beyond the parameters and fitted attributes (JSON values)."""
+        raise NotImplementedError
+
+    def rebuild_model(self, structure: dict):  # pragma: no cover - every storable estimator overrides it
+        """An unfitted model of the stored ``structure`` (its tensors are then loaded); changes no parameter."""
+        raise NotImplementedError
+
+
+class RegressorTargets:
+    """Real-valued y, scalar (n,) or vector (n, d_y): checked at fit and when scoring."""
+
+    def _fit_targets(self, y, w):
+        self._y_ndim = y.ndim
+        yt = torch.as_tensor(np.array(y, dtype=np.float64), dtype=torch_dtype(self.dtype), device=self.device)
+        return yt, (y.shape[1] if y.ndim == 2 else None)
+
+    def _y_tensor(self, y, n):
+        y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y, dtype=np.float64)
+        if y.ndim != self._y_ndim or y.shape[0] != n:
+            raise ValueError(f"y must have shape {(n,) if self._y_ndim == 1 else (n, '...')} like the training y, got {y.shape}")
+        if not np.isfinite(y).all():
+            raise ValueError("y contains NaN or infinite values; drop or impute them first")
+        return torch.as_tensor(y.copy(), dtype=torch_dtype(self.dtype), device=self.device)
+
+
+class ClassifierTargets:
+    """Class labels (n,): encoded as 0..C-1 in the order of ``classes_``."""
+
+    def _fit_targets(self, y, w):
+        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        present = np.unique(y_enc[w > 0])
+        if len(present) < 2:
+            raise ValueError(
+                f"y has only 1 class ({self.classes_[present[0]]!r}) among rows with positive weight; "
+                "a classifier needs at least 2 classes"
+            )
+        return torch.as_tensor(y_enc, dtype=torch.long, device=self.device), len(self.classes_)
+
+    def _y_tensor(self, y, n):
+        y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
+        if y.ndim != 1 or y.shape[0] != n:
+            raise ValueError(f"y must be 1-D with {n} labels, got shape {y.shape}")
+        idx = np.searchsorted(self.classes_, y)
+        idx = np.clip(idx, 0, len(self.classes_) - 1)
+        unknown = self.classes_[idx] != y
+        if unknown.any():
+            raise ValueError(f"y holds labels not seen in fit: {sorted(set(y[unknown].tolist()))[:5]}; known: {list(self.classes_)}")
+        return torch.as_tensor(idx, dtype=torch.long, device=self.device)

@@ -14,99 +14,57 @@ L leaves.
 
 from __future__ import annotations
 
-import copy
 import numbers
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_is_fitted
 
-from ..gates import Gate
-from ..training.gradient import fit_gradient
+from .._validation import OneOf, Real, torch_dtype
+from ..gates import ConstantGate
+from ..mixture import MixtureOfExperts
 from ..training.grow import grow_tree
 from ..training.tree import fit_tree_em, init_tree
 from ..tree.build import as_branching, build_tree, n_leaves, tree_depth
 from ..tree.render import render_tree
 from ..tree.routing import leaf_mixture, node_gate_probabilities, path_posteriors, path_probabilities
-from .base import _torch_dtype
-from .moe import MoEClassifier, MoERegressor
+from .base import storable
+from .moe import GATES, MoEClassifier, MoERegressor, expert_names
 
 __all__ = ["HMERegressor", "HMEClassifier"]
+
+_INIT = OneOf("kmeans", "kmeans_x", "random", other="an (n, K) array", instances=(object,))
 
 
 class _HMEMixin:
     """Tree building, fitting and tree views shared by the HME estimators."""
 
     # ------------------------------------------------------------ checking
-    def _check_params(self) -> None:
-        def is_int(v, low):
-            return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
-
+    def _check_param_combinations(self) -> None:
         if self.grow:
-            if not is_int(self.branching, 2):
+            if not (isinstance(self.branching, numbers.Integral) and self.branching >= 2):
                 raise ValueError(f"with grow=True, branching must be an int >= 2 (children per split), got {self.branching!r}")
-            if self.depth is not None and not is_int(self.depth, 1):
-                raise ValueError(f"depth must be None or a positive int (the deepest a grown tree may get), got {self.depth!r}")
-            if not is_int(self.max_leaves, 1):
-                raise ValueError(f"max_leaves must be a positive integer, got {self.max_leaves!r}")
-            if not (isinstance(self.validation_fraction, numbers.Real) and 0 < self.validation_fraction < 1):
-                raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
-            if not (isinstance(self.min_gain, numbers.Real) and self.min_gain >= 0):
-                raise ValueError(f"min_gain must be a non-negative number, got {self.min_gain!r}")
+            if self.fit_method != "em":
+                raise ValueError("grow=True fits every candidate tree by EM; use fit_method='em' (or grow=False)")
         else:
             as_branching(self.depth, self.branching)
-        if not isinstance(self.grow, (bool, np.bool_)):
-            raise ValueError(f"grow must be True or False, got {self.grow!r}")
-        if self.fit_method not in ("em", "gradient"):
-            raise ValueError(f"fit_method must be 'em' or 'gradient', got {self.fit_method!r}")
-        if self.grow and self.fit_method != "em":
-            raise ValueError("grow=True fits every candidate tree by EM; use fit_method='em' (or grow=False)")
-        if self.optimizer not in ("adam", "lbfgs"):
-            raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {self.optimizer!r}")
-        if not (isinstance(self.max_iter, numbers.Integral) and self.max_iter >= 1):
-            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
-        if not (isinstance(self.n_init, numbers.Integral) and self.n_init >= 1):
-            raise ValueError(f"n_init must be a positive integer, got {self.n_init!r}")
-        if not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
-            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
-        if not (isinstance(self.alpha, numbers.Real) and self.alpha >= 0):
-            raise ValueError(f"alpha must be a non-negative number, got {self.alpha!r}")
-        if not (isinstance(self.var_floor, numbers.Real) and self.var_floor > 0):
-            raise ValueError(f"var_floor must be a positive number, got {self.var_floor!r}")
-        if self.prune_threshold is not None and not (
-            isinstance(self.prune_threshold, numbers.Real) and 0 <= self.prune_threshold < 1
-        ):
-            raise ValueError(f"prune_threshold must be None or in [0, 1), got {self.prune_threshold!r}")
-        if isinstance(self.init, str) and self.init not in ("kmeans", "kmeans_x", "random"):
-            raise ValueError(f"init must be 'kmeans', 'kmeans_x', 'random' or an (n, K) array, got {self.init!r}")
-        if isinstance(self.gate, str) and self.gate not in ("softmax", "mlp", "constant"):
-            raise ValueError(f"gate must be 'softmax', 'mlp', 'constant' or a Gate instance, got {self.gate!r}")
-        if not isinstance(self.gate, (str, Gate)):
-            raise TypeError(
-                f"gate must be 'softmax', 'mlp', 'constant' or a moekit Gate instance, got {type(self.gate).__name__}"
-            )
-        if isinstance(self.expert, str) and self.expert not in self._expert_names:
-            raise ValueError(f"expert must be one of {self._expert_names} or an expert instance, got {self.expert!r}")
-        if self.covariance not in ("full", "diag", "spherical"):
-            raise ValueError(f"covariance must be 'full', 'diag' or 'spherical', got {self.covariance!r}")
-        _torch_dtype(self.dtype)
 
     # ------------------------------------------------------------ building
     def _factories(self, de: int, y_info, dtype, gen):
         def leaves(k):
-            if isinstance(self.expert, str):
-                return self._build_named_experts(de, k, y_info, dtype, gen)
-            return self._experts_from_instance(k, de, dtype)
+            return self._build_experts(de, k, y_info, dtype, gen)
 
         def gate(d, k):
             return self._build_gate(d, k, dtype, gen)
 
         return leaves, gate
 
-    def _build_model(self, d: int, y_info, dtype, gen):
-        gcols = self._feature_index(self.gate_features, "gate_features", d)
-        ecols = self._feature_index(self.expert_features, "expert_features", d)
-        de = d if ecols is None else len(ecols)
-        leaves, gate = self._factories(de, y_info, dtype, gen)
+    def build_model(self, n_features, y_info, dtype, generator):
+        """A new tree of ``depth`` levels and ``branching`` children (a single leaf when ``grow``)."""
+        gcols = self._feature_index(self.gate_features, "gate_features", n_features)
+        ecols = self._feature_index(self.expert_features, "expert_features", n_features)
+        de = n_features if ecols is None else len(ecols)
+        leaves, gate = self._factories(de, y_info, dtype, generator)
         if self.grow:
             depth, branching = 1, 1  # a single leaf: growth decides the rest
         elif isinstance(self.branching, numbers.Integral):
@@ -115,45 +73,25 @@ class _HMEMixin:
             depth, branching = self.depth, tuple(self.branching)
         pt = None if self.prune_threshold is None else float(self.prune_threshold)
         return build_tree(
-            d, depth, branching, leaf=leaves, gate=gate, dtype=dtype, gate_features=gcols, expert_features=ecols,
-            prune_threshold=pt,
+            n_features, depth, branching, leaf=leaves, gate=gate, dtype=dtype, gate_features=gcols,
+            expert_features=ecols, prune_threshold=pt,
         )
 
     # ------------------------------------------------------------- fitting
-    def _fit_model(self, x, y, w, d, y_info):
-        dtype = _torch_dtype(self.dtype)
-        if hasattr(self, "_var_floor_abs") and y.is_floating_point():
-            # the variance floor is relative to the *weighted* variance of y, so that integer
-            # weights and repeated rows give the same floor (and the same fit)
-            yy = (y[:, None] if y.dim() == 1 else y).to(torch.float64)
-            ww = w.to(torch.float64)[:, None]
-            mean = (ww * yy).sum(0) / ww.sum()
-            var_y = float(((ww * (yy - mean) ** 2).sum(0) / ww.sum()).mean())
-            self._var_floor_abs = float(self.var_floor) * (var_y if var_y > 0 else 1.0)
-        rng = np.random.default_rng(self.random_state)
-        seed = int(rng.integers(0, 2**31 - 1))
-        gen = self._generator(seed)
-        with torch.device("cpu"):  # built and seeded on the CPU (the same start on every device), then moved
-            model = self._build_model(d, y_info, dtype, gen)
-        model = model.to(self.device)
-        n_eff = int((w > 0).sum())
-        try:
-            n_par = model.n_parameters()
-        except (NotImplementedError, ValueError, AttributeError):
-            n_par = 0  # e.g. unfitted scikit-learn leaves: their size is known only after fitting
-        if n_eff < n_par and self.alpha == 0:
-            n_l = n_leaves(model)
-            raise ValueError(
-                f"the tree is larger than the data supports: {n_l} leaves ({tree_depth(model)} level(s) of gates) "
-                f"on {d} feature(s) have {n_par} free parameters, but got {n_eff} sample(s) with positive weight; "
-                "use a smaller depth or branching, grow=True (the tree then grows only as far as held-out "
-                "likelihood rises), fewer features (gate_features / expert_features), more data, or a ridge "
-                "penalty alpha > 0"
-            )
-        pt = 0.0 if self.prune_threshold is None else float(self.prune_threshold)
+    def _too_large(self, model, n_eff, n_par, n_features):
+        return (
+            f"the tree is larger than the data supports: {n_leaves(model)} leaves ({tree_depth(model)} level(s) of "
+            f"gates) on {n_features} feature(s) have {n_par} free parameters, but got {n_eff} sample(s) with "
+            "positive weight; use a smaller depth or branching, grow=True (the tree then grows only as far as "
+            "held-out likelihood rises), fewer features (gate_features / expert_features), more data, or a ridge "
+            "penalty alpha > 0"
+        )
+
+    def _train(self, model, x, y, w, seed, rng, generator):
+        self._check_size(model, w, x.shape[1])
         self.grow_result_ = None
         if self.grow:
-            _, gate = self._factories(0, y_info, dtype, gen)
+            _, gate = self._factories(0, None, torch_dtype(self.dtype), generator)
             g = grow_tree(
                 model, x, y, w, branching=int(self.branching), gate=gate, max_leaves=int(self.max_leaves),
                 max_depth=None if self.depth is None else int(self.depth),
@@ -162,37 +100,68 @@ class _HMEMixin:
                 verbose=int(self.verbose),
             )
             self.grow_result_ = g
-            res = g.fit_result
-        elif self.fit_method == "em":
-            res = fit_tree_em(
+            return g.fit_result
+        if self.fit_method == "em":
+            pt = 0.0 if self.prune_threshold is None else float(self.prune_threshold)
+            return fit_tree_em(
                 model, x, y, w, init=self.init, n_init=int(self.n_init), random_state=seed,
                 max_iter=int(self.max_iter), tol=float(self.tol), prune_threshold=pt, verbose=int(self.verbose),
             )
-        else:
-            best = None
-            for s in rng.integers(0, 2**31 - 1, size=int(self.n_init)):
-                m = copy.deepcopy(model)
-                init_tree(m, x, y, w, init=self.init, random_state=int(s))
-                r = fit_gradient(
-                    m, x, y, w, optimizer=self.optimizer, learning_rate=self.learning_rate,
-                    max_epochs=int(self.max_iter), batch_size=int(self.batch_size), tol=float(self.tol), init=None,
-                    early_stopping=self.optimizer == "adam", random_state=int(s), verbose=int(self.verbose),
-                )
-                if best is None or r.mean_log_likelihood > best.mean_log_likelihood:
-                    best = r
-            res = best
-        self.model_ = res.model
-        self.fit_result_ = res
-        self.n_iter_ = res.n_iter
-        self.converged_ = res.converged
-        self.log_likelihood_ = res.log_likelihood
-        self.mean_log_likelihood_ = res.mean_log_likelihood
-        self.mean_log_likelihood_history_ = np.asarray(res.history)
-        self.log_likelihood_history_ = self.mean_log_likelihood_history_ * res.train_weight
+
+        def start(m, s):
+            init_tree(m, x, y, w, init=self.init, random_state=s)
+
+        return self._gradient_restarts(model, x, y, w, rng, init=None, start=start)
+
+    def _set_model_attributes(self, result) -> None:
         self.n_leaves_ = n_leaves(self.model_)
         self.n_experts_ = self.n_leaves_
         self.depth_ = tree_depth(self.model_)
-        return self
+
+    # ---------------------------------------------------------- model files
+    def model_structure(self) -> dict:
+        """As the flat estimator's, plus the shape of the (possibly pruned or grown) tree."""
+        out = super().model_structure()
+        out["tree"] = _tree_spec(self.model_)
+        return out
+
+    def rebuild_model(self, structure: dict) -> MixtureOfExperts:
+        """Rebuild the stored tree node by node (it may have been pruned or grown), with the estimator's factories."""
+        dtype = torch_dtype(self.dtype)
+        gen = torch.Generator().manual_seed(0)  # initial values are overwritten by the stored tensors
+        y_info = structure.get("y_info")
+
+        def cols(v, d, what):
+            if v is None:
+                return None
+            if not (isinstance(v, list) and v and all(isinstance(i, int) and 0 <= i < d for i in v)):
+                raise ValueError(f"bad {what} {v!r} in the tree")
+            return v
+
+        def build(spec, d_in, depth):
+            if not isinstance(spec, dict) or depth > 64:
+                raise ValueError("bad tree description")
+            k = spec.get("k")
+            if not (isinstance(k, int) and 1 <= k <= 4096):
+                raise ValueError("bad number of children in the tree")
+            gf = cols(spec.get("gate_features"), d_in, "gate_features")
+            ef = cols(spec.get("expert_features"), d_in, "expert_features")
+            dg = d_in if gf is None else len(gf)
+            de = d_in if ef is None else len(ef)
+            gate = ConstantGate(k, dtype=dtype) if spec.get("gate") == "ConstantGate" else self._build_gate(dg, k, dtype, gen)
+            ch = spec.get("children")
+            if ch == "stacked":
+                experts = self._build_named_experts(de, k, y_info, dtype, gen)
+            elif isinstance(ch, list) and len(ch) == k:
+                experts = [build(c, de, depth + 1) if isinstance(c, dict)
+                           else self._build_named_experts(de, None, y_info, dtype, gen) for c in ch]
+            else:
+                raise ValueError("bad children in the tree")
+            pt = spec.get("prune_threshold")
+            return MixtureOfExperts(gate, experts, gate_features=gf, expert_features=ef,
+                                    prune_threshold=None if pt is None else float(pt))
+
+        return build(structure.get("tree"), int(self.n_features_in_), 0)
 
     # --------------------------------------------------------- tree views
     def predict_distribution(self, X):
@@ -229,12 +198,21 @@ class _HMEMixin:
 
     def render_tree(self, X=None, y=None, sample_weight=None) -> str:
         """A text picture of the fitted tree; with X (and y), the share of the data (posterior weight) per node and leaf."""
-        from sklearn.utils.validation import check_is_fitted
-
         check_is_fitted(self, "model_")
         x = None if X is None else self._x(X)
         yt = None if y is None else self._y_tensor(y, x.shape[0])
         return render_tree(self.model_, x, yt, sample_weight)
+
+
+def _tree_spec(node) -> dict:
+    """The shape of a (possibly pruned or grown) tree of mixtures, as JSON values."""
+    spec = {"k": int(node.n_experts), "gate": type(node.gate).__name__, "gate_features": node.gate_features,
+            "expert_features": node.expert_features, "prune_threshold": getattr(node, "prune_threshold", None)}
+    if node.is_stacked:
+        spec["children"] = "stacked"
+    else:
+        spec["children"] = [_tree_spec(c) if isinstance(c, MixtureOfExperts) else "leaf" for c in node.experts]
+    return spec
 
 
 _PARAMS_DOC = """
@@ -269,13 +247,14 @@ _PARAMS_DOC = """
         problems), k-means on the gate inputs only, a partition of input
         space (the classifier's default: k-means on one-hot labels would
         split by class, which no gate of X can follow), or random.
-    expert, gate, covariance, fit_method, max_iter, tol, n_init, random_state, device, dtype,
-    verbose, gate_features, expert_features, var_floor, hidden_layer_sizes, learning_rate,
-    batch_size, alpha, optimizer
+    expert, gate, fit_method, max_iter, tol, n_init, random_state, device, dtype, verbose,
+    gate_features, expert_features, hidden_layer_sizes, learning_rate, batch_size, alpha,
+    optimizer, and for the regressor covariance and var_floor
         As for the flat estimator (here per leaf and per gate).
 """
 
 
+@storable
 class HMERegressor(_HMEMixin, MoERegressor):
     __doc__ = """Hierarchical mixture-of-experts regression (scikit-learn estimator).
 
@@ -317,6 +296,9 @@ class HMERegressor(_HMEMixin, MoERegressor):
     >>> bool(np.allclose(hme.predict_gate(X).sum(1), 1))
     True
     """
+
+    _parameter_specs = {"expert": expert_names("linear", "poisson", "student_t", "mlp"), "gate": GATES, "init": _INIT,
+                        "validation_fraction": Real(0.0, 1.0, low_open=True, high_open=True)}
 
     def __init__(
         self,
@@ -377,6 +359,7 @@ class HMERegressor(_HMEMixin, MoERegressor):
         self.prune_threshold = prune_threshold
 
 
+@storable
 class HMEClassifier(_HMEMixin, MoEClassifier):
     __doc__ = """Hierarchical mixture-of-experts classification (scikit-learn estimator).
 
@@ -412,6 +395,10 @@ class HMEClassifier(_HMEMixin, MoEClassifier):
         p = np.clip(super().predict_proba(X), 0.0, 1.0)
         return p / p.sum(axis=1, keepdims=True)
 
+    _parameter_specs = {"expert": expert_names("logistic", "mlp"), "gate": GATES, "init": _INIT,
+                        "validation_fraction": Real(0.0, 1.0, low_open=True, high_open=True)}
+    _removed_parameters = ("covariance", "var_floor")  # accepted until 0.2.0 and never used
+
     def __init__(
         self,
         depth=2,
@@ -420,7 +407,6 @@ class HMEClassifier(_HMEMixin, MoEClassifier):
         max_leaves=16,
         expert="logistic",
         gate="softmax",
-        covariance="full",
         fit_method="em",
         max_iter=200,
         tol=1e-6,
@@ -432,7 +418,6 @@ class HMEClassifier(_HMEMixin, MoEClassifier):
         verbose=0,
         gate_features=None,
         expert_features=None,
-        var_floor=1e-6,
         hidden_layer_sizes=(32,),
         learning_rate=None,
         batch_size=256,
@@ -448,7 +433,6 @@ class HMEClassifier(_HMEMixin, MoEClassifier):
         self.max_leaves = max_leaves
         self.expert = expert
         self.gate = gate
-        self.covariance = covariance
         self.fit_method = fit_method
         self.max_iter = max_iter
         self.tol = tol
@@ -460,7 +444,6 @@ class HMEClassifier(_HMEMixin, MoEClassifier):
         self.verbose = verbose
         self.gate_features = gate_features
         self.expert_features = expert_features
-        self.var_floor = var_floor
         self.hidden_layer_sizes = hidden_layer_sizes
         self.learning_rate = learning_rate
         self.batch_size = batch_size

@@ -6,18 +6,21 @@ import numbers
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils.validation import validate_data
+from sklearn.base import RegressorMixin
 
-from .._validation import check_int, check_real, check_sample_weight
-from ..mdn import ACTIVATIONS, COVARIANCES, MixtureDensityNetwork
+from .._validation import OneOf, Real, torch_dtype
+from ..mdn import ACTIVATIONS, MixtureDensityNetwork
 from ..training.mdn import fit_mdn
-from .base import ConditionalMixtureMixin, _torch_dtype
+from .base import ConditionalMixtureEstimator, RegressorTargets, storable
 
 __all__ = ["MDNRegressor"]
 
+_NETWORK_SETTINGS = {"n_features", "n_outputs", "n_components", "hidden_layer_sizes", "activation", "covariance",
+                     "scale_floor"}
 
-class MDNRegressor(ConditionalMixtureMixin, RegressorMixin, BaseEstimator):
+
+@storable
+class MDNRegressor(RegressorTargets, RegressorMixin, ConditionalMixtureEstimator):
     """Mixture density network regression (scikit-learn estimator).
 
     Models the whole conditional density ``p(y | x)`` as a K-component
@@ -164,97 +167,53 @@ class MDNRegressor(ConditionalMixtureMixin, RegressorMixin, BaseEstimator):
         self.dtype = dtype
         self.verbose = verbose
 
-    def _check_params(self) -> None:
-        check_int(self.n_components, "n_components", 1)
-        check_int(self.max_epochs, "max_epochs", 1)
-        check_int(self.batch_size, "batch_size", 1)
-        check_int(self.patience, "patience", 1)
-        check_real(self.learning_rate, "learning_rate", 0.0, low_open=True)
-        check_real(self.weight_decay, "weight_decay", 0.0)
-        check_real(self.input_noise, "input_noise", 0.0)
-        check_real(self.target_noise, "target_noise", 0.0)
-        check_real(self.validation_fraction, "validation_fraction", 0.0, 0.9)
-        check_real(self.scale_floor, "scale_floor", 0.0, low_open=True)
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
-        if self.covariance not in COVARIANCES:
-            raise ValueError(f"covariance must be one of {COVARIANCES}, got {self.covariance!r}")
-        if self.keep not in ("best", "recent"):
-            raise ValueError(f"keep must be 'best' or 'recent', got {self.keep!r}")
-        sizes = self.hidden_layer_sizes
-        if isinstance(sizes, numbers.Integral):
-            sizes = (sizes,)
-        try:
-            sizes = tuple(sizes)
-        except TypeError:
-            raise TypeError(f"hidden_layer_sizes must be a tuple of positive ints, got {self.hidden_layer_sizes!r}") from None
-        if not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1 for h in sizes):
-            raise ValueError(f"hidden_layer_sizes must hold positive integers, got {self.hidden_layer_sizes!r}")
-        _torch_dtype(self.dtype)
-        dev = torch.device(self.device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device!r} was requested but torch.cuda.is_available() is False; use device='cpu'")
+    _parameter_specs = {"activation": OneOf(*ACTIVATIONS), "learning_rate": Real(0.0, low_open=True),
+                        "validation_fraction": Real(0.0, 0.9)}
 
-    def fit(self, X, y, sample_weight=None):
-        """Train the network.
-
-        Parameters
-        ----------
-        X : array-like (n, d_x)
-        y : array-like (n,) or (n, d_y)
-        sample_weight : array-like (n,), optional
-            Non-negative weights; rows with weight 0 are ignored.
-
-        Returns
-        -------
-        self
-        """
-        self._check_params()
-        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
-        w = check_sample_weight(sample_weight, X.shape[0], torch.float64).numpy()
-        self._y_ndim = y.ndim
-        dtype = _torch_dtype(self.dtype)
-        rng = np.random.default_rng(self.random_state if not isinstance(self.random_state, np.random.RandomState)
-                                    else self.random_state.randint(0, 2**31 - 1))
-        seed = int(rng.integers(0, 2**31 - 1))
+    def build_model(self, n_features, y_info, dtype, generator) -> MixtureDensityNetwork:
+        """A new network for ``n_features`` inputs and a scalar (``y_info=None``) or ``y_info``-dimensional y."""
         sizes = self.hidden_layer_sizes
         sizes = (sizes,) if isinstance(sizes, numbers.Integral) else tuple(int(h) for h in sizes)
-        model = MixtureDensityNetwork(
-            X.shape[1], None if y.ndim == 1 else y.shape[1], int(self.n_components), sizes, self.activation,
-            self.covariance, float(self.scale_floor), dtype=dtype, device=self.device,
-            generator=torch.Generator().manual_seed(seed),
+        return MixtureDensityNetwork(
+            n_features, y_info, int(self.n_components), sizes, self.activation, self.covariance,
+            float(self.scale_floor), dtype=dtype, device=self.device, generator=generator,
         )
-        res = fit_mdn(
-            model, X, y, w, max_epochs=int(self.max_epochs), batch_size=int(self.batch_size),
+
+    def _train(self, model, x, y, w, seed, rng, generator):
+        return fit_mdn(
+            model, x, y, w, max_epochs=int(self.max_epochs), batch_size=int(self.batch_size),
             learning_rate=float(self.learning_rate), weight_decay=float(self.weight_decay),
             input_noise=float(self.input_noise), target_noise=float(self.target_noise),
             validation_fraction=float(self.validation_fraction), early_stopping=bool(self.early_stopping),
             patience=int(self.patience), keep=self.keep, reseed_dead=bool(self.reseed_dead), random_state=seed,
             verbose=int(self.verbose),
         )
-        self.model_ = res.model
-        self.fit_result_ = res
-        self.n_iter_ = res.n_iter
-        self.best_epoch_ = res.best_epoch
-        self.usage_ = res.usage
-        self.dead_components_ = res.dead_components
-        self.log_likelihood_ = res.log_likelihood
-        self.mean_log_likelihood_ = res.mean_log_likelihood
-        self.mean_log_likelihood_history_ = np.asarray(res.history)
-        self.log_likelihood_history_ = self.mean_log_likelihood_history_ * res.train_weight
-        self.validation_history_ = np.asarray(res.validation_history if res.validation_history is not None else [])
-        return self
+
+    def _set_model_attributes(self, result) -> None:
+        self.best_epoch_ = result.best_epoch
+        self.usage_ = result.usage
+        self.dead_components_ = result.dead_components
+        self.validation_history_ = np.asarray(result.validation_history if result.validation_history is not None else [])
+
+    def model_structure(self) -> dict:
+        """The network's configuration."""
+        return {"config": self.model_.get_config()}
+
+    def rebuild_model(self, structure: dict) -> MixtureDensityNetwork:
+        """The network of the stored configuration."""
+        cfg = structure.get("config") if isinstance(structure, dict) else None
+        if not isinstance(cfg, dict):
+            raise ValueError("the network's configuration is missing")
+        if set(cfg) - _NETWORK_SETTINGS:
+            raise ValueError(f"unknown network settings {sorted(set(cfg) - _NETWORK_SETTINGS)}")
+        gen = torch.Generator().manual_seed(0)  # initial weights are overwritten by the stored tensors
+        return MixtureDensityNetwork(**cfg, dtype=torch_dtype(self.dtype), generator=gen)
 
     def _y_tensor(self, y, n):
         y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y, dtype=np.float64)
-        if y.ndim != self._y_ndim or y.shape[0] != n:
-            want = (n,) if self._y_ndim == 1 else (n, self.model_.n_outputs)
-            raise ValueError(f"y must have shape {want} like the training y, got {y.shape}")
-        if self._y_ndim == 2 and y.shape[1] != self.model_.n_outputs:
+        if self._y_ndim == 2 and y.ndim == 2 and y.shape[0] == n and y.shape[1] != self.model_.n_outputs:
             raise ValueError(f"y must have {self.model_.n_outputs} columns like the training y, got {y.shape[1]}")
-        if not np.isfinite(y).all():
-            raise ValueError("y contains NaN or infinite values; drop or impute them first")
-        return torch.as_tensor(y.copy(), dtype=_torch_dtype(self.dtype), device=self.device)
+        return super()._y_tensor(y, n)
 
     def predict(self, X) -> np.ndarray:
         """Conditional mean E[y | x] over all output dimensions: (n,) or (n, d_y)."""
