@@ -286,7 +286,7 @@ class HMERegressor(_HMEMixin, MoERegressor):
     Examples
     --------
     >>> import numpy as np
-    >>> from moekit.hme import HMERegressor
+    >>> from moekit import HMERegressor
     >>> rng = np.random.default_rng(0)
     >>> X = rng.uniform(-1, 1, size=(300, 1))
     >>> y = np.abs(X[:, 0] - np.round(X[:, 0])) + 0.02 * rng.normal(size=300)   # a zigzag: 4 lines
@@ -375,7 +375,7 @@ class HMEClassifier(_HMEMixin, MoEClassifier):
     Examples
     --------
     >>> import numpy as np
-    >>> from moekit.hme import HMEClassifier
+    >>> from moekit import HMEClassifier
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(300, 2))
     >>> y = (X[:, 0] * X[:, 1] > 0).astype(int)      # XOR: two levels of linear splits
