@@ -29,10 +29,9 @@ from moekit import (
     fit_em,
     fit_tree_em,
     grow_tree,
-    metrics,
 )
 from moekit.datasets import make_inverse_sine, make_robot_arm
-from moekit.inference import central_interval, find_modes, hdr, in_intervals
+from moekit.inference import central_interval, find_modes, hdr, in_intervals, metrics
 from moekit.mdn import MixtureDensityNetwork
 from moekit.training.mdn import fit_mdn
 

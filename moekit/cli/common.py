@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..estimators import load  # io.load with moekit's estimator classes registered
+from .._validation import device_problem
 from ..io import ModelFileError, read_info
 from .errors import DataError, UsageError, one_line
 
@@ -53,24 +54,13 @@ def set_threads(args, n_rows: int) -> None:
 
 
 def check_device(dev):
-    """--device as a torch device name (None stays None); UsageError for a device this machine lacks."""
+    """--device as a torch device name (None stays None); UsageError for a device this machine lacks (the one device rule)."""
     if dev is None:
         return None
-    try:
-        d = torch.device(dev)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"--device {dev!r} is not a device name; use cpu, cuda or cuda:N") from None
-    if d.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {dev}: this machine has no CUDA GPU that torch can use; use --device cpu")
-        if d.index is not None and d.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {dev}: there are only {torch.cuda.device_count()} CUDA device(s)")
-    elif d.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise UsageError(f"--device {dev}: MPS is not available here; use --device cpu")
-    elif d.type != "cpu":
-        raise UsageError(f"--device {dev!r}: moekit runs on cpu, cuda or mps")
-    return str(d)
+    problem = device_problem(dev, "--device")
+    if problem is not None:
+        raise UsageError(problem)
+    return str(torch.device(dev))
 
 
 @contextlib.contextmanager
