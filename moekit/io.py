@@ -125,10 +125,6 @@ class ModelFileError(ValueError):
     args : tuple
         ``(message,)``.
 
-    Shapes
-    ------
-    No arrays.
-
     Examples
     --------
     >>> import os, tempfile

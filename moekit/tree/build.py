@@ -495,10 +495,6 @@ def tree_depth(tree: MixtureOfExperts) -> int:
     -------
     int
 
-    Shapes
-    ------
-    No arrays.
-
     Examples
     --------
     >>> from moekit.tree import build_tree, tree_depth
