@@ -94,10 +94,7 @@ def maximize(
     """
     if stats is None:
         stats = stats_fn()
-    if getattr(component, "m_step_exact", True):
-        component.m_step(stats)
-        return 1
-    if stats_fn is None:
+    if getattr(component, "m_step_exact", True) or stats_fn is None:  # exact, or no pass to check a step with
         component.m_step(stats)
         return 1
     steps = component.max_m_steps if max_steps is None else max_steps

@@ -14,20 +14,14 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from moekit import HMEClassifier, HMERegressor, LinearGaussianExpert, fit_em
 from moekit.training.tree import fit_tree_em, init_tree
 from moekit.tree import build_tree, n_leaves, path_posteriors, path_probabilities
+from tests.tree_data import zigzag
 
 D = torch.float64
 
 
-def _zigzag(n=600, seed=0, noise=0.05):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, generator=g, dtype=D) * 4 - 2
-    y = (x[:, 0] - x[:, 0].round()).abs() + noise * torch.randn(n, generator=g, dtype=D)
-    return x, y
-
-
 # ------------------------------------------------------------ estimators
 def test_hme_estimator_prediction_api_and_tree_views():
-    x, y = _zigzag(600, seed=3)
+    x, y = zigzag(600, seed=3)
     X, Y = x.numpy(), y.numpy()
     est = HMERegressor(depth=3, branching=2, init="kmeans_x", random_state=0).fit(X, Y)
     assert est.n_leaves_ == 8 and est.depth_ == 3 and est.n_experts_ == 8
@@ -76,12 +70,12 @@ def test_hme_estimator_grow_option():
 
 
 def test_tree_larger_than_data_raises_and_vanishing_leaves_are_pruned():
-    x, y = _zigzag(40, seed=0)
+    x, y = zigzag(40, seed=0)
     with pytest.raises(ValueError, match=r"the tree is larger than the data supports: 16 leaves \(4 level\(s\) of gates\)"):
         HMERegressor(depth=4, branching=2).fit(x.numpy(), y.numpy())
     HMERegressor(depth=4, branching=2, alpha=1.0, max_iter=20).fit(x.numpy(), y.numpy())  # penalised: allowed
     # a leaf that receives (almost) no data inside the tree is pruned with a warning, never NaN
-    x, y = _zigzag(300, seed=1)
+    x, y = zigzag(300, seed=1)
     tree = build_tree(1, depth=2, branching=2)
     init_tree(tree, x, y, init="kmeans_x", random_state=0)
     with torch.no_grad():
@@ -92,7 +86,7 @@ def test_tree_larger_than_data_raises_and_vanishing_leaves_are_pruned():
 
 
 def test_restarts_are_reproducible_and_differ():
-    x, y = _zigzag(300, seed=4)
+    x, y = zigzag(300, seed=4)
     a, b, c = (build_tree(1, depth=3, branching=2) for _ in range(3))
     init_tree(a, x, y, init="kmeans", random_state=3)
     init_tree(b, x, y, init="kmeans", random_state=3)
@@ -110,7 +104,7 @@ def test_restarts_are_reproducible_and_differ():
 
 
 def test_bad_input_messages_and_no_mutation():
-    x, y = _zigzag(100)
+    x, y = zigzag(100)
     X, Y = x.numpy().copy(), y.numpy().copy()
     X0, Y0 = X.copy(), Y.copy()
     with pytest.raises(ValueError, match=r"depth=3 disagrees with the per-level branching \(4, 2\)"):
@@ -197,7 +191,7 @@ def test_sklearn_checks(estimator, check):
 
 
 def test_score_samples_row_invariance():
-    x, y = _zigzag(300, seed=6)
+    x, y = zigzag(300, seed=6)
     X, Y = x.numpy(), y.numpy()
     est = HMERegressor(random_state=0).fit(X, Y)
     full = est.score_samples(X, Y)

@@ -7,15 +7,9 @@ import torch
 from moekit.training.grow import grow_tree, split_leaf
 from moekit.training.tree import init_tree
 from moekit.tree import build_tree, n_leaves, path_probabilities
+from tests.tree_data import two_d
 
 D = torch.float64
-
-
-def _two_d(n=500, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 2, generator=g, dtype=D) * 2 - 1
-    y = torch.sin(3 * x[:, 0]) * x[:, 1] + 0.1 * torch.randn(n, generator=g, dtype=D)
-    return x, y
 
 
 # ------------------------------------------------------------------ growing
@@ -41,7 +35,7 @@ def test_grow_tree_splits_while_held_out_likelihood_rises_then_stops():
 
 
 def test_split_leaf_hands_the_old_share_to_the_new_node():
-    x, y = _two_d(300, seed=5)
+    x, y = two_d(300, seed=5)
     tree = build_tree(2, depth=2, branching=2, expert_features=[1], gate_features=[0])
     init_tree(tree, x, y, random_state=0)
     with torch.no_grad():

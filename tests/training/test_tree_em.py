@@ -23,6 +23,7 @@ from moekit import (
 )
 from moekit.training.tree import fit_tree_em, init_tree
 from moekit.tree import build_tree, path_posteriors, tree_leaves, tree_nodes
+from tests.tree_data import two_d, unbalanced, zigzag
 
 D = torch.float64
 
@@ -31,33 +32,6 @@ def _nondecreasing(h, rel=1e-10):
     h = np.asarray(h)
     return np.all(np.diff(h) >= -rel * (1 + np.abs(h[:-1])))
 
-
-
-def _zigzag(n=600, seed=0, noise=0.05):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, generator=g, dtype=D) * 4 - 2
-    y = (x[:, 0] - x[:, 0].round()).abs() + noise * torch.randn(n, generator=g, dtype=D)
-    return x, y
-
-
-def _two_d(n=500, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 2, generator=g, dtype=D) * 2 - 1
-    y = torch.sin(3 * x[:, 0]) * x[:, 1] + 0.1 * torch.randn(n, generator=g, dtype=D)
-    return x, y
-
-
-def _unbalanced(d=1):  # noqa: D401
-    """root -> [node(2 leaves), leaf, node(node(2 leaves), leaf)]: 6 leaves at depths 1, 2 and 3."""
-    deep = MixtureOfExperts(SoftmaxGate(d, 2), [
-        MixtureOfExperts(SoftmaxGate(d, 2), LinearGaussianExpert(d, n_experts=2), prune_threshold=1e-4),
-        LinearGaussianExpert(d),
-    ], prune_threshold=1e-4)
-    return MixtureOfExperts(SoftmaxGate(d, 3), [
-        MixtureOfExperts(SoftmaxGate(d, 2), LinearGaussianExpert(d, n_experts=2), prune_threshold=1e-4),
-        LinearGaussianExpert(d),
-        deep,
-    ])
 
 
 # ---------------------------------------------------------- depth 1 == flat
@@ -87,7 +61,7 @@ def test_depth_one_tree_equals_flat_moe_exactly():
 # ------------------------------------------------------------- EM on trees
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 def test_em_never_decreases_on_trees_of_depth_1_to_4(depth):
-    x, y = _two_d(300, seed=depth)
+    x, y = two_d(300, seed=depth)
     tree = build_tree(2, depth=depth, branching=2, prune_threshold=None)  # pure EM: nothing pruned
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -98,10 +72,10 @@ def test_em_never_decreases_on_trees_of_depth_1_to_4(depth):
 
 @pytest.mark.parametrize("case", ["unbalanced", "mixed_families", "mlp_gates", "vector_y", "weighted"])
 def test_em_never_decreases_on_unbalanced_and_mixed_trees(case):
-    x, y = _two_d({"mlp_gates": 150, "mixed_families": 200}.get(case, 300), seed=3)
+    x, y = two_d({"mlp_gates": 150, "mixed_families": 200}.get(case, 300), seed=3)
     w = None
     if case == "unbalanced":
-        tree = _unbalanced(2)
+        tree = unbalanced(2)
     elif case == "mixed_families":
         tree = MixtureOfExperts(SoftmaxGate(2, 2), [
             MixtureOfExperts(ConstantGate(2), [StudentTExpert(2), LinearGaussianExpert(2)]),
@@ -148,10 +122,10 @@ def _manual_hme_em_step(tree, x, y):
             nd.node.experts.fit_weighted(x, y, h[:, first])
 
 
-@pytest.mark.parametrize("make", [lambda: build_tree(2, depth=3, branching=2), lambda: _unbalanced(2)])
+@pytest.mark.parametrize("make", [lambda: build_tree(2, depth=3, branching=2), lambda: unbalanced(2)])
 def test_recursive_em_step_equals_explicit_path_posterior_em(make):
     """The nested E-step/M-step is exactly HME EM with path posteriors (Jordan & Jacobs 1994)."""
-    x, y = _two_d(300, seed=7)
+    x, y = two_d(300, seed=7)
     a = make()
     init_tree(a, x, y, init="kmeans", random_state=0)
     for _ in range(3):
@@ -165,7 +139,7 @@ def test_recursive_em_step_equals_explicit_path_posterior_em(make):
 
 
 def test_nested_statistics_are_additive_and_streaming_step_matches():
-    x, y = _two_d(400, seed=2)
+    x, y = two_d(400, seed=2)
     tree = build_tree(2, depth=2, branching=2, gate="constant")
     init_tree(tree, x, y, init="kmeans", random_state=0)
     s = tree.suff_stats(x, y)
@@ -220,7 +194,7 @@ def test_recovers_parameters_of_a_known_depth_2_hme():
 
 # -------------------------------------------------------- gradient training
 def test_gradient_training_on_the_same_tree_model():
-    x, y = _zigzag(500, seed=2)
+    x, y = zigzag(500, seed=2)
     em_tree = build_tree(1, depth=2, branching=2)
     r_em = fit_tree_em(em_tree, x, y, init="kmeans_x", random_state=0, max_iter=300)
     lb = build_tree(1, depth=2, branching=2)
@@ -267,7 +241,7 @@ def _random_tree(rng, d, depth):
 @pytest.mark.parametrize("seed", range(12))
 def test_slow_em_never_decreases_on_random_unbalanced_trees(seed):
     rng = np.random.default_rng(seed)
-    x, y = _two_d(800, seed=seed)
+    x, y = two_d(800, seed=seed)
     tree = _random_tree(rng, 2, 4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -278,7 +252,7 @@ def test_slow_em_never_decreases_on_random_unbalanced_trees(seed):
 
 def test_fit_em_restarts_seed_the_nested_splits():
     # the top-level start is fixed (a user array), so only the nested splits can differ
-    x, y = _two_d(300, seed=5)
+    x, y = two_d(300, seed=5)
     r0 = np.zeros((300, 2))
     r0[np.arange(300), (x[:, 0] > 0).long().numpy()] = 1.0
 

@@ -27,28 +27,9 @@ from moekit.tree import (
     tree_leaves,
     tree_nodes,
 )
+from tests.tree_data import two_d, unbalanced
 
 D = torch.float64
-
-
-def _two_d(n=500, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 2, generator=g, dtype=D) * 2 - 1
-    y = torch.sin(3 * x[:, 0]) * x[:, 1] + 0.1 * torch.randn(n, generator=g, dtype=D)
-    return x, y
-
-
-def _unbalanced(d=1):  # noqa: D401
-    """root -> [node(2 leaves), leaf, node(node(2 leaves), leaf)]: 6 leaves at depths 1, 2 and 3."""
-    deep = MixtureOfExperts(SoftmaxGate(d, 2), [
-        MixtureOfExperts(SoftmaxGate(d, 2), LinearGaussianExpert(d, n_experts=2), prune_threshold=1e-4),
-        LinearGaussianExpert(d),
-    ], prune_threshold=1e-4)
-    return MixtureOfExperts(SoftmaxGate(d, 3), [
-        MixtureOfExperts(SoftmaxGate(d, 2), LinearGaussianExpert(d, n_experts=2), prune_threshold=1e-4),
-        LinearGaussianExpert(d),
-        deep,
-    ])
 
 
 # ------------------------------------------------------------------ building
@@ -95,8 +76,8 @@ def test_build_tree_bad_arguments():
 
 # ------------------------------------------------------- routing quantities
 def test_path_probabilities_posteriors_and_leaf_mixture():
-    x, y = _two_d(200, seed=1)
-    tree = _unbalanced(2)
+    x, y = two_d(200, seed=1)
+    tree = unbalanced(2)
     init_tree(tree, x, y, init="kmeans", random_state=0)
     with torch.no_grad():
         p = path_probabilities(tree, x)
@@ -148,8 +129,8 @@ def test_path_probabilities_posteriors_and_leaf_mixture():
 
 
 def test_render_tree_shows_nodes_gates_families_and_shares():
-    x, y = _two_d(300, seed=4)
-    tree = _unbalanced(2)
+    x, y = two_d(300, seed=4)
+    tree = unbalanced(2)
     init_tree(tree, x, y, random_state=0)
     txt = render_tree(tree)
     lines = txt.splitlines()
