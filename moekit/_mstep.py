@@ -137,10 +137,10 @@ def maximize(
     return accepted
 
 
-def fit_in_memory(component, *data) -> None:
+def fit_in_memory(component, *data, max_steps: int | None = None) -> None:
     """The weighted M-step of ``component`` on data held in memory (``data`` as its ``suff_stats`` takes it)."""
     objective_fn = (lambda: component.objective(*data)) if uses_trial_objective(component) else None
-    maximize(component, lambda: component.suff_stats(*data), objective_fn=objective_fn)
+    maximize(component, lambda: component.suff_stats(*data), objective_fn=objective_fn, max_steps=max_steps)
 
 
 class Passes:

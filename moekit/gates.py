@@ -23,6 +23,10 @@ from .stats import SuffStats
 
 __all__ = ["Gate", "SoftmaxGate", "ConstantGate", "MLPGate"]
 
+_HESSIANS = ("full", "block", "bound")
+#: Fewest Newton steps of a softmax gate's ``fit_weighted`` (the initial fit to a partition).
+_FIT_STEPS = 5
+
 
 
 class Gate(nn.Module):
@@ -58,6 +62,8 @@ class Gate(nn.Module):
     m_step_exact = True
     max_m_steps = 1
     has_suff_stats = True
+    #: Whether ``suff_stats`` accepts ``log_gate=`` (the E-step's output of this gate, to save recomputing it).
+    reuses_log_gate = False
 
     def __init__(self, n_experts: int):
         super().__init__()
@@ -142,10 +148,13 @@ class ConstantGate(Gate):
 class SoftmaxGate(Gate):
     """The classic gate: ``g(x) = softmax(W [1, x])``, fitted by Newton-Raphson (IRLS).
 
-    The M-step takes up to ``max_m_steps`` Newton steps on the weighted
-    multinomial log-likelihood, with the exact Hessian and step-halving, so it
-    never lowers the objective.  The last expert's row is the reference
-    (kept at zero by the M-step; the softmax does not change).
+    Inside EM the M-step takes ``max_m_steps`` Newton steps (default one: an
+    ECM step, which is the fastest way to the maximum of the likelihood, the
+    gate's own optimum being a moving target) on the weighted multinomial
+    log-likelihood, with step-halving, so it never lowers the objective.
+    ``fit_weighted`` (the initialisation) takes up to ``max(max_m_steps, 5)``.
+    The last expert's row is the reference (kept at zero by the M-step; the
+    softmax does not change).
 
     Parameters
     ----------
@@ -157,8 +166,17 @@ class SoftmaxGate(Gate):
         Optional ridge penalty on the non-intercept coefficients
         (``0.5 * l2 * ||W[:, 1:]||^2`` is subtracted from the objective).
     max_m_steps : int
-        Newton steps per M-step.
+        Newton steps per EM M-step.
     dtype : torch.dtype
+    hessian : {"full", "block", "bound"}
+        The curvature of a Newton step.  "full": the exact information,
+        ``(K-1) p`` square (``p = d_x + 1``), the fewest EM iterations.
+        "block": its K-1 diagonal (p, p) blocks, a fraction 1/(K-1) of the
+        cost per step and usually more iterations.  "bound": Böhning's
+        (1992) fixed curvature ``0.5 (I - 1 1^T / K) (x) X^T diag(w) X``, which
+        bounds the information, so each step increases the objective without
+        a line search; it needs only one (p, p) Gram matrix, but sharp gates
+        make the bound loose and EM slow.  See ``benchmarks/em_speed.py``.
 
     Shapes
     ------
@@ -176,25 +194,42 @@ class SoftmaxGate(Gate):
     """
 
     m_step_exact = False
+    reuses_log_gate = True
 
     def __init__(
         self,
         n_features: int,
         n_experts: int,
         l2: float = 0.0,
-        max_m_steps: int = 5,
+        max_m_steps: int = 1,
         dtype: torch.dtype = torch.float64,
+        hessian: str = "full",
     ):
         super().__init__(n_experts)
         if l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {l2!r}")
+        if hessian not in _HESSIANS:
+            raise ValueError(f"hessian must be one of {_HESSIANS}, got {hessian!r}")
         self.n_features = n_features
         self.l2 = float(l2)
-        self.max_m_steps = int(max_m_steps)
+        if not (isinstance(max_m_steps, int) and max_m_steps >= 1):
+            raise ValueError(f"max_m_steps must be a positive int, got {max_m_steps!r}")
+        self.max_m_steps = max_m_steps
+        self.hessian = hessian
         self.coef = nn.Parameter(torch.zeros(n_experts, n_features + 1, dtype=dtype))
 
     def extra_repr(self) -> str:
         return f"n_features={self.n_features}, n_experts={self.n_experts}, l2={self.l2}"
+
+    def fit_weighted(self, x: torch.Tensor, targets: torch.Tensor):
+        """Weighted M-step of up to ``max(max_m_steps, 5)`` Newton steps: never lowers ``sum(targets * log g(x))``.
+
+        Shapes
+        ------
+        x : (n, d_x); targets : (n, K) non-negative (weight times responsibility).
+        """
+        fit_in_memory(self, x, targets, max_steps=max(self.max_m_steps, _FIT_STEPS))
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = add_intercept(x) @ self.coef.T
@@ -203,25 +238,33 @@ class SoftmaxGate(Gate):
     def n_parameters(self) -> int:
         return (self.n_experts - 1) * (self.n_features + 1)
 
-    def suff_stats(self, x: torch.Tensor, targets: torch.Tensor) -> SuffStats:
+    def suff_stats(self, x: torch.Tensor, targets: torch.Tensor, log_gate: torch.Tensor | None = None) -> SuffStats:
         """Objective, gradient and information matrix at the current coefficients.
+
+        ``log_gate``, this gate's output on ``x`` at the current coefficients
+        when the caller has it (the E-step), is used instead of recomputing it.
 
         Shapes
         ------
-        Returns ``objective`` (), ``grad`` (K-1, p), ``info`` ((K-1) p, (K-1) p).
+        x (n, d_x); targets (n, K); log_gate (n, K).
+        Returns ``objective`` (), ``grad`` (K-1, p) and ``info``: ((K-1) p, (K-1) p)
+        for ``hessian="full"``, (K-1, p, p) for "block", (p, p) for "bound".
         """
         c = chunk_rows(self.n_experts * (self.n_features + 1))
         return sum(
-            self._stats_chunk(x[i : i + c], targets[i : i + c])
+            self._stats_chunk(x[i : i + c], targets[i : i + c], None if log_gate is None else log_gate[i : i + c])
             for i in range(0, max(x.shape[0], 1), c)
         )
 
-    def _stats_chunk(self, x, targets) -> SuffStats:
+    def _stats_chunk(self, x, targets, logg) -> SuffStats:
         coef = self.coef.detach()
         xd = add_intercept(x.to(coef.dtype))
-        a = xd @ coef.T
-        logg = a - torch.logsumexp(a, dim=1, keepdim=True)
-        objective, grad, info = multinomial_newton_stats(xd, logg[:, None, :], targets.to(coef.dtype)[:, None, :])
+        if logg is None:
+            a = xd @ coef.T
+            logg = a - torch.logsumexp(a, dim=1, keepdim=True)
+        objective, grad, info = multinomial_newton_stats(
+            xd, logg[:, None, :], targets.to(coef.dtype)[:, None, :], self.hessian
+        )
         return SuffStats(objective=objective, grad=grad.reshape(self.n_experts - 1, self.n_features + 1), info=info[0])
 
     def penalty(self) -> torch.Tensor:
@@ -237,7 +280,11 @@ class SoftmaxGate(Gate):
         coef = self.coef.data
         coef -= coef[k - 1].clone()  # reference row at zero (softmax-invariant)
         grad = stats["grad"].reshape(-1)
-        info = stats["info"]
+        info = self._information(stats["info"])
+        if self.hessian == "block" and self.l2 == 0:
+            step = solve_spd(info, stats["grad"][:, :, None])[:, :, 0]
+            coef[: k - 1] += step
+            return
         if self.l2 > 0:
             pen = torch.zeros(k - 1, p, dtype=coef.dtype, device=coef.device)
             pen[:, 1:] = self.l2
@@ -246,6 +293,21 @@ class SoftmaxGate(Gate):
             info = info + torch.diag(pen)
         step = solve_spd(info, grad[:, None])[:, 0]
         coef[: k - 1] += step.reshape(k - 1, p)
+
+    def _information(self, info: torch.Tensor) -> torch.Tensor:
+        """The ((K-1) p, (K-1) p) curvature of a Newton step from the ``info`` statistic of ``hessian``.
+
+        "full": as it is; "block": its (K-1, p, p) diagonal blocks (returned as
+        they are when no penalty couples them); "bound": Böhning's
+        ``0.5 (I - 1 1^T / K) (x) G`` from ``G = X^T diag(s) X``.
+        """
+        k = self.n_experts
+        if self.hessian == "full":
+            return info
+        if self.hessian == "block":
+            return info if self.l2 == 0 else torch.block_diag(*info)
+        eye = torch.eye(k - 1, dtype=info.dtype, device=info.device)
+        return torch.kron(0.5 * (eye - 1.0 / k), info)
 
     def select(self, index):
         new = copy.deepcopy(self)

@@ -168,25 +168,26 @@ class MixtureOfExperts(nn.Module):
     def _joint_tree(self, x: torch.Tensor, y: torch.Tensor):
         """``joint_log_prob`` plus, for every child that is a mixture, its own joint: a record of the subtree.
 
-        Returns ``(joint (n, K), records)`` where ``records[k]`` is child k's
-        ``(joint, records)`` (``None`` for a leaf, and ``records`` is ``None``
-        for stacked experts).  The numbers are those of ``joint_log_prob``;
-        the E-step reuses each child's joint instead of computing it twice.
+        Returns ``(log_gate (n, K), joint (n, K), records)`` where
+        ``records[k]`` is child k's ``(log_gate, joint, records)`` (``None``
+        for a leaf, and ``records`` is ``None`` for stacked experts).  The
+        numbers are those of ``log_gate`` and ``joint_log_prob``; the E-step
+        reuses them instead of computing them twice.
         """
         lg = self.log_gate(x)
         xe = self.expert_input(x)
         if self.is_stacked:
-            return lg + self.experts.log_prob(xe, y), None
+            return lg, lg + self.experts.log_prob(xe, y), None
         cols, recs = [], []
         for e in self.experts:
             if isinstance(e, MixtureOfExperts):
-                j, r = e._joint_tree(xe, y)
-                cols.append(torch.logsumexp(j, dim=1))
-                recs.append((j, r))
+                rec = e._joint_tree(xe, y)
+                cols.append(torch.logsumexp(rec[1], dim=1))
+                recs.append(rec)
             else:
                 cols.append(e.log_prob(xe, y))
                 recs.append(None)
-        return lg + torch.stack(cols, dim=1), recs
+        return lg, lg + torch.stack(cols, dim=1), recs
 
     def components(self, path: tuple = ()):
         """Every gate and expert of the (possibly nested) mixture, in M-step order.
@@ -321,10 +322,9 @@ class MixtureOfExperts(nn.Module):
         ------
         x (n, d_x); y (n,) or (n, d_y); weight (n,).
         """
-        joint, records = self._joint_tree(x, y)
-        return self._stats_from_joint(x, y, weight, joint, records, data, ())
+        return self._stats_from_joint(x, y, weight, *self._joint_tree(x, y), data, ())
 
-    def _stats_from_joint(self, x, y, weight, joint, records, data, path) -> SuffStats:
+    def _stats_from_joint(self, x, y, weight, log_gate, joint, records, data, path) -> SuffStats:
         lse = torch.logsumexp(joint, dim=1, keepdim=True)
         r = (joint - lse).exp()
         if weight is None:
@@ -332,7 +332,7 @@ class MixtureOfExperts(nn.Module):
         else:
             targets, ll = weight[:, None] * r, (weight * lse[:, 0]).sum()
         xe = self.expert_input(x)
-        gate = _component_stats(self.gate, path + ("gate",), data, self.gate_input(x), targets)
+        gate = _component_stats(self.gate, path + ("gate",), data, self.gate_input(x), targets, log_gate=log_gate)
         if self.is_stacked:
             experts = SuffStats(stacked=_component_stats(self.experts, path + ("experts", "stacked"), data, xe, y, targets))
         else:
@@ -340,8 +340,7 @@ class MixtureOfExperts(nn.Module):
             for k, e in enumerate(self.experts):
                 where = path + ("experts", str(k))
                 if isinstance(e, MixtureOfExperts):
-                    j, rec = records[k]
-                    parts[str(k)] = e._stats_from_joint(xe, y, targets[:, k], j, rec, data, where)
+                    parts[str(k)] = e._stats_from_joint(xe, y, targets[:, k], *records[k], data, where)
                 else:
                     parts[str(k)] = _component_stats(e, where, data, xe, y, targets[:, k])
             experts = SuffStats(parts)
@@ -427,8 +426,16 @@ class MixtureOfExperts(nn.Module):
             self.experts = nn.ModuleList([self.experts[k] for k in keep])
 
 
-def _component_stats(comp, path: tuple, data: dict | None, *args) -> SuffStats:
-    """``comp``'s statistics on its weighted data ``args`` (recorded in ``data`` under ``path``)."""
+def _component_stats(comp, path: tuple, data: dict | None, *args, log_gate=None) -> SuffStats:
+    """``comp``'s statistics on its weighted data ``args`` (recorded in ``data`` under ``path``).
+
+    A gate that can reuse the E-step's log mixing weights ``log_gate`` (its
+    ``reuses_log_gate``) is handed them instead of recomputing them.
+    """
     if data is not None:
         data[path] = (comp, args)
-    return comp.suff_stats(*args) if _has_stats(comp) else SuffStats()
+    if not _has_stats(comp):
+        return SuffStats()
+    if log_gate is not None and getattr(comp, "reuses_log_gate", False):
+        return comp.suff_stats(*args, log_gate=log_gate)
+    return comp.suff_stats(*args)

@@ -22,7 +22,7 @@ from .base import Expert
 __all__ = ["NewtonExpert", "multinomial_newton_stats"]
 
 
-def multinomial_newton_stats(xd: torch.Tensor, logp: torch.Tensor, counts: torch.Tensor):
+def multinomial_newton_stats(xd: torch.Tensor, logp: torch.Tensor, counts: torch.Tensor, hessian: str = "full"):
     """Objective, gradient and information of B weighted multinomial regressions (the last class is the reference).
 
     The objective is ``sum(counts * logp)``; the free coefficients are the
@@ -34,10 +34,23 @@ def multinomial_newton_stats(xd: torch.Tensor, logp: torch.Tensor, counts: torch
     a stack of K softmax experts is K regressions over C classes (counts:
     weight times one-hot y).
 
+    Parameters
+    ----------
+    hessian : {"full", "block", "bound"}
+        ``"full"``: the exact information, one GEMM
+        ``Z^T [Z, sqrt(s) x]`` per regression with ``Z = g (x) sqrt(s) x``
+        over the free classes (``2 n (C-1) C p^2`` flops; the last block
+        gives the ``diag(g)`` term).  ``"block"``: only the diagonal blocks
+        ``X^T diag(s g_j (1 - g_j)) X`` (``2 n (C-1) p^2`` flops).
+        ``"bound"``: Böhning's (1992) fixed curvature, which needs only
+        ``G = X^T diag(s) X`` (``n p^2`` flops): the information is bounded by
+        ``0.5 (I - 1 1^T / C) (x) G``.
+
     Shapes
     ------
     xd : (n, p) with the intercept column; logp, counts : (n, B, C).
-    Returns objective (), grad (B, (C-1) p), info (B, (C-1) p, (C-1) p).
+    Returns objective (), grad (B, (C-1) p) and info: (B, (C-1) p, (C-1) p)
+    for "full"; (B, C-1, p, p) for "block"; (B, p, p) (the matrix G) for "bound".
     """
     n, p = xd.shape
     b, c = logp.shape[1], logp.shape[2]
@@ -47,12 +60,21 @@ def multinomial_newton_stats(xd: torch.Tensor, logp: torch.Tensor, counts: torch
     objective = (counts * logp).sum()
     resid = counts[..., :km] - s[..., None] * g[..., :km]  # (n, B, C-1)
     grad = (resid.reshape(n, b * km).T @ xd).reshape(b, km * p)
-    sg = s[..., None] * g[..., :km]  # (n, B, C-1)
-    g1 = torch.cat([g[..., :km], torch.ones(n, b, 1, dtype=g.dtype, device=g.device)], dim=-1)  # (n, B, C)
+    if hessian == "bound":
+        info = (s.T[:, :, None] * xd[None]).transpose(1, 2) @ xd  # (B, p, p)
+        return objective, grad, info
+    if hessian == "block":
+        v = s[..., None] * g[..., :km] * (1.0 - g[..., :km])  # (n, B, C-1)
+        info = ((v.reshape(n, b * km, 1) * xd[:, None, :]).reshape(n, b * km * p).T @ xd).reshape(b, km, p, p)
+        return objective, grad, info
+    rs = s.clamp_min(0).sqrt()  # (n, B)
+    zm = xd.new_empty(n, km * p + p)  # [Z_0 .. Z_{C-2}, sqrt(s) x] with Z_j = g_j sqrt(s) x
     infos = []
-    for j in range(b):  # one GEMM per regression: (s g (x) x)^T (g1 (x) x) holds the g g^T term and the diag(g) blocks
-        z = (sg[:, j, :, None] * xd[:, None, :]).reshape(n, km * p)
-        zz = z.T @ (g1[:, j, :, None] * xd[:, None, :]).reshape(n, (km + 1) * p)
+    for j in range(b):  # one GEMM per regression: Z^T [Z, sqrt(s) x] holds the g g^T term and the diag(g) blocks
+        xs = zm[:, km * p :]
+        torch.mul(xd, rs[:, j, None], out=xs)
+        torch.mul(g[:, j, :km, None], xs[:, None, :], out=zm[:, : km * p].view(n, km, p))
+        zz = zm[:, : km * p].T @ zm
         info_j = -zz[:, : km * p]
         if km > 0:
             info_j = info_j + torch.block_diag(*zz[:, km * p :].reshape(km, p, p))

@@ -21,6 +21,7 @@ from moekit import (
     fit_em,
     fit_gradient,
 )
+from moekit._mstep import fit_in_memory
 from moekit.training.tree import fit_tree_em, init_tree
 from moekit.tree import build_tree, path_posteriors, tree_leaves, tree_nodes
 from tests.tree_data import two_d, unbalanced, zigzag
@@ -112,7 +113,8 @@ def _manual_hme_em_step(tree, x, y):
         for k in range(nd.node.n_experts):
             under = [i for i, lf in enumerate(leaves) if lf.path[: len(nd.path) + 1] == nd.path + (k,)]
             cols.append(h[:, under].sum(1))
-        nd.node.gate.fit_weighted(nd.node.gate_input(x), torch.stack(cols, 1))
+        # the gate's M-step inside EM: max_m_steps Newton steps (fit_weighted, the initial fit, takes more)
+        fit_in_memory(nd.node.gate, nd.node.gate_input(x), torch.stack(cols, 1), max_steps=nd.node.gate.max_m_steps)
     for i, lf in enumerate(leaves):
         if lf.member is None:
             lf.module.fit_weighted(x, y, h[:, i])
