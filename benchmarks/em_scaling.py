@@ -65,7 +65,7 @@ QUICK_SIZES = [1_000, 10_000]
 # ------------------------------------------------------------------ moekit
 def make_moekit(d: int, k: int, W: np.ndarray, B: np.ndarray, s: np.ndarray) -> MixtureOfExperts:
     """The moekit model with exactly the parameters (W, B, s)."""
-    moe = MixtureOfExperts(SoftmaxGate(d, k), LinearGaussianExpert(d, n_experts=k))
+    moe = MixtureOfExperts(SoftmaxGate(d, k, max_m_steps=5), LinearGaussianExpert(d, n_experts=k))
     with torch.no_grad():
         moe.gate.coef.copy_(torch.from_numpy(W))
         moe.experts.coef.copy_(torch.from_numpy(B)[:, :, None])
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
     print(f"# moekit: {info['source']}")
     print(f"# driver: {args.driver}; load average at start: {tuple(round(v, 2) for v in os.getloadavg())}")
     print(
-        "# float64; gate: SoftmaxGate default max_m_steps=5 Newton steps with step-halving in both; "
+        "# float64; gate: SoftmaxGate(max_m_steps=5) Newton steps with step-halving in both; "
         "time = seconds per EM iteration (one E-step + one M-step)",
         flush=True,
     )

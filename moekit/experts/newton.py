@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .._linalg import add_intercept, chunk_rows, solve_spd
+from .._linalg import add_intercept, chunk_rows, gram, solve_spd
 from .._mstep import fit_in_memory
 from ..stats import SuffStats
 from .base import Expert
@@ -37,10 +37,11 @@ def multinomial_newton_stats(xd: torch.Tensor, logp: torch.Tensor, counts: torch
     Parameters
     ----------
     hessian : {"full", "block", "bound"}
-        ``"full"``: the exact information, one GEMM
-        ``Z^T [Z, sqrt(s) x]`` per regression with ``Z = g (x) sqrt(s) x``
-        over the free classes (``2 n (C-1) C p^2`` flops; the last block
-        gives the ``diag(g)`` term).  ``"block"``: only the diagonal blocks
+        ``"full"``: the exact information from one symmetric product
+        ``M^T M`` per regression, ``M = [Z, sqrt(s) x]`` with
+        ``Z = g (x) sqrt(s) x`` over the free classes (``Z^T Z`` is the
+        ``g g^T`` term, ``Z^T sqrt(s) x`` the ``diag(g)`` blocks): about
+        ``n C^2 p^2`` flops with BLAS's ``syrk`` (:func:`moekit._linalg.gram`).  ``"block"``: only the diagonal blocks
         ``X^T diag(s g_j (1 - g_j)) X`` (``2 n (C-1) p^2`` flops).
         ``"bound"``: Böhning's (1992) fixed curvature, which needs only
         ``G = X^T diag(s) X`` (``n p^2`` flops): the information is bounded by
@@ -70,11 +71,11 @@ def multinomial_newton_stats(xd: torch.Tensor, logp: torch.Tensor, counts: torch
     rs = s.clamp_min(0).sqrt()  # (n, B)
     zm = xd.new_empty(n, km * p + p)  # [Z_0 .. Z_{C-2}, sqrt(s) x] with Z_j = g_j sqrt(s) x
     infos = []
-    for j in range(b):  # one GEMM per regression: Z^T [Z, sqrt(s) x] holds the g g^T term and the diag(g) blocks
+    for j in range(b):  # one symmetric product per regression: M^T M with M = [Z, sqrt(s) x]
         xs = zm[:, km * p :]
         torch.mul(xd, rs[:, j, None], out=xs)
         torch.mul(g[:, j, :km, None], xs[:, None, :], out=zm[:, : km * p].view(n, km, p))
-        zz = zm[:, : km * p].T @ zm
+        zz = gram(zm)[: km * p]
         info_j = -zz[:, : km * p]
         if km > 0:
             info_j = info_j + torch.block_diag(*zz[:, km * p :].reshape(km, p, p))
