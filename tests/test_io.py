@@ -460,8 +460,11 @@ def test_the_stored_value_of_an_old_file_was_the_mean():
     ll = est.score_samples(d.data, d.target)
     assert est.mean_log_likelihood_ == pytest.approx(ll.mean(), rel=1e-10)
     refit = MoERegressor(**est.get_params()).fit(d.data, d.target)
-    assert refit.mean_log_likelihood_ == pytest.approx(est.mean_log_likelihood_, rel=1e-10)
-    assert refit.log_likelihood_ == pytest.approx(ll.sum(), rel=1e-10)
+    # the same maximum; since 0.2 the gate's EM M-step is one Newton step, so EM stops (tol=1e-6 on the
+    # mean) at a slightly different point of the path
+    assert refit.mean_log_likelihood_ == pytest.approx(est.mean_log_likelihood_, abs=1e-6)
+    assert refit.log_likelihood_ == pytest.approx(refit.mean_log_likelihood_ * len(d.target), rel=1e-10)
+    assert refit.log_likelihood_ == pytest.approx(ll.sum(), abs=1e-6 * len(d.target))
 
 
 def test_new_files_load_without_a_note(fitted, tmp_path):

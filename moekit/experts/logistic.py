@@ -54,7 +54,9 @@ class LogisticExpert(NewtonExpert):
         penalised) subtracted from each expert's weighted log-likelihood.
         ``l2 = 1 / C`` matches scikit-learn's ``LogisticRegression(C=C)``.
     max_m_steps : int
-        Newton steps per M-step (the driver stops early once converged).
+        Newton steps per EM M-step (default one: an ECM step, the fastest way
+        to EM's optimum); ``fit_weighted`` on its own (and the initial fit)
+        takes up to ``max(max_m_steps, 10)``, stopping early once converged.
     dtype : torch.dtype
         Parameter dtype (float64 by default, as EM wants).
 
@@ -98,7 +100,7 @@ class LogisticExpert(NewtonExpert):
         n_features: int,
         n_experts: int | None = None,
         l2: float = 0.0,
-        max_m_steps: int = 10,
+        max_m_steps: int = 1,
         dtype: torch.dtype = torch.float64,
     ):
         super().__init__(n_features, n_experts, l2, max_m_steps)
@@ -166,7 +168,9 @@ class SoftmaxExpert(NewtonExpert):
         Ridge penalty ``0.5 * l2 * ||B[:C-1, 1:] - B[C-1, 1:]||^2`` (the
         non-intercept coefficients relative to the reference class).
     max_m_steps : int
-        Newton steps per M-step (the driver stops early once converged).
+        Newton steps per EM M-step (default one: an ECM step, the fastest way
+        to EM's optimum); ``fit_weighted`` on its own (and the initial fit)
+        takes up to ``max(max_m_steps, 10)``, stopping early once converged.
     dtype : torch.dtype
         Parameter dtype.
 
@@ -209,7 +213,7 @@ class SoftmaxExpert(NewtonExpert):
         n_classes: int,
         n_experts: int | None = None,
         l2: float = 0.0,
-        max_m_steps: int = 10,
+        max_m_steps: int = 1,
         dtype: torch.dtype = torch.float64,
     ):
         super().__init__(n_features, n_experts, l2, max_m_steps)

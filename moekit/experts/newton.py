@@ -19,7 +19,11 @@ from .._mstep import fit_in_memory
 from ..stats import SuffStats
 from .base import Expert
 
-__all__ = ["NewtonExpert", "multinomial_newton_stats"]
+__all__ = ["FIT_STEPS", "NewtonExpert", "multinomial_newton_stats"]
+
+#: Fewest Newton steps of a GLM expert's ``fit_weighted`` (a weighted fit of its own, or the initial fit);
+#: inside EM the M-step takes ``max_m_steps`` (default one, an ECM step).
+FIT_STEPS = 10
 
 
 def multinomial_newton_stats(xd: torch.Tensor, logp: torch.Tensor, counts: torch.Tensor, hessian: str = "full"):
@@ -161,7 +165,7 @@ class NewtonExpert(Expert):
         return 0.5 * self.l2 * ((free * self._penalty_mask()) ** 2).sum()
 
     def fit_weighted(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
-        """Weighted M-step: Newton steps with step-halving; never lowers the (penalised) objective.
+        """Weighted fit: up to ``max(max_m_steps, FIT_STEPS)`` Newton steps with step-halving; never lowers the (penalised) objective.
 
         The objective is ``sum_ik w_ik log p_k(y_i | x_i) - penalty()``.
 
@@ -171,7 +175,7 @@ class NewtonExpert(Expert):
         """
         xx = self._prepare_x(x)
         yy = self._prepare_y(y, xx.shape[0])
-        fit_in_memory(self, xx, yy, self._weight_nk(weight, xx.shape[0], xx))
+        fit_in_memory(self, xx, yy, self._weight_nk(weight, xx.shape[0], xx), max_steps=max(self.max_m_steps, FIT_STEPS))
         return self
 
     @torch.no_grad()

@@ -39,7 +39,9 @@ class PoissonExpert(NewtonExpert):
     n_experts : int or None
         ``None`` for one expert; K for K stacked experts evaluated together.
     max_m_steps : int
-        Newton steps per M-step (the driver stops early once converged).
+        Newton steps per EM M-step (default one: an ECM step, the fastest way
+        to EM's optimum); ``fit_weighted`` on its own (and the initial fit)
+        takes up to ``max(max_m_steps, 10)``, stopping early once converged.
     l2 : float
         Ridge penalty ``0.5 * l2 * ||beta[1:]||^2`` (intercept not penalised)
         subtracted from each expert's weighted log-likelihood.  With unit
@@ -83,7 +85,7 @@ class PoissonExpert(NewtonExpert):
         self,
         n_features: int,
         n_experts: int | None = None,
-        max_m_steps: int = 10,
+        max_m_steps: int = 1,
         l2: float = 0.0,
         dtype: torch.dtype = torch.float64,
     ):
