@@ -13,7 +13,7 @@ import torch
 from scipy.linalg import blas
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["add_intercept", "chunk_rows", "gram", "solve_spd", "weighted_grams"]
+__all__ = ["add_intercept", "affine", "chunk_rows", "gram", "solve_spd", "weighted_grams"]
 
 #: Fewest multiply-adds (rows times columns squared) for which ``gram`` calls BLAS's symmetric rank-k update.
 SYRK_MIN_WORK = 1 << 20
@@ -44,6 +44,21 @@ def add_intercept(x: torch.Tensor) -> torch.Tensor:
     x : (n, d) -> (n, d + 1).
     """
     return torch.cat([torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device), x], dim=1)
+
+
+def affine(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """``[1, x] @ coef.T`` without forming ``[1, x]``: one ``addmm`` (intercepts in ``coef[:, 0]``).
+
+    Shapes
+    ------
+    x : (n, d); coef : (m, d + 1) -> (n, m).
+
+    Examples
+    --------
+    >>> affine(torch.tensor([[2.0]]), torch.tensor([[1.0, 3.0]])).tolist()
+    [[7.0]]
+    """
+    return torch.addmm(coef[:, 0], x, coef[:, 1:].T)
 
 
 def weighted_grams(xd: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -135,11 +150,13 @@ def solve_spd(a: torch.Tensor, b: torch.Tensor, rel_jitter: float = 1e-10) -> to
     >>> [round(v, 12) for v in solve_spd(a, torch.ones(2, 1, dtype=torch.float64))[:, 0].tolist()]
     [0.5, 0.25]
     """
+    l, info = torch.linalg.cholesky_ex(a)
+    if not bool(info.any()):  # the usual case: positive definite, solved at once
+        return torch.cholesky_solve(b, l)
     p = a.shape[-1]
     eye = torch.eye(p, dtype=a.dtype, device=a.device)
     scale = a.diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp_min(torch.finfo(a.dtype).tiny)
     jitter = torch.zeros(a.shape[:-2], dtype=a.dtype, device=a.device)
-    l, info = torch.linalg.cholesky_ex(a)
     step = rel_jitter
     for _ in range(12):
         bad = info != 0

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._linalg import add_intercept, chunk_rows, solve_spd
+from ._linalg import add_intercept, affine, chunk_rows, solve_spd
 from ._mstep import fit_in_memory, gradient_maximize
 from .experts.newton import multinomial_newton_stats
 from .stats import SuffStats
@@ -84,7 +84,9 @@ class Gate(nn.Module):
     def objective(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``sum(targets * log g(x))`` (a scalar tensor)."""
         c = chunk_rows(self.n_experts * 4)
-        return sum((targets[i : i + c] * self(x[i : i + c])).sum() for i in range(0, max(x.shape[0], 1), c))
+        if x.shape[0] <= c:
+            return (targets * self(x)).sum()
+        return sum((targets[i : i + c] * self(x[i : i + c])).sum() for i in range(0, x.shape[0], c))
 
     def n_parameters(self) -> int:
         """Number of free parameters."""
@@ -232,8 +234,7 @@ class SoftmaxGate(Gate):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = add_intercept(x) @ self.coef.T
-        return a - torch.logsumexp(a, dim=1, keepdim=True)
+        return F.log_softmax(affine(x, self.coef), dim=1)
 
     def n_parameters(self) -> int:
         return (self.n_experts - 1) * (self.n_features + 1)
@@ -260,8 +261,7 @@ class SoftmaxGate(Gate):
         coef = self.coef.detach()
         xd = add_intercept(x.to(coef.dtype))
         if logg is None:
-            a = xd @ coef.T
-            logg = a - torch.logsumexp(a, dim=1, keepdim=True)
+            logg = F.log_softmax(xd @ coef.T, dim=1)
         objective, grad, info = multinomial_newton_stats(
             xd, logg[:, None, :], targets.to(coef.dtype)[:, None, :], self.hessian
         )

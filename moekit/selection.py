@@ -139,7 +139,7 @@ def select_n_experts(
     >>> d = load_tonedata()
     >>> res = select_n_experts(lambda k: MoERegressor(n_experts=k, random_state=0), d.data, d.target, [1, 2, 3])
     >>> res.n_experts, res.estimator.n_experts_, sorted(res.scores) == [1, 2, 3]
-    (2, 2, True)
+    (3, 3, True)
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--target-noise", type=nonnegative_float, default=0.0, metavar="S",
                    help="MDN: noise regularisation, the sd of Gaussian noise added to the standardised targets "
                         "every epoch; about 0.1-0.2 curbs overfitting on a few hundred rows (default 0)")
-    f.add_argument("--n-init", type=positive_int, default=3, help="random starts; the best is kept (default 3)")
+    f.add_argument("--n-init", type=positive_int, default=1,
+                   help="starts, each a race of EM runs for linear experts; the best is kept (default 1)")
     f.add_argument("--max-iter", type=positive_int, default=200, help="EM iterations or epochs (default 200)")
     f.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write")
     f.set_defaults(command_module="fit")

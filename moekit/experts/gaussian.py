@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.distributions import MultivariateNormal, Normal
 
-from .._linalg import add_intercept, chunk_rows, solve_spd, weighted_grams
+from .._linalg import add_intercept, affine, chunk_rows, solve_spd, weighted_grams
 from ..stats import SuffStats
 from .base import Expert
 
@@ -137,9 +137,8 @@ class LinearGaussianExpert(Expert):
     # ----------------------------------------------------------- likelihood
     def _loc(self, x: torch.Tensor) -> torch.Tensor:
         """Means: (n, K, d)."""
-        xd = add_intercept(x)
-        n = xd.shape[0]
-        return (xd @ self.coef.permute(1, 0, 2).reshape(xd.shape[1], -1)).reshape(n, self._k, self._d)
+        coef = self.coef.permute(1, 0, 2).reshape(self.coef.shape[1], -1)  # (p, K d)
+        return affine(x, coef.T).reshape(x.shape[0], self._k, self._d)
 
     def forward(self, x: torch.Tensor):
         loc = self._loc(x)

@@ -16,6 +16,7 @@ from ..data import ArrayBatches
 from .init import initial_responsibilities
 from .restarts import best_of
 from .result import FitResult
+from .starts import small_em
 
 __all__ = ["fit_em", "e_step_pass"]
 
@@ -64,8 +65,13 @@ def fit_em(
         Stop when the mean per-sample log-likelihood changes by less than ``tol``.
     n_init : int
         Starts; the one with the highest final log-likelihood is kept.
-    init : {"kmeans", "random"}, array (n, K) or callable
-        How the first responsibilities are made (see
+    init : {"auto", "kmeans", "random"}, array (n, K) or callable
+        ``"auto"``: a race of EM runs from a subset start, a random
+        partition and k-means, where the model's experts allow a subset
+        start (flat mixtures of linear-Gaussian or Student-t experts), else
+        one random partition (see :func:`~moekit.training.starts.small_em`);
+        with ``n_init > 1`` each start is such a race.  Otherwise how the
+        first responsibilities are made (see
         :func:`~moekit.training.init.initial_responsibilities`), or a
         callable ``init(model, x, y, weight, seed)`` that initialises the
         model in place for the start with that seed (as
@@ -112,6 +118,12 @@ def fit_em(
     total = source.total_weight
 
     def run_one(m, seed: int) -> dict:
+        if isinstance(init, str) and init == "auto":
+            race = small_em(m, x, y, w, random_state=seed, max_iter=max_iter, tol=tol)
+            out = _em_loop(m, source, total, max_iter - race.n_iter, tol, prune_threshold, verbose, callback,
+                           history=race.history)
+            out["n_iter"] += race.n_iter
+            return out
         if callable(init):
             init(m, x, y, w, seed)
         elif init is not None:
@@ -169,8 +181,10 @@ def e_step_pass(model, source):
     return stats, Passes(data)
 
 
-def _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback) -> dict:
-    history: list[float] = []
+def _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback, history=()) -> dict:
+    """EM iterations from the model's current parameters; ``history`` holds the mean log-likelihoods of
+    iterations already taken (a start race's), so that convergence is judged across the join."""
+    history = list(history)
     pruned: list[int] = []
     alive = list(range(m.n_experts))
     converged = False

@@ -98,6 +98,9 @@ class StartRace:
 def _expert_stack(model: MixtureOfExperts, size: int) -> Expert | None:
     """``size`` copies of the model's expert family in one stacked module, or None where a subset start does not apply."""
     experts = model.experts
+    first = experts if isinstance(experts, Expert) else experts[0]
+    if not getattr(first, "has_suff_stats", False):  # neural and scikit-learn experts are not stacked copies
+        return None
     if isinstance(experts, Expert):
         base = experts if experts.stacked else type(experts).stack([experts])
     elif all(isinstance(e, Expert) for e in experts) and len({type(e) for e in experts}) == 1:

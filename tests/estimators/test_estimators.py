@@ -316,7 +316,7 @@ def test_float32_and_device_checks():
     d = load_tonedata()
     est = MoERegressor(dtype="float32", random_state=0, n_init=5).fit(d.data, d.target)
     assert est.predict(d.data[:2]).dtype == np.float32
-    assert est.score_samples(d.data, d.target).sum() == pytest.approx(142.848, abs=1e-2)
+    assert est.score_samples(d.data, d.target).sum() == pytest.approx(145.650, abs=1e-2)
     with pytest.raises(ValueError, match="dtype must be 'float64' or 'float32'"):
         MoERegressor(dtype="int8").fit(d.data, d.target)
     if not torch.cuda.is_available():
@@ -389,3 +389,22 @@ def test_classifiers_have_no_covariance_or_variance_floor():
     for name in ("MoEClassifier", "HMEClassifier"):
         params = getattr(moekit, name)().get_params()
         assert "covariance" not in params and "var_floor" not in params
+
+
+# ------------------------------------------------ the default start strategy
+@pytest.mark.parametrize("gate,best", [("softmax", 145.6503), ("constant", 145.4168)])
+def test_default_fit_reaches_tonedatas_highest_known_maximum(gate, best):
+    d = load_tonedata()
+    totals = [MoERegressor(n_experts=2, gate=gate, random_state=s).fit(d.data, d.target).log_likelihood_
+              for s in range(10)]
+    assert max(totals) <= best + 1e-3
+    assert sum(abs(t - best) < 1e-3 for t in totals) >= 9
+
+
+def test_default_fit_reaches_npregs_maximum_and_random_init_is_one_short_start():
+    d = load_npreg()
+    X = np.column_stack([d.data, d.data**2])
+    est = MoERegressor(n_experts=2, gate_features=[0], random_state=0).fit(X, d.target)
+    assert est.log_likelihood_ == pytest.approx(-642.064, abs=1e-3)
+    one = MoERegressor(n_experts=2, init="random", random_state=0).fit(load_tonedata().data, load_tonedata().target)
+    assert one.log_likelihood_ == pytest.approx(142.848, abs=1e-3)  # the classic local maximum
