@@ -78,9 +78,9 @@ TONE_REACH = 1e-3
 def flops_per_iteration(n: int, d: int, k: int, by_term: bool = False):
     """Analytic floating-point operations of one EM iteration of the default algorithm.
 
-    The target algorithm of issue 12 (one Newton step of the gate per EM
-    iteration); p = d + 1 inputs with the intercept, m = (K-1) p free gate
-    parameters.  A multiply-add counts 2; exp/log and other O(nK) element-wise
+    moekit's default since issue 12: one Newton step of the gate per EM
+    iteration, its statistics from the E-step's gate output; p = d + 1 inputs
+    with the intercept, m = (K-1) p free gate parameters.  A multiply-add counts 2; exp/log and other O(nK) element-wise
     work is not counted.
 
     ========================  ==========================  =============================================
@@ -89,11 +89,14 @@ def flops_per_iteration(n: int, d: int, k: int, by_term: bool = False):
     e_gate_logits             2 n K p                     E-step: X W^T
     e_expert_means            2 n K p                     E-step: X B^T
     gate_gradient             2 n (K-1) p                 (R - G)^T X over the free rows
-    gate_information          n m^2 + 2 n (K-1) p^2       symmetric rank-n update Z^T Z (counted once)
-                                                          plus the block-diagonal X^T diag(g_k) X
+    gate_information          n (K p)^2                   one symmetric rank-n update (BLAS syrk) of
+                                                          M = [Z, sqrt(s) x], Z = g (x) sqrt(s) x: its
+                                                          Z^T Z is the g g^T term, Z^T sqrt(s) x the
+                                                          diag(g) blocks
     gate_cholesky             m^3 / 3                     factor the information
     gate_objective            2 n K p                     one objective pass at the new point
-    expert_grams              n K p^2                     X^T diag(r_k) X, symmetric
+    expert_grams              n K p (p + 1)               X^T diag(r_k) X from the rows' packed outer
+                                                          products (one GEMM r^T q)
     expert_xty                2 n K p                     X^T diag(r_k) y
     expert_variance           2 n K p                     residuals for the variance
     ========================  ==========================  =============================================
@@ -110,10 +113,10 @@ def flops_per_iteration(n: int, d: int, k: int, by_term: bool = False):
         "e_gate_logits": 2 * n * k * p,
         "e_expert_means": 2 * n * k * p,
         "gate_gradient": 2 * n * (k - 1) * p,
-        "gate_information": n * m * m + 2 * n * (k - 1) * p * p,
+        "gate_information": n * (k * p) ** 2,
         "gate_cholesky": m**3 / 3,
         "gate_objective": 2 * n * k * p,
-        "expert_grams": n * k * p * p,
+        "expert_grams": n * k * p * (p + 1),
         "expert_xty": 2 * n * k * p,
         "expert_variance": 2 * n * k * p,
     }
