@@ -24,6 +24,14 @@ from .stats import SuffStats
 __all__ = ["Gate", "SoftmaxGate", "ConstantGate", "MLPGate"]
 
 _HESSIANS = ("full", "block", "bound")
+
+
+def _log_softmax(a: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the rows of ``a`` (n, K): torch's kernel for K <= 2, ``a - logsumexp(a)`` above,
+    where it is twice as fast on the CPU (torch 2.13, float64)."""
+    if a.shape[1] <= 2:
+        return F.log_softmax(a, dim=1)
+    return a - torch.logsumexp(a, dim=1, keepdim=True)
 #: Fewest Newton steps of a softmax gate's ``fit_weighted`` (the initial fit to a partition).
 _FIT_STEPS = 5
 
@@ -234,7 +242,7 @@ class SoftmaxGate(Gate):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(affine(x, self.coef), dim=1)
+        return _log_softmax(affine(x, self.coef))
 
     def n_parameters(self) -> int:
         return (self.n_experts - 1) * (self.n_features + 1)
@@ -261,7 +269,7 @@ class SoftmaxGate(Gate):
         coef = self.coef.detach()
         xd = add_intercept(x.to(coef.dtype))
         if logg is None:
-            logg = F.log_softmax(xd @ coef.T, dim=1)
+            logg = _log_softmax(xd @ coef.T)
         objective, grad, info = multinomial_newton_stats(
             xd, logg[:, None, :], targets.to(coef.dtype)[:, None, :], self.hessian
         )
