@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
-__all__ = ["initial_responsibilities"]
+__all__ = ["DistinctRows", "distinct_rows", "initial_responsibilities"]
 
 
 def initial_responsibilities(
@@ -42,7 +44,7 @@ def initial_responsibilities(
     if isinstance(init, str):
         if init not in ("random", "kmeans"):
             raise ValueError(f"init must be 'kmeans', 'random' or an (n, K) array, got {init!r}")
-        z, uniq, inv, counts, pos = _unique_rows(x, y, sample_weight)
+        z, uniq, inv, counts, pos, _ = distinct_rows(x, y, sample_weight)
         if len(uniq) < n_experts:
             raise ValueError(
                 f"init={init!r} needs at least n_experts={n_experts} distinct rows of [X, y] with positive "
@@ -68,18 +70,28 @@ def initial_responsibilities(
     return r / r.sum(1, keepdim=True)
 
 
-def _unique_rows(x, y, sample_weight):
+class DistinctRows(NamedTuple):
+    """The distinct positive-weight rows of the standardised joint [x, y] (see :func:`distinct_rows`)."""
+
+    z: np.ndarray  #: (n, d) every row, standardised
+    uniq: np.ndarray  #: (m, d) the distinct rows of z[positive], sorted
+    inverse: np.ndarray  #: (n_positive,) index in uniq of each positive-weight row
+    counts: np.ndarray  #: (m,) summed weights of each distinct row
+    positive: np.ndarray  #: (n,) bool mask of the positive-weight rows
+    first: np.ndarray  #: (m,) index among the positive rows of each distinct row's first occurrence
+
+
+def distinct_rows(x, y, sample_weight) -> DistinctRows:
     """Standardised joint rows [x, y] and their distinct values among positive-weight rows.
 
     Starts are drawn on the distinct rows (identical rows start in the same
     expert, their weights summed), so that integer weights and repeated rows
     give exactly the same start, and zero-weight rows change nothing.
+    Integer labels y are one-hot encoded.
 
-    Returns
-    -------
-    z (n, d) standardised rows; uniq (m, d) distinct rows of z[pos] in sorted
-    order; inv (n_pos,) index of each positive row in uniq; counts (m,) summed
-    weights; pos (n,) mask of positive-weight rows.
+    Shapes
+    ------
+    x (n, d_x); y (n,) or (n, d_y); sample_weight (n,) or None; see :class:`DistinctRows`.
     """
     xs = x.detach().cpu().numpy().astype(float)
     ys = y.detach().cpu().numpy()
@@ -94,7 +106,7 @@ def _unique_rows(x, y, sample_weight):
     mean = np.average(z[pos], axis=0, weights=sw[pos])
     sd = np.sqrt(np.average((z[pos] - mean) ** 2, axis=0, weights=sw[pos]))
     z = (z - mean) / np.where(sd > 0, sd, 1.0)
-    uniq, inv = np.unique(z[pos], axis=0, return_inverse=True)
+    uniq, first, inv = np.unique(z[pos], axis=0, return_index=True, return_inverse=True)
     inv = inv.reshape(-1)
     counts = np.bincount(inv, weights=sw[pos], minlength=len(uniq))
-    return z, uniq, inv, counts, pos
+    return DistinctRows(z, uniq, inv, counts, pos, first)

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .._partition import distinct_rows
 from .._validation import check_fit_inputs, model_device, model_dtype
 from ..experts import Expert
 from ..mixture import MixtureOfExperts
@@ -138,13 +139,8 @@ def _distinct_rows(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
     Repeated rows and integer weights give the same distinct rows and counts,
     so they give the same candidates.
     """
-    xs = x.detach().cpu().numpy().astype(float)
-    ys = y.detach().cpu().numpy().astype(float).reshape(xs.shape[0], -1)
-    sw = w.detach().cpu().numpy().astype(float)
-    pos = np.flatnonzero(sw > 0)
-    _, first, inv = np.unique(np.hstack([xs[pos], ys[pos]]), axis=0, return_index=True, return_inverse=True)
-    counts = np.bincount(inv.reshape(-1), weights=sw[pos], minlength=len(first))
-    return pos[first], counts
+    rows = distinct_rows(x, y, w)
+    return np.flatnonzero(rows.positive)[rows.first], rows.counts
 
 
 def _weighted_draws(rng: np.random.Generator, counts: np.ndarray, n_draws: int, size: int) -> np.ndarray:
