@@ -40,11 +40,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import sys
 import time
 import warnings
@@ -53,7 +51,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
+from _machine import fmt_n, machine_info  # noqa: E402  (benchmarks/ is the script's folder)
 import _numpy_em as npem  # noqa: E402
 
 from moekit import LinearGaussianExpert, MixtureOfExperts, SoftmaxGate, fit_em  # noqa: E402
@@ -145,61 +143,6 @@ def run_interleaved(x, y, start, iters: int):
 
 
 # ----------------------------------------------------------------- helpers
-def source_state() -> str:
-    """git HEAD of the repository and a digest of moekit's sources as they are on disk."""
-    import hashlib
-    import subprocess
-
-    import moekit
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(moekit.__file__)))
-    try:
-        head = subprocess.run(
-            ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        ).stdout.strip() or "?"
-        dirty = subprocess.run(
-            ["git", "--no-optional-locks", "-C", root, "status", "--porcelain", "--", "moekit"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        head, dirty = "?", ""
-    h = hashlib.sha1()
-    pkg = os.path.dirname(os.path.abspath(moekit.__file__))
-    for dirpath, _, files in sorted(os.walk(pkg)):
-        for f in sorted(files):
-            if f.endswith(".py"):
-                with open(os.path.join(dirpath, f), "rb") as fh:
-                    h.update(f.encode() + fh.read())
-    return f"git {head}{' + uncommitted changes' if dirty else ''}, moekit sources sha1 {h.hexdigest()[:12]}"
-
-
-def _numpy_blas() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-
-        return ", ".join(
-            f"{i.get('internal_api')} {i.get('version')}, {i.get('num_threads')} threads"
-            for i in threadpool_info()
-            if "numpy" in i.get("filepath", "")
-        ) or "?"
-    except Exception:  # noqa: BLE001 - informational only
-        return "?"
-
-
-def machine_info() -> dict:
-    cpu = cpu_model()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
-        "numpy_blas": _numpy_blas(),
-        "python": platform.python_version(),
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "source": source_state(),
-    }
-
-
 def warm_up() -> None:
     x, y, _ = npem.make_data(2000, 2, 3, seed=123)
     start = npem.initial_params(x, y, 3, seed=0)
@@ -213,11 +156,6 @@ def slope(ns, ts) -> float:
     if len(ns) < 2:
         return float("nan")
     return float(np.polyfit(np.log(ns), np.log(ts), 1)[0])
-
-
-def fmt_n(n: int) -> str:
-    e = int(round(math.log10(n)))
-    return f"1e{e}" if 10**e == n else str(n)
 
 
 # -------------------------------------------------------------------- main

@@ -62,7 +62,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _numpy_em as npem
 import _plain_em as plain
-from em_scaling import fmt_n, machine_info
+from _machine import fmt_n, machine_info
 
 from moekit import MoERegressor
 from moekit.datasets import load_tonedata

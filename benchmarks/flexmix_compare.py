@@ -66,7 +66,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _numpy_em as npem
 from _machine import describe
-from em_scaling import source_state
+from _machine import source_state
 
 from moekit import LinearGaussianExpert, MixtureOfExperts, SoftmaxGate, fit_em
 
