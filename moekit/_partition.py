@@ -18,6 +18,7 @@ def initial_responsibilities(
     init="kmeans",
     random_state: int | None = None,
     sample_weight: torch.Tensor | None = None,
+    rows: DistinctRows | None = None,
 ) -> torch.Tensor:
     """Hard (one-hot) initial responsibilities, shape (n, K).
 
@@ -34,6 +35,9 @@ def initial_responsibilities(
     random_state : int, optional
     sample_weight : Tensor (n,), optional
         Passed to k-means.
+    rows : DistinctRows, optional
+        ``distinct_rows(x, y, sample_weight)`` when the caller has it already
+        (several starts on the same data).
 
     Shapes
     ------
@@ -44,7 +48,7 @@ def initial_responsibilities(
     if isinstance(init, str):
         if init not in ("random", "kmeans"):
             raise ValueError(f"init must be 'kmeans', 'random' or an (n, K) array, got {init!r}")
-        z, uniq, inv, counts, pos, _ = distinct_rows(x, y, sample_weight)
+        z, uniq, inv, counts, pos, _ = distinct_rows(x, y, sample_weight) if rows is None else rows
         if len(uniq) < n_experts:
             raise ValueError(
                 f"init={init!r} needs at least n_experts={n_experts} distinct rows of [X, y] with positive "

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .._partition import distinct_rows
+from .._partition import DistinctRows, distinct_rows
 from .._validation import check_fit_inputs, model_device, model_dtype
 from ..experts import Expert
 from ..mixture import MixtureOfExperts
@@ -133,13 +133,13 @@ def supports_subset_start(model) -> bool:
     return isinstance(model, MixtureOfExperts) and model.n_experts >= 2 and _expert_stack(model, 1) is not None
 
 
-def _distinct_rows(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
+def _distinct_rows(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, rows: DistinctRows | None = None):
     """One representative index and the summed weight of every distinct positive-weight row of [x, y].
 
     Repeated rows and integer weights give the same distinct rows and counts,
-    so they give the same candidates.
+    so they give the same candidates.  ``rows``: ``distinct_rows(x, y, w)`` if known.
     """
-    rows = distinct_rows(x, y, w)
+    rows = distinct_rows(x, y, w) if rows is None else rows
     return np.flatnonzero(rows.positive)[rows.first], rows.counts
 
 
@@ -234,14 +234,15 @@ def subset_consensus(
 
 
 @torch.no_grad()
-def _consensus(model, x, y, w, rng, n_candidates=50, n_iter=5, subset_size=None, max_rows=2000, n_keep=1, tiny=1e-9):
+def _consensus(model, x, y, w, rng, n_candidates=50, n_iter=5, subset_size=None, max_rows=2000, n_keep=1, tiny=1e-9,
+               distinct=None):
     """:func:`subset_consensus` on validated tensors."""
     cand = _expert_stack(model, n_candidates)
     if cand is None:
         return None
     background = _expert_stack(model, 1)
     m = int(subset_size) if subset_size is not None else max(2, int(background.n_parameters()))
-    rows, counts = _distinct_rows(x, y, w)
+    rows, counts = _distinct_rows(x, y, w, distinct)
     if len(rows) > max_rows:
         keep = np.sort(_weighted_draws(rng, counts, 1, max_rows)[0])
         rows, counts = rows[keep], counts[keep]
@@ -319,10 +320,10 @@ def subset_responsibilities(model: MixtureOfExperts, x, y, sample_weight=None, *
     return _subset_resp(model, x, y, w, np.random.default_rng(random_state), **screen)
 
 
-def _subset_resp(model, x, y, w, rng, **screen):
-    """:func:`subset_responsibilities` on validated tensors."""
+def _subset_resp(model, x, y, w, rng, distinct=None, **screen):
+    """:func:`subset_responsibilities` on validated tensors (``distinct``: their :func:`distinct_rows`, if known)."""
     k = model.n_experts
-    r = _consensus(model, x, y, w, rng, n_keep=k - 1, **screen)
+    r = _consensus(model, x, y, w, rng, n_keep=k - 1, distinct=distinct, **screen)
     if r is None:
         return None
     c = r.shape[1]
@@ -331,7 +332,7 @@ def _subset_resp(model, x, y, w, rng, **screen):
     if k - c == 1:
         resp[:, c] = 1.0
     else:
-        resp[:, c:] = initial_responsibilities(x, y, k - c, "random", int(rng.integers(0, 2**31 - 1)), w)
+        resp[:, c:] = initial_responsibilities(x, y, k - c, "random", int(rng.integers(0, 2**31 - 1)), w, distinct)
     return resp / resp.sum(1, keepdim=True)
 
 
@@ -488,19 +489,20 @@ def small_em(
         def step(m):
             return m.em_step(x, y, w)
 
+    distinct = distinct_rows(x, y, w)  # once for every start
     made: list[tuple[str, int, torch.Tensor]] = []  # (kind, seed, responsibilities), from the untouched model
     seen: dict[str, int] = {}
     for kind in kinds:
         s = _start_seed(seed, kind, seen.get(kind, 0))
         seen[kind] = seen.get(kind, 0) + 1
         if kind == "subset":
-            resp = _subset_resp(model, x, y, w, np.random.default_rng(s), **screen)
+            resp = _subset_resp(model, x, y, w, np.random.default_rng(s), distinct, **screen)
             if resp is not None:
                 made.append((kind, s, resp))
         else:
-            made.append((kind, s, initial_responsibilities(x, y, model.n_experts, kind, s, w)))
+            made.append((kind, s, initial_responsibilities(x, y, model.n_experts, kind, s, w, distinct)))
     if not made:  # only "subset" was asked for and none could be made: a random partition instead
-        made.append(("random", seed, initial_responsibilities(x, y, model.n_experts, "random", seed, w)))
+        made.append(("random", seed, initial_responsibilities(x, y, model.n_experts, "random", seed, w, distinct)))
     models = [model] + [copy.deepcopy(model) for _ in made[1:]]
     runs: list[dict] = []
     for m, (kind, s, resp) in zip(models, made):
