@@ -1,6 +1,6 @@
 """Choosing the number of experts: fit one estimator per candidate K and keep the best by a criterion.
 
-The criteria are the estimators' own ``bic`` and ``aic`` (the one place they are computed) on the data
+The criteria are the estimators' own ``bic``, ``aic`` and ``icl`` (the one place they are computed) on the data
 the models were fitted to, or the mean log-likelihood of rows held out from fitting (the choice for
 networks, whose parameter count says little about their flexibility).
 """
@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CRITERIA", "SelectionResult", "parse_n_experts", "select_n_experts"]
+__all__ = ["CRITERIA", "SelectionResult", "log_likelihood_scorer", "parse_n_experts", "select_n_experts"]
 
 CRITERIA = {
     "bic": "BIC (lower is better)",
     "aic": "AIC (lower is better)",
+    "icl": "ICL (lower is better)",
     "heldout": "held-out mean log-likelihood (higher is better)",
 }
 _MAX_K = 64
@@ -29,13 +30,13 @@ class SelectionResult:
     Attributes
     ----------
     criterion : str
-        'bic', 'aic' or 'heldout'.
+        'bic', 'aic', 'icl' or 'heldout'.
     scores : dict of int to float
         The criterion for every candidate K, in the order tried.
     n_experts : int
         The chosen K.
     estimator : estimator
-        The chosen model, fitted: for 'bic' and 'aic' the fit that was scored, for 'heldout' a refit
+        The chosen model, fitted: for 'bic', 'aic' and 'icl' the fit that was scored, for 'heldout' a refit
         on every row.
     """
 
@@ -111,14 +112,14 @@ def select_n_experts(
         The data, as the estimator's ``fit`` takes them.
     ks : sequence of int
         Candidate values, each at least 1 (see :func:`parse_n_experts` for text).
-    criterion : {'bic', 'aic', 'heldout'}
-        'bic' and 'aic': the estimator's ``bic(X, y)`` / ``aic(X, y)`` after fitting on every row
-        (lower is better). 'heldout': each K is fitted on the rows left after holding out
+    criterion : {'bic', 'aic', 'icl', 'heldout'}
+        'bic', 'aic' and 'icl': the estimator's ``bic(X, y)`` / ``aic(X, y)`` / ``icl(X, y)`` after
+        fitting on every row (lower is better). 'heldout': each K is fitted on the rows left after holding out
         ``validation_fraction`` of them at random, and scored by the mean log-likelihood of the
         held-out rows (higher is better); the best K is then refitted on every row.
     sample_weight : array-like (n,), optional
         Passed to every ``fit``; with 'heldout' the held-out mean is weighted too. The estimators'
-        ``bic``/``aic`` count every row once, so 'bic' and 'aic' do not take weights.
+        ``bic``/``aic``/``icl`` count every row once, so those criteria do not take weights.
     validation_fraction : float
         Share of the rows held out for 'heldout' (at least one row).
     random_state : int or numpy Generator, optional
@@ -150,7 +151,7 @@ def select_n_experts(
         raise ValueError(f"ks lists a value twice: {ks!r}")
     ks = [int(k) for k in ks]
     if sample_weight is not None and criterion != "heldout":
-        raise ValueError(f"criterion={criterion!r} does not take sample_weight (the estimators' bic and aic count "
+        raise ValueError(f"criterion={criterion!r} does not take sample_weight (the estimators' bic, aic and icl count "
                          "every row once); use criterion='heldout' or leave the weights out")
     notify = callback or (lambda k: None)
     scores: dict[int, float] = {}
@@ -176,7 +177,29 @@ def select_n_experts(
     for k in ks:
         notify(k)
         est = _fit(make_estimator(k), X, y, None)
-        scores[k] = float(est.bic(X, y) if criterion == "bic" else est.aic(X, y))
+        scores[k] = float(getattr(est, criterion)(X, y))
         models[k] = est
     best = min(ks, key=lambda k: scores[k])
     return SelectionResult(criterion, scores, best, models[best])
+
+
+def log_likelihood_scorer(estimator, X, y) -> float:
+    """Mean log-likelihood of (X, y) under a fitted estimator: a scikit-learn scorer (higher is better).
+
+    Pass it as ``scoring=`` to ``GridSearchCV`` or ``cross_val_score`` to choose the number of
+    experts (or any other setting) by held-out log-likelihood; the estimators' own ``score`` is R²
+    of the conditional mean (accuracy for classifiers), which cannot.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> from moekit import MoERegressor
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.uniform(-1, 1, (300, 1))
+    >>> y = np.where(rng.random(300) < 0.5, 2 * X[:, 0], -2 * X[:, 0]) + 0.1 * rng.normal(size=300)
+    >>> grid = GridSearchCV(MoERegressor(random_state=0), {"n_experts": [1, 2]}, scoring=log_likelihood_scorer)
+    >>> grid.fit(X, y).best_params_
+    {'n_experts': 2}
+    """
+    return float(np.mean(estimator.score_samples(X, y)))

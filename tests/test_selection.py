@@ -1,11 +1,12 @@
-"""moekit.selection: choosing the number of experts by BIC, AIC or held-out log-likelihood."""
+"""moekit.selection: choosing the number of experts by BIC, AIC, ICL or held-out log-likelihood; the log-likelihood scorer."""
 
 import numpy as np
 import pytest
+from sklearn.model_selection import GridSearchCV
 
 from moekit import MoERegressor
 from moekit.datasets import load_tonedata
-from moekit.selection import CRITERIA, SelectionResult, parse_n_experts, select_n_experts
+from moekit.selection import CRITERIA, SelectionResult, log_likelihood_scorer, parse_n_experts, select_n_experts
 
 
 # ------------------------------------------------------------------ parsing
@@ -112,7 +113,7 @@ def test_heldout_split_passes_weights_and_keeps_data_frames(fake):
 def test_argument_errors(fake):
     X, y = np.zeros((5, 1)), np.zeros(5)
     with pytest.raises(ValueError, match="criterion must be one of"):
-        select_n_experts(fake, X, y, [1], criterion="icl")
+        select_n_experts(fake, X, y, [1], criterion="hqic")
     for ks in ([], [0, 1], [1.5], [True]):
         with pytest.raises(ValueError, match="ks must be a non-empty sequence of integers >= 1"):
             select_n_experts(fake, X, y, ks)
@@ -154,3 +155,41 @@ def test_heldout_on_tone_data_matches_a_split_by_hand(tone):
     for k in (1, 2):
         assert res.scores[k] == float(np.mean(_make(k).fit(X[tr], y[tr]).score_samples(X[val], y[val])))
     np.testing.assert_array_equal(res.estimator.predict(X), _make(res.n_experts).fit(X, y).predict(X))
+
+
+# ------------------------------------------------------------- ICL and the scorer
+def _two_regimes(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-1, 1, (n, 1))
+    y = np.where(rng.random(n) < 0.5, 2 * X[:, 0], -2 * X[:, 0]) + 0.1 * rng.normal(size=n)
+    return X, y
+
+
+def test_icl_is_bic_plus_twice_the_entropy_of_the_responsibilities(tone):
+    X, y = tone
+    est = MoERegressor(n_experts=2, random_state=0).fit(X, y)
+    r = est.responsibilities(X, y)
+    entropy = -np.sum(r[r > 0] * np.log(r[r > 0]))
+    assert est.icl(X, y) == pytest.approx(est.bic(X, y) + 2 * entropy, rel=1e-12)
+    assert est.icl(X, y) > est.bic(X, y)
+    one = MoERegressor(n_experts=1, random_state=0).fit(X, y)
+    assert one.icl(X, y) == pytest.approx(one.bic(X, y), rel=1e-12)  # one expert: no entropy
+
+
+def test_select_n_experts_by_icl():
+    X, y = _two_regimes()
+    res = select_n_experts(lambda k: MoERegressor(n_experts=k, random_state=0), X, y, [1, 2, 3], criterion="icl")
+    assert res.criterion == "icl" and res.description == "ICL (lower is better)"
+    assert res.scores[res.n_experts] == min(res.scores.values())
+    assert res.scores[2] < res.scores[1]
+
+
+def test_log_likelihood_scorer_chooses_k_where_r2_cannot():
+    X, y = _two_regimes()
+    est = MoERegressor(n_experts=2, random_state=0).fit(X, y)
+    assert log_likelihood_scorer(est, X, y) == pytest.approx(est.score_samples(X, y).mean(), rel=1e-12)
+    grid = GridSearchCV(MoERegressor(random_state=0), {"n_experts": [1, 2]}, scoring=log_likelihood_scorer, cv=3)
+    assert grid.fit(X, y).best_params_ == {"n_experts": 2}
+    # R² of the conditional mean: both branches average to about zero, so K does not matter to it
+    r2 = GridSearchCV(MoERegressor(random_state=0), {"n_experts": [1, 2]}, cv=3).fit(X, y)
+    assert max(r2.cv_results_["mean_test_score"]) < 0.1

@@ -89,6 +89,8 @@ def cmd_fit(args) -> int:
         raise UsageError("give --experts K or --select-k RANGE, not both")
     if args.model == "hme" and args.branching is not None and (args.experts is not None or args.select_k is not None):
         raise UsageError("for --model hme, --branching, --experts and --select-k all set the branching; give one")
+    if args.criterion is not None and args.select_k is None:
+        raise UsageError("--criterion chooses among the K of --select-k RANGE; give --select-k too")
     ks = _parse_ks(args.select_k) if args.select_k is not None else None
     out = args.output
     check_out_folder(out, "model file")
@@ -163,8 +165,9 @@ def _parse_ks(spec: str) -> list[int]:
 
 
 def _select_k(args, task, X, y, ks):
-    """BIC on the whole data (MoE, HME) or held-out log-likelihood (MDN, refitted on all rows)."""
-    heldout = args.model == "mdn"
+    """By --criterion; by default BIC on the whole data (MoE, HME) or held-out log-likelihood (MDN, refitted on all rows)."""
+    criterion = args.criterion or ("heldout" if args.model == "mdn" else "bic")
+    heldout = criterion == "heldout"
     bar = progress(len(ks) + heldout, "choosing K", args)
     tried: list = []
 
@@ -176,7 +179,7 @@ def _select_k(args, task, X, y, ks):
 
     try:
         res = select_n_experts(lambda k: _estimator_for(args, task, k), X, y, ks,
-                               criterion="heldout" if heldout else "bic", random_state=args.seed, callback=on_fit)
+                               criterion=criterion, random_state=args.seed, callback=on_fit)
     except (ValueError, TypeError, FloatingPointError, RuntimeError) as e:
         raise DataError(f"fitting a model with {tried[-1]} expert(s) failed: {one_line(e)}") from None
     bar.update(1)

@@ -17,6 +17,7 @@ import numbers
 
 import numpy as np
 import torch
+from scipy.special import xlogy
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
@@ -100,6 +101,17 @@ class ConditionalMixtureMixin:
         """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
         ll = self.score_samples(X, y)
         return float(-2 * ll.sum() + 2 * self._n_parameters())
+
+    def icl(self, X, y) -> float:
+        """Integrated completed likelihood on BIC's scale: ``BIC + 2 sum_i entropy(r_i)`` (lower is better).
+
+        ``r_i`` are the rows' posterior probabilities of the experts (``responsibilities``; the
+        leaves of a hierarchy, the components of an MDN): ICL adds to BIC the cost of experts that
+        overlap, so it prefers well-separated ones (Biernacki, Celeux & Govaert 2000; flexmix's
+        ``ICL``).  With one expert it equals BIC.
+        """
+        r = self.responsibilities(X, y)
+        return self.bic(X, y) - 2.0 * float(xlogy(r, r).sum())
 
     def sample_y(self, X, n_samples: int = 1, random_state=None) -> np.ndarray:
         """Draw y ~ p(y | x) for every row.
@@ -338,6 +350,16 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
 class RegressorTargets:
     """Real-valued y, scalar (n,) or vector (n, d_y): checked at fit and when scoring."""
 
+    def score(self, X, y, sample_weight=None) -> float:
+        """R² of the conditional mean E[y | x], scikit-learn's regressor score.
+
+        It judges the mean only, not the conditional distribution: it cannot choose the number of
+        experts (on tonedata ``GridSearchCV`` over ``n_experts`` with it picks K = 1).  Choose K by
+        held-out log-likelihood with ``scoring=moekit.selection.log_likelihood_scorer``, or by
+        ``bic`` / ``aic`` / ``icl`` (``moekit.selection.select_n_experts``).
+        """
+        return super().score(X, y, sample_weight=sample_weight)
+
     def _fit_targets(self, y, w):
         self._y_ndim = y.ndim
         yt = torch.as_tensor(np.array(y, dtype=np.float64), dtype=torch_dtype(self.dtype), device=self.device)
@@ -354,6 +376,14 @@ class RegressorTargets:
 
 class ClassifierTargets:
     """Class labels (n,): encoded as 0..C-1 in the order of ``classes_``."""
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Accuracy of ``predict``, scikit-learn's classifier score.
+
+        To choose the number of experts use the held-out log-likelihood
+        (``scoring=moekit.selection.log_likelihood_scorer``) or ``bic`` / ``aic`` / ``icl``.
+        """
+        return super().score(X, y, sample_weight=sample_weight)
 
     def _fit_targets(self, y, w):
         self.classes_, y_enc = np.unique(y, return_inverse=True)

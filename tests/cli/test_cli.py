@@ -414,3 +414,16 @@ def test_demo_runs_in_under_a_minute(name, tmp_path):
         top = re.search(r"top mode of every frame\s+([0-9.]+)\s+([0-9.]+)\s+(\d+)", out).groups()
         tracked = re.search(r"tracked through time \(Viterbi\)\s+([0-9.]+)\s+([0-9.]+)\s+(\d+)", out).groups()
         assert int(tracked[2]) < int(top[2])  # fewer jumps between branches than the per-frame answer
+
+
+def test_fit_selects_k_by_icl_and_criterion_needs_select_k(tone_csv, capsys, monkeypatch):
+    monkeypatch.chdir(tone_csv.parent)
+    rc, out, err = _main(["fit", tone_csv.name, "-t", "tuned", "--features", "stretch", "--select-k", "1..2",
+                          "--criterion", "icl", "-o", "icl.moekit"], capsys)
+    assert rc == 0, err
+    assert "ICL (lower is better)" in out + err
+    rc, out, err = _main(["info", "icl.moekit", "--json"], capsys)
+    assert rc == 0, err
+    assert "ICL (lower is better)" in json.dumps(json.loads(out))
+    _one_line_error(*_main(["fit", tone_csv.name, "-t", "tuned", "--criterion", "aic", "-o", "m.moekit"], capsys), 2,
+                    r"--criterion chooses among the K of --select-k")
