@@ -19,6 +19,7 @@ CRITERIA = {
     "aic": "AIC (lower is better)",
     "icl": "ICL (lower is better)",
     "heldout": "held-out mean log-likelihood (higher is better)",
+    "cv": "cross-validated mean log-likelihood (higher is better)",
 }
 _MAX_K = 64
 
@@ -30,13 +31,13 @@ class SelectionResult:
     Attributes
     ----------
     criterion : str
-        'bic', 'aic', 'icl' or 'heldout'.
+        'bic', 'aic', 'icl', 'heldout' or 'cv'.
     scores : dict of int to float
         The criterion for every candidate K, in the order tried.
     n_experts : int
         The chosen K.
     estimator : estimator
-        The chosen model, fitted: for 'bic', 'aic' and 'icl' the fit that was scored, for 'heldout' a refit
+        The chosen model, fitted: for 'bic', 'aic' and 'icl' the fit that was scored, for 'heldout' and 'cv' a refit
         on every row.
     """
 
@@ -99,6 +100,7 @@ def select_n_experts(
     sample_weight=None,
     *,
     validation_fraction: float = 0.2,
+    n_folds: int = 5,
     random_state=None,
     callback: Callable[[int], None] | None = None,
 ) -> SelectionResult:
@@ -112,20 +114,24 @@ def select_n_experts(
         The data, as the estimator's ``fit`` takes them.
     ks : sequence of int
         Candidate values, each at least 1 (see :func:`parse_n_experts` for text).
-    criterion : {'bic', 'aic', 'icl', 'heldout'}
+    criterion : {'bic', 'aic', 'icl', 'heldout', 'cv'}
         'bic', 'aic' and 'icl': the estimator's ``bic(X, y)`` / ``aic(X, y)`` / ``icl(X, y)`` after
         fitting on every row (lower is better). 'heldout': each K is fitted on the rows left after holding out
         ``validation_fraction`` of them at random, and scored by the mean log-likelihood of the
-        held-out rows (higher is better); the best K is then refitted on every row.
+        held-out rows (higher is better); the best K is then refitted on every row. 'cv': the same
+        with ``n_folds``-fold cross-validation, every row held out once (its score is the mean
+        held-out log-likelihood over all rows).
     sample_weight : array-like (n,), optional
         Passed to every ``fit``; with 'heldout' the held-out mean is weighted too. The estimators'
         ``bic``/``aic``/``icl`` count every row once, so those criteria do not take weights.
     validation_fraction : float
         Share of the rows held out for 'heldout' (at least one row).
+    n_folds : int
+        Folds for 'cv' (at least 2, at most the number of rows).
     random_state : int or numpy Generator, optional
-        Seeds the held-out split.
+        Seeds the held-out split and the folds.
     callback : callable, optional
-        Called with k just before each fit (and before the final refit of 'heldout'): for progress
+        Called with k just before each fit (each fold's, for 'cv'; and before the final refit of 'heldout' and 'cv'): for progress
         bars, and to know which fit raised.
 
     Returns
@@ -150,9 +156,9 @@ def select_n_experts(
     if len(set(ks)) != len(ks):
         raise ValueError(f"ks lists a value twice: {ks!r}")
     ks = [int(k) for k in ks]
-    if sample_weight is not None and criterion != "heldout":
+    if sample_weight is not None and criterion not in ("heldout", "cv"):
         raise ValueError(f"criterion={criterion!r} does not take sample_weight (the estimators' bic, aic and icl count "
-                         "every row once); use criterion='heldout' or leave the weights out")
+                         "every row once); use criterion='heldout' or 'cv', or leave the weights out")
     notify = callback or (lambda k: None)
     scores: dict[int, float] = {}
     if criterion == "heldout":
@@ -170,6 +176,23 @@ def select_n_experts(
             ll = est.score_samples(X_val, y_val)
             scores[k] = float(np.mean(ll) if sample_weight is None
                               else np.average(ll, weights=np.asarray(sample_weight)[val]))
+        best = max(ks, key=lambda k: scores[k])
+        notify(best)
+        return SelectionResult(criterion, scores, best, _fit(make_estimator(best), X, y, sample_weight))
+    if criterion == "cv":
+        n = len(X)
+        if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or not 2 <= n_folds <= n:
+            raise ValueError(f"n_folds must be an integer between 2 and the number of rows ({n}), got {n_folds!r}")
+        folds = np.array_split(np.random.default_rng(random_state).permutation(n), int(n_folds))
+        w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        for k in ks:
+            total = 0.0
+            for val in folds:
+                tr = np.setdiff1d(np.arange(n), val)
+                notify(k)
+                est = _fit(make_estimator(k), _rows(X, tr), _rows(y, tr), None if sample_weight is None else w[tr])
+                total += float(np.dot(w[val], est.score_samples(_rows(X, val), _rows(y, val))))
+            scores[k] = total / float(w.sum())
         best = max(ks, key=lambda k: scores[k])
         notify(best)
         return SelectionResult(criterion, scores, best, _fit(make_estimator(best), X, y, sample_weight))

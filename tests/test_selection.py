@@ -193,3 +193,22 @@ def test_log_likelihood_scorer_chooses_k_where_r2_cannot():
     # R² of the conditional mean: both branches average to about zero, so K does not matter to it
     r2 = GridSearchCV(MoERegressor(random_state=0), {"n_experts": [1, 2]}, cv=3).fit(X, y)
     assert max(r2.cv_results_["mean_test_score"]) < 0.1
+
+
+def test_cross_validated_log_likelihood_holds_every_row_out_once():
+    X, y = _two_regimes(n=240)
+    calls = []
+    res = select_n_experts(lambda k: MoERegressor(n_experts=k, random_state=0), X, y, [1, 2], criterion="cv",
+                           n_folds=4, random_state=0, callback=calls.append)
+    assert res.criterion == "cv" and res.description == CRITERIA["cv"]
+    assert res.n_experts == 2 and res.scores[2] > res.scores[1]
+    assert calls == [1] * 4 + [2] * 4 + [2]  # four folds per K, then the refit on every row
+    assert res.estimator.n_experts_ == 2
+    # integer weights: the weighted mean over the held-out rows (no error, a finite score)
+    w = np.ones(len(y))
+    w[::3] = 2
+    res_w = select_n_experts(lambda k: MoERegressor(n_experts=k, random_state=0), X, y, [2], criterion="cv",
+                             sample_weight=w, n_folds=3, random_state=0)
+    assert np.isfinite(res_w.scores[2])
+    with pytest.raises(ValueError, match="n_folds must be an integer between 2"):
+        select_n_experts(lambda k: MoERegressor(n_experts=k), X, y, [1], criterion="cv", n_folds=1)

@@ -167,8 +167,8 @@ def _parse_ks(spec: str) -> list[int]:
 def _select_k(args, task, X, y, ks):
     """By --criterion; by default BIC on the whole data (MoE, HME) or held-out log-likelihood (MDN, refitted on all rows)."""
     criterion = args.criterion or ("heldout" if args.model == "mdn" else "bic")
-    heldout = criterion == "heldout"
-    bar = progress(len(ks) + heldout, "choosing K", args)
+    n_fits = {"heldout": len(ks) + 1, "cv": 5 * len(ks) + 1}.get(criterion, len(ks))
+    bar = progress(n_fits, "choosing K", args)
     tried: list = []
 
     def on_fit(k):
@@ -181,7 +181,8 @@ def _select_k(args, task, X, y, ks):
         res = select_n_experts(lambda k: _estimator_for(args, task, k), X, y, ks,
                                criterion=criterion, random_state=args.seed, callback=on_fit)
     except (ValueError, TypeError, FloatingPointError, RuntimeError) as e:
-        raise DataError(f"fitting a model with {tried[-1]} expert(s) failed: {one_line(e)}") from None
+        which = f"fitting a model with {tried[-1]} expert(s)" if tried else f"choosing K by {criterion}"
+        raise DataError(f"{which} failed: {one_line(e)}") from None
     bar.update(1)
     bar.close()
     scores = {str(k): v for k, v in res.scores.items()}

@@ -60,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of experts (MDN: components; HME: branching of every gate); default 2")
     f.add_argument("--select-k", default=None, metavar="RANGE",
                    help="choose K in a range such as 1..8 by --criterion")
-    f.add_argument("--criterion", choices=["bic", "aic", "icl", "heldout"], default=None,
-                   help="how --select-k chooses: BIC, AIC, ICL (lower is better) or the log-likelihood of 20%% of "
-                        "the rows held out (default: bic; MDN: heldout)")
+    f.add_argument("--criterion", choices=["bic", "aic", "icl", "heldout", "cv"], default=None,
+                   help="how --select-k chooses: BIC, AIC, ICL (lower is better), the log-likelihood of 20%% of "
+                        "the rows held out, or 5-fold cross-validated log-likelihood (default: bic; MDN: heldout)")
     f.add_argument("--expert", choices=list(EXPERTS), default=None,
                    help="expert family (default: linear for regression, logistic for classification)")
     f.add_argument("--task", choices=["auto", "regression", "classification"], default="auto",

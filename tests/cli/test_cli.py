@@ -416,7 +416,7 @@ def test_demo_runs_in_under_a_minute(name, tmp_path):
         assert int(tracked[2]) < int(top[2])  # fewer jumps between branches than the per-frame answer
 
 
-def test_fit_selects_k_by_icl_and_criterion_needs_select_k(tone_csv, capsys, monkeypatch):
+def test_fit_selects_k_by_icl_or_cv_and_criterion_needs_select_k(tone_csv, capsys, monkeypatch):
     monkeypatch.chdir(tone_csv.parent)
     rc, out, err = _main(["fit", tone_csv.name, "-t", "tuned", "--features", "stretch", "--select-k", "1..2",
                           "--criterion", "icl", "-o", "icl.moekit"], capsys)
@@ -425,5 +425,9 @@ def test_fit_selects_k_by_icl_and_criterion_needs_select_k(tone_csv, capsys, mon
     rc, out, err = _main(["info", "icl.moekit", "--json"], capsys)
     assert rc == 0, err
     assert "ICL (lower is better)" in json.dumps(json.loads(out))
+    rc, out, err = _main(["fit", tone_csv.name, "-t", "tuned", "--features", "stretch", "--select-k", "1..2",
+                          "--criterion", "cv", "-o", "cv.moekit"], capsys)
+    assert rc == 0, err
+    assert "cross-validated mean log-likelihood" in out + err
     _one_line_error(*_main(["fit", tone_csv.name, "-t", "tuned", "--criterion", "aic", "-o", "m.moekit"], capsys), 2,
                     r"--criterion chooses among the K of --select-k")
