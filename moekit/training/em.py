@@ -7,13 +7,12 @@ import time
 import warnings
 from typing import Callable
 
-import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from .._mstep import Passes
 from .._validation import check_fit_inputs, model_device, model_dtype
 from ..data import ArrayBatches
-from .init import initial_responsibilities
+from .init import initial_responsibilities, nested_seed
 from .restarts import best_of
 from .result import FitResult
 from .starts import small_em
@@ -129,8 +128,7 @@ def fit_em(
         elif init is not None:
             r = initial_responsibilities(x, y, m.n_experts, init, seed, w)
             # nested mixtures split their rows with a seed of their own, drawn from this start's
-            nested_seed = int(np.random.default_rng([seed, 1]).integers(0, 2**31 - 1))
-            m.init_from_responsibilities(x, y, w[:, None] * r, random_state=nested_seed)
+            m.init_from_responsibilities(x, y, w[:, None] * r, random_state=nested_seed(seed))
         return _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback)
 
     i_best, run, finals = best_of(model, n_init, random_state, run_one, score=lambda r: r["history"][-1])

@@ -48,7 +48,7 @@ from .._partition import DistinctRows, distinct_rows
 from .._validation import check_fit_inputs, model_device, model_dtype
 from ..experts import Expert
 from ..mixture import MixtureOfExperts
-from .init import initial_responsibilities
+from .init import initial_responsibilities, nested_seed
 
 __all__ = ["StartRace", "small_em", "start_kinds", "subset_consensus", "subset_responsibilities", "supports_subset_start"]
 
@@ -373,11 +373,6 @@ def _start_seed(seed: int, kind: str, occurrence: int) -> int:
     return int(np.random.default_rng([seed, _KINDS.index(kind) + 2, occurrence]).integers(0, 2**31 - 1))
 
 
-def _nested_seed(seed: int) -> int:
-    """The seed nested mixtures split their rows with, drawn from a start's seed as :func:`~moekit.fit_em` draws it."""
-    return int(np.random.default_rng([seed, 1]).integers(0, 2**31 - 1))
-
-
 def _aitken_limit(h: list[float], slack: float) -> float:
     """An optimistic limit of a linearly converging increasing sequence: h + slack * the Aitken remainder (inf if unknown)."""
     d1, d0 = h[-1] - h[-2], h[-2] - h[-3]
@@ -508,7 +503,7 @@ def small_em(
     for m, (kind, s, resp) in zip(models, made):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            m.init_from_responsibilities(x, y, w[:, None] * resp, random_state=_nested_seed(s))
+            m.init_from_responsibilities(x, y, w[:, None] * resp, random_state=nested_seed(s))
         runs.append({"kind": kind, "model": m, "history": [], "status": "running", "warnings": list(caught)})
     if len(runs) == 1:  # nothing to race: the caller's EM loop runs the one start
         for wmsg in runs[0]["warnings"]:

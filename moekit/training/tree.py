@@ -21,7 +21,7 @@ from .._validation import check_fit_inputs, model_device, model_dtype
 from ..mixture import MixtureOfExperts
 from ..tree.build import check_tree
 from .em import fit_em
-from .init import initial_responsibilities
+from .init import initial_responsibilities, nested_seed
 
 __all__ = ["fit_tree_em", "init_tree"]
 
@@ -104,8 +104,7 @@ def init_tree(tree: MixtureOfExperts, x, y, sample_weight=None, *, init="kmeans"
     else:
         r = initial_responsibilities(x, y, k, init, seed, w)
         split = "kmeans"
-    nested_seed = int(np.random.default_rng([seed, 1]).integers(0, 2**31 - 1))
-    tree.init_from_responsibilities(x, y, w[:, None] * r, random_state=nested_seed, split=split)
+    tree.init_from_responsibilities(x, y, w[:, None] * r, random_state=nested_seed(seed), split=split)
     return tree
 
 
