@@ -287,33 +287,30 @@ class SoftmaxGate(Gate):
             return
         coef = self.coef.data
         coef -= coef[k - 1].clone()  # reference row at zero (softmax-invariant)
-        grad = stats["grad"].reshape(-1)
+        grad = stats["grad"]  # (K-1, p)
         info = self._information(stats["info"])
-        if self.hessian == "block" and self.l2 == 0:
-            step = solve_spd(info, stats["grad"][:, :, None])[:, :, 0]
-            coef[: k - 1] += step
-            return
+        block = self.hessian == "block"
         if self.l2 > 0:
             pen = torch.zeros(k - 1, p, dtype=coef.dtype, device=coef.device)
             pen[:, 1:] = self.l2
-            pen = pen.reshape(-1)
-            grad = grad - pen * coef[: k - 1].reshape(-1)
-            info = info + torch.diag(pen)
-        step = solve_spd(info, grad[:, None])[:, 0]
-        coef[: k - 1] += step.reshape(k - 1, p)
+            grad = grad - pen * coef[: k - 1]
+            info = info + (torch.diag_embed(pen) if block else torch.diag(pen.reshape(-1)))
+        if block:  # K-1 separate (p, p) systems: the diagonal penalty couples no blocks
+            step = solve_spd(info, grad[:, :, None])[:, :, 0]
+        else:
+            step = solve_spd(info, grad.reshape(-1, 1)).reshape(k - 1, p)
+        coef[: k - 1] += step
 
     def _information(self, info: torch.Tensor) -> torch.Tensor:
-        """The ((K-1) p, (K-1) p) curvature of a Newton step from the ``info`` statistic of ``hessian``.
+        """The curvature of a Newton step from the ``info`` statistic of ``hessian``.
 
-        "full": as it is; "block": its (K-1, p, p) diagonal blocks (returned as
-        they are when no penalty couples them); "bound": Böhning's
-        ``0.5 (I - 1 1^T / K) (x) G`` from ``G = X^T diag(s) X``.
+        "full": the ((K-1) p, (K-1) p) information as it is; "block": its
+        (K-1, p, p) diagonal blocks as they are; "bound": Böhning's
+        ``0.5 (I - 1 1^T / K) (x) G``, ((K-1) p, (K-1) p), from ``G = X^T diag(s) X``.
         """
-        k = self.n_experts
-        if self.hessian == "full":
+        if self.hessian != "bound":
             return info
-        if self.hessian == "block":
-            return info if self.l2 == 0 else torch.block_diag(*info)
+        k = self.n_experts
         eye = torch.eye(k - 1, dtype=info.dtype, device=info.device)
         return torch.kron(0.5 * (eye - 1.0 / k), info)
 
