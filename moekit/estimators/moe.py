@@ -140,7 +140,7 @@ class _MoEBase(ConditionalMixtureEstimator):
                 model, x, y, w, max_iter=int(self.max_iter), tol=float(self.tol), n_init=int(self.n_init),
                 init=self.init, random_state=seed, verbose=int(self.verbose),
             )
-        return self._gradient_restarts(model, x, y, w, rng, init="random" if _is_auto(self.init) else self.init)
+        return self._gradient_restarts(model, x, y, w, rng, init=self.init)
 
     def _gradient_restarts(self, model, x, y, w, rng, init, start=None):
         """``n_init`` gradient fits through :func:`~moekit.training.restarts.best_of`, the best mean kept.
@@ -504,8 +504,3 @@ class MoEClassifier(ClassifierTargets, ClassifierMixin, _MoEBase):
         """Most probable class: (n,)."""
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
-
-
-def _is_auto(init) -> bool:
-    """Whether ``init`` is the string "auto" (it may also be an array)."""
-    return isinstance(init, str) and init == "auto"

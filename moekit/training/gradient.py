@@ -66,9 +66,11 @@ def fit_gradient(
     tol : float
         Without a validation split: stop when the training mean
         log-likelihood changes by less than ``tol`` between epochs.
-    init : {None, "kmeans", "random"} or array (n, K)
+    init : {None, "auto", "kmeans", "random"} or array (n, K)
         ``None`` starts from the model's current parameters; otherwise the
         model is initialised from responsibilities as in ``fit_em``.
+        ``"auto"`` is one random partition here (``fit_em``'s start race
+        races EM runs, which gradient training does not have).
     random_state : int, optional
         Seeds the split, the shuffling and the initialisation.
     max_grad_norm : float or None
@@ -123,7 +125,8 @@ def fit_gradient(
     rng = np.random.default_rng(random_state)
     gen = torch.Generator().manual_seed(int(rng.integers(0, 2**31 - 1)))
     if init is not None:
-        r = initial_responsibilities(x, y, model.n_experts, init, int(rng.integers(0, 2**31 - 1)), w)
+        kind = "random" if isinstance(init, str) and init == "auto" else init
+        r = initial_responsibilities(x, y, model.n_experts, kind, int(rng.integers(0, 2**31 - 1)), w)
         model.init_from_responsibilities(x, y, w[:, None] * r)
     n_val = int(round(validation_fraction * n)) if early_stopping else 0
     if n_val >= n:
