@@ -155,10 +155,8 @@ def _warning_lines(caught) -> list[str]:
     return sorted({f"{w.category.__name__}: {str(w.message)[:100]}" for w in caught})
 
 
-def run_moekit_one_start(x, y, R) -> dict:
-    """moekit from the given start R: the wall clock of ``.fit``."""
-    k = R.shape[1]
-    est = MoERegressor(n_experts=k, init=R, n_init=1, tol=TOL, max_iter=MAX_ITER, random_state=0)
+def _timed_fit(est, x, y) -> dict:
+    """The wall clock of ``est.fit(x, y)``, its iterations, convergence, log-likelihoods and warnings."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
@@ -166,8 +164,15 @@ def run_moekit_one_start(x, y, R) -> dict:
         seconds = time.perf_counter() - t0
     return {
         "seconds": seconds, "n_iter": int(est.n_iter_), "converged": bool(est.converged_),
-        "ll": float(est.mean_log_likelihood_), "n_experts": int(est.n_experts_), "warnings": _warning_lines(caught),
+        "ll": float(est.mean_log_likelihood_), "total_ll": float(est.log_likelihood_),
+        "n_experts": int(est.n_experts_), "warnings": _warning_lines(caught),
     }
+
+
+def run_moekit_one_start(x, y, R) -> dict:
+    """moekit from the given start R: the wall clock of ``.fit``."""
+    return _timed_fit(MoERegressor(n_experts=R.shape[1], init=R, n_init=1, tol=TOL, max_iter=MAX_ITER, random_state=0),
+                      x, y)
 
 
 def run_plain(x, y, R) -> dict:
@@ -183,17 +188,7 @@ def run_plain(x, y, R) -> dict:
 
 def run_default(x, y, k: int, seed: int, gate: str = "softmax") -> dict:
     """``MoERegressor(n_experts=k, gate=gate, random_state=seed)``, everything else default, timed end to end."""
-    est = MoERegressor(n_experts=k, gate=gate, random_state=seed)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        t0 = time.perf_counter()
-        est.fit(x, y)
-        seconds = time.perf_counter() - t0
-    return {
-        "seconds": seconds, "n_iter": int(est.n_iter_), "converged": bool(est.converged_),
-        "ll": float(est.mean_log_likelihood_), "total_ll": float(est.log_likelihood_),
-        "n_experts": int(est.n_experts_), "warnings": _warning_lines(caught),
-    }
+    return _timed_fit(MoERegressor(n_experts=k, gate=gate, random_state=seed), x, y)
 
 
 def warm_up(threads) -> None:
