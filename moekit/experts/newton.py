@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .._linalg import add_intercept, chunk_rows, gram, solve_spd
+from .._linalg import add_intercept, chunk_rows, gram, solve_spd, weighted_grams
 from .._mstep import fit_in_memory
 from ..stats import SuffStats
 from .base import Expert
@@ -66,12 +66,10 @@ def multinomial_newton_stats(xd: torch.Tensor, logp: torch.Tensor, counts: torch
     resid = counts[..., :km] - s[..., None] * g[..., :km]  # (n, B, C-1)
     grad = (resid.reshape(n, b * km).T @ xd).reshape(b, km * p)
     if hessian == "bound":
-        info = (s.T[:, :, None] * xd[None]).transpose(1, 2) @ xd  # (B, p, p)
-        return objective, grad, info
+        return objective, grad, weighted_grams(xd, s)  # (B, p, p)
     if hessian == "block":
         v = s[..., None] * g[..., :km] * (1.0 - g[..., :km])  # (n, B, C-1)
-        info = ((v.reshape(n, b * km, 1) * xd[:, None, :]).reshape(n, b * km * p).T @ xd).reshape(b, km, p, p)
-        return objective, grad, info
+        return objective, grad, weighted_grams(xd, v.reshape(n, b * km)).reshape(b, km, p, p)
     rs = s.clamp_min(0).sqrt()  # (n, B)
     zm = xd.new_empty(n, km * p + p)  # [Z_0 .. Z_{C-2}, sqrt(s) x] with Z_j = g_j sqrt(s) x
     infos = []
