@@ -161,38 +161,28 @@ def select_n_experts(
                          "every row once); use criterion='heldout' or 'cv', or leave the weights out")
     notify = callback or (lambda k: None)
     scores: dict[int, float] = {}
-    if criterion == "heldout":
-        if not 0 < validation_fraction < 1:
-            raise ValueError(f"validation_fraction must lie strictly between 0 and 1, got {validation_fraction!r}")
+    if criterion in ("heldout", "cv"):
         n = len(X)
         perm = np.random.default_rng(random_state).permutation(n)
-        n_val = max(1, int(round(validation_fraction * n)))
-        val, tr = perm[:n_val], perm[n_val:]
-        w_tr = None if sample_weight is None else np.asarray(sample_weight)[tr]
-        X_val, y_val = _rows(X, val), _rows(y, val)
+        if criterion == "heldout":
+            if not 0 < validation_fraction < 1:
+                raise ValueError(f"validation_fraction must lie strictly between 0 and 1, got {validation_fraction!r}")
+            n_val = max(1, int(round(validation_fraction * n)))
+            splits = [(perm[n_val:], perm[:n_val])]  # (fitted rows, held-out rows)
+        else:
+            if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or not 2 <= n_folds <= n:
+                raise ValueError(f"n_folds must be an integer between 2 and the number of rows ({n}), got {n_folds!r}")
+            splits = [(np.setdiff1d(np.arange(n), val), val) for val in np.array_split(perm, int(n_folds))]
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=float)
         for k in ks:
-            notify(k)
-            est = _fit(make_estimator(k), _rows(X, tr), _rows(y, tr), w_tr)
-            ll = est.score_samples(X_val, y_val)
-            scores[k] = float(np.mean(ll) if sample_weight is None
-                              else np.average(ll, weights=np.asarray(sample_weight)[val]))
-        best = max(ks, key=lambda k: scores[k])
-        notify(best)
-        return SelectionResult(criterion, scores, best, _fit(make_estimator(best), X, y, sample_weight))
-    if criterion == "cv":
-        n = len(X)
-        if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or not 2 <= n_folds <= n:
-            raise ValueError(f"n_folds must be an integer between 2 and the number of rows ({n}), got {n_folds!r}")
-        folds = np.array_split(np.random.default_rng(random_state).permutation(n), int(n_folds))
-        w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=float)
-        for k in ks:
-            total = 0.0
-            for val in folds:
-                tr = np.setdiff1d(np.arange(n), val)
+            lls = []
+            for tr, val in splits:
                 notify(k)
-                est = _fit(make_estimator(k), _rows(X, tr), _rows(y, tr), None if sample_weight is None else w[tr])
-                total += float(np.dot(w[val], est.score_samples(_rows(X, val), _rows(y, val))))
-            scores[k] = total / float(w.sum())
+                est = _fit(make_estimator(k), _rows(X, tr), _rows(y, tr), None if w is None else w[tr])
+                lls.append(est.score_samples(_rows(X, val), _rows(y, val)))
+            ll = np.concatenate(lls)
+            held_out = np.concatenate([val for _, val in splits])
+            scores[k] = float(np.mean(ll) if w is None else np.average(ll, weights=w[held_out]))
         best = max(ks, key=lambda k: scores[k])
         notify(best)
         return SelectionResult(criterion, scores, best, _fit(make_estimator(best), X, y, sample_weight))
