@@ -13,6 +13,8 @@ them.  This package returns the branches themselves and scores them:
 * :mod:`~moekit.inference.metrics` - negative log-likelihood, CRPS, interval
   coverage, and the metrics of inverse problems (best-of-M error, mode recall,
   forward consistency).
+* :mod:`~moekit.inference.information` - :func:`observed_information`: standard
+  errors of a fitted mixture of experts (observed information or sandwich).
 * :mod:`~moekit.inference.tracking` - carrying the branches through time
   (:func:`filter_mixture`, :func:`track_modes`, :func:`viterbi`).
 
@@ -21,6 +23,7 @@ estimator's ``predict_distribution``); nested mixtures (hierarchical MoEs) are
 read through their leaves (:func:`moekit.distributions.flatten_leaves`).
 """
 
+from .information import Information, NoLikelihoodHessianError, ParameterInfo, observed_information
 from .intervals import central_interval, hdr, in_intervals, interval_length
 from .metrics import (
     best_of_m_error,
@@ -35,6 +38,10 @@ from .tracking import FilterResult, TrackResult, estimate_transition_cov, filter
 
 __all__ = [
     "FilterResult",
+    "Information",
+    "NoLikelihoodHessianError",
+    "ParameterInfo",
+    "observed_information",
     "Modes",
     "TrackResult",
     "best_of_m_error",

@@ -1,0 +1,370 @@
+"""Observed information and standard errors of a fitted (hierarchical) mixture of experts.
+
+The log-likelihood of a softmax-gated mixture does not change when a constant vector is added to
+every row of a gate's coefficients (or of a softmax expert's class coefficients): its Hessian in
+the model's own parametrisation is singular. Standard errors are therefore computed in an
+identifiable parametrisation: each gate is written against its component 0 (the differences
+``beta_k - beta_0``, k >= 1, as R's multinomial logit reports them), each softmax expert against
+its class 0, and the positive quantities through their logarithms (the noise scale ``sigma``, the
+Student-t degrees of freedom) or a Cholesky factor (a full noise covariance). The reported values
+(``sigma``, covariance entries) get their errors by the delta method.
+
+Three estimates of the covariance of the estimates:
+
+* ``"hessian"``: the inverse of the observed information, minus the Hessian of the (weighted)
+  observed-data log-likelihood, by automatic differentiation;
+* ``"sandwich"``: ``I^-1 B I^-1`` with ``B`` the weighted sum of the per-row score outer products
+  (robust to a misspecified expert family; Huber 1967, White 1982); with one expert it is the
+  HC0 estimator of a linear regression;
+* the bootstrap lives with the estimators, which can refit.
+
+Only families with a likelihood Hessian are supported (linear-Gaussian, Student-t, logistic,
+softmax and Poisson experts under softmax or constant gates, to any depth); neural gates and
+experts and scikit-learn experts get a :class:`NoLikelihoodHessianError`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ..experts.gaussian import LinearGaussianExpert
+from ..experts.logistic import LogisticExpert, SoftmaxExpert
+from ..experts.poisson import PoissonExpert
+from ..experts.student_t import StudentTExpert
+from ..gates import ConstantGate, SoftmaxGate
+from ..mixture import MixtureOfExperts
+
+__all__ = ["NoLikelihoodHessianError", "ParameterInfo", "Information", "observed_information"]
+
+_METHODS = ("hessian", "sandwich")
+
+
+class NoLikelihoodHessianError(TypeError):
+    """The model has a part (a neural gate or expert, a scikit-learn expert) whose likelihood
+    Hessian moekit does not compute; bootstrap standard errors still work."""
+
+
+@dataclass(frozen=True)
+class ParameterInfo:
+    """Where one reported parameter lives.
+
+    ``block`` is "gate" or "expert"; ``node`` the tree path of the gate (or of the leaf) as a
+    tuple of child indices, ``()`` at the root; ``component`` the gate's row (child index) or
+    the expert's index among the leaves (the columns of ``predict_gate``); ``output`` the y
+    coordinate or class index (``None`` for a scalar y); ``term`` either an int (0 the
+    intercept, j >= 1 the j-th column of the module's input) or a name ("sigma", "df",
+    "cov[i,j]").
+    """
+
+    block: str
+    node: tuple
+    component: int
+    output: int | None
+    term: int | str
+    input_columns: tuple | None = None  # the columns of X the module sees (None: all of them)
+
+
+@dataclass
+class Information:
+    """Estimates, their covariance and standard errors, in the reported parametrisation.
+
+    Shapes
+    ------
+    estimate, std_error : (P,); covariance : (P, P); information : (F, F) over the F = P free
+    parameters (the identifiable parametrisation).
+    """
+
+    parameters: list
+    estimate: torch.Tensor
+    covariance: torch.Tensor
+    std_error: torch.Tensor
+    information: torch.Tensor
+    method: str
+    log_likelihood: float
+    n_samples: float
+    warnings: list = field(default_factory=list)
+
+
+@dataclass
+class _Block:
+    name: str  # the parameter's name in model.named_parameters()
+    size: int  # number of free values
+    to_full: Callable  # free (size,) -> the parameter's full tensor
+    report: Callable  # free (size,) -> reported values (size,)
+    infos: list  # ParameterInfo per free value
+    free: torch.Tensor  # current free values
+
+
+def _gate_blocks(gate, prefix: str, node: tuple, cols) -> list:
+    if isinstance(gate, SoftmaxGate):
+        coef = gate.coef.detach()
+        k, p = coef.shape
+        free = (coef[1:] - coef[:1]).reshape(-1)
+
+        def to_full(f, p=p):
+            return torch.cat([f.new_zeros(1, p), f.reshape(-1, p)], dim=0)
+
+        infos = [ParameterInfo("gate", node, c, None, j, cols) for c in range(1, k) for j in range(p)]
+        return [_Block(prefix + "gate.coef", free.numel(), to_full, lambda f: f, infos, free)]
+    if isinstance(gate, ConstantGate):
+        lg = gate.logits.detach()
+        free = lg[1:] - lg[0]
+        infos = [ParameterInfo("gate", node, c, None, 0, cols) for c in range(1, lg.shape[0])]
+        return [_Block(prefix + "gate.logits", free.numel(), lambda f: torch.cat([f.new_zeros(1), f]),
+                       lambda f: f, infos, free)]
+    raise NoLikelihoodHessianError(
+        f"standard errors need a softmax or constant gate; the gate at node {node} is a {type(gate).__name__} "
+        "(a neural gate has no identifiable likelihood Hessian); use se='bootstrap'")
+
+
+def _identity(f):
+    return f
+
+
+def _leaf(node: tuple, c: int, stacked: bool) -> tuple:
+    """The tree path of expert c of a module: ``node + (c,)`` for stacked experts (``node`` is their
+    parent's), ``node`` itself for a single expert (the caller gave its path)."""
+    return node + (c,) if stacked else node
+
+
+def _expert_blocks(e, prefix: str, node: tuple, first: int, cols, stacked: bool) -> list:
+    """Blocks of one expert module holding experts ``first, first + 1, ...``."""
+    blocks = []
+    if isinstance(e, (LinearGaussianExpert, StudentTExpert)):
+        coef = e.coef.detach()
+        k, p, d = coef.shape
+        scalar = e.n_outputs is None
+        infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, None if scalar else o, j, cols)
+                 for c in range(k) for j in range(p) for o in range(d)]
+        blocks.append(_Block(prefix + "coef", coef.numel(), lambda f, s=coef.shape: f.reshape(s), _identity,
+                             infos, coef.reshape(-1)))
+        if isinstance(e, LinearGaussianExpert) and e.covariance == "full":
+            raw = e.scale_tril_raw.detach()
+            rows, cols_ = torch.tril_indices(d, d)
+
+            def tril_full(f, k=k, d=d, rows=rows, cols_=cols_):
+                out = f.new_zeros(k, d, d)
+                out[:, rows, cols_] = f.reshape(k, -1)
+                return out
+
+            def cov_entries(f, k=k, d=d, rows=rows, cols_=cols_):
+                r = tril_full(f)
+                l = torch.tril(r, -1) + torch.diag_embed(r.diagonal(dim1=-2, dim2=-1).exp())
+                return (l @ l.transpose(-1, -2))[:, rows, cols_].reshape(-1)
+
+            infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, None, f"cov[{int(i)},{int(j)}]", cols)
+                     for c in range(k) for i, j in zip(rows, cols_)]
+            blocks.append(_Block(prefix + "scale_tril_raw", len(infos), tril_full, cov_entries, infos,
+                                 raw[:, rows, cols_].reshape(-1)))
+        else:
+            ls = e.log_scale.detach()
+            k2, m = ls.shape
+            infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, None if (scalar or m == 1) else o, "sigma",
+                                   cols)
+                     for c in range(k2) for o in range(m)]
+            blocks.append(_Block(prefix + "log_scale", ls.numel(), lambda f, s=ls.shape: f.reshape(s), torch.exp,
+                                 infos, ls.reshape(-1)))
+        if isinstance(e, StudentTExpert) and not e.fixed_df:
+            ld = e.log_df.detach()
+            infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, None, "df", cols) for c in range(ld.shape[0])]
+            blocks.append(_Block(prefix + "log_df", ld.numel(), lambda f, s=ld.shape: f.reshape(s), torch.exp,
+                                 infos, ld.reshape(-1)))
+        return blocks
+    if isinstance(e, SoftmaxExpert):
+        coef = e.coef.detach()  # (k, C, p)
+        k, c_, p = coef.shape
+        free = (coef[:, 1:] - coef[:, :1]).reshape(-1)
+
+        def to_full(f, k=k, p=p):
+            f = f.reshape(k, -1, p)
+            return torch.cat([f.new_zeros(k, 1, p), f], dim=1)
+
+        infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, o, j, cols)
+                 for c in range(k) for o in range(1, c_) for j in range(p)]
+        return [_Block(prefix + "coef", free.numel(), to_full, _identity, infos, free)]
+    if isinstance(e, (LogisticExpert, PoissonExpert)):
+        coef = e.coef.detach()  # (k, p)
+        k, p = coef.shape
+        infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, None, j, cols) for c in range(k)
+                 for j in range(p)]
+        return [_Block(prefix + "coef", coef.numel(), lambda f, s=coef.shape: f.reshape(s), _identity,
+                       infos, coef.reshape(-1))]
+    raise NoLikelihoodHessianError(
+        f"standard errors need experts with a likelihood Hessian (linear-Gaussian, Student-t, logistic, softmax, "
+        f"Poisson); expert {first} at node {node} is a {type(e).__name__}; use se='bootstrap'")
+
+
+def _compose(cols, sub):
+    if sub is None:
+        return cols
+    if cols is None:
+        return tuple(sub)
+    return tuple(cols[i] for i in sub)
+
+
+def _blocks(model: MixtureOfExperts, prefix: str = "", node: tuple = (), cols=None, first: int = 0):
+    """Every free block of the tree, and the number of leaves below this node."""
+    if not isinstance(model, MixtureOfExperts):
+        raise NoLikelihoodHessianError(
+            f"standard errors are computed for mixtures of experts (MoE, HME); got a {type(model).__name__}; "
+            "use se='bootstrap'")
+    blocks = _gate_blocks(model.gate, prefix, node, _compose(cols, model.gate_features))
+    ecols = _compose(cols, model.expert_features)
+    if model.is_stacked:
+        blocks += _expert_blocks(model.experts, prefix + "experts.", node, first, ecols, True)
+        return blocks, model.n_experts
+    n_leaves = 0
+    for k, e in enumerate(model.experts):
+        if isinstance(e, MixtureOfExperts):
+            sub, n = _blocks(e, f"{prefix}experts.{k}.", node + (k,), ecols, first + n_leaves)
+            blocks += sub
+            n_leaves += n
+        else:
+            blocks += _expert_blocks(e, f"{prefix}experts.{k}.", node + (k,), first + n_leaves, ecols, False)
+            n_leaves += 1
+    return blocks, n_leaves
+
+
+class _LogProb(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.m = model
+
+    def forward(self, x, y):
+        return self.m.log_prob(x, y)
+
+
+def _split(phi, blocks):
+    out, i = [], 0
+    for b in blocks:
+        out.append(phi[i:i + b.size])
+        i += b.size
+    return out
+
+
+def observed_information(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tensor, weight=None, *,
+                         method: str = "hessian", cond_limit: float = 1e12) -> Information:
+    """Standard errors of a fitted mixture of experts from its observed information.
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        A fitted model (flat or a tree); it is not modified.
+    x, y : torch.Tensor
+        The data it was fitted on, in the model's dtype.
+    weight : torch.Tensor, optional
+        Row weights (frequency weights: an integer weight equals repeated rows).
+    method : {"hessian", "sandwich"}
+        The observed information's inverse, or the sandwich ``I^-1 B I^-1``.
+    cond_limit : float
+        Condition number of the information above which it is reported as ill-conditioned.
+
+    Returns
+    -------
+    Information
+        One :class:`ParameterInfo` per reported parameter, with estimates, covariance and
+        standard errors. Gate rows are against component 0; ``sigma`` and covariance entries by
+        the delta method.
+
+    Raises
+    ------
+    NoLikelihoodHessianError
+        For neural gates or experts and scikit-learn experts.
+
+    Shapes
+    ------
+    x : (n, d_x); y : (n,) or (n, d_y); weight : (n,).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moekit import LinearGaussianExpert, MixtureOfExperts, SoftmaxGate, fit_em
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(300, 1, dtype=torch.float64, generator=g)
+    >>> y = torch.where(x[:, 0] > 0, 2 * x[:, 0], -x[:, 0]) + 0.1 * torch.randn(300, dtype=torch.float64, generator=g)
+    >>> m = MixtureOfExperts(SoftmaxGate(1, 2), LinearGaussianExpert(1, n_experts=2))
+    >>> _ = fit_em(m, x, y, random_state=0)
+    >>> info = observed_information(m, x, y)
+    >>> len(info.parameters), bool((info.std_error > 0).all())
+    (8, True)
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    blocks, _ = _blocks(model)
+    names = {n for n, _ in model.named_parameters()}
+    missing = [b.name for b in blocks if b.name not in names]
+    if missing:  # e.g. a fixed Student-t df is a buffer: it is not estimated
+        raise NoLikelihoodHessianError(f"parameters {missing} are not parameters of the model")
+    dtype = next(model.parameters()).dtype
+    w = torch.ones(x.shape[0], dtype=dtype, device=x.device) if weight is None else weight.to(dtype)
+    wrapper = _LogProb(model)
+    fixed = {f"m.{n}": p.detach() for n, p in model.named_parameters()}
+    phi0 = torch.cat([b.free for b in blocks]).to(dtype).detach()
+
+    def rows(phi):
+        params = dict(fixed)
+        for b, f in zip(blocks, _split(phi, blocks)):
+            params[f"m.{b.name}"] = b.to_full(f)
+        return functional_call(wrapper, params, (x, y))
+
+    def total(phi):
+        return (w * rows(phi)).sum()
+
+    def report(phi):
+        return torch.cat([b.report(f) for b, f in zip(blocks, _split(phi, blocks))])
+
+    with torch.enable_grad():
+        hess = torch.autograd.functional.hessian(total, phi0)
+        jac = torch.autograd.functional.jacobian(report, phi0)
+        loglik = float(total(phi0))
+    info_matrix = -0.5 * (hess + hess.T)
+    infos = [i for b in blocks for i in b.infos]
+    notes = _conditioning(info_matrix, infos, cond_limit)
+    inv = torch.linalg.pinv(info_matrix, hermitian=True)
+    if method == "sandwich":
+        scores = _row_scores(rows, phi0)  # (n, F)
+        meat = scores.T @ (w[:, None] * scores)
+        inv = inv @ meat @ inv
+    cov = jac @ inv @ jac.T
+    se = cov.diagonal().clamp_min(0).sqrt()
+    if notes:
+        se = torch.where(torch.isfinite(se), se, torch.full_like(se, math.nan))
+    return Information(parameters=infos, estimate=report(phi0).detach(), covariance=cov.detach(),
+                       std_error=se.detach(), information=info_matrix.detach(), method=method,
+                       log_likelihood=loglik, n_samples=float(w.sum()), warnings=notes)
+
+
+def _row_scores(rows, phi0) -> torch.Tensor:
+    """Per-row gradients of the log-likelihood, (n, F): one Jacobian-vector product per free parameter
+    (by double backward, which every op of the model supports)."""
+    phi = phi0.clone().requires_grad_(True)
+    with torch.enable_grad():
+        r = rows(phi)
+        v = torch.zeros_like(r, requires_grad=True)
+        (g,) = torch.autograd.grad(r, phi, grad_outputs=v, create_graph=True)
+        cols = []
+        for j in range(phi.numel()):
+            (col,) = torch.autograd.grad(g[j], v, retain_graph=True)
+            cols.append(col)
+    return torch.stack(cols, dim=1).detach()
+
+
+def _conditioning(info: torch.Tensor, infos: list, cond_limit: float) -> list:
+    """Notes naming the parameter most involved when the information is singular or ill-conditioned."""
+    evals, evecs = torch.linalg.eigh(info)
+    top = float(evals[-1]) if evals.numel() else 0.0
+    low = float(evals[0]) if evals.numel() else 0.0
+    if evals.numel() == 0 or (low > 0 and top / low < cond_limit):
+        return []
+    worst = infos[int(evecs[:, 0].abs().argmax())]
+    what = "singular (not positive definite)" if low <= 0 else f"ill-conditioned (condition number {top / low:.3g})"
+    return [f"the observed information is {what}; the parameter most involved is the {worst.block} "
+            f"{'row' if worst.block == 'gate' else 'expert'} {worst.component} term {worst.term!r} at node "
+            f"{worst.node}; its standard errors are unreliable (a component with too little data, separated "
+            "classes or collinear inputs)"]
