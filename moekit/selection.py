@@ -3,12 +3,17 @@
 The criteria are the estimators' own ``bic``, ``aic`` and ``icl`` (the one place they are computed) on the data
 the models were fitted to, or the mean log-likelihood of rows held out from fitting (the choice for
 networks, whose parameter count says little about their flexibility).
+
+An information criterion means nothing for a model with at least as many free parameters as rows (it
+can interpolate the data): such a K is skipped, with a warning, and listed in
+:attr:`SelectionResult.skipped`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,12 +44,16 @@ class SelectionResult:
     estimator : estimator
         The chosen model, fitted: for 'bic', 'aic' and 'icl' the fit that was scored, for 'heldout' and 'cv' a refit
         on every row.
+    skipped : dict of int to int
+        For 'bic', 'aic' and 'icl': the candidates K left out because their models have at least as many
+        free parameters as the data has rows, with those numbers of parameters (not in ``scores``).
     """
 
     criterion: str
     scores: dict
     n_experts: int
     estimator: object
+    skipped: dict = field(default_factory=dict)
 
     @property
     def description(self) -> str:
@@ -137,7 +146,14 @@ def select_n_experts(
     Returns
     -------
     SelectionResult
-        On ties the first K in ``ks`` wins.
+        On ties the first K in ``ks`` wins.  With 'bic', 'aic' and 'icl' a K whose model has at least as
+        many free parameters as rows is skipped (not fitted when its size is known before fitting),
+        with a warning, and listed in ``skipped``.
+
+    Raises
+    ------
+    ValueError
+        A bad argument, or (for 'bic', 'aic' and 'icl') every K skipped.
 
     Examples
     --------
@@ -186,14 +202,53 @@ def select_n_experts(
         best = max(ks, key=lambda k: scores[k])
         notify(best)
         return SelectionResult(criterion, scores, best, _fit(make_estimator(best), X, y, sample_weight))
-    models = {}
+    n_rows = len(X)
+    models, skipped = {}, {}
     for k in ks:
-        notify(k)
-        est = _fit(make_estimator(k), X, y, None)
+        est = make_estimator(k)
+        n_par = _free_parameters(est, X, y)
+        if n_par is None or n_par < n_rows:
+            notify(k)
+            est = _fit(est, X, y, None)
+            n_par = _fitted_parameters(est)  # after pruning
+        if n_par is not None and n_par >= n_rows:
+            skipped[k] = n_par
+            continue
         scores[k] = float(getattr(est, criterion)(X, y))
         models[k] = est
-    best = min(ks, key=lambda k: scores[k])
-    return SelectionResult(criterion, scores, best, models[best])
+    if skipped:
+        listed = ", ".join(f"K={k} ({p} parameters)" for k, p in skipped.items())
+        advice = ("use fewer experts, fewer input columns, more rows, or criterion='heldout'")
+        if not scores:
+            raise ValueError(
+                f"ks: every candidate has at least as many free parameters as the data has rows ({n_rows}), so "
+                f"{criterion.upper()} cannot compare them: {listed}; {advice}"
+            )
+        warnings.warn(
+            f"{criterion.upper()} skipped {listed}: at least as many free parameters as the {n_rows} rows, so the "
+            f"criterion means nothing for them; {advice}",
+            UserWarning,
+            stacklevel=2,
+        )
+    best = min(scores, key=lambda k: scores[k])
+    return SelectionResult(criterion, scores, best, models[best], skipped)
+
+
+def _fitted_parameters(est) -> int | None:
+    """Free parameters of a fitted moekit estimator's model, or None for another kind of estimator."""
+    model = getattr(est, "model_", None)
+    return int(model.n_parameters()) if hasattr(model, "n_parameters") else None
+
+
+def _free_parameters(est, X, y) -> int | None:
+    """Free parameters of the model ``est.fit(X, y)`` would start from, or None where only a fit tells."""
+    count = getattr(est, "count_parameters", None)
+    if count is None:
+        return None
+    try:
+        return int(count(X, y))
+    except NotImplementedError:
+        return None
 
 
 def log_likelihood_scorer(estimator, X, y) -> float:

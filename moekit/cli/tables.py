@@ -1,5 +1,7 @@
 """Data tables for the command line: CSV and Parquet files read and written with pyarrow, and the column
-schema that turns a table into X and y (numeric columns as they are, text columns one-hot encoded)."""
+schema that turns a table into X and y (numeric columns as they are, text columns one-hot encoded by
+:mod:`moekit.estimators.encoding`, the encoder the estimators use for DataFrames: the same rules and the
+same column names, ``column[T.level]``)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from ..estimators.encoding import (
+    categorical_feature,
+    encoded_names,
+    one_hot,
+    parse_float,
+    text_numeric_share,
+)
 from .errors import DataError, UsageError, one_line
 
 __all__ = [
@@ -125,21 +134,6 @@ def as_text(col) -> np.ndarray:
     return out
 
 
-def _parse_float(s) -> float | None:
-    try:
-        return float(s)
-    except (TypeError, ValueError):
-        return None
-
-
-def text_numeric_share(vals: np.ndarray) -> float:
-    """The share of the present (non-blank) values that parse as numbers."""
-    present = [v for v in vals if v is not None and str(v).strip() != ""]
-    if not present:
-        return 0.0
-    return sum(_parse_float(v) is not None for v in present) / len(present)
-
-
 def numeric_column(tab: Table, name: str, role: str) -> np.ndarray:
     """One column as float64, with clear errors for missing and non-numeric values."""
     col = tab.column(name)
@@ -152,7 +146,7 @@ def numeric_column(tab: Table, name: str, role: str) -> np.ndarray:
             if v is None or str(v).strip() == "":
                 vals[i] = np.nan
                 continue
-            f = _parse_float(v)
+            f = parse_float(v)
             if f is None:
                 hint = f" (or pass --categorical {name} if it holds categories)" if role == "input" else ""
                 raise DataError(
@@ -185,7 +179,7 @@ def text_column(tab: Table, name: str, role: str) -> np.ndarray:
     return np.asarray([str(v) for v in vals], dtype=object)
 
 
-_MAX_LEVELS = 200
+_DROP_HINT = "leave it out: list the input columns with --features"
 
 
 def build_schema(tab: Table, targets, features, categorical, task: str) -> dict:
@@ -218,20 +212,14 @@ def build_schema(tab: Table, targets, features, categorical, task: str) -> dict:
                 is_cat = True
         if is_cat:
             vals = text_column(tab, c, "input")
-            levels = sorted(set(vals.tolist()))
-            if len(levels) > _MAX_LEVELS:
-                raise DataError(f"input column '{c}' of {tab.path} has {len(levels)} distinct text values, too many "
-                                f"for categories (at most {_MAX_LEVELS}); is it an identifier? leave it out with --features")
-            feats.append({"name": c, "kind": "categorical", "levels": levels})
+            try:
+                feats.append(categorical_feature(c, vals.tolist(), where=f" of {tab.path}", drop_hint=_DROP_HINT))
+            except ValueError as e:
+                raise DataError(str(e)) from None
         else:
             numeric_column(tab, c, "input")
             feats.append({"name": c, "kind": "numeric"})
-    encoded = []
-    for f in feats:
-        if f["kind"] == "numeric":
-            encoded.append(f["name"])
-        else:
-            encoded.extend(f"{f['name']}={lv}" for lv in f["levels"][1:])
+    encoded = encoded_names(feats)
     if not encoded:
         raise DataError("every input column is a category with a single value: there is nothing to learn from; "
                         "choose other --features")
@@ -239,7 +227,11 @@ def build_schema(tab: Table, targets, features, categorical, task: str) -> dict:
 
 
 def encode_features(tab: Table, schema: dict) -> np.ndarray:
-    """X as the model saw it in training: numeric columns as they are, categories one-hot (reference = first level)."""
+    """X as the model saw it in training: numeric columns as they are, categories one-hot (reference = first level).
+
+    Model files written before the encoder was shared name the encoded columns ``column=level``; the
+    columns themselves come from the stored levels, so such files give the same X.
+    """
     tab.require([f["name"] for f in schema["features"]], "input")
     cols = []
     for f in schema["features"]:
@@ -247,19 +239,10 @@ def encode_features(tab: Table, schema: dict) -> np.ndarray:
             cols.append(numeric_column(tab, f["name"], "input")[:, None])
             continue
         vals = text_column(tab, f["name"], "input")
-        levels = f["levels"]
-        index = {lv: i for i, lv in enumerate(levels)}
-        unknown = [(i, v) for i, v in enumerate(vals) if v not in index]
-        if unknown:
-            i, v = unknown[0]
-            shown = ", ".join(levels[:10]) + (" ..." if len(levels) > 10 else "")
-            raise DataError(f"input column '{f['name']}' of {tab.path} holds the category {v!r} in {tab.where(i)}, "
-                            f"which the model never saw in training (known: {shown})")
-        idx = np.array([index[v] for v in vals])
-        onehot = np.zeros((tab.n, max(len(levels) - 1, 0)))
-        rows = np.flatnonzero(idx > 0)
-        onehot[rows, idx[rows] - 1] = 1.0
-        cols.append(onehot)
+        try:
+            cols.append(one_hot(f, vals.tolist(), where=f" of {tab.path}", row_name=tab.where))
+        except ValueError as e:
+            raise DataError(str(e)) from None
     return np.hstack(cols)
 
 

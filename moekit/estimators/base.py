@@ -12,23 +12,39 @@ model); for model files, ``model_structure`` and ``rebuild_model`` (see
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 
 import numpy as np
 import torch
 from scipy.special import xlogy
-from sklearn.base import BaseEstimator, is_classifier
+from sklearn.base import BaseEstimator, clone, is_classifier
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .._validation import check_params, check_sample_weight, torch_dtype
 from ..inference import branches, central_interval, find_modes, hdr
 from ..io import register_estimator
 from ..io import save as save_model
+from .encoding import encode_frame, fit_frame_encoding, is_dataframe, needs_encoding
 
-__all__ = ["ConditionalMixtureMixin", "ConditionalMixtureEstimator", "storable", "weighted_variance"]
+__all__ = [
+    "ConditionalMixtureEstimator",
+    "ConditionalMixtureMixin",
+    "guard_public_methods",
+    "numeric_target",
+    "requires_fit",
+    "storable",
+    "weighted_variance",
+]
+
+# Public methods that work on an unfitted estimator: fitting, the parameters, and the model builders
+# (``fit`` calls ``build_model``, loading a model file calls ``rebuild_model``).
+UNFITTED_METHODS = frozenset({"fit", "get_params", "set_params", "build_model", "rebuild_model",
+                              "count_parameters", "get_metadata_routing"})
 
 
 def weighted_variance(y: np.ndarray, w: np.ndarray) -> float:
@@ -50,6 +66,59 @@ def storable(cls):
     return cls
 
 
+def requires_fit(fn):
+    """Wrap a method so that it raises scikit-learn's ``NotFittedError`` (naming the method) before ``fit``."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def method(self, *args, **kwargs):
+        check_is_fitted(self, "model_",
+                        msg=f"This %(name)s instance is not fitted yet: call 'fit' with appropriate arguments "
+                            f"before '{name}'.")
+        return fn(self, *args, **kwargs)
+
+    method._requires_fit = True
+    return method
+
+
+def guard_public_methods(cls):
+    """Class decorator: every public method of ``cls`` but :data:`UNFITTED_METHODS` gets :func:`requires_fit`.
+
+    The methods defined in ``cls`` and those it inherits from moekit's classes (mixins included) are
+    covered; scikit-learn's own are not (they call moekit's).  Methods made conditional with
+    scikit-learn's ``available_if`` stay conditional.  Applied to every subclass of
+    :class:`ConditionalMixtureMixin` when it is defined, so a new method needs no decorator of its own.
+    """
+    for name in dir(cls):
+        if name.startswith("_") or name in UNFITTED_METHODS:
+            continue
+        value = inspect.getattr_static(cls, name)
+        fn, check = value, None
+        if callable(getattr(value, "check", None)) and inspect.isfunction(getattr(value, "fn", None)):
+            fn, check = value.fn, value.check  # an available_if descriptor
+        if not inspect.isfunction(fn) or getattr(fn, "_requires_fit", False):
+            continue
+        if name not in vars(cls) and not fn.__module__.startswith("moekit."):
+            continue
+        guarded = requires_fit(fn)
+        setattr(cls, name, guarded if check is None else available_if(check)(guarded))
+    return cls
+
+
+def numeric_target(y, name: str = "y") -> None:
+    """ValueError naming ``y`` when it holds text: a regressor needs numbers (labels go to a classifier)."""
+    dtype = getattr(y, "dtype", None)
+    arr = y.to_numpy(dtype=object) if hasattr(y, "to_numpy") else np.asarray(y)
+    if arr.dtype.kind in "US" or (arr.dtype.kind == "O" and any(isinstance(v, (str, bytes)) for v in arr.ravel())):
+        ex = next(v for v in arr.ravel() if isinstance(v, (str, bytes, np.str_, np.bytes_)))
+        raise ValueError(
+            f"{name} holds text (dtype {dtype if dtype is not None else arr.dtype}, e.g. {str(ex)[:40]!r}); a regressor "
+            f"needs numbers: convert {name} to numbers (e.g. {name}.astype(float)) if they are numbers written as "
+            "text, or use a classifier (MoEClassifier, HMEClassifier) to predict class labels"
+        )
+
+
+@guard_public_methods
 class ConditionalMixtureMixin:
     """Prediction API shared by every conditional-mixture estimator (MoE, HME, MDN).
 
@@ -59,10 +128,26 @@ class ConditionalMixtureMixin:
     and ``_y_tensor(y, n)``.
     """
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        guard_public_methods(cls)
+
     # ---------------------------------------------------------- prediction
     def _x(self, X) -> torch.Tensor:
         check_is_fitted(self, "model_")
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        encoding = getattr(self, "feature_encoding_", None)
+        names = getattr(self, "feature_names_in_", None)
+        encoded_given = is_dataframe(X) and names is not None and [str(c) for c in X.columns] == list(names)
+        if encoding is not None and not encoded_given:
+            X = check_array(encode_frame(X, encoding), dtype=np.float64, input_name="X")
+        else:
+            if needs_encoding(X):
+                text = [str(c) for c, t in zip(X.columns, X.dtypes) if t.kind == "O" or t.name in ("category", "string", "str")]
+                raise ValueError(
+                    f"X has text or category columns {text}, but this model was fitted on numbers only; pass the "
+                    "columns it was fitted on, or refit it on a DataFrame with those columns (they are then one-hot encoded)"
+                )
+            X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         return torch.as_tensor(np.array(X, dtype=np.float64), dtype=torch_dtype(self.dtype), device=self.device)
 
     def predict_distribution(self, X):
@@ -293,27 +378,23 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
         check_params(self.get_params(deep=False), self._parameter_specs)
         self._check_param_combinations()
 
-    def fit(self, X, y, sample_weight=None):
-        """Fit the model.
-
-        Parameters
-        ----------
-        X : array-like (n, d_x)
-        y : array-like (n,) or (n, d_y); class labels (n,) for classifiers
-        sample_weight : array-like (n,), optional
-            Non-negative weights; integer weights are equivalent to repeated
-            rows, rows with weight 0 to dropped ones.
-
-        Returns
-        -------
-        self
-        """
+    def _start(self, X, y, sample_weight):
+        """What ``fit`` trains: the checks, X and y validated (and encoded), the unfitted model built and seeded."""
         self._check_params()
+        encoding = fit_frame_encoding(X) if needs_encoding(X) else None
+        if encoding is not None:
+            X = encode_frame(X, encoding)
         if is_classifier(self):
             X, y = validate_data(self, X, y, dtype=np.float64)
             check_classification_targets(y)
         else:
+            numeric_target(y)
             X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
+        if encoding is not None:  # the model's inputs are the encoded columns; feature_encoding_ maps X to them
+            self.feature_encoding_ = encoding
+            self.feature_names_in_ = np.asarray(encoding["encoded_features"], dtype=object)
+        elif hasattr(self, "feature_encoding_"):
+            del self.feature_encoding_
         w = check_sample_weight(sample_weight, X.shape[0], torch.float64).numpy()
         yt, y_info = self._fit_targets(y, w)
         dtype = torch_dtype(self.dtype)
@@ -325,6 +406,45 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
         with torch.device("cpu"):  # built and seeded on the CPU (the same start on every device), then moved
             model = self.build_model(X.shape[1], y_info, dtype, gen)
         model = model.to(self.device)
+        return model, x, yt, wt, seed, rng, gen
+
+    def count_parameters(self, X, y, sample_weight=None) -> int:
+        """Free parameters of the model that ``fit(X, y, sample_weight)`` would start from, without fitting it.
+
+        The estimator itself is not changed (a copy is set up).  Fitting may prune experts, so a
+        fitted model can have fewer.  Used by :func:`moekit.selection.select_n_experts` to skip
+        candidates with at least as many parameters as rows.
+
+        Raises
+        ------
+        NotImplementedError
+            The size is known only after fitting (an expert given as a scikit-learn estimator).
+        """
+        model = clone(self)._start(X, y, sample_weight)[0]
+        return int(model.n_parameters())
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model.
+
+        Parameters
+        ----------
+        X : array-like (n, d_x)
+            Numbers; or a pandas DataFrame, whose text and ``category`` columns are one-hot encoded
+            as the command line encodes them (reference = the first level: the first in sorted order,
+            a category's first declared one), the encoded columns named ``column[T.level]``.  The
+            encoding is kept in ``feature_encoding_`` (``feature_names_in_`` are then the encoded
+            names, the model's inputs) and applied to every X given later; a level not seen here,
+            or a column with a different value in every row (an identifier), is a ValueError.
+        y : array-like (n,) or (n, d_y); class labels (n,) for classifiers
+        sample_weight : array-like (n,), optional
+            Non-negative weights; integer weights are equivalent to repeated
+            rows, rows with weight 0 to dropped ones.
+
+        Returns
+        -------
+        self
+        """
+        model, x, yt, wt, seed, rng, gen = self._start(X, y, sample_weight)
         result = self._train(model, x, yt, wt, seed, rng, gen)
         self.model_ = result.model
         self.fit_result_ = result
@@ -347,6 +467,7 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
         raise NotImplementedError
 
 
+@guard_public_methods
 class RegressorTargets:
     """Real-valued y, scalar (n,) or vector (n, d_y): checked at fit and when scoring."""
 
@@ -358,6 +479,7 @@ class RegressorTargets:
         held-out log-likelihood with ``scoring=moekit.selection.log_likelihood_scorer``, or by
         ``bic`` / ``aic`` / ``icl`` (``moekit.selection.select_n_experts``).
         """
+        numeric_target(y)
         return super().score(X, y, sample_weight=sample_weight)
 
     def _fit_targets(self, y, w):
@@ -366,6 +488,7 @@ class RegressorTargets:
         return yt, (y.shape[1] if y.ndim == 2 else None)
 
     def _y_tensor(self, y, n):
+        numeric_target(y)
         y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y, dtype=np.float64)
         if y.ndim != self._y_ndim or y.shape[0] != n:
             raise ValueError(f"y must have shape {(n,) if self._y_ndim == 1 else (n, '...')} like the training y, got {y.shape}")
@@ -374,6 +497,7 @@ class RegressorTargets:
         return torch.as_tensor(y.copy(), dtype=torch_dtype(self.dtype), device=self.device)
 
 
+@guard_public_methods
 class ClassifierTargets:
     """Class labels (n,): encoded as 0..C-1 in the order of ``classes_``."""
 
