@@ -155,10 +155,10 @@ def test_loaded_estimator_can_be_refitted_and_global_rng_untouched(fitted, tmp_p
 
 def test_metadata_and_read_info(fitted, tmp_path):
     est, _, _ = fitted["softmax-string-labels"]
-    meta = {"cli": {"features": ["a", "b"], "levels": [["x", "y"]]}, "note": "hello", "n": 3}
+    meta = {"app": {"features": ["a", "b"], "levels": [["x", "y"]]}, "note": "hello", "n": 3}
     save(est, tmp_path / "m.moekit", metadata=meta)
     info = read_info(tmp_path / "m.moekit")
-    assert info["metadata"] == {"cli": {"features": ["a", "b"], "levels": [["x", "y"]]}, "note": "hello", "n": 3}
+    assert info["metadata"] == {"app": {"features": ["a", "b"], "levels": [["x", "y"]]}, "note": "hello", "n": 3}
     assert info["estimator"] == "MoEClassifier"
     assert info["format_version"] == FORMAT_VERSION
     assert info["params"]["n_experts"] == 2
