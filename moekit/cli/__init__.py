@@ -25,6 +25,15 @@ file that is not a moekit file); 3 an internal error (a bug: please report
 it; ``MOEKIT_DEBUG=1`` shows the traceback).  Every error is one line on
 stderr that says what is wrong and how to fix it.
 
+Standard output carries only what a command is asked to print (tables, JSON, ``predict -o -``): while a
+command runs, file descriptor 1 is pointed at standard error, so that text printed by numerical libraries
+from C (e.g. Intel MKL's complaints about an argument of a LAPACK routine) lands on stderr, and only
+``sys.stdout``, the command's own output, reaches the real standard output.
+
+Outputs never overwrite inputs: ``-o`` naming the DATA or MODEL file of the same command is a usage error,
+and a ``predict --keep`` column with the name of an output column is too.  An existing file named by ``-o``
+is replaced (``fit``, ``predict``, ``report``); ``demo -o FOLDER`` replaces the files it writes there.
+
 Long work shows a progress bar on a terminal (never in a pipe or a file);
 ``--quiet`` silences everything but errors and requested output.
 
@@ -38,7 +47,9 @@ report, :mod:`~moekit.cli.info`, :mod:`~moekit.cli.demos`), loaded when its comm
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
+import io
 import os
 import sys
 
@@ -57,9 +68,10 @@ def main(argv=None) -> int:
         args.argv = argv
         if args.command is None:
             raise UsageError("no command given; try 'moekit demo', or 'moekit --help' for the list of commands")
-        # per-command loading: torch, pyarrow and the rest load only when a command runs, not for --help
-        module = importlib.import_module(f"{__name__}.{args.command_module}")
-        return int(getattr(module, f"cmd_{args.command}")(args) or 0)
+        with _output_only_on_stdout():
+            # per-command loading: torch, pyarrow and the rest load only when a command runs, not for --help
+            module = importlib.import_module(f"{__name__}.{args.command_module}")
+            return int(getattr(module, f"cmd_{args.command}")(args) or 0)
     except CLIError as e:
         print(f"moekit: error: {one_line(e)}", file=sys.stderr)
         return e.code
@@ -77,3 +89,47 @@ def main(argv=None) -> int:
               "Set MOEKIT_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 3
 
+
+
+def _flush_c_streams() -> None:
+    """Flush C's stdio buffers (text printed from C sits there until flushed, e.g. at exit)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).fflush(None)
+
+
+@contextlib.contextmanager
+def _output_only_on_stdout():
+    """While the command runs, file descriptor 1 points at stderr; ``sys.stdout`` keeps the real stdout.
+
+    Numerical libraries that print from C (Intel MKL's ``DGELSY`` complaint, OpenMP notices) write to file
+    descriptor 1, which here leads to stderr; the command's own output goes through ``sys.stdout``, which,
+    when it wrote to descriptor 1, is replaced by a stream on a copy of the real stdout.  Where ``sys.stdout``
+    is something else (a test's capture), it is left alone.  Where the descriptors cannot be copied (no
+    stdout at all), nothing is redirected.
+    """
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    old = sys.stdout
+    try:
+        writes_fd1 = old.fileno() == 1
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        writes_fd1 = False
+    if writes_fd1:
+        sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(os.dup(saved), "w")), encoding=old.encoding,
+                                      errors=old.errors, line_buffering=old.line_buffering)
+    _flush_c_streams()
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        _flush_c_streams()  # what C printed during the work goes to stderr, before fd 1 is restored
+        os.dup2(saved, 1)
+        os.close(saved)
+        if writes_fd1:
+            replacement, sys.stdout = sys.stdout, old
+            with contextlib.suppress(OSError, ValueError):
+                replacement.close()

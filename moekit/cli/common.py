@@ -22,6 +22,7 @@ __all__ = [
     "load_model",
     "predict_frame",
     "progress",
+    "refuse_overwriting_inputs",
     "say",
     "schema_of",
     "set_threads",
@@ -76,6 +77,27 @@ def collect_warnings(args):
             continue
         seen.add(msg)
         say(args, f"moekit: warning: {msg}")
+
+
+def refuse_overwriting_inputs(out: str, inputs: dict) -> None:
+    """UsageError when the output ``out`` is one of the command's input files (by resolved path or, for an
+    existing file, by identity, so that links and other spellings of the same file count).
+
+    ``inputs`` maps each input's name on the command line (e.g. ``"DATA"``) to its path.
+    """
+    if out == "-":
+        return
+    real = os.path.realpath(out)
+    for name, path in inputs.items():
+        if path is None or path == "-":
+            continue
+        same = os.path.realpath(path) == real
+        if not same and os.path.exists(out) and os.path.exists(path):
+            with contextlib.suppress(OSError):
+                same = os.path.samefile(out, path)
+        if same:
+            raise UsageError(f"-o {out} is the input {name} file '{path}'; writing there would destroy it: "
+                             "give -o another file name")
 
 
 def load_model(path: str, device=None):

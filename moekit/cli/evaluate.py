@@ -12,6 +12,7 @@ from .common import (
     load_model,
     predict_frame,
     progress,
+    refuse_overwriting_inputs,
     say,
     schema_of,
     set_threads,
@@ -37,8 +38,6 @@ def _eval_data(args):
 
 def cmd_evaluate(args) -> int:
     """moekit evaluate: goodness of fit on a data file, as a table or JSON."""
-    if not 0 < args.level < 1:
-        raise UsageError(f"--level must lie strictly between 0 and 1, got {args.level}")
     est, _, tab, X, y = _eval_data(args)
     try:
         with collect_warnings(args):
@@ -60,6 +59,7 @@ def cmd_report(args) -> int:
     if not args.output.lower().endswith((".html", ".htm")):
         raise UsageError(f"the report is an HTML page; give -o a name ending in .html, got '{args.output}'")
     check_out_folder(args.output, "report")
+    refuse_overwriting_inputs(args.output, {"MODEL": args.model, "DATA": args.data})
     est, schema, tab, X, y = _eval_data(args)
     bar = progress(1, "drawing the report", args)
     try:

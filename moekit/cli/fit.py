@@ -10,7 +10,7 @@ import numpy as np
 from ..estimators import HMEClassifier, HMERegressor, MDNRegressor, MoEClassifier, MoERegressor
 from ..io import ModelFileError, save
 from ..selection import parse_n_experts, select_n_experts
-from .common import check_device, collect_warnings, predict_frame, progress, set_threads
+from .common import check_device, collect_warnings, predict_frame, progress, refuse_overwriting_inputs, set_threads
 from .errors import DataError, UsageError, one_line
 from .tables import (
     as_text,
@@ -27,23 +27,34 @@ from .tables import (
 __all__ = ["cmd_fit"]
 
 
-def _estimator_for(args, task: str, k: int):
-    """The unfitted estimator that the options ask for, with k experts (HME: branching; MDN: components)."""
+def _estimator_for(args, task: str, k):
+    """The unfitted estimator that the options ask for, with k experts (HME: branching; MDN: components).
+
+    Only the options given on the command line are passed (``None`` is "not given"), so every other parameter,
+    ``k=None`` included, keeps the estimator's own default: the command and Python agree.  The one exception is
+    the seed, 0 unless ``--seed`` says otherwise, so that runs repeat.
+    """
     kind = args.model
     expert = args.expert
     common = {"random_state": args.seed, "device": args.device or "cpu"}
+    if kind == "mdn":
+        kw = _given(common, n_components=k, max_epochs=args.max_iter, target_noise=args.target_noise)
+        return MDNRegressor(**kw)
+    kw = _given(common, n_init=args.n_init, max_iter=args.max_iter)
     if kind == "moe":
-        kw = dict(common, n_experts=k, n_init=args.n_init, max_iter=args.max_iter)
+        kw = _given(kw, n_experts=k)
         if task == "classification":
             return MoEClassifier(expert=expert or "logistic", **kw)
         return MoERegressor(expert=expert or "linear", **kw)
-    if kind == "hme":
-        kw = dict(common, depth=args.depth, branching=k, n_init=args.n_init, max_iter=args.max_iter)
-        if task == "classification":
-            return HMEClassifier(expert=expert or "logistic", **kw)
-        return HMERegressor(expert=expert or "linear", **kw)
-    kw = dict(common, n_components=k, max_epochs=args.max_iter, target_noise=args.target_noise)
-    return MDNRegressor(**kw)
+    kw = _given(kw, depth=args.depth, branching=k)
+    if task == "classification":
+        return HMEClassifier(expert=expert or "logistic", **kw)
+    return HMERegressor(expert=expert or "linear", **kw)
+
+
+def _given(base: dict, **options) -> dict:
+    """``base`` with the options that were given (not None) added."""
+    return dict(base, **{name: v for name, v in options.items() if v is not None})
 
 
 def _check_fit_options(args, task: str, n_targets: int) -> None:
@@ -67,6 +78,8 @@ def _check_fit_options(args, task: str, n_targets: int) -> None:
         raise UsageError("--depth and --branching apply to --model hme only")
     if args.model != "mdn" and args.target_noise:
         raise UsageError("--target-noise applies to --model mdn only")
+    if args.model == "mdn" and args.n_init is not None:
+        raise UsageError("--n-init applies to --model moe and hme (an MDN trains once; use --seed for another start)")
 
 
 def _fit_one(args, task, X, y, k):
@@ -74,27 +87,25 @@ def _fit_one(args, task, X, y, k):
     try:
         est.fit(X, y)
     except (ValueError, TypeError, FloatingPointError, RuntimeError) as e:
-        raise DataError(f"fitting a model with {k} expert(s) failed: {one_line(e)}") from None
+        size = f"{k} expert(s)" if k is not None else "the default number of experts"
+        raise DataError(f"fitting a model with {size} failed: {one_line(e)}") from None
     return est
 
 
 def cmd_fit(args) -> int:
     """moekit fit: read the table, build the schema, fit (or choose K and fit), save the model file."""
     args.device = check_device(args.device)
-    if args.model == "hme":
-        args.depth = 2 if args.depth is None else args.depth
-        if args.depth < 1:
-            raise UsageError(f"--depth must be at least 1, got {args.depth}")
     if args.experts is not None and args.select_k is not None:
         raise UsageError("give --experts K or --select-k RANGE, not both")
     if args.model == "hme" and args.branching is not None and (args.experts is not None or args.select_k is not None):
         raise UsageError("for --model hme, --branching, --experts and --select-k all set the branching; give one")
     if args.criterion is not None and args.select_k is None:
         raise UsageError("--criterion chooses among the K of --select-k RANGE; give --select-k too")
-    ks = _parse_ks(args.select_k) if args.select_k is not None else None
     out = args.output
     check_out_folder(out, "model file")
+    refuse_overwriting_inputs(out, {"DATA": args.data})
     tab = read_table(args.data)
+    ks = _bounded_ks(args.select_k, tab.n) if args.select_k is not None else None
     set_threads(args, tab.n)
     tab.require(args.target, "target")
     task = args.task
@@ -112,14 +123,13 @@ def cmd_fit(args) -> int:
     y = encode_targets(tab, schema)
     if task == "classification" and len(np.unique(y)) < 2:
         raise DataError(f"target column '{args.target[0]}' of {tab.path} has a single class; a classifier needs two or more")
-    k_default = args.branching if args.model == "hme" and args.branching is not None else (args.experts or 2)
-    candidates = ks or [k_default]
+    k = args.branching if args.model == "hme" and args.branching is not None else args.experts  # None: the default
     selection = None
     t0 = time.perf_counter()
     with collect_warnings(args):
         if ks is None:
             bar = progress(1, "fitting", args)
-            est = _fit_one(args, task, X, y, candidates[0])
+            est = _fit_one(args, task, X, y, k)
             bar.update(1)
             bar.close()
         else:
@@ -157,11 +167,23 @@ def _size_text(est) -> str:
     return f"{est.n_experts_} experts"
 
 
-def _parse_ks(spec: str) -> list[int]:
+def _bounded_ks(ks, n_rows: int) -> list[int]:
+    """The candidate K of --select-k (a lazy range or a tuple from the parser) as a list, once bounded.
+
+    The largest K is checked against the rows before any list is built, so that ``1..300000000`` costs nothing;
+    the range rules of :func:`moekit.selection.parse_n_experts` (1 to 64) then apply to what is left.
+    """
+    spec = f"{ks[0]}..{ks[-1]}" if isinstance(ks, range) else ",".join(map(str, ks))
+    if ks[0] < 1:
+        raise UsageError(f"--select-k {spec}: every number of experts must be at least 1, got {ks[0]}; "
+                         "give a range such as 1..8")
+    if ks[-1] > n_rows:
+        raise UsageError(f"--select-k {spec} asks for up to {ks[-1]} experts but the data has {n_rows} rows; "
+                         f"every K must be at most the number of rows: give a range such as 1..{max(1, min(8, n_rows))}")
     try:
         return parse_n_experts(spec)
     except ValueError as e:
-        raise UsageError(f"--select-k {e}") from None
+        raise UsageError(f"--select-k {one_line(e)}") from None
 
 
 def _select_k(args, task, X, y, ks):

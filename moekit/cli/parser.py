@@ -13,7 +13,7 @@ import math
 from .. import __version__
 from .errors import UsageError
 
-__all__ = ["EXPERTS", "WHATS", "build_parser", "nonnegative_float", "positive_int"]
+__all__ = ["EXPERTS", "WHATS", "build_parser", "k_candidates", "nonnegative_float", "positive_int", "unit_interval"]
 
 EXPERTS = ("linear", "poisson", "student_t", "mlp", "logistic")
 WHATS = ("mean", "modes", "quantiles", "interval", "samples", "gate")
@@ -57,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--model", choices=["moe", "hme", "mdn"], default="moe",
                    help="mixture of experts (default), hierarchical mixture of experts, mixture density network")
     f.add_argument("--experts", "-k", type=positive_int, default=None, metavar="K",
-                   help="number of experts (MDN: components; HME: branching of every gate); default 2")
-    f.add_argument("--select-k", default=None, metavar="RANGE",
-                   help="choose K in a range such as 1..8 by --criterion")
+                   help="number of experts (MDN: components; HME: branching of every gate); default as in Python: "
+                        "2 (MDN: 5)")
+    f.add_argument("--select-k", type=k_candidates, default=None, metavar="RANGE",
+                   help="choose K in a range such as 1..8 (or a list such as 2,3,5; every K from 1 to 64 and at "
+                        "most the number of rows) by --criterion")
     f.add_argument("--criterion", choices=["bic", "aic", "icl", "heldout", "cv"], default=None,
                    help="how --select-k chooses: BIC, AIC, ICL (lower is better), the log-likelihood of 20%% of "
                         "the rows held out, or 5-fold cross-validated log-likelihood (default: bic; MDN: heldout)")
@@ -67,32 +69,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="expert family (default: linear for regression, logistic for classification)")
     f.add_argument("--task", choices=["auto", "regression", "classification"], default="auto",
                    help="auto: classification for a text target or --expert logistic")
-    f.add_argument("--depth", type=int, default=None, help="HME: depth of the tree (default 2)")
-    f.add_argument("--branching", type=positive_int, default=None, help="HME: experts under every gate")
-    f.add_argument("--target-noise", type=nonnegative_float, default=0.0, metavar="S",
+    f.add_argument("--depth", type=positive_int, default=None, help="HME: depth of the tree (default 2)")
+    f.add_argument("--branching", type=positive_int, default=None, help="HME: experts under every gate (default 2)")
+    f.add_argument("--target-noise", type=nonnegative_float, default=None, metavar="S",
                    help="MDN: noise regularisation, the sd of Gaussian noise added to the standardised targets "
                         "every epoch; about 0.1-0.2 curbs overfitting on a few hundred rows (default 0)")
-    f.add_argument("--n-init", type=positive_int, default=1,
-                   help="starts, each a race of EM runs for linear experts; the best is kept (default 1)")
-    f.add_argument("--max-iter", type=positive_int, default=200, help="EM iterations or epochs (default 200)")
-    f.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write")
+    f.add_argument("--n-init", type=positive_int, default=None,
+                   help="MoE, HME: starts, each a race of EM runs for linear experts; the best is kept (default 1)")
+    f.add_argument("--max-iter", type=positive_int, default=None,
+                   help="EM iterations (default 200) or, for --model mdn, epochs (default 1000)")
+    f.add_argument("-o", "--output", required=True, metavar="MODEL",
+                   help="model file to write (an existing file of that name is replaced; never the input DATA)")
     f.set_defaults(command_module="fit")
+    # Every model option defaults to None, "the estimator's own default", so that the command and Python agree
+    # (tests/cli/test_defaults.py compares them); only --seed differs: 0, so that runs repeat.
 
     pr = sub.add_parser("predict", parents=[common], help="predict for every row of a data file",
                         description="Write one output row per input row: means, modes, quantiles, intervals, "
                                     "samples or gate probabilities. Rows with fewer modes than columns get empty cells.")
     pr.add_argument("model", help="model file written by 'moekit fit'")
     pr.add_argument("data", help="CSV or Parquet file with the model's input columns")
-    pr.add_argument("-o", "--output", required=True, metavar="OUT", help="output .csv, .tsv or .parquet ('-': CSV on stdout)")
+    pr.add_argument("-o", "--output", required=True, metavar="OUT",
+                    help="output .csv, .tsv or .parquet ('-': CSV on stdout); an existing file of that name is "
+                         "replaced, but never the MODEL or DATA file")
     pr.add_argument("--what", choices=list(WHATS), default="mean",
                     help="what to predict (default mean; gate: the mixing weights, per leaf for a hierarchy)")
-    pr.add_argument("--quantiles", type=float, nargs="+", default=[0.05, 0.5, 0.95], metavar="Q",
+    pr.add_argument("--quantiles", type=unit_interval, nargs="+", default=[0.05, 0.5, 0.95], metavar="Q",
                     help="levels for --what quantiles (default 0.05 0.5 0.95)")
-    pr.add_argument("--level", type=float, default=0.9, help="central interval level for --what interval (default 0.9)")
+    pr.add_argument("--level", type=unit_interval, default=0.9, help="central interval level for --what interval (default 0.9)")
     pr.add_argument("--n-samples", type=positive_int, default=10, help="draws per row for --what samples (default 10)")
     pr.add_argument("--max-modes", type=positive_int, default=3, help="mode columns for --what modes (default 3)")
-    pr.add_argument("--min-weight", type=float, default=0.01, help="drop modes lighter than this (default 0.01)")
-    pr.add_argument("--keep", nargs="+", metavar="COL", help="copy these input columns (e.g. an id) to the output")
+    pr.add_argument("--min-weight", type=weight_fraction, default=0.01,
+                    help="drop modes lighter than this, a number from 0 to 1 (default 0.01)")
+    pr.add_argument("--keep", nargs="+", metavar="COL",
+                    help="copy these input columns (e.g. an id) to the output; a kept column with the name of an "
+                         "output column (e.g. y_mean) is an error, never overwritten")
     pr.add_argument("--features", nargs="+", metavar="COL", help="input columns, for models saved from Python")
     pr.set_defaults(command_module="predict")
 
@@ -101,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model")
     ev.add_argument("data")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ev.add_argument("--level", type=float, default=0.9, help="level of the intervals whose coverage is shown (default 0.9)")
+    ev.add_argument("--level", type=unit_interval, default=0.9, help="level of the intervals whose coverage is shown (default 0.9)")
     ev.add_argument("--features", nargs="+", metavar="COL", help="input columns, for models saved from Python")
     ev.add_argument("--target", nargs="+", metavar="COL", help="target columns, for models saved from Python")
     ev.set_defaults(command_module="evaluate")
@@ -111,9 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "convergence curve and metrics, as one HTML file with embedded images.")
     rp.add_argument("model")
     rp.add_argument("data")
-    rp.add_argument("-o", "--output", required=True, metavar="HTML")
+    rp.add_argument("-o", "--output", required=True, metavar="HTML",
+                    help="the .html page to write (an existing file of that name is replaced; never the MODEL or "
+                         "DATA file)")
     rp.add_argument("--title", default=None)
-    rp.add_argument("--level", type=float, default=0.9)
+    rp.add_argument("--level", type=unit_interval, default=0.9,
+                    help="level of the intervals shown, strictly between 0 and 1 (default 0.9)")
     rp.add_argument("--features", nargs="+", metavar="COL", help="input columns, for models saved from Python")
     rp.add_argument("--target", nargs="+", metavar="COL", help="target columns, for models saved from Python")
     rp.set_defaults(command_module="evaluate")
@@ -146,3 +160,47 @@ def nonnegative_float(s: str) -> float:
     if not (v >= 0 and math.isfinite(v)):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s}")
     return v
+
+
+def unit_interval(s: str) -> float:
+    """argparse type: a probability strictly between 0 and 1 (a quantile or interval level)."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1 (e.g. 0.9), got {s!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1 (e.g. 0.9), got {s}")
+    return v
+
+
+def weight_fraction(s: str) -> float:
+    """argparse type: a weight from 0 to 1 (inclusive of 0, not of 1)."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1 (e.g. 0.01), got {s!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1 (e.g. 0.01), got {s}")
+    return v
+
+
+def k_candidates(s: str) -> range | tuple:
+    """argparse type for --select-k: 'A..B' or 'A-B' (a lazy ``range``: a huge range costs nothing until it is
+    bounded) or a list 'A,B,C' (a sorted tuple).  Only the syntax is checked here; the bounds (1 to 64, at most
+    the number of rows) are checked by ``moekit fit`` before any K is built."""
+    t = s.strip()
+    try:
+        if ".." in t:
+            a, b = t.split("..", 1)
+            ks = range(int(a), int(b) + 1)
+        elif "-" in t[1:]:
+            a, b = t[0] + t[1:].split("-", 1)[0], t[1:].split("-", 1)[1]
+            ks = range(int(a), int(b) + 1)
+        else:
+            ks = tuple(sorted({int(p) for p in t.split(",") if p.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: give a range such as 1..8 or a list such as 2,3,5") from None
+    if not ks:
+        raise argparse.ArgumentTypeError(f"{s!r} holds no number of experts; give the smaller number first, "
+                                         "e.g. 1..8")
+    return ks

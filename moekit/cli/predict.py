@@ -7,7 +7,17 @@ import torch
 
 from ..distributions import flatten_leaves, marginal
 from ..inference import find_modes
-from .common import check_device, collect_warnings, load_model, predict_frame, say, schema_of, set_threads, target_names
+from .common import (
+    check_device,
+    collect_warnings,
+    load_model,
+    predict_frame,
+    refuse_overwriting_inputs,
+    say,
+    schema_of,
+    set_threads,
+    target_names,
+)
 from .errors import DataError, UsageError, one_line
 from .tables import (
     as_text,
@@ -29,6 +39,7 @@ def cmd_predict(args) -> int:
     if args.output != "-":
         out_kind(args.output)
         check_out_folder(args.output, "output")
+        refuse_overwriting_inputs(args.output, {"MODEL": args.model, "DATA": args.data})
     est, info = load_model(args.model, dev)
     schema = schema_of(est, info, args)
     clf = schema["task"] == "classification"
@@ -40,19 +51,32 @@ def cmd_predict(args) -> int:
     if args.keep:
         tab.require(args.keep, "--keep")
     X = predict_frame(est, encode_features(tab, schema))
-    cols: dict = {}
-    for c in args.keep or []:
-        col = tab.column(c)
-        cols[c] = numeric_column(tab, c, "kept") if is_numeric_type(col.type) else as_text(col)
+    predicted: dict = {}
     try:
         with torch.no_grad(), collect_warnings(args):
-            _predict_columns(args, est, schema, X, cols)
+            _predict_columns(args, est, schema, X, predicted)
     except (ValueError, TypeError) as e:
         raise DataError(f"prediction failed: {one_line(e)}") from None
+    cols = _kept_columns(args, tab, predicted)
+    cols.update(predicted)
     write_table(cols, args.output)
     if args.output != "-":
         say(args, f"wrote {tab.n} rows x {len(cols)} columns ({args.what}) to {args.output}")
     return 0
+
+
+def _kept_columns(args, tab, predicted: dict) -> dict:
+    """The --keep columns, in order; UsageError for one with the name of an output column (never overwritten)."""
+    clash = [c for c in dict.fromkeys(args.keep or []) if c in predicted]
+    if clash:
+        raise UsageError(f"--keep {clash[0]}: the kept input column '{clash[0]}' has the name of an output column "
+                         f"of --what {args.what} (the outputs are {', '.join(predicted)}); leave it out of --keep or "
+                         "rename it in the data")
+    cols: dict = {}
+    for c in dict.fromkeys(args.keep or []):
+        col = tab.column(c)
+        cols[c] = numeric_column(tab, c, "kept") if is_numeric_type(col.type) else as_text(col)
+    return cols
 
 
 def _predict_columns(args, est, schema, X, cols) -> None:
@@ -89,9 +113,6 @@ def _predict_columns(args, est, schema, X, cols) -> None:
         return
     if what == "quantiles" or what == "interval":
         qs = list(args.quantiles) if what == "quantiles" else [(1 - args.level) / 2, (1 + args.level) / 2]
-        for q in qs:
-            if not 0 < q < 1:
-                raise UsageError(f"quantile levels must lie strictly between 0 and 1, got {q}")
         for j, t in enumerate(tnames):
             try:
                 mj = marginal(dist, j)

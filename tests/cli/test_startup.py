@@ -6,6 +6,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 
 import moekit
@@ -61,3 +62,17 @@ def test_public_names():
     with pytest.raises(AttributeError, match="module 'moekit' has no attribute 'nope'"):
         moekit.nope  # noqa: B018
     from moekit import MoEClassifier  # noqa: F401 - 'from moekit import NAME' goes through __getattr__ too
+
+
+def test_commands_import_only_what_they_use(tmp_path):
+    """fit, predict, evaluate and info never load matplotlib (only report and demo draw)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40)
+    (tmp_path / "t.csv").write_text("x,y\n" + "".join(f"{a!r},{2 * a!r}\n" for a in x.tolist()))
+    model = str(tmp_path / "m.moekit")
+    data = str(tmp_path / "t.csv")
+    for argv in (["fit", data, "-t", "y", "--max-iter", "5", "-q", "-o", model], ["info", model],
+                 ["predict", model, data, "-q", "-o", str(tmp_path / "p.csv")], ["evaluate", model, data]):
+        loaded = _loaded_after(f"import moekit.cli\nassert moekit.cli.main({argv!r}) == 0")
+        assert "matplotlib" not in loaded, argv
+        assert "torch" in loaded  # the probe did run the command
