@@ -1158,6 +1158,8 @@ def _check_fitted_values(path, est) -> None:
             )
         if len(set(names.tolist())) != len(names):
             raise ModelFileError(f"damaged model file '{path}': feature_names_in_ names a column twice")
+    if hasattr(est, "feature_encoding_"):
+        _check_feature_encoding(path, est.feature_encoding_, names)
     if hasattr(est, "classes_"):
         c = est.classes_
         if not (isinstance(c, np.ndarray) and c.ndim == 1 and len(c) >= 2 and c.dtype.kind in "biufUO"):
@@ -1168,9 +1170,26 @@ def _check_fitted_values(path, est) -> None:
             raise ModelFileError(f"damaged model file '{path}': classes_ lists a class twice")
 
 
+def _check_feature_encoding(path, enc, names) -> None:
+    """``feature_encoding_`` (an estimator fitted on a DataFrame with text columns): how X maps to the model's inputs."""
+    def bad(field, expected, got):
+        raise ModelFileError(f"damaged model file '{path}': {field} is {_short(got)}, expected {expected}")
+
+    if not (isinstance(enc, dict) and set(enc) == {"features", "encoded_features"}):
+        bad("feature_encoding_", "a dictionary of features and encoded_features", enc)
+    _, encoded = _check_encoding(bad, enc, "feature_encoding_.")
+    if names is None or encoded != names.tolist():
+        bad("feature_encoding_.encoded_features", "the names in feature_names_in_", encoded)
+
+
 def _check_prediction(path, est, name) -> int:
     """Predict at the origin: the loaded model must run and give finite numbers. Returns the number of outputs."""
     x = np.zeros((1, int(est.n_features_in_)))
+    names = getattr(est, "feature_names_in_", None)
+    if names is not None:  # the model's own input columns (already encoded, if it encodes a DataFrame's)
+        import pandas as pd  # heavy: imported only for a model fitted on a DataFrame
+
+        x = pd.DataFrame(x, columns=names.tolist())
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # e.g. "X does not have valid feature names"
@@ -1222,13 +1241,6 @@ def _check_cli_metadata(problem: str, metadata, est=None, n_outputs: int | None 
     def bad(field, expected, got):
         raise ModelFileError(f"{problem}: metadata field cli.{field} is {_short(got)}, expected {expected}")
 
-    def names(field, v, allow_empty=False):
-        if not (isinstance(v, list) and (v or allow_empty) and all(isinstance(s, str) and s for s in v)):
-            bad(field, "a list of column names", v)
-        if len(set(v)) != len(v):
-            bad(field, "a list of distinct column names", v)
-        return v
-
     if not isinstance(cli, dict):
         bad("", "a dictionary", cli)
     for key in ("features", "encoded_features", "targets", "task"):
@@ -1237,32 +1249,8 @@ def _check_cli_metadata(problem: str, metadata, est=None, n_outputs: int | None 
     task = cli["task"]
     if task not in _TASKS:
         bad("task", " or ".join(repr(t) for t in _TASKS), task)
-    feats = cli["features"]
-    if not (isinstance(feats, list) and feats):
-        bad("features", "a list of input columns", feats)
-    n_encoded = 0
-    for i, f in enumerate(feats):
-        where = f"features[{i}]"
-        if not isinstance(f, dict):
-            bad(where, "a dictionary with name and kind", f)
-        if not (isinstance(f.get("name"), str) and f["name"]):
-            bad(f"{where}.name", "a column name", f.get("name"))
-        if f.get("kind") not in _KINDS:
-            bad(f"{where}.kind", " or ".join(repr(k) for k in _KINDS), f.get("kind"))
-        if f["kind"] == "numeric":
-            n_encoded += 1
-            continue
-        levels = f.get("levels")
-        if not (isinstance(levels, list) and levels and all(isinstance(lv, str) for lv in levels)
-                and len(set(levels)) == len(levels)):
-            bad(f"{where}.levels", "a list of distinct text levels", levels)
-        n_encoded += len(levels) - 1
-    names("features", [f["name"] for f in feats])
-    encoded = names("encoded_features", cli["encoded_features"])
-    if len(encoded) != n_encoded:
-        bad("encoded_features", f"{n_encoded} column names (one per numeric feature and per categorical level "
-            "after the first in cli.features)", encoded)
-    targets = names("targets", cli["targets"])
+    feats, encoded = _check_encoding(bad, cli, "")
+    targets = _names(bad, "targets", cli["targets"])
     both = sorted(set(targets) & {f["name"] for f in feats})
     if both:
         bad("targets", "columns other than the input columns", targets)
@@ -1277,6 +1265,49 @@ def _check_cli_metadata(problem: str, metadata, est=None, n_outputs: int | None 
         bad("task", repr("classification" if hasattr(est, "classes_") else "regression") + f" for a {type(est).__name__}", task)
     if task == "regression" and n_outputs is not None and len(targets) != n_outputs:
         bad("targets", f"{n_outputs} column name(s), one per output of the model", targets)
+
+
+def _names(bad, field, v):
+    if not (isinstance(v, list) and v and all(isinstance(s, str) and s for s in v)):
+        bad(field, "a list of column names", v)
+    if len(set(v)) != len(v):
+        bad(field, "a list of distinct column names", v)
+    return v
+
+
+def _check_encoding(bad, enc: dict, prefix: str) -> tuple[list, list]:
+    """An input encoding (``features`` and ``encoded_features``) as the estimators and the command line write it.
+
+    ``features`` lists ``{"name", "kind": "numeric" | "categorical", "levels"}`` records;
+    ``encoded_features`` names one column per numeric feature and per categorical level after
+    the first. ``bad(field, expected, got)`` raises the error; ``prefix`` begins the field names.
+    """
+    feats = enc.get("features")
+    if not (isinstance(feats, list) and feats):
+        bad(f"{prefix}features", "a list of input columns", feats)
+    n_encoded = 0
+    for i, f in enumerate(feats):
+        where = f"{prefix}features[{i}]"
+        if not isinstance(f, dict):
+            bad(where, "a dictionary with name and kind", f)
+        if not (isinstance(f.get("name"), str) and f["name"]):
+            bad(f"{where}.name", "a column name", f.get("name"))
+        if f.get("kind") not in _KINDS:
+            bad(f"{where}.kind", " or ".join(repr(k) for k in _KINDS), f.get("kind"))
+        if f["kind"] == "numeric":
+            n_encoded += 1
+            continue
+        levels = f.get("levels")
+        if not (isinstance(levels, list) and levels and all(isinstance(lv, str) for lv in levels)
+                and len(set(levels)) == len(levels)):
+            bad(f"{where}.levels", "a list of distinct text levels", levels)
+        n_encoded += len(levels) - 1
+    _names(bad, f"{prefix}features", [f["name"] for f in feats])
+    encoded = _names(bad, f"{prefix}encoded_features", enc.get("encoded_features"))
+    if len(encoded) != n_encoded:
+        bad(f"{prefix}encoded_features", f"{n_encoded} column names (one per numeric feature and per categorical "
+            f"level after the first in {prefix}features)", encoded)
+    return feats, encoded
 
 
 def _check_cli_extras(bad, cli: dict) -> None:

@@ -113,11 +113,15 @@ def models(tmp_path_factory):
         warnings.simplefilter("ignore")
         MoERegressor(n_experts=2, max_iter=10, random_state=0).fit(X, y).save(folder / "reg.moekit")
         MoEClassifier(n_experts=2, max_iter=10, random_state=0).fit(X, labels).save(folder / "clf.moekit")
+    frame = pd.DataFrame({"x": X[:, 0], "g": np.array(["a", "b", "c"])[rng.integers(0, 3, 80)]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        MoERegressor(n_experts=2, max_iter=10, random_state=0).fit(frame, y).save(folder / "frame.moekit")
     table = pd.DataFrame({"x": X[:, 0], "g": np.array(["a", "b", "c"])[rng.integers(0, 3, 80)], "y": y})
     table.to_csv(folder / "train.csv", index=False)
     assert cli_main(["fit", str(folder / "train.csv"), "--target", "y", "-o", str(folder / "cli.moekit"),
                      "--quiet", "--max-iter", "10"]) == 0
-    return {k: (folder / f"{k}.moekit").read_bytes() for k in ("reg", "clf", "cli")} | {"folder": folder}
+    return {k: (folder / f"{k}.moekit").read_bytes() for k in ("reg", "clf", "cli", "frame")} | {"folder": folder}
 
 
 def _cases():
@@ -337,6 +341,26 @@ def _cases():
     add("classes-matrix", "clf", lambda b: _signed(b, lambda cfg: _fitted(cfg, "classes_", _strarray(["a", "b"], [1, 2]))),
         r"classes_ must be a list of two or more labels")
 
+    # --- an estimator fitted on a DataFrame with a text column: its feature_encoding_
+    def encoding(**changes):
+        def edit(cfg):
+            enc = cfg["fitted"]["feature_encoding_"]["__dict__"]
+            for k, v in changes.items():
+                enc[k] = v
+        return lambda b: _signed(b, edit)
+
+    add("encoding-levels-text", "frame", encoding(features=[{"__dict__": {"name": "x", "kind": "numeric"}},
+                                                            {"__dict__": {"name": "g", "kind": "categorical", "levels": "abc"}}]),
+        r"feature_encoding_.features\[1\].levels is 'abc', expected a list of distinct text levels")
+    add("encoding-kind", "frame", encoding(features=[{"__dict__": {"name": "x", "kind": "date"}}]),
+        r"feature_encoding_.features\[0\].kind is 'date'")
+    add("encoding-names-differ", "frame", encoding(encoded_features=["x", "g[T.b]", "g[T.z]"]),
+        r"feature_encoding_.encoded_features is .*, expected the names in feature_names_in_")
+    add("encoding-count", "frame", encoding(encoded_features=["x"]), r"feature_encoding_.encoded_features is \['x'\], expected 3")
+    add("encoding-extra-key", "frame", encoding(__class__="x"), r"feature_encoding_ is .*, expected a dictionary of features")
+    add("encoding-not-dict", "frame", lambda b: _signed(b, lambda cfg: _fitted(cfg, "feature_encoding_", [1])),
+        r"feature_encoding_ is \[1\], expected a dictionary")
+
     # --- the command line's metadata (moekit fit): schema and agreement with the model
     cli = [
         ("task-bogus", {"task": "bogus"}, r"cli.task is 'bogus', expected 'regression' or 'classification'"),
@@ -390,7 +414,7 @@ def test_hostile_model_file(models, base, make, pattern, tmp_path):
 
 
 def test_the_base_files_load(models):
-    for base in ("reg", "clf", "cli"):
+    for base in ("reg", "clf", "cli", "frame"):
         path = models["folder"] / f"{base}.moekit"
         assert type(load(path)).__name__ in ("MoERegressor", "MoEClassifier")
         read_info(path)
