@@ -40,7 +40,7 @@ from ..experts.student_t import StudentTExpert
 from ..gates import ConstantGate, SoftmaxGate
 from ..mixture import MixtureOfExperts
 
-__all__ = ["NoLikelihoodHessianError", "ParameterInfo", "Information", "observed_information"]
+__all__ = ["NoLikelihoodHessianError", "ParameterInfo", "Information", "observed_information", "reported_estimates"]
 
 _METHODS = ("hessian", "sandwich")
 
@@ -231,6 +231,18 @@ def _blocks(model: MixtureOfExperts, prefix: str = "", node: tuple = (), cols=No
     return blocks, n_leaves
 
 
+def reported_estimates(model: MixtureOfExperts) -> tuple:
+    """The reported parameters and their values, without the information: ``(list of ParameterInfo, (P,) array)``.
+
+    Gate rows against component 0, ``sigma`` and covariance entries, as :func:`observed_information`
+    reports them.
+    """
+    blocks, _ = _blocks(model)
+    with torch.no_grad():
+        est = torch.cat([b.report(b.free) for b in blocks])
+    return [i for b in blocks for i in b.infos], est.cpu().numpy().astype("float64")
+
+
 class _LogProb(nn.Module):
     def __init__(self, model):
         super().__init__()
@@ -287,12 +299,13 @@ def observed_information(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tens
     >>> from moekit import LinearGaussianExpert, MixtureOfExperts, SoftmaxGate, fit_em
     >>> g = torch.Generator().manual_seed(0)
     >>> x = torch.randn(300, 1, dtype=torch.float64, generator=g)
-    >>> y = torch.where(x[:, 0] > 0, 2 * x[:, 0], -x[:, 0]) + 0.1 * torch.randn(300, dtype=torch.float64, generator=g)
+    >>> right = torch.rand(300, dtype=torch.float64, generator=g) < torch.sigmoid(2 * x[:, 0])  # a soft gate
+    >>> y = torch.where(right, 2 * x[:, 0], -x[:, 0]) + 0.1 * torch.randn(300, dtype=torch.float64, generator=g)
     >>> m = MixtureOfExperts(SoftmaxGate(1, 2), LinearGaussianExpert(1, n_experts=2))
     >>> _ = fit_em(m, x, y, random_state=0)
     >>> info = observed_information(m, x, y)
-    >>> len(info.parameters), bool((info.std_error > 0).all())
-    (8, True)
+    >>> len(info.parameters), bool((info.std_error > 0).all()), info.warnings
+    (8, True, [])
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
@@ -326,18 +339,33 @@ def observed_information(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tens
     info_matrix = -0.5 * (hess + hess.T)
     infos = [i for b in blocks for i in b.infos]
     notes = _conditioning(info_matrix, infos, cond_limit)
-    inv = torch.linalg.pinv(info_matrix, hermitian=True)
+    inv, unknown = _inverse(info_matrix)
     if method == "sandwich":
         scores = _row_scores(rows, phi0)  # (n, F)
         meat = scores.T @ (w[:, None] * scores)
         inv = inv @ meat @ inv
     cov = jac @ inv @ jac.T
+    # a reported value that depends on a direction the data do not determine has no standard error
+    unknown_out = (jac.abs() @ unknown.to(jac.dtype)) > 0
+    cov[unknown_out, :] = math.nan
+    cov[:, unknown_out] = math.nan
     se = cov.diagonal().clamp_min(0).sqrt()
-    if notes:
-        se = torch.where(torch.isfinite(se), se, torch.full_like(se, math.nan))
     return Information(parameters=infos, estimate=report(phi0).detach(), covariance=cov.detach(),
                        std_error=se.detach(), information=info_matrix.detach(), method=method,
                        log_likelihood=loglik, n_samples=float(w.sum()), warnings=notes)
+
+
+def _inverse(info: torch.Tensor):
+    """The inverse of the information on the directions the data determine, and the free parameters that
+    load on a direction they do not (eigenvalue <= 1e-12 of the largest, or negative): ``(inverse, mask)``."""
+    evals, evecs = torch.linalg.eigh(info)
+    if evals.numel() == 0:
+        return info.clone(), torch.zeros(0, dtype=torch.bool, device=info.device)
+    ok = evals > 1e-12 * evals.abs().max().clamp_min(torch.finfo(info.dtype).tiny)
+    v = evecs[:, ok]
+    inv = (v / evals[ok]) @ v.T
+    unknown = (evecs[:, ~ok] ** 2).sum(dim=1) > 1e-8
+    return inv, unknown
 
 
 def _row_scores(rows, phi0) -> torch.Tensor:

@@ -227,5 +227,10 @@ def test_singular_information_is_reported_with_the_parameter():
     x2 = np.c_[x, x]  # two identical inputs: the information is singular along their difference
     m = _fit(MixtureOfExperts(SoftmaxGate(2, 2), LinearGaussianExpert(2, n_experts=2)), x2, y)
     info = observed_information(m, torch.as_tensor(x2), torch.as_tensor(y))
-    assert info.warnings and "singular" in info.warnings[0] or "ill-conditioned" in info.warnings[0]
+    assert info.warnings and ("singular" in info.warnings[0] or "ill-conditioned" in info.warnings[0])
     assert "term" in info.warnings[0]
+    se = info.std_error.numpy()
+    slopes = np.array([p.term in (1, 2) for p in info.parameters])
+    assert np.all(np.isnan(se[slopes]))  # the data do not tell the two copies of x apart: no standard error
+    sigma = np.array([p.term == "sigma" for p in info.parameters])
+    assert np.all(np.isfinite(se[sigma]) & (se[sigma] > 0))

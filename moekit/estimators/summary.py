@@ -1,0 +1,387 @@
+"""Coefficient tables with standard errors: what ``summary(refit(m))`` gives in R's flexmix.
+
+:func:`inference_state` runs at the end of ``fit`` (observed information and sandwich, kept as
+plain values in the estimator and its model file); :class:`SummaryMixin` adds ``summary()``,
+``gate_coef_`` and ``expert_coef_`` to the mixture-of-experts estimators; :class:`Summary` is the
+result, a pandas table that prints like R's coefficient tables and renders as HTML in notebooks.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.special import xlogy
+from scipy.stats import norm
+from sklearn.base import is_classifier
+from sklearn.utils.validation import check_is_fitted
+
+from ..inference.information import NoLikelihoodHessianError, ParameterInfo, observed_information, reported_estimates
+from ..training.em import fit_em
+
+__all__ = ["Summary", "SummaryMixin", "inference_state"]
+
+COLUMNS = ["block", "node", "component", "output", "term", "estimate", "std_error", "z", "p_value", "ci_low",
+           "ci_high"]
+_SE = ("hessian", "sandwich", "bootstrap")
+_NO_TEST = ("sigma", "df")  # positive quantities: no z test against 0
+
+
+def inference_state(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> dict:
+    """What ``summary()`` needs without the data, computed at the end of ``fit``: JSON-able values.
+
+    Returns ``{"parameters", "estimate", "cov_hessian", "cov_sandwich", "warnings", "entropy",
+    "log_likelihood", "n_samples"}``, or ``{"error": message}`` for a model without a likelihood
+    Hessian (neural or scikit-learn parts).
+
+    Shapes
+    ------
+    x : (n, d_x); y : (n,) or (n, d_y); w : (n,). ``estimate`` (P,), the covariances (P, P).
+    """
+    try:
+        hess = observed_information(model, x, y, w, method="hessian")
+        sand = observed_information(model, x, y, w, method="sandwich")
+    except NoLikelihoodHessianError as err:
+        return {"error": str(err)}
+    with torch.no_grad():
+        r = model.log_responsibilities(x, y).exp() if hasattr(model, "log_responsibilities") else None
+    entropy = 0.0 if r is None else float(-(w[:, None] * xlogy(r.cpu().numpy(), r.cpu().numpy())).sum())
+    return {
+        "parameters": [[p.block, list(p.node), int(p.component), p.output, p.term,
+                        None if p.input_columns is None else [int(c) for c in p.input_columns]]
+                       for p in hess.parameters],
+        "estimate": hess.estimate.cpu().numpy().astype(np.float64),
+        "cov_hessian": hess.covariance.cpu().numpy().astype(np.float64),
+        "cov_sandwich": sand.covariance.cpu().numpy().astype(np.float64),
+        "warnings": list(hess.warnings),
+        "entropy": entropy,
+        "log_likelihood": float(hess.log_likelihood),
+        "n_samples": float(hess.n_samples),
+    }
+
+
+def _params_of(state: dict) -> list:
+    return [ParameterInfo(b, tuple(n), int(c), o, t, None if cols is None else tuple(cols))
+            for b, n, c, o, t, cols in state["parameters"]]
+
+
+class Summary:
+    """A fitted mixture's coefficients with standard errors, tests and confidence intervals.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per free parameter, columns ``block, node, component, output, term, estimate,
+        std_error, z, p_value, ci_low, ci_high``. Gate rows are log-odds against component 0.
+    log_likelihood, n_samples, n_parameters, bic, aic, icl : float
+    se : str
+        "hessian", "sandwich" or "bootstrap".
+    level : float
+    notes : list of str
+        Warnings about the information (singular, ill-conditioned), naming the parameter.
+
+    Shapes
+    ------
+    ``table`` has P rows, P the number of free parameters (as in ``bic``).
+    """
+
+    def __init__(self, table, *, title, log_likelihood, n_samples, n_parameters, se, level, icl_penalty, notes):
+        self.table = table
+        self.title = title
+        self.log_likelihood = float(log_likelihood)
+        self.n_samples = float(n_samples)
+        self.n_parameters = int(n_parameters)
+        self.bic = -2 * self.log_likelihood + self.n_parameters * math.log(self.n_samples)
+        self.aic = -2 * self.log_likelihood + 2 * self.n_parameters
+        self.icl = self.bic + 2 * float(icl_penalty)
+        self.se = se
+        self.level = float(level)
+        self.notes = list(notes)
+
+    def _footer(self) -> list:
+        n = int(self.n_samples) if float(self.n_samples).is_integer() else self.n_samples
+        return [f"Log-likelihood: {self.log_likelihood:.4f} (n = {n}, parameters = {self.n_parameters})",
+                f"BIC: {self.bic:.4f}   AIC: {self.aic:.4f}   ICL: {self.icl:.4f}"] + \
+               [f"Note: {s}" for s in self.notes]
+
+    def _header(self) -> str:
+        what = {"hessian": "observed information", "sandwich": "sandwich (robust)", "bootstrap": "bootstrap"}[self.se]
+        return f"{self.title}\nStandard errors: {what}; {100 * self.level:g} % confidence intervals"
+
+    def __str__(self) -> str:
+        lines = [self._header(), ""]
+        t = self.table
+        for (block, node), part in t.groupby(["block", "node"], sort=False):
+            where = f" at node {node}" if node else ""
+            if block == "gate":
+                lines.append(f"Gate{where} (log-odds against component 0):")
+            else:
+                lines.append(f"Experts{where}:")
+            shown = part[["component", "output", "term", "estimate", "std_error", "z", "p_value"]].copy()
+            if (shown["output"] == "").all():
+                shown = shown.drop(columns="output")
+            shown.columns = [{"estimate": "Estimate", "std_error": "Std. Error", "z": "z value",
+                              "p_value": "Pr(>|z|)"}.get(c, c) for c in shown.columns]
+            lines.append(shown.to_string(index=False, float_format=lambda v: f"{v:.6g}", na_rep=""))
+            lines.append("")
+        return "\n".join(lines + self._footer())
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        head = "<br>".join(self._header().split("\n"))
+        foot = "<br>".join(self._footer())
+        body = self.table.to_html(index=False, float_format=lambda v: f"{v:.6g}", na_rep="")
+        return f"<div><p>{head}</p>{body}<p>{foot}</p></div>"
+
+    def to_dict(self) -> dict:
+        """JSON-able: the table as a list of records (NaN as None) and the fit statistics."""
+        records = []
+        for rec in self.table.to_dict(orient="records"):
+            records.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()})
+        return {"title": self.title, "se": self.se, "level": self.level, "coefficients": records,
+                "log_likelihood": self.log_likelihood, "n_samples": self.n_samples,
+                "n_parameters": self.n_parameters, "bic": self.bic, "aic": self.aic, "icl": self.icl,
+                "notes": self.notes}
+
+
+class SummaryMixin:
+    """``summary()``, ``gate_coef_`` and ``expert_coef_`` for the mixture-of-experts estimators."""
+
+    # ------------------------------------------------------------ naming
+    def _input_name(self, col: int) -> str:
+        names = getattr(self, "feature_names_in_", None)
+        if names is not None and len(names) == int(self.n_features_in_):
+            return str(names[col])
+        return f"x{col}"
+
+    def _term_name(self, p: ParameterInfo) -> str:
+        if isinstance(p.term, str):
+            if p.term.startswith("cov["):
+                i, j = (int(v) for v in p.term[4:-1].split(","))
+                a, b = self._output_name(i), self._output_name(j)
+                return f"var({a})" if i == j else f"cov({a}, {b})"
+            return p.term
+        if p.term == 0:
+            return "(Intercept)"
+        col = p.term - 1 if p.input_columns is None else p.input_columns[p.term - 1]
+        return self._input_name(int(col))
+
+    def _output_name(self, o) -> str:
+        if o is None:
+            return ""
+        if is_classifier(self):
+            return str(self.classes_[int(o)])
+        return f"y{int(o)}"
+
+    def _output_label(self, p: ParameterInfo) -> str:
+        if is_classifier(self) and p.block == "expert" and p.output is None and isinstance(p.term, int):
+            return str(self.classes_[1]) if len(self.classes_) == 2 else ""  # a logistic expert models its class 1
+        return self._output_name(p.output)
+
+    def _is_tree(self, params) -> bool:
+        return any(p.block == "gate" and p.node for p in params)
+
+    def _rows(self, params, estimate):
+        tree = self._is_tree(params)
+        rows = []
+        for p, e in zip(params, estimate):
+            rows.append({"block": p.block, "node": ".".join(str(i) for i in p.node) if tree else "",
+                         "component": int(p.component), "output": self._output_label(p), "term": self._term_name(p),
+                         "estimate": float(e)})
+        return rows
+
+    # ------------------------------------------------------------ summary
+    def _inference(self) -> dict:
+        check_is_fitted(self, "model_")
+        state = getattr(self, "inference_", None)
+        if state is None:
+            raise ValueError("this model holds no standard errors (it was fitted with compute_se=False, or saved by "
+                             "an older moekit): call summary(X=..., y=...) with the training data")
+        if "error" in state:
+            raise TypeError(f"summary() with se='hessian' or 'sandwich' needs a likelihood Hessian: {state['error']}")
+        return state
+
+    def summary(self, se: str = "hessian", level: float = 0.95, X=None, y=None, sample_weight=None,
+                n_boot: int = 200, random_state=None) -> Summary:
+        """Every coefficient with its name, standard error, z test and confidence interval.
+
+        Parameters
+        ----------
+        se : {"hessian", "sandwich", "bootstrap"}, default="hessian"
+            The inverse observed information (the exact Hessian of the observed-data
+            log-likelihood, computed at the end of ``fit``); the sandwich ``I^-1 B I^-1``, robust
+            to a misspecified expert family (also computed at fit); or a nonparametric bootstrap
+            (needs X and y: ``n_boot`` EM refits on resampled rows, each started from the fitted
+            model, components matched to it).
+        level : float, default=0.95
+            Confidence level of the Wald intervals ``estimate +- z_{(1+level)/2} std_error``.
+        X, y, sample_weight : optional
+            The training data: with them, "hessian" and "sandwich" are recomputed from the data
+            (needed for a model saved without standard errors); "bootstrap" needs them.
+        n_boot : int, default=200
+            Bootstrap replicates (at least 2).
+        random_state : int, optional
+            Seed of the bootstrap's resampling.
+
+        Returns
+        -------
+        Summary
+            ``.table`` (pandas DataFrame), fit statistics (log-likelihood, n, parameters, BIC,
+            AIC, ICL); prints like R's coefficient tables.
+
+        Shapes
+        ------
+        X : (n, d_x); y : (n,) or (n, d_y); sample_weight : (n,). The table has one row per free
+        parameter.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from moekit import MoERegressor
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.uniform(-2, 2, size=(400, 1))
+        >>> y = np.where(rng.uniform(size=400) < 0.5, 2 * X[:, 0], -X[:, 0]) + 0.2 * rng.normal(size=400)
+        >>> s = MoERegressor(n_experts=2, random_state=0).fit(X, y).summary()
+        >>> list(s.table.columns)[:5], len(s.table)
+        (['block', 'node', 'component', 'output', 'term'], 8)
+        """
+        check_is_fitted(self, "model_")
+        if se not in _SE:
+            raise ValueError(f"se must be one of {_SE}, got {se!r}")
+        if not (isinstance(level, (int, float)) and 0 < level < 1):
+            raise ValueError(f"level must be a number strictly between 0 and 1 (e.g. 0.95), got {level!r}")
+        if se == "bootstrap":
+            if X is None or y is None:
+                raise ValueError("se='bootstrap' refits the model on resampled rows: pass the training data, "
+                                 "summary(se='bootstrap', X=X, y=y)")
+            if not (isinstance(n_boot, (int, np.integer)) and not isinstance(n_boot, bool) and n_boot >= 2):
+                raise ValueError(f"n_boot must be an integer >= 2, got {n_boot!r}")
+        if X is not None or y is not None:
+            if X is None or y is None:
+                raise ValueError("pass both X and y (the training data) to recompute standard errors, or neither")
+            state = self._data_state(X, y, sample_weight)
+            if "error" in state:
+                raise TypeError(f"summary(se={se!r}) needs a likelihood Hessian: {state['error']}")
+        else:
+            state = self._inference()
+        params = _params_of(state)
+        estimate = np.asarray(state["estimate"], dtype=np.float64)
+        if se == "bootstrap":
+            cov = self._bootstrap_cov(X, y, sample_weight, params, int(n_boot), random_state)
+        else:
+            cov = np.asarray(state["cov_" + se], dtype=np.float64)
+        return self._make_summary(params, estimate, cov, state, se, float(level))
+
+    def _data_state(self, X, y, sample_weight) -> dict:
+        x = self._x(X)
+        yt = self._y_tensor(y, x.shape[0])
+        w = self._weights_tensor(sample_weight, x)
+        return inference_state(self.model_, x, yt, w)
+
+    def _weights_tensor(self, sample_weight, x):
+        if sample_weight is None:
+            return torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        w = np.asarray(sample_weight, dtype=np.float64)
+        if w.shape != (x.shape[0],) or not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ValueError(f"sample_weight must be ({x.shape[0]},) finite non-negative numbers, got shape {w.shape}")
+        return torch.as_tensor(w, dtype=x.dtype, device=x.device)
+
+    def _make_summary(self, params, estimate, cov, state, se, level) -> Summary:
+        import pandas as pd  # optional heavy dependency, only for the table
+
+        se_vals = np.sqrt(np.clip(np.diag(cov), 0, None))
+        rows = self._rows(params, estimate)
+        q = norm.ppf(0.5 + level / 2)
+        for r, p, s in zip(rows, params, se_vals):
+            testable = not (isinstance(p.term, str) and (p.term in _NO_TEST or _is_variance(p.term)))
+            z = r["estimate"] / s if testable and s > 0 else math.nan
+            r.update(std_error=float(s), z=z, p_value=float(2 * norm.sf(abs(z))) if math.isfinite(z) else math.nan,
+                     ci_low=r["estimate"] - q * s, ci_high=r["estimate"] + q * s)
+        table = pd.DataFrame(rows, columns=COLUMNS)
+        return Summary(table, title=self._title(params), log_likelihood=state["log_likelihood"],
+                       n_samples=state["n_samples"], n_parameters=len(params), se=se, level=level,
+                       icl_penalty=state.get("entropy", 0.0), notes=state.get("warnings", []))
+
+    def _title(self, params) -> str:
+        n_leaves = 1 + max((p.component for p in params if p.block == "expert"), default=0)
+        return f"{type(self).__name__} with {n_leaves} expert{'s' if n_leaves != 1 else ''}"
+
+    # ---------------------------------------------------------- bootstrap
+    def _bootstrap_cov(self, X, y, sample_weight, params, n_boot, random_state) -> np.ndarray:
+        x = self._x(X)
+        yt = self._y_tensor(y, x.shape[0])
+        w = self._weights_tensor(sample_weight, x)
+        rng = np.random.default_rng(random_state)
+        n = x.shape[0]
+        p0 = w.cpu().numpy() / float(w.sum())
+        draws = []
+        for _ in range(n_boot):
+            counts = rng.multinomial(n, p0)  # n rows drawn with replacement, in proportion to their weights
+            wb = torch.as_tensor(counts, dtype=x.dtype, device=x.device) * (float(w.sum()) / n)
+            m = copy.deepcopy(self.model_)
+            fit_em(m, x, yt, wb, init=None, max_iter=int(getattr(self, "max_iter", 200)),
+                   tol=float(getattr(self, "tol", 1e-6)))
+            _match_components(m, self.model_)
+            draws.append(reported_estimates(m)[1])
+        draws = np.asarray(draws)
+        return np.cov(draws, rowvar=False)
+
+    # ------------------------------------------------- named coefficients
+    def _coef_frame(self, block: str):
+        import pandas as pd  # optional heavy dependency, only for the table
+
+        state = self._inference_or_estimates()
+        params, est = state
+        rows = [r for r in self._rows(params, est) if r["block"] == block]
+        if not rows:
+            return pd.DataFrame()
+        df = pd.DataFrame(rows)
+        index = ["node", "component", "output"] if block == "expert" else ["node", "component"]
+        index = [c for c in index if not (df[c] == "").all()]
+        return df.pivot_table(index=index, columns="term", values="estimate", sort=False)
+
+    def _inference_or_estimates(self):
+        state = getattr(self, "inference_", None)
+        if state is not None and "error" not in state:
+            return _params_of(state), np.asarray(state["estimate"])
+        return reported_estimates(self.model_)
+
+    @property
+    def gate_coef_(self):
+        """The gate's coefficients against component 0, named: a DataFrame (rows: node and component; columns: terms)."""
+        check_is_fitted(self, "model_")
+        return self._coef_frame("gate")
+
+    @property
+    def expert_coef_(self):
+        """The experts' coefficients (and sigma), named: a DataFrame (rows: component and output; columns: terms)."""
+        check_is_fitted(self, "model_")
+        return self._coef_frame("expert")
+
+
+def _is_variance(term: str) -> bool:
+    if not term.startswith("cov["):
+        return False
+    i, j = term[4:-1].split(",")
+    return i == j
+
+
+def _match_components(model, reference) -> None:
+    """Permute a flat refit's experts (and gate rows) to the reference's order: label switching undone by the
+    assignment that minimises the distance between the experts' parameters."""
+    if getattr(model, "is_stacked", False) is False or not hasattr(model.experts, "coef"):
+        return  # trees and lists of experts: warm-started refits keep their labels
+    a = model.experts.coef.detach().reshape(model.n_experts, -1).cpu().numpy()
+    b = reference.experts.coef.detach().reshape(reference.n_experts, -1).cpu().numpy()
+    cost = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(cost)
+    order = rows[np.argsort(cols)]  # model's expert that plays reference expert j
+    if np.array_equal(order, np.arange(len(order))):
+        return
+    idx = torch.as_tensor(order, device=model.experts.coef.device)
+    for p in list(model.gate.parameters()) + list(model.experts.parameters()):
+        p.data = p.data[idx].clone()  # softmax / constant gates hold one row per expert, stacked experts one slice
