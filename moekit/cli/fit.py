@@ -87,8 +87,8 @@ def _fit_one(args, task, X, y, k):
     try:
         est.fit(X, y)
     except (ValueError, TypeError, FloatingPointError, RuntimeError) as e:
-        size = f"{k} expert(s)" if k is not None else "the default number of experts"
-        raise DataError(f"fitting a model with {size} failed: {one_line(e)}") from None
+        what = f"a model with {k} expert(s)" if k is not None else "the model"
+        raise DataError(f"fitting {what} failed: {one_line(e)}") from None
     return est
 
 
