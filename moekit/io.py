@@ -296,12 +296,12 @@ def _tag(v: dict, where: str) -> str:
     return tags[0]
 
 
-def _shape(v, where: str) -> tuple:
+def _shape(v, where: str, problem: str = "damaged model file") -> tuple:
     """A stored array shape: a list of at most _MAX_NDIM non-negative integers."""
     if not (isinstance(v, list) and len(v) <= _MAX_NDIM
             and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v)):
         raise ModelFileError(
-            f"damaged model file: bad array shape {_short(v)} at {where} "
+            f"{problem}: bad array shape {_short(v)} at {where} "
             f"(expected a list of at most {_MAX_NDIM} non-negative integers)"
         )
     return tuple(v)
@@ -327,7 +327,7 @@ def _decode(v, tensors: dict, where: str):
         return float(s)
     if tag == "__npscalar__":
         code, x = v["__npscalar__"], v.get("value")
-        if code not in _NP_DTYPES:
+        if not isinstance(code, str) or code not in _NP_DTYPES:
             raise ModelFileError(f"damaged model file: unsupported scalar type at {where}")
         if isinstance(x, dict):
             x = _decode(x, tensors, where)
@@ -390,9 +390,17 @@ def _decode(v, tensors: dict, where: str):
             return cls(model=None, **{k: x for k, x in fields.items() if k in known and k != "model"})
         except TypeError as e:
             raise ModelFileError(f"damaged model file: bad {cls.__name__} at {where} ({e})") from None
-    if v["__dtype__"] not in _TORCH_DTYPES:
+    if not isinstance(v["__dtype__"], str) or v["__dtype__"] not in _TORCH_DTYPES:
         raise ModelFileError(f"damaged model file: unknown dtype {_short(v['__dtype__'])} at {where}")
     return _TORCH_DTYPES[v["__dtype__"]]
+
+
+def _decode_file(path, v, tensors: dict, where: str):
+    """:func:`_decode` for a value of the file ``path``: its errors name the file."""
+    try:
+        return _decode(v, tensors, where)
+    except ModelFileError as e:
+        raise ModelFileError(str(e).replace("damaged model file:", f"damaged model file '{path}':", 1)) from None
 
 
 def _expect(v, typ, where):
@@ -759,9 +767,9 @@ def _tensor_index(path, header: dict, data_size: int) -> dict:
         if not (isinstance(spec, dict) and set(spec) == {"dtype", "shape", "data_offsets"}):
             raise ModelFileError(f"{where} is not described by dtype, shape and data_offsets")
         code = spec["dtype"]
-        if code not in _ST_DTYPES:
+        if not isinstance(code, str) or code not in _ST_DTYPES:
             raise ModelFileError(f"{where} has dtype {_short(code)}; moekit files hold {', '.join(_ST_DTYPES)}")
-        shape = _shape(spec["shape"], f"tensor {_short(name)}")
+        shape = _shape(spec["shape"], f"tensor {_short(name)}", f"damaged model file '{path}'")
         offs = spec["data_offsets"]
         if not (isinstance(offs, list) and len(offs) == 2
                 and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offs) and offs[0] <= offs[1]):
@@ -897,9 +905,9 @@ def read_info(path) -> dict:
     unread = {name: None for name in header.index}  # references are checked, values not read
     for key in ("params", "fitted"):
         for k, v in cfg[key].items():
-            _decode(v, unread, f"{key} {k}")
-    structure = _decode(cfg.get("structure", {"__dict__": {}}), unread, "structure")
-    metadata = _decode(cfg.get("metadata", {"__dict__": {}}), unread, "metadata")
+            _decode_file(header.path, v, unread, f"{key} {k}")
+    structure = _decode_file(header.path, cfg.get("structure", {"__dict__": {}}), unread, "structure")
+    metadata = _decode_file(header.path, cfg.get("metadata", {"__dict__": {}}), unread, "metadata")
     _check_cli_metadata(f"damaged model file '{header.path}'", metadata)
     del structure
     cfg["file_size"] = header.size
@@ -1005,7 +1013,7 @@ def load(path, device=None):
             f"name is registered (registered: {known}). moekit.load registers moekit's own estimators; a class of "
             "your own needs moekit.io.register_estimator"
         )
-    params = {k: _decode(v, tensors, f"parameter {k}") for k, v in cfg["params"].items()}
+    params = {k: _decode_file(path, v, tensors, f"parameter {k}") for k, v in cfg["params"].items()}
     est = entry.cls()
     valid = est.get_params(deep=False)
     removed = sorted(set(params) & set(entry.removed_parameters) - set(valid))
@@ -1036,12 +1044,12 @@ def load(path, device=None):
         _rename_result_fields(cfg["fitted"])
     for k, v in cfg["fitted"].items():
         _check_fitted_name(path, est, k, valid)
-        setattr(est, k, _decode(v, tensors, f"attribute {k}"))
+        setattr(est, k, _decode_file(path, v, tensors, f"attribute {k}"))
     _check_fitted_values(path, est)
     if legacy:
         _totals_unknown(est, path, cfg.get("moekit_version"))
-    structure = _decode(cfg.get("structure", {"__dict__": {}}), tensors, "structure")
-    metadata = _decode(cfg.get("metadata", {"__dict__": {}}), tensors, "metadata")
+    structure = _decode_file(path, cfg.get("structure", {"__dict__": {}}), tensors, "structure")
+    metadata = _decode_file(path, cfg.get("metadata", {"__dict__": {}}), tensors, "metadata")
 
     stored_bytes = sum(t.nbytes for t in header.index.values())
     try:
