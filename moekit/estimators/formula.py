@@ -1,0 +1,217 @@
+"""Formulas for the experts and the gate, as R users write them: ``"yn ~ x + I(x**2)"`` and ``"~ x"``.
+
+A :class:`FormulaDesign` turns a pandas DataFrame into the model's inputs with formulaic (factors,
+interactions, transformations such as ``log(x)`` or ``I(x**2)``): the columns of the expert formula's
+right-hand side, then those of the gate formula not already among them, without formulaic's
+``Intercept`` (every moekit gate and expert has its own). Which columns the experts and the gate see
+are recorded as index lists (the estimators' ``expert_features`` and ``gate_features``), and the
+column names are formulaic's (``x``, ``I(x ** 2)``, ``c[T.b]``, ``x:c[T.b]``), the same treatment-coding
+names as the one-hot encoding of DataFrames and the command line.
+
+The design is plain JSON (the formulas and the categories of each factor), so model files keep it:
+predicting on new data materialises the same formulas with each factor's categories fixed to those
+seen in fitting. Transforms whose result depends on the data they are given (``center``, ``scale``,
+spline bases: formulaic's stateful transforms) would silently change meaning on new data, so they
+are refused with the fix (compute the column beforehand).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .encoding import is_dataframe
+
+__all__ = ["FormulaDesign"]
+
+
+def _formulaic():
+    # formulaic is needed only by models written as formulas: imported when one is used
+    import formulaic  # noqa: PLC0415
+
+    return formulaic
+
+
+def _check_formula(value, name: str, *, two_sided: bool | None) -> str:
+    if not isinstance(value, str) or "~" not in value:
+        raise ValueError(f"{name} must be a formula string such as {'y ~ x' if two_sided else '~ x'!r}, got {value!r}")
+    lhs = value.split("~", 1)[0].strip()
+    if two_sided is True and not lhs:
+        raise ValueError(f"{name} must name the target on the left of '~' (e.g. 'y ~ x'), got {value!r}")
+    if two_sided is False and lhs:
+        raise ValueError(f"{name} has no left-hand side (the target comes from formula), e.g. '~ x'; got {value!r}")
+    return value
+
+
+class FormulaDesign:
+    """The inputs (and target) of a mixture of experts written as formulas over a DataFrame.
+
+    Parameters
+    ----------
+    formula : str
+        The experts' formula, ``"target ~ terms"`` (a vector target: ``"y1 + y2 ~ x"``).
+    gate_formula : str, optional
+        The gate's one-sided formula, ``"~ terms"``; default: the experts' terms.
+
+    Shapes
+    ------
+    ``fit(data)`` returns X (n, p) with p the union of both formulas' columns (no intercept) and y
+    (n,) or (n, d_y); ``transform(data)`` returns X (n, p).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> data = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "g": ["a", "b", "a", "b"], "y": [1.0, 0.0, 2.0, 1.0]})
+    >>> d = FormulaDesign("y ~ x + I(x**2)", "~ x + g")
+    >>> X, y = d.fit(data)
+    >>> d.names, d.expert_features, d.gate_features
+    (['x', 'I(x ** 2)', 'g[T.b]'], [0, 1], [0, 2])
+    """
+
+    def __init__(self, formula: str, gate_formula: str | None = None):
+        self.formula = _check_formula(formula, "formula", two_sided=True)
+        self.gate_formula = None if gate_formula is None else _check_formula(gate_formula, "gate_formula",
+                                                                             two_sided=False)
+        self.names: list[str] = []
+        self.expert_features: list[int] = []
+        self.gate_features: list[int] = []
+        self.targets: list[str] = []
+        self.levels: dict = {}
+
+    # ------------------------------------------------------------ fitting
+    def fit(self, data):
+        """Materialise both formulas on ``data``; returns ``(X, y)`` and records the design."""
+        _check_frame(data)
+        mm = self._materialise(self.formula, data, what="formula")
+        y = mm.lhs.to_numpy(dtype=np.float64)
+        self.targets = [str(c) for c in mm.lhs.columns]
+        expert = self._rhs(mm.rhs)
+        self.levels = self._factor_levels(mm.rhs.model_spec)
+        if self.gate_formula is None:
+            gate = expert
+        else:
+            gm = self._materialise(self.gate_formula, data, what="gate_formula")
+            gate = self._rhs(gm)
+            self.levels.update(self._factor_levels(gm.model_spec))
+        names = list(expert.columns)
+        names += [c for c in gate.columns if c not in names]
+        self.names = [str(c) for c in names]
+        self.expert_features = [names.index(c) for c in expert.columns]
+        self.gate_features = [names.index(c) for c in gate.columns]
+        X = np.column_stack([_column(expert, gate, c) for c in names]) if names else np.zeros((len(data), 0))
+        if not names:
+            raise ValueError(f"formula {self.formula!r} and gate_formula {self.gate_formula!r} leave no input "
+                             "column (moekit's experts and gate have their own intercepts); add a term such as '~ x'")
+        return X, (y[:, 0] if y.shape[1] == 1 else y)
+
+    def transform(self, data) -> np.ndarray:
+        """The inputs of new data, by the recorded design (factors with their fitted categories)."""
+        _check_frame(data)
+        data = self._with_levels(data)
+        rhs = self.formula.split("~", 1)[1]
+        expert = self._rhs(self._materialise("~" + rhs, data, what="formula"))
+        gate = expert if self.gate_formula is None else \
+            self._rhs(self._materialise(self.gate_formula, data, what="gate_formula"))
+        missing = [c for c in self.names if c not in expert.columns and c not in gate.columns]
+        if missing:
+            raise ValueError(f"the data give no column {missing[0]!r} of the fitted design ({', '.join(self.names)})")
+        return np.column_stack([_column(expert, gate, c) for c in self.names])
+
+    # ------------------------------------------------------------ helpers
+    def _materialise(self, formula: str, data, *, what: str):
+        f = _formulaic()
+        try:
+            mm = f.model_matrix(formula, data, na_action="raise", output="pandas")
+        except f.errors.FactorEvaluationError as err:
+            name = _missing_name(str(err))
+            cols = ", ".join(str(c) for c in data.columns)
+            if name is not None:
+                raise ValueError(f"{what} {formula!r} names {name!r}, which is not a column of the data "
+                                 f"(columns: {cols})") from None
+            raise ValueError(f"{what} {formula!r} could not be evaluated on the data: {err}") from None
+        except (f.errors.FormulaicError, SyntaxError, ValueError) as err:
+            raise ValueError(f"{what} {formula!r} could not be used: {err}") from None
+        spec = mm.rhs.model_spec if hasattr(mm, "rhs") else mm.model_spec
+        stateful = sorted(k for k, v in (spec.transform_state or {}).items() if v)
+        if stateful:
+            raise ValueError(f"{what} {formula!r} uses a transform that learns from the data ({stateful[0]}); its "
+                             "meaning would change on new data: compute that column beforehand and name it")
+        return mm
+
+    @staticmethod
+    def _rhs(matrix):
+        cols = [c for c in matrix.columns if c != "Intercept"]
+        return matrix[cols].astype(np.float64)
+
+    @staticmethod
+    def _factor_levels(spec) -> dict:
+        out = {}
+        for factor, (kind, state) in (spec.encoder_state or {}).items():
+            if getattr(kind, "value", kind) == "categorical":
+                out[str(factor)] = [_plain(v) for v in state.get("categories", [])]
+        return out
+
+    def _with_levels(self, data):
+        """A copy of ``data`` whose factor columns are categoricals with the fitted categories (an unseen level is
+        an error naming the column and the level)."""
+        import pandas as pd  # optional heavy dependency: formulas need pandas DataFrames
+
+        if not self.levels:
+            return data
+        data = data.copy()
+        for col, levels in self.levels.items():
+            if col not in data.columns:
+                continue  # a factor written as an expression (C(x)): formulaic reports what is missing
+            vals = data[col]
+            unseen = sorted({_plain(v) for v in vals.dropna().tolist()} - set(levels), key=str)
+            if unseen:
+                raise ValueError(f"column {col!r} holds the level {unseen[0]!r}, which the model never saw in "
+                                 f"fitting (known: {', '.join(map(str, levels[:10]))})")
+            data[col] = pd.Categorical(vals.map(_plain), categories=levels)
+        return data
+
+    # ------------------------------------------------------------ storage
+    def to_dict(self) -> dict:
+        """Plain JSON: the formulas, the column names and feature lists, the targets and each factor's levels."""
+        return {"formula": self.formula, "gate_formula": self.gate_formula, "names": list(self.names),
+                "expert_features": list(self.expert_features), "gate_features": list(self.gate_features),
+                "targets": list(self.targets), "levels": {k: list(v) for k, v in self.levels.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FormulaDesign":
+        """The design :meth:`to_dict` wrote."""
+        out = cls(d["formula"], d.get("gate_formula"))
+        out.names = [str(v) for v in d["names"]]
+        out.expert_features = [int(v) for v in d["expert_features"]]
+        out.gate_features = [int(v) for v in d["gate_features"]]
+        out.targets = [str(v) for v in d.get("targets", [])]
+        out.levels = {str(k): list(v) for k, v in d.get("levels", {}).items()}
+        return out
+
+
+def _check_frame(data) -> None:
+    if not is_dataframe(data):
+        raise TypeError(f"a model written as a formula takes a pandas DataFrame holding the named columns, got "
+                        f"{type(data).__name__}")
+
+
+def _column(expert, gate, name):
+    return (expert[name] if name in expert.columns else gate[name]).to_numpy(dtype=np.float64)
+
+
+def _plain(v):
+    """A level as JSON keeps it: numbers as numbers, everything else as text."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)
+    return str(v)
+
+
+def _missing_name(message: str):
+    """The name formulaic says is missing, from ``... `name` is not present in the dataset ...``."""
+    import re  # noqa: PLC0415 - only on this error path
+
+    m = re.search(r"`([^`]+)` is not present", message)
+    return None if m is None else m.group(1)
