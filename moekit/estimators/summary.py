@@ -260,21 +260,37 @@ class SummaryMixin:
                                  "summary(se='bootstrap', X=X, y=y)")
             if not (isinstance(n_boot, (int, np.integer)) and not isinstance(n_boot, bool) and n_boot >= 2):
                 raise ValueError(f"n_boot must be an integer >= 2, got {n_boot!r}")
-        if X is not None or y is not None:
-            if X is None or y is None:
-                raise ValueError("pass both X and y (the training data) to recompute standard errors, or neither")
-            state = self._data_state(X, y, sample_weight)
-            if "error" in state:
-                raise TypeError(f"summary(se={se!r}) needs a likelihood Hessian: {state['error']}")
-        else:
-            state = self._inference()
-        params = _params_of(state)
-        estimate = np.asarray(state["estimate"], dtype=np.float64)
+        if (X is None) != (y is None):
+            raise ValueError("pass both X and y (the training data) to recompute standard errors, or neither")
         if se == "bootstrap":
-            cov = self._bootstrap_cov(X, y, sample_weight, params, int(n_boot), random_state)
+            params, estimate = reported_estimates(self.model_, strict=False)
+            if not params:
+                raise TypeError("summary() reports named coefficients of softmax or constant gates and of GLM, "
+                                "Gaussian or Student-t experts; this model has none (neural or scikit-learn parts)")
+            cov = self._bootstrap_cov(X, y, sample_weight, int(n_boot), random_state)
+            state = self._fit_statistics(X, y, sample_weight)
         else:
+            if X is not None:
+                state = self._data_state(X, y, sample_weight)
+                if "error" in state:
+                    raise TypeError(f"summary(se={se!r}) needs a likelihood Hessian: {state['error']}")
+            else:
+                state = self._inference()
+            params = _params_of(state)
+            estimate = np.asarray(state["estimate"], dtype=np.float64)
             cov = np.asarray(state["cov_" + se], dtype=np.float64)
         return self._make_summary(params, estimate, cov, state, se, float(level))
+
+    def _fit_statistics(self, X, y, sample_weight) -> dict:
+        """Log-likelihood, weight and the responsibilities' entropy on the data (for the footer of a bootstrap)."""
+        x = self._x(X)
+        yt = self._y_tensor(y, x.shape[0])
+        w = self._weights_tensor(sample_weight, x)
+        with torch.no_grad():
+            ll = float((w * self.model_.log_prob(x, yt)).sum())
+            r = self.model_.log_responsibilities(x, yt).exp().cpu().numpy()
+        entropy = float(-(w.cpu().numpy()[:, None] * xlogy(r, r)).sum())
+        return {"log_likelihood": ll, "n_samples": float(w.sum()), "entropy": entropy, "warnings": []}
 
     def _data_state(self, X, y, sample_weight) -> dict:
         x = self._x(X)
@@ -294,6 +310,9 @@ class SummaryMixin:
         import pandas as pd  # optional heavy dependency, only for the table
 
         se_vals = np.sqrt(np.clip(np.diag(cov), 0, None))
+        se_vals[~np.isfinite(np.diag(cov))] = math.nan  # not determined by the data (see the notes)
+        order = _reading_order(params)
+        params, estimate, se_vals = [params[i] for i in order], np.asarray(estimate)[order], se_vals[order]
         rows = self._rows(params, estimate)
         q = norm.ppf(0.5 + level / 2)
         for r, p, s in zip(rows, params, se_vals):
@@ -311,7 +330,7 @@ class SummaryMixin:
         return f"{type(self).__name__} with {n_leaves} expert{'s' if n_leaves != 1 else ''}"
 
     # ---------------------------------------------------------- bootstrap
-    def _bootstrap_cov(self, X, y, sample_weight, params, n_boot, random_state) -> np.ndarray:
+    def _bootstrap_cov(self, X, y, sample_weight, n_boot, random_state) -> np.ndarray:
         x = self._x(X)
         yt = self._y_tensor(y, x.shape[0])
         w = self._weights_tensor(sample_weight, x)
@@ -326,7 +345,7 @@ class SummaryMixin:
             fit_em(m, x, yt, wb, init=None, max_iter=int(getattr(self, "max_iter", 200)),
                    tol=float(getattr(self, "tol", 1e-6)))
             _match_components(m, self.model_)
-            draws.append(reported_estimates(m)[1])
+            draws.append(reported_estimates(m, strict=False)[1])
         draws = np.asarray(draws)
         return np.cov(draws, rowvar=False)
 
@@ -348,7 +367,7 @@ class SummaryMixin:
         state = getattr(self, "inference_", None)
         if state is not None and "error" not in state:
             return _params_of(state), np.asarray(state["estimate"])
-        return reported_estimates(self.model_)
+        return reported_estimates(self.model_, strict=False)
 
     @property
     def gate_coef_(self):
@@ -361,6 +380,13 @@ class SummaryMixin:
         """The experts' coefficients (and sigma), named: a DataFrame (rows: component and output; columns: terms)."""
         check_is_fitted(self, "model_")
         return self._coef_frame("expert")
+
+
+def _reading_order(params) -> list:
+    """Rows as R prints them: the gates first (node by node), then each expert with its coefficients and its
+    noise parameters together (a stable sort keeps the terms' own order)."""
+    return sorted(range(len(params)), key=lambda i: (params[i].block != "gate", params[i].node if
+                                                     params[i].block == "gate" else (), params[i].component))
 
 
 def _is_variance(term: str) -> bool:

@@ -101,7 +101,7 @@ class _Block:
     free: torch.Tensor  # current free values
 
 
-def _gate_blocks(gate, prefix: str, node: tuple, cols) -> list:
+def _gate_blocks(gate, prefix: str, node: tuple, cols, strict: bool = True) -> list:
     if isinstance(gate, SoftmaxGate):
         coef = gate.coef.detach()
         k, p = coef.shape
@@ -118,6 +118,8 @@ def _gate_blocks(gate, prefix: str, node: tuple, cols) -> list:
         infos = [ParameterInfo("gate", node, c, None, 0, cols) for c in range(1, lg.shape[0])]
         return [_Block(prefix + "gate.logits", free.numel(), lambda f: torch.cat([f.new_zeros(1), f]),
                        lambda f: f, infos, free)]
+    if not strict:
+        return []
     raise NoLikelihoodHessianError(
         f"standard errors need a softmax or constant gate; the gate at node {node} is a {type(gate).__name__} "
         "(a neural gate has no identifiable likelihood Hessian); use se='bootstrap'")
@@ -133,7 +135,7 @@ def _leaf(node: tuple, c: int, stacked: bool) -> tuple:
     return node + (c,) if stacked else node
 
 
-def _expert_blocks(e, prefix: str, node: tuple, first: int, cols, stacked: bool) -> list:
+def _expert_blocks(e, prefix: str, node: tuple, first: int, cols, stacked: bool, strict: bool = True) -> list:
     """Blocks of one expert module holding experts ``first, first + 1, ...``."""
     blocks = []
     if isinstance(e, (LinearGaussianExpert, StudentTExpert)):
@@ -195,6 +197,8 @@ def _expert_blocks(e, prefix: str, node: tuple, first: int, cols, stacked: bool)
                  for j in range(p)]
         return [_Block(prefix + "coef", coef.numel(), lambda f, s=coef.shape: f.reshape(s), _identity,
                        infos, coef.reshape(-1))]
+    if not strict:
+        return []
     raise NoLikelihoodHessianError(
         f"standard errors need experts with a likelihood Hessian (linear-Gaussian, Student-t, logistic, softmax, "
         f"Poisson); expert {first} at node {node} is a {type(e).__name__}; use se='bootstrap'")
@@ -208,36 +212,39 @@ def _compose(cols, sub):
     return tuple(cols[i] for i in sub)
 
 
-def _blocks(model: MixtureOfExperts, prefix: str = "", node: tuple = (), cols=None, first: int = 0):
-    """Every free block of the tree, and the number of leaves below this node."""
+def _blocks(model: MixtureOfExperts, prefix: str = "", node: tuple = (), cols=None, first: int = 0,
+            strict: bool = True):
+    """Every free block of the tree, and the number of leaves below this node (``strict=False``: neural and
+    scikit-learn parts, which have no named coefficients, are left out instead of refused)."""
     if not isinstance(model, MixtureOfExperts):
         raise NoLikelihoodHessianError(
             f"standard errors are computed for mixtures of experts (MoE, HME); got a {type(model).__name__}; "
             "use se='bootstrap'")
-    blocks = _gate_blocks(model.gate, prefix, node, _compose(cols, model.gate_features))
+    blocks = _gate_blocks(model.gate, prefix, node, _compose(cols, model.gate_features), strict)
     ecols = _compose(cols, model.expert_features)
     if model.is_stacked:
-        blocks += _expert_blocks(model.experts, prefix + "experts.", node, first, ecols, True)
+        blocks += _expert_blocks(model.experts, prefix + "experts.", node, first, ecols, True, strict)
         return blocks, model.n_experts
     n_leaves = 0
     for k, e in enumerate(model.experts):
         if isinstance(e, MixtureOfExperts):
-            sub, n = _blocks(e, f"{prefix}experts.{k}.", node + (k,), ecols, first + n_leaves)
+            sub, n = _blocks(e, f"{prefix}experts.{k}.", node + (k,), ecols, first + n_leaves, strict)
             blocks += sub
             n_leaves += n
         else:
-            blocks += _expert_blocks(e, f"{prefix}experts.{k}.", node + (k,), first + n_leaves, ecols, False)
+            blocks += _expert_blocks(e, f"{prefix}experts.{k}.", node + (k,), first + n_leaves, ecols, False, strict)
             n_leaves += 1
     return blocks, n_leaves
 
 
-def reported_estimates(model: MixtureOfExperts) -> tuple:
+def reported_estimates(model: MixtureOfExperts, strict: bool = True) -> tuple:
     """The reported parameters and their values, without the information: ``(list of ParameterInfo, (P,) array)``.
 
     Gate rows against component 0, ``sigma`` and covariance entries, as :func:`observed_information`
-    reports them.
+    reports them; with ``strict=False`` neural and scikit-learn parts (no named coefficients) are left
+    out instead of refused (what a bootstrap of a partly neural model can report).
     """
-    blocks, _ = _blocks(model)
+    blocks, _ = _blocks(model, strict=strict)
     with torch.no_grad():
         est = torch.cat([b.report(b.free) for b in blocks])
     return [i for b in blocks for i in b.infos], est.cpu().numpy().astype("float64")
