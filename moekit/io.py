@@ -1053,7 +1053,8 @@ def load(path, device=None):
 
     stored_bytes = sum(t.nbytes for t in header.index.values())
     try:
-        with torch.device("cpu"), _AllocationBudget(path, name, 8 * stored_bytes + _BUILD_SLACK):
+        with torch.device("cpu"), _AllocationBudget(path, name, 8 * stored_bytes + _BUILD_SLACK,
+                                                    10_000 + 1000 * len(header.index)):
             model = entry.build(est, structure)  # on the CPU, where the stored tensors are read, then moved
     except ModelFileError:
         raise
@@ -1099,14 +1100,17 @@ class _AllocationBudget(TorchDispatchMode):
     needs a small multiple of their size. Tensor factories (``empty``, ``zeros``, ``arange``,
     ``tril_indices``, ...) are checked *before* they allocate, every operation's output is counted
     after, so parameters altered to describe a huge model (``n_experts=30000000`` in a 4 KB file)
-    stop with a :class:`ModelFileError` instead of exhausting memory.
+    stop with a :class:`ModelFileError` instead of exhausting memory. The number of operations is
+    bounded too (a few per stored tensor are needed), so that a structure describing millions of
+    tiny modules stops early instead of running for minutes.
     """
 
     _SIZE_ARGS = ("arange", "eye", "tril_indices", "triu_indices", "randperm", "linspace", "logspace")
 
-    def __init__(self, path: str, name: str, budget: int):
+    def __init__(self, path: str, name: str, budget: int, max_ops: int):
         super().__init__()
         self.path, self.name, self.budget, self.used = path, name, budget, 0
+        self.ops, self.max_ops = 0, max_ops
 
     def _refuse(self, nbytes: int):
         raise ModelFileError(
@@ -1117,6 +1121,13 @@ class _AllocationBudget(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        self.ops += 1
+        if self.ops > self.max_ops:
+            raise ModelFileError(
+                f"damaged model file '{self.path}': rebuilding the {self.name} its parameters describe takes more than "
+                f"{self.max_ops} tensor operations, far more than its stored tensors need; a structure entry "
+                "(such as the tree) was altered"
+            )
         values = list(args) + list(kwargs.values())
         factory = not any(isinstance(a, torch.Tensor) for a in values)
         for a in values:

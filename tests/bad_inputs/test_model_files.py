@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import moekit
-from moekit import MoEClassifier, MoERegressor
+from moekit import HMEClassifier, HMERegressor, MoEClassifier, MoERegressor
 from moekit.cli import main as cli_main
 from moekit.io import ModelFileError, _checksum, load, read_info
 
@@ -113,6 +113,7 @@ def models(tmp_path_factory):
         warnings.simplefilter("ignore")
         MoERegressor(n_experts=2, max_iter=10, random_state=0).fit(X, y).save(folder / "reg.moekit")
         MoEClassifier(n_experts=2, max_iter=10, random_state=0).fit(X, labels).save(folder / "clf.moekit")
+        HMERegressor(depth=2, branching=2, max_iter=5, random_state=0).fit(X, y).save(folder / "hme.moekit")
     frame = pd.DataFrame({"x": X[:, 0], "g": np.array(["a", "b", "c"])[rng.integers(0, 3, 80)]})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -121,7 +122,7 @@ def models(tmp_path_factory):
     table.to_csv(folder / "train.csv", index=False)
     assert cli_main(["fit", str(folder / "train.csv"), "--target", "y", "-o", str(folder / "cli.moekit"),
                      "--quiet", "--max-iter", "10"]) == 0
-    return {k: (folder / f"{k}.moekit").read_bytes() for k in ("reg", "clf", "cli", "frame")} | {"folder": folder}
+    return {k: (folder / f"{k}.moekit").read_bytes() for k in ("reg", "clf", "cli", "frame", "hme")} | {"folder": folder}
 
 
 def _cases():
@@ -301,6 +302,16 @@ def _cases():
     add("structure-n-experts-3e7", "reg",
         lambda b: _signed(b, lambda cfg: cfg["structure"]["__dict__"].update(n_experts=30_000_000)),
         r"needs more than \d+ bytes while its stored tensors justify at most \d+")
+    def tree(spec):
+        return lambda b: _signed(b, lambda cfg: cfg["structure"]["__dict__"].update(tree={"__dict__": spec}))
+
+    leaf = {"__dict__": {"k": 4096, "children": "stacked", "gate": "SoftmaxGate"}}
+    add("hme-tree-4096-by-4096", "hme", tree({"k": 4096, "children": [leaf] * 4096, "gate": "SoftmaxGate"}),
+        r"needs more than \d+ bytes while its stored tensors justify at most")
+    add("hme-tree-many-small-modules", "hme",
+        tree({"k": 4096, "children": [{"__dict__": {"k": 512, "children": [0] * 512, "gate": "ConstantGate"}}] * 4096,
+              "gate": "ConstantGate"}),
+        r"more than \d+ tensor operations|needs more than \d+ bytes")
     add("n-features-3e7", "reg", lambda b: _signed(b, lambda cfg: _fitted(cfg, "n_features_in_", 30_000_000)),
         r"needs more than \d+ bytes|differs from the stored one|the model needs")
     add("n-features-zero", "reg", lambda b: _signed(b, lambda cfg: _fitted(cfg, "n_features_in_", 0)),
@@ -414,9 +425,9 @@ def test_hostile_model_file(models, base, make, pattern, tmp_path):
 
 
 def test_the_base_files_load(models):
-    for base in ("reg", "clf", "cli", "frame"):
+    for base in ("reg", "clf", "cli", "frame", "hme"):
         path = models["folder"] / f"{base}.moekit"
-        assert type(load(path)).__name__ in ("MoERegressor", "MoEClassifier")
+        assert isinstance(load(path), (MoERegressor, MoEClassifier, HMERegressor, HMEClassifier))
         read_info(path)
 
 
