@@ -138,7 +138,9 @@ def solve_spd(a: torch.Tensor, b: torch.Tensor, rel_jitter: float = 1e-10) -> to
 
     Each matrix of the batch that is not numerically positive definite gets
     ``jitter * mean(diag)`` added to its diagonal, growing 100-fold until its
-    Cholesky factorisation succeeds; the others are solved exactly.
+    Cholesky factorisation succeeds; the others are solved exactly.  Matrices
+    that never factor go to least squares, unless they hold NaN or infinity:
+    then a ``ValueError`` (LAPACK would print to stdout and torch assert).
 
     Shapes
     ------
@@ -165,4 +167,11 @@ def solve_spd(a: torch.Tensor, b: torch.Tensor, rel_jitter: float = 1e-10) -> to
         jitter = torch.where(bad, step * scale, jitter)
         l, info = torch.linalg.cholesky_ex(a + jitter[..., None, None] * eye)
         step *= 100.0
+    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        # LAPACK would print its complaint to stdout and torch would fail an internal assert: say what happened
+        raise ValueError(
+            "the weighted least-squares statistics are not finite (the data's squares overflowed the dtype, "
+            "or a weight or response was not finite); check that x and y lie in the range of "
+            "moekit._validation.supported_magnitudes for the model's dtype"
+        )
     return torch.linalg.lstsq(a, b).solution

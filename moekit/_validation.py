@@ -50,8 +50,8 @@ def as_tensor(a, name: str, dtype: torch.dtype | None, device=None, ndims=(1, 2)
     if t.dtype == torch.bool:
         t = t.to(torch.float64 if dtype is None else dtype)
     keep_int = integer_ok and not t.is_floating_point()
-    if not keep_int and dtype is not None:
-        t = t.to(dtype)
+    if not keep_int and dtype is not None and dtype != t.dtype:
+        t = _convert(t, dtype, name)
     if device is not None:
         t = t.to(device)
     if t.dim() not in ndims:
@@ -65,6 +65,24 @@ def as_tensor(a, name: str, dtype: torch.dtype | None, device=None, ndims=(1, 2)
             f"{name} contains {bad} NaN or infinite value(s); drop or impute them first "
             "(e.g. sklearn.impute.SimpleImputer)"
         )
+    return t
+
+
+def _convert(t: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
+    """``t`` in ``dtype``; a clear error where finite data overflows it or a whole nonzero column underflows to 0."""
+    src = t
+    t = t.to(dtype)
+    if not (src.is_floating_point() and t.is_floating_point() and src.numel()):
+        return t
+    if bool(torch.isfinite(src).all()) and not bool(torch.isfinite(t).all()):
+        check_scale(t, name, power=1)  # finite data beyond the range of the model's dtype: say so, not "NaN or inf"
+    if torch.finfo(dtype).tiny > torch.finfo(src.dtype).tiny:  # a narrower dtype: a column may vanish
+        s2, t2 = src.reshape(src.shape[0], -1), t.reshape(t.shape[0], -1)
+        gone = (s2 != 0).any(0) & (t2 == 0).all(0)
+        if bool(gone.any()):
+            j = int(torch.nonzero(gone)[0])
+            col = f" column {j}" if src.dim() == 2 else ""
+            check_scale(s2[:, j], f"{name}{col}", power=1, dtype=dtype)
     return t
 
 
@@ -100,13 +118,146 @@ def check_sample_weight(sample_weight, n: int, dtype: torch.dtype, device=None) 
 
 
 def check_fit_inputs(x, y, sample_weight, dtype: torch.dtype, device=None):
-    """Tensors for a training function: x (n, d), y (n,) or (n, d_y), weights (n,)."""
+    """Tensors for a training function: x (n, d), y (n,) or (n, d_y), weights (n,).
+
+    x and a real-valued y are held to :func:`check_scale` (the magnitudes whose squares the model's
+    dtype represents), so that no Gram matrix or variance of a trainer overflows or underflows.
+    """
     x = as_tensor(x, "x", dtype, device, ndims=(2,))
     y = as_tensor(y, "y", dtype, device, ndims=(1, 2), integer_ok=True)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}; they must have the same length")
+    check_scale(x, "x")
+    check_scale(y, "y")
     w = check_sample_weight(sample_weight, x.shape[0], x.dtype, x.device)
     return x, y, w
+
+
+# ------------------------------------------------------------ scales, floors, constant targets
+#: Bits of headroom kept between the supported magnitudes and the limits of the dtype (sums of many
+#: squares above, variance floors below).
+SCALE_MARGIN_BITS = 12
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def supported_magnitudes(dtype: torch.dtype, power: int = 2) -> tuple[float, float]:
+    """The smallest and largest column magnitude (largest ``|value|``) a model of ``dtype`` supports.
+
+    A trainer that forms ``power``-th powers of the data (2: Gram matrices and variances) needs them
+    finite and normal: the range is the ``power``-th root of the dtype's normal range, less
+    :data:`SCALE_MARGIN_BITS` bits at either end.  Powers of two, so that data rescaled by one stays
+    exact.
+
+    Examples
+    --------
+    >>> lo, hi = supported_magnitudes(torch.float64)
+    >>> f"{lo:.2g} {hi:.2g}"
+    '1.2e-150 3.3e+150'
+    >>> lo, hi = supported_magnitudes(torch.float32, power=1)
+    >>> f"{lo:.2g} {hi:.2g}"
+    '9.6e-35 8.3e+34'
+    """
+    fi = torch.finfo(dtype)
+    max_exp = math.frexp(fi.max)[1]  # 1024 for float64, 128 for float32
+    min_exp = math.frexp(fi.tiny)[1]  # -1021 for float64, -125 for float32
+    hi = math.ldexp(1.0, max_exp // power - SCALE_MARGIN_BITS)
+    lo = math.ldexp(1.0, -((-min_exp) // power) + SCALE_MARGIN_BITS)
+    return lo, hi
+
+
+def check_scale(t: torch.Tensor, name: str, power: int = 2, dtype: torch.dtype | None = None, columns=None) -> None:
+    """Raise a clear ``ValueError`` unless every column of ``t`` has a magnitude the model supports.
+
+    The one scale rule of every trainer and estimator: a column's magnitude (its largest ``|value|``)
+    must lie in :func:`supported_magnitudes` of the model's dtype (``t``'s own unless ``dtype`` is
+    given), or the column must be all zeros.  Outside it, squares overflow (a crash inside the
+    linear algebra) or underflow (the column is silently ignored).  A tensor that holds infinities
+    after conversion to the model's dtype (finite float64 data beyond float32's range) gets the same
+    error.  Integer tensors (class labels, counts) are not checked.
+
+    ``columns``: the columns' names (a DataFrame's), used in the message when there is one per column.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name`` (and the column), the magnitude found, the supported range and the fix.
+    """
+    if not t.is_floating_point() or t.numel() == 0:
+        return
+    dtype = t.dtype if dtype is None else dtype
+    lo, hi = supported_magnitudes(dtype, power)
+    what = "squares" if power == 2 else "values"  # finite and normal: neither overflowing nor underflowing
+    t2 = t.detach().reshape(t.shape[0], -1)
+    rng = f"column magnitudes (largest |value|) from {lo:.3g} to {hi:.3g} or all zeros, so that their {what} stay finite and normal"
+    check_representable(t2, name, supported=f"; a {_dtype_name(dtype)} model supports {rng}")
+    m = t2.abs().amax(0).double().cpu()
+    bad = (m > hi) | ((m < lo) & (m > 0))
+    if bool(bad.any()):
+        j = int(torch.nonzero(bad)[0])
+        col = f" column {j}" if t.dim() == 2 else ""
+        if col and columns is not None and len(columns) == t.shape[1]:
+            col += f" ({columns[j]!r})"
+        mj = float(m[j])
+        factor = 10.0 ** -round(math.log10(mj))
+        raise ValueError(
+            f"{name}{col} has magnitude {mj:.3g}, outside the range a {_dtype_name(dtype)} model supports: {rng} "
+            f"in {_dtype_name(dtype)}; rescale it (e.g. multiply {name}{col} by {factor:.0e}) and convert the "
+            "results back"
+        )
+
+
+def check_representable(t: torch.Tensor, name: str, supported: str = "") -> None:
+    """Raise a clear ``ValueError`` where ``t`` (finite data converted to the model's dtype) holds infinities.
+
+    Finite float64 data beyond float32's range becomes infinite in a float32 model, and its
+    predictions NaN: say so (``supported``: the range, where known) instead of returning them.
+    """
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(
+            f"{name} has values beyond the range of {_dtype_name(t.dtype)} (magnitudes above "
+            f"{torch.finfo(t.dtype).max:.3g} become infinite in the model's dtype){supported}; rescale {name} "
+            "(e.g. divide it by a power of ten) or use dtype='float64'"
+        )
+
+
+def check_not_constant(y: np.ndarray, w: np.ndarray, name: str = "y") -> None:
+    """Raise a clear ``ValueError`` if a column of a real-valued target is constant on the rows with positive weight.
+
+    Constant up to rounding: its range is at most 16 units in the last place of its magnitude.  A
+    continuous density fitted to a constant has an unbounded likelihood (the variance goes to its
+    floor), so the fit, its log-likelihood and any selection by BIC would only reflect the floor.
+    """
+    y2 = np.asarray(y, dtype=np.float64).reshape(len(y), -1)[np.asarray(w) > 0]
+    if y2.shape[0] == 0:
+        return
+    spread = y2.max(0) - y2.min(0)
+    size = np.abs(y2).max(0)
+    const = spread <= 16 * np.finfo(np.float64).eps * size
+    if const.any():
+        j = int(np.flatnonzero(const)[0])
+        col = f" column {j}" if np.ndim(y) == 2 else ""
+        v = float(y2[0, j])
+        how = "" if spread[j] == 0 else " up to rounding"
+        n = y2.shape[0]
+        raise ValueError(
+            f"{name}{col} is constant (the {n} sample(s) with positive weight all have {name}{col} = {v:.6g}{how}); a density "
+            "fitted to a constant target has no finite maximum likelihood, so its fit, log-likelihood and BIC would "
+            f"only reflect the variance floor; drop the constant target{col} or predict it directly"
+        )
+
+
+def variance_floor(relative: float, variance: float, dtype: torch.dtype) -> float:
+    """An absolute variance floor: ``relative * variance``, never below the smallest normal number of ``dtype``.
+
+    The absolute minimum (about 2.2e-308 for float64, 1.2e-38 for float32) keeps the floor, its
+    square root and its logarithm finite and positive for any data scale (below it the product would
+    underflow to zero); for data in :func:`supported_magnitudes` and the default relative floor the
+    product is above it and is returned unchanged.
+    """
+    return max(float(relative) * float(variance), torch.finfo(dtype).tiny)
 
 
 def check_int(value, name: str, minimum: int, allow_none: bool = False) -> None:

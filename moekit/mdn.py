@@ -364,7 +364,8 @@ class MixtureDensityNetwork(nn.Module):
     def fit_standardization(self, x: torch.Tensor, y: torch.Tensor, sample_weight: torch.Tensor | None = None) -> None:
         """Set the standardisation buffers from data (weighted mean and standard deviation).
 
-        A constant column gets scale 1.  x is left alone (identity) when the
+        A constant column (its spread within rounding of its magnitude, whatever that magnitude)
+        gets scale 1.  x is left alone (identity) when the
         network was built with a custom trunk and ``n_features=None``.
 
         Shapes
@@ -374,13 +375,17 @@ class MixtureDensityNetwork(nn.Module):
         w = torch.ones(y.shape[0], dtype=torch.float64, device=y.device) if sample_weight is None else sample_weight.double()
         w = w / w.sum()
 
+        fi = torch.finfo(self.dtype)
+
         def loc_scale(t):
             t = t.double().reshape(t.shape[0], -1)
             m = (w[:, None] * t).sum(0)
             v = (w[:, None] * (t - m) ** 2).sum(0)
             s = v.sqrt()
-            tiny = 1e-12 * torch.clamp(m.abs(), min=1.0)
-            s = torch.where(s > tiny, s, torch.ones_like(s))
+            # constant up to rounding, relative to the column's own magnitude (any scale works), or a
+            # spread too small for the network's dtype to divide by
+            rounding = 16 * torch.finfo(torch.float64).eps * (t * (w[:, None] > 0)).abs().amax(0)
+            s = torch.where((s > rounding) & (s >= fi.tiny / fi.eps), s, torch.ones_like(s))
             return m, s
 
         if self.standardizes_x:
@@ -557,7 +562,10 @@ class MixtureDensityNetwork(nn.Module):
 
     def joint_log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log pi_k(x) + log p_k(y | x) in the user's units: (n, K)."""
-        return self.standardized_joint_log_prob(x, self.standardize_y(y)) - self.log_jacobian()
+        j = self.standardized_joint_log_prob(x, self.standardize_y(y)) - self.log_jacobian()
+        if bool(torch.isnan(j).any()):  # -inf is a density that underflowed; NaN is an input the network cannot take
+            self.check_outputs(x, j.nan_to_num(nan=math.nan, posinf=0.0, neginf=0.0))
+        return j
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p(y | x) in the user's units: (n,)."""
@@ -565,7 +573,9 @@ class MixtureDensityNetwork(nn.Module):
 
     def log_gate(self, x: torch.Tensor) -> torch.Tensor:
         """Log mixing weights (n, K)."""
-        return self.standardized_parameters(x)[0]
+        log_w = self.standardized_parameters(x)[0]
+        self.check_outputs(x, log_w)
+        return log_w
 
     def log_responsibilities(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log P(component k | x, y): (n, K); each row's logsumexp is 0."""
@@ -583,9 +593,31 @@ class MixtureDensityNetwork(nn.Module):
             tot += (w[i : i + batch_size, None] * r).sum(0).double()
         return tot / w.double().sum()
 
+    def check_outputs(self, x: torch.Tensor, *outputs: torch.Tensor) -> None:
+        """Raise a clear ``ValueError`` naming X where the network's outputs for ``x`` are not finite.
+
+        Finite float64 inputs beyond the range of a float32 network become infinite when converted
+        (and inputs far outside the training data can overflow inside it): a prediction would be
+        NaN.  Checked on the outputs, so one reduction per call and none in the training loop.
+        """
+        if all(bool(torch.isfinite(o).all()) for o in outputs):
+            return
+        fi = torch.finfo(self.dtype)
+        if not bool(torch.isfinite(x).all()):
+            what = f"values beyond the range of the network's dtype {str(self.dtype).replace('torch.', '')} (magnitudes up to {fi.max:.3g})"
+        else:
+            what = "values so far outside the training data that the network's outputs overflow"
+        bad = (~torch.isfinite(torch.cat([o.reshape(o.shape[0], -1) for o in outputs], 1))).any(1)
+        rows = torch.nonzero(bad).flatten()[:5].tolist()
+        raise ValueError(
+            f"X has {what} (rows {rows}...): the predictions would be NaN; pass inputs within the range "
+            "of the training data (within the network's dtype), or refit with dtype='float64'"
+        )
+
     def forward(self, x: torch.Tensor) -> MixtureDistribution:
         """The predictive mixture p(y | x) in the user's units (batch shape (n,))."""
         log_w, mu, sd, tril = self.standardized_parameters(x)
+        self.check_outputs(x, log_w, mu, sd)
         loc = self.y_loc + self.y_scale * mu  # (n, K, d)
         if self.n_outputs is None:
             comps = Normal(loc[..., 0], self.y_scale[0] * sd[..., 0], validate_args=False)

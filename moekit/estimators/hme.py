@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from .._validation import OneOf, Real, torch_dtype
+from .._validation import OneOf, Real, check_scale, torch_dtype
 from ..gates import ConstantGate
 from ..mixture import MixtureOfExperts
 from ..training.grow import grow_tree
@@ -49,6 +49,28 @@ class _HMEMixin:
         else:
             as_branching(self.depth, self.branching)
 
+    def _fit_targets(self, y, w):
+        self._n_positive_rows = int((np.asarray(w) > 0).sum())  # for the size check before building
+        return super()._fit_targets(y, w)
+
+    def _check_leaves(self, levels, n_features: int) -> None:
+        """Refuse, before anything is built, a tree with more leaves than the data can support.
+
+        Every leaf needs a row of its own, and (unpenalised) every leaf has at least one free
+        parameter and the gates at least one per leaf but one: ``2 L - 1`` parameters at least.
+        The exact count is checked after building (``_check_size``); this bound only keeps a
+        hopeless tree (depth 18 or 30) from being built at all.
+        """
+        n_eff = getattr(self, "_n_positive_rows", None)
+        if n_eff is None:
+            return
+        leaves = int(np.prod(levels, dtype=object))
+        at_least = leaves if self.alpha > 0 else 2 * leaves - 1
+        if at_least > n_eff:
+            raise ValueError(
+                self._too_large_text(f"{leaves} leaves ({len(levels)} level(s) of gates)", n_features, f"at least {at_least}", n_eff)
+            )
+
     # ------------------------------------------------------------ building
     def _factories(self, de: int, y_info, dtype, gen):
         def leaves(k):
@@ -71,6 +93,7 @@ class _HMEMixin:
             depth, branching = self.depth, self.branching
         else:
             depth, branching = self.depth, tuple(self.branching)
+        self._check_leaves(as_branching(depth, branching), n_features)
         pt = None if self.prune_threshold is None else float(self.prune_threshold)
         return build_tree(
             n_features, depth, branching, leaf=leaves, gate=gate, dtype=dtype, gate_features=gcols,
@@ -79,15 +102,20 @@ class _HMEMixin:
 
     # ------------------------------------------------------------- fitting
     def _too_large(self, model, n_eff, n_par, n_features):
+        shape = f"{n_leaves(model)} leaves ({tree_depth(model)} level(s) of gates)"
+        return self._too_large_text(shape, n_features, str(n_par), n_eff)
+
+    def _too_large_text(self, shape: str, n_features: int, n_par: str, n_eff: int) -> str:
+        ridge = "" if self.alpha > 0 else ", or a ridge penalty alpha > 0"
         return (
-            f"the tree is larger than the data supports: {n_leaves(model)} leaves ({tree_depth(model)} level(s) of "
-            f"gates) on {n_features} feature(s) have {n_par} free parameters, but got {n_eff} sample(s) with "
-            "positive weight; use a smaller depth or branching, grow=True (the tree then grows only as far as "
-            "held-out likelihood rises), fewer features (gate_features / expert_features), more data, or a ridge "
-            "penalty alpha > 0"
+            f"the tree is larger than the data supports: {shape} on {n_features} feature(s) have {n_par} free "
+            f"parameters, but got {n_eff} sample(s) with positive weight; use a smaller depth or branching, "
+            "grow=True (the tree then grows only as far as held-out likelihood rises), fewer features "
+            f"(gate_features / expert_features), more data{ridge}"
         )
 
     def _train(self, model, x, y, w, seed, rng, generator):
+        check_scale(x, "X", columns=getattr(self, "feature_names_in_", None))  # named as the user knows it
         self._check_size(model, w, x.shape[1])
         self.grow_result_ = None
         if self.grow:

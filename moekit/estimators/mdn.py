@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from sklearn.base import RegressorMixin
 
-from .._validation import OneOf, Real, torch_dtype
+from .._validation import OneOf, Real, check_not_constant, check_representable, check_scale, torch_dtype
 from ..mdn import ACTIVATIONS, MixtureDensityNetwork
 from ..training.mdn import fit_mdn
 from .base import ConditionalMixtureEstimator, RegressorTargets, storable
@@ -68,7 +68,10 @@ class MDNRegressor(RegressorTargets, RegressorMixin, ConditionalMixtureEstimator
         :func:`~moekit.training.mdn.fit_mdn`).
     scale_floor : float, default=1e-3
         Floor of every component standard deviation, relative to the standard
-        deviation of each target column.
+        deviation of each target column.  A constant target column is refused
+        with a ``ValueError`` (its likelihood would only reflect this floor);
+        a constant input column (constant up to rounding, at any scale) is
+        left unscaled.
     reseed_dead : bool, default=False
         Move dead components (explaining less than 0.1 % of the data) onto
         poorly explained rows during training.  Without it, dead components are
@@ -179,7 +182,18 @@ class MDNRegressor(RegressorTargets, RegressorMixin, ConditionalMixtureEstimator
             float(self.scale_floor), dtype=dtype, device=self.device, generator=generator,
         )
 
+    def _x(self, X) -> torch.Tensor:
+        x = super()._x(X)
+        check_representable(x, "X")  # finite X beyond float32's range: an error, not NaN predictions
+        return x
+
+    def _fit_targets(self, y, w):
+        check_scale(torch.as_tensor(y, dtype=torch.float64), "y", power=1, dtype=torch_dtype(self.dtype))
+        check_not_constant(y, w, "y")
+        return super()._fit_targets(y, w)
+
     def _train(self, model, x, y, w, seed, rng, generator):
+        check_scale(x, "X", power=1, columns=getattr(self, "feature_names_in_", None))  # named as the user knows it
         return fit_mdn(
             model, x, y, w, max_epochs=int(self.max_epochs), batch_size=int(self.batch_size),
             learning_rate=float(self.learning_rate), weight_decay=float(self.weight_decay),

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.base import ClassifierMixin, RegressorMixin, clone, is_classifier, is_regressor
 
-from .._validation import OneOf, torch_dtype
+from .._validation import OneOf, check_not_constant, check_representable, check_scale, torch_dtype, variance_floor
 from ..experts import (
     LinearGaussianExpert,
     LogisticExpert,
@@ -134,6 +134,7 @@ class _MoEBase(ConditionalMixtureEstimator):
         )
 
     def _train(self, model, x, y, w, seed, rng, generator):
+        check_scale(x, "X", columns=getattr(self, "feature_names_in_", None))  # named as the user knows it
         self._check_size(model, w, x.shape[1])
         if self.fit_method == "em":
             return fit_em(
@@ -181,6 +182,11 @@ class _MoEBase(ConditionalMixtureEstimator):
         gen = torch.Generator().manual_seed(0)  # initial values are overwritten by the stored tensors
         dtype = torch_dtype(self.dtype)
         return self._build_flat(int(self.n_features_in_), int(structure["n_experts"]), structure["y_info"], dtype, gen)
+
+    def _x(self, X) -> torch.Tensor:
+        x = super()._x(X)
+        check_representable(x, "X")  # finite X beyond a float32 model's range: an error, not NaN predictions
+        return x
 
     # ---------------------------------------------------------- gate views
     def predict_gate(self, X) -> np.ndarray:
@@ -247,8 +253,11 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
         Columns used by the gate and by the experts (names need a DataFrame).
     var_floor : float, default=1e-6
         Lower bound on noise variances, relative to the variance of y (the
-        absolute floor is ``var_floor * var(y)``), so that no expert can
-        collapse onto a few points.
+        absolute floor is ``var_floor * var(y)``, and at least the smallest
+        normal number of the dtype), so that no expert can collapse onto a
+        few points.  A constant y (on the rows with positive weight) is
+        refused with a ``ValueError``: its likelihood would only reflect this
+        floor.
     hidden_layer_sizes : tuple of int, default=(32,)
         For "mlp" gates and experts.
     learning_rate : float, optional
@@ -289,6 +298,16 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
     X (n, d_x); y (n,) or (n, d_y); ``predict`` returns (n,) or (n, d_y);
     ``predict_gate`` and ``responsibilities`` (n, K); ``predict_quantiles``
     (n, len(q)); ``score_samples`` (n,).
+
+    Notes
+    -----
+    Scales: every column of X and y must have a magnitude (largest
+    ``|value|``) between about 1.2e-150 and 3.3e150 for float64 (8.9e-16 and
+    4.5e15 for float32), or be all zeros, so that the squares that EM forms
+    stay finite and normal (:func:`moekit._validation.supported_magnitudes`);
+    outside it ``fit`` raises a ``ValueError`` that names the column and the
+    range, instead of crashing inside the linear algebra or silently
+    ignoring the column.
 
     Examples
     --------
@@ -354,10 +373,14 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
     def _fit_targets(self, y, w):
         if self.expert == "poisson" and (np.any(y < 0) or np.any(y != np.round(y))):
             raise ValueError("y must hold non-negative integer counts for expert='poisson'")
+        dtype = torch_dtype(self.dtype)
+        check_scale(torch.as_tensor(y, dtype=torch.float64), "y", dtype=dtype)
+        if self.expert != "poisson":  # counts may all be equal (a rate); a continuous density of a constant may not
+            check_not_constant(y, w, "y")
         # relative to the *weighted* variance of y, so that integer weights and repeated rows give
-        # the same floor (and the same fit)
+        # the same floor (and the same fit); never below the dtype's absolute floor
         var_y = weighted_variance(y, w)
-        self._var_floor_abs = float(self.var_floor) * (var_y if var_y > 0 else 1.0)
+        self._var_floor_abs = variance_floor(self.var_floor, var_y if var_y > 0 else 1.0, dtype)
         return super()._fit_targets(y, w)
 
     def _build_named_experts(self, d, k, d_y, dtype, gen):

@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .._validation import as_tensor, check_int, check_real, check_sample_weight, model_device
+from .._validation import as_tensor, check_int, check_real, check_sample_weight, check_scale, model_device
 from ..mdn import MixtureDensityNetwork
 from .result import FitResult
 from .stopping import EarlyStopping
@@ -305,6 +305,8 @@ def fit_mdn(
     if model.n_features is not None and x.shape[1] != model.n_features:
         raise ValueError(f"x has {x.shape[1]} columns but the network was built with n_features={model.n_features}")
     model.check_y(y)
+    check_scale(x, "x", power=1)  # standardised inside (in float64), so only the values themselves must fit the dtype
+    check_scale(y, "y", power=1)
     w = check_sample_weight(sample_weight, x.shape[0], dtype, device)
     pos = w > 0
     if not bool(pos.all()):

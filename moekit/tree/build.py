@@ -52,6 +52,10 @@ __all__ = [
 _LEAF_NAMES = ("linear", "poisson", "student_t", "logistic", "softmax")
 
 
+#: The deepest balanced tree built from an int depth (2**64 leaves at 2 children per node).
+MAX_DEPTH = 64
+
+
 def as_branching(depth, branching) -> list[int]:
     """The children per level, from a depth and an int branching or from a per-level sequence; checked."""
     if isinstance(branching, numbers.Integral) and not isinstance(branching, bool):
@@ -62,6 +66,11 @@ def as_branching(depth, branching) -> list[int]:
             )
         if not (isinstance(depth, numbers.Integral) and not isinstance(depth, bool) and depth >= 1):
             raise ValueError(f"depth must be a positive int, got {depth!r}")
+        if depth > MAX_DEPTH:
+            raise ValueError(
+                f"depth must be at most {MAX_DEPTH}, got {depth!r}: a deeper tree of 2 or more children per "
+                "node has more leaves than any data set has rows; use a smaller depth, or grow=True"
+            )
         levels = [int(branching)] * int(depth)
     else:
         try:
