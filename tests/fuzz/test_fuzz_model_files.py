@@ -275,3 +275,39 @@ def test_mutated_tensor_values_load_or_raise_model_file_error(blobs, tmp_path):
 
     prop()
     assert _peak_kib() - before < _MAX_GROWTH_KIB
+
+
+def test_mutated_command_line_metadata_never_an_internal_error(blobs, tmp_path, capsys):
+    """'moekit predict' and 'moekit info' on a file whose command-line metadata was changed at random (re-signed):
+    the prediction (exit 0) or a one-line error (exit 1; 2 when the metadata is gone and the command needs
+    --features), never an internal error (exit 3)."""
+    from moekit.cli import main as cli_main
+
+    table = tmp_path / "new.csv"
+    pd.DataFrame({"a": [0.1, -0.3, 1.2], "b": [1.0, 0.0, -2.0]}).to_csv(table, index=False)
+    before = _peak_kib()
+
+    @given(data=st.data(), action=st.sampled_from(["replace", "delete", "wrap", "add"]), value=_JSON,
+           command=st.sampled_from(["predict", "info"]))
+    def prop(data, action, value, command):
+        blob = blobs["cli"]
+        _, header, _ = _parts(blob)
+        cfg = json.loads(header["__metadata__"]["config"])
+        paths = [p for p in _paths(cfg) if p[:1] == ("metadata",) and len(p) > 1]
+        cfg = _mutate(cfg, data.draw(st.sampled_from(paths), label="path"), action, value)
+        file = tmp_path / "m.moekit"
+        file.write_bytes(_resign(blob, json.dumps(cfg)))
+        out = tmp_path / "p.csv"
+        if out.exists():
+            out.unlink()
+        argv = ["predict", str(file), str(table), "-o", str(out), "--quiet"] if command == "predict" else ["info", str(file)]
+        code = cli_main(argv)
+        err = capsys.readouterr().err
+        assert code in (0, 1, 2), err
+        if code:
+            assert err.startswith("moekit: error:") and err.count("\n") == 1, err
+        elif command == "predict":
+            assert np.isfinite(pd.read_csv(out).select_dtypes("number").to_numpy()).all()
+
+    prop()
+    assert _peak_kib() - before < _MAX_GROWTH_KIB
