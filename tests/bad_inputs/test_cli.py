@@ -9,10 +9,10 @@ The cases of issue 16 are here: ``--select-k`` ranges far beyond the data (adver
 named like an output and ``-o`` over an input (adversary 9), ``--level 2`` (adversary 11), an HME deeper than the
 data supports (adversary 7), a constant target under ``--select-k`` (adversary 5), an ID-like text column used
 as an input (newcomer), the options that do not fit a model.  The older cases stay where they were written and
-count too: ``tests/cli/test_cli.py::test_usage_and_data_errors`` (21 cases: no command, unknown choices, a
+count too: ``tests/cli/test_commands.py::test_usage_and_data_errors`` (21 cases: no command, unknown choices, a
 missing --target, --select-k syntax, K and --select-k together, a device this machine lacks, options of another
 model, a missing column or folder, text in a numeric target, output formats) and
-``tests/cli/test_cli.py::test_bad_inputs_give_one_line_and_the_right_exit_code`` (6 cases, in subprocesses:
+``tests/cli/test_commands.py::test_bad_inputs_give_one_line_and_the_right_exit_code`` (6 cases, in subprocesses:
 a missing or empty data file, a missing target column, a non-numeric cell, a data file given as a model file,
 an unknown --what), ``test_missing_values_and_header_only`` (2), ``test_unknown_category_at_prediction`` and
 ``test_model_saved_from_python_needs_feature_names``.  Text printed by numerical libraries on stdout (adversary 1)
