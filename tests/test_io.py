@@ -198,6 +198,15 @@ def test_expert_instance_cannot_be_saved(tmp_path):
         est.save(tmp_path / "m.moekit")
 
 
+def test_a_model_with_nan_cannot_be_saved(fitted, tmp_path):
+    est = __import__("copy").deepcopy(fitted["linear-scalar"][0])
+    with torch.no_grad():
+        next(est.model_.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(ModelFileError, match="tensor '.*' holds NaN or infinite values .*fit it again"):
+        est.save(tmp_path / "m.moekit")
+    assert not os.path.exists(tmp_path / "m.moekit")
+
+
 def test_other_objects_are_refused(tmp_path):
     with pytest.raises(ModelFileError, match="cannot save a LinearRegression"):
         save(LinearRegression().fit(X, Y1), tmp_path / "m.moekit")

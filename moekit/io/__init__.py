@@ -473,6 +473,13 @@ def _check_storable_model(model: nn.Module, what: str) -> None:
                     f"cannot save {what}: {name} holds the tensor attribute '{k}' that is neither a "
                     "parameter nor a buffer, so it is not part of its state_dict"
                 )
+    for k, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelFileError(
+                f"cannot save {what}: its model's tensor '{k}' holds NaN or infinite values (the fit diverged), "
+                "and loading refuses such files; fit it again (e.g. with other starting values or a smaller "
+                "learning rate)"
+            )
 
 
 def _check_params(params: dict, what: str) -> dict:
