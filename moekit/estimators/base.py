@@ -22,7 +22,7 @@ import torch
 from scipy.special import xlogy
 from sklearn.base import BaseEstimator, clone, is_classifier
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .._validation import check_params, check_sample_weight, torch_dtype
@@ -34,6 +34,8 @@ from .encoding import encode_frame, fit_frame_encoding, is_dataframe, needs_enco
 __all__ = [
     "ConditionalMixtureEstimator",
     "ConditionalMixtureMixin",
+    "check_X",
+    "check_y",
     "guard_public_methods",
     "numeric_target",
     "requires_fit",
@@ -118,6 +120,61 @@ def numeric_target(y, name: str = "y") -> None:
         )
 
 
+def _shape(a) -> tuple | None:
+    """The shape of an array-like (None where it has none, e.g. a ragged list)."""
+    shape = getattr(a, "shape", None)
+    if shape is None:
+        try:
+            shape = np.asarray(a).shape  # (not np.shape: array-likes may refuse numpy's array functions)
+        except ValueError:
+            return None
+    return tuple(int(d) for d in shape)
+
+
+def check_X(X) -> None:
+    """ValueError naming X for what scikit-learn's checks report without naming it: None, not 2-D, no rows, text, complex."""
+    if X is None:
+        raise ValueError("X is None; pass an array of shape (n_samples, n_features)")
+    shape = _shape(X)
+    if shape is None:
+        raise ValueError("X is ragged (its rows have different lengths); pass a rectangular array (n_samples, n_features)")
+    if len(shape) != 2:
+        fix = ("Reshape your data: X.reshape(-1, 1) for a single feature, X.reshape(1, -1) for a single row"
+               if len(shape) == 1 else "pass a 2-D array (n_samples, n_features)")
+        raise ValueError(f"X must be 2-D (n_samples, n_features), got a {len(shape)}-D array of shape {shape}; {fix}")
+    if shape[0] == 0:
+        raise ValueError(f"X has no rows (shape {shape}); pass at least one row")
+    if is_dataframe(X) or hasattr(X, "tocsr"):
+        return  # DataFrames are encoded; sparse matrices are numbers
+    arr = np.asarray(X)
+    if arr.dtype.kind in "US" or (arr.dtype.kind == "O" and any(isinstance(v, (str, bytes)) for v in arr.ravel())):
+        ex = next(v for v in arr.ravel() if isinstance(v, (str, bytes)))
+        raise ValueError(
+            f"X holds text (dtype {arr.dtype}, e.g. {str(ex)[:40]!r}); pass numbers, or a pandas DataFrame with "
+            "named columns, whose text columns are then one-hot encoded"
+        )
+    if arr.dtype.kind == "c":
+        raise ValueError("X holds complex numbers (Complex data not supported); pass real numbers (e.g. the real and "
+                         "imaginary parts as two columns)")
+
+
+def check_y(y, X, ndims: tuple) -> None:
+    """ValueError naming y: a number of dimensions not in ``ndims``, a number of rows other than X's, ragged rows."""
+    x_shape = _shape(X)
+    n_rows = x_shape[0] if x_shape else None
+    if y is None:
+        return  # scikit-learn's message: "... requires y to be passed, but the target y is None"
+    shape = _shape(y)
+    if shape is None:
+        raise ValueError("y is ragged (its rows have different lengths); pass a rectangular array")
+    if len(shape) not in ndims:
+        want = " or ".join({1: "1-D (n,)", 2: "2-D (n, d_y)"}[d] for d in ndims)
+        raise ValueError(f"y must be {want}, got a {len(shape)}-D array of shape {shape}")
+    if n_rows is not None and shape[0] != n_rows:
+        raise ValueError(f"y has {shape[0]} rows but X has {n_rows} (inconsistent numbers of samples); pass one "
+                         "target per row of X")
+
+
 @guard_public_methods
 class ConditionalMixtureMixin:
     """Prediction API shared by every conditional-mixture estimator (MoE, HME, MDN).
@@ -147,6 +204,7 @@ class ConditionalMixtureMixin:
                     f"X has text or category columns {text}, but this model was fitted on numbers only; pass the "
                     "columns it was fitted on, or refit it on a DataFrame with those columns (they are then one-hot encoded)"
                 )
+            check_X(X)
             X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         return torch.as_tensor(np.array(X, dtype=np.float64), dtype=torch_dtype(self.dtype), device=self.device)
 
@@ -381,13 +439,21 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
     def _start(self, X, y, sample_weight):
         """What ``fit`` trains: the checks, X and y validated (and encoded), the unfitted model built and seeded."""
         self._check_params()
+        check_X(X)
         encoding = fit_frame_encoding(X) if needs_encoding(X) else None
         if encoding is not None:
             X = encode_frame(X, encoding)
         if is_classifier(self):
+            check_y(y, X, (1, 2))
             X, y = validate_data(self, X, y, dtype=np.float64)
+            if type_of_target(y) == "continuous":
+                raise ValueError(
+                    f"y holds continuous numbers (e.g. {float(y[0]):.6g}), not class labels; a classifier needs labels: "
+                    "use a regressor (MoERegressor, HMERegressor, MDNRegressor) for numbers, or bin y into classes"
+                )
             check_classification_targets(y)
         else:
+            check_y(y, X, (1, 2))
             numeric_target(y)
             X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
         if encoding is not None:  # the model's inputs are the encoded columns; feature_encoding_ maps X to them
@@ -479,6 +545,7 @@ class RegressorTargets:
         held-out log-likelihood with ``scoring=moekit.selection.log_likelihood_scorer``, or by
         ``bic`` / ``aic`` / ``icl`` (``moekit.selection.select_n_experts``).
         """
+        check_y(y, X, (1, 2))
         numeric_target(y)
         return super().score(X, y, sample_weight=sample_weight)
 
@@ -507,6 +574,7 @@ class ClassifierTargets:
         To choose the number of experts use the held-out log-likelihood
         (``scoring=moekit.selection.log_likelihood_scorer``) or ``bic`` / ``aic`` / ``icl``.
         """
+        check_y(y, X, (1,))
         return super().score(X, y, sample_weight=sample_weight)
 
     def _fit_targets(self, y, w):
