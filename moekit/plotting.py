@@ -9,7 +9,9 @@ so plots compose::
     plot_gate(est, X, ax=axes[1])
 
 For inputs with several columns, the curves are *slices*: ``feature`` varies
-over its range while every other column is held at its median in ``X``.
+over its range while every other column is held at its median in ``X``; the
+plot's title says so, with the held values (:func:`describe_slice` gives the
+same text for a caption).
 For vector targets, densities are the *marginal* density of column ``target``
 of y (exact for Gaussian and Student-t components).
 
@@ -17,7 +19,8 @@ Functions
 ---------
 plot_data, plot_conditional_density, plot_gate, plot_experts,
 plot_hme_tree, plot_convergence, plot_robot_arm; tree_summary (the nodes
-that plot_hme_tree draws, as data).
+that plot_hme_tree draws, as data); describe_slice (which input a plot
+varies and where the others are held, as text).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "plot_convergence",
     "plot_robot_arm",
     "tree_summary",
+    "describe_slice",
 ]
 
 
@@ -127,6 +131,73 @@ def _slice(est, X, feature: int, n_grid: int, x_range):
     Xg = np.tile(base, (len(grid), 1))
     Xg[:, feature] = grid
     return grid, Xg
+
+
+def _fmt(v: float) -> str:
+    return f"{float(v):.4g}"
+
+
+def describe_slice(X, feature: int = 0, *, feature_names=None, max_shown: int | None = None) -> str:
+    """Which input column a slice plot varies, and the values at which it holds the others.
+
+    The plots of this module draw a model along one input column (``feature``)
+    with every other column held at its median in ``X``; this is the sentence
+    that says so (their axes' titles, and the report's captions).
+
+    Parameters
+    ----------
+    X : array (n, d_x)
+        The data whose medians hold the other columns.
+    feature : int
+        The varied column.
+    feature_names : list of str, optional
+        Names of the d_x columns (default ``x[0]``, ``x[1]``, ...).
+    max_shown : int, optional
+        Name at most this many held columns; the rest are counted.  Default: all.
+
+    Returns
+    -------
+    str
+        ``""`` for one input column, else for example
+        ``"x1 varied; held at the median: x2 = 0.5"``.
+
+    Shapes
+    ------
+    X (n, d_x); one median per column.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[0.0, 1.0, 10.0], [1.0, 2.0, 20.0], [2.0, 4.0, 30.0]])
+    >>> describe_slice(X, 0, feature_names=["a", "b", "c"])
+    'a varied; held at their medians: b = 2, c = 20'
+    >>> describe_slice(X, 2, max_shown=1)
+    'x[2] varied; held at their medians: x[0] = 1 (+1 more)'
+    >>> describe_slice(X[:, :1], 0)
+    ''
+    """
+    Xa = _as_2d(X, "X")
+    d = Xa.shape[1]
+    f = _check_index(feature, d, "feature", "input columns")
+    if d == 1:
+        return ""
+    if max_shown is not None and not (isinstance(max_shown, numbers.Integral) and max_shown >= 1):
+        raise ValueError(f"max_shown must be a positive integer or None, got {max_shown!r}")
+    med = np.median(Xa, axis=0)
+    others = [i for i in range(d) if i != f]
+    shown = others if max_shown is None else others[: int(max_shown)]
+    held = ", ".join(f"{_label(feature_names, i, f'x[{i}]')} = {_fmt(med[i])}" for i in shown)
+    more = f" (+{len(others) - len(shown)} more)" if len(shown) < len(others) else ""
+    where = "the median" if len(others) == 1 else "their medians"
+    return f"{_label(feature_names, f, f'x[{f}]')} varied; held at {where}: {held}{more}"
+
+
+def _title_slice(ax, X, feature: int, feature_names) -> None:
+    """Say on the axes which input is varied and where the others are held (several input columns only)."""
+    if X is not None:
+        text = describe_slice(X, feature, feature_names=feature_names, max_shown=2)
+        if text:
+            ax.set_title(text, fontsize="small")
 
 
 def _predict_dist(est, Xg) -> MixtureDistribution:
@@ -387,6 +458,7 @@ def plot_conditional_density(
             ax.scatter(grid[xi], yi, s=1 + 14 * np.asarray(wi), color="white", edgecolors="none", label="modes")
     ax.set_xlim(grid[0], grid[-1])
     ax.set_ylim(y_grid[0] - step_y, y_grid[-1] + step_y)
+    _title_slice(ax, X, f, feature_names)
     ax.set_xlabel(_label(feature_names, f, f"x[{f}]"))
     ax.set_ylabel(_label(target_names, j, "y" if len(dist.event_shape) == 0 else f"y[{j}]"))
     return ax
@@ -447,6 +519,7 @@ def plot_gate(estimator, X=None, *, feature: int = 0, n_grid: int = 200, x_range
             ax.plot(grid, w[:, k], color=cols[k], label=labels[k])
     ax.set_xlim(grid[0], grid[-1])
     ax.set_ylim(0.0, 1.0)
+    _title_slice(ax, X, f, feature_names)
     ax.set_xlabel(_label(feature_names, f, f"x[{f}]"))
     ax.set_ylabel("gate probability")
     if w.shape[1] <= 10:
@@ -456,13 +529,18 @@ def plot_gate(estimator, X=None, *, feature: int = 0, n_grid: int = 200, x_range
 
 @torch.no_grad()
 def plot_experts(estimator, X, y=None, *, feature: int = 0, target: int = 0, n_grid: int = 200, x_range=None,
-                 ax=None, feature_names=None, target_names=None):
-    """Each expert's prediction over one input column, drawn strongly where the gate trusts it.
+                 min_weight: float = 0.01, ax=None, feature_names=None, target_names=None):
+    """Each expert's prediction over one input column, drawn where the gate trusts it.
 
     For regressors: every expert's (leaf's) mean of y; for classifiers: every
     expert's probability of class ``target``.  The line's opacity follows the
-    expert's gate probability at that x, and with ``y`` the data points are
-    coloured by their most responsible expert (largest posterior).
+    expert's gate probability at that x, and the line stops where that
+    probability falls below ``min_weight``: an expert is not extrapolated
+    where the model does not use it (a steep local line would otherwise run
+    far outside the data and stretch the axis).  The x axis spans the data
+    (or ``x_range``); for regressors the y axis spans the data's y when ``y``
+    is given, else the drawn lines.  With ``y`` the data points are coloured
+    by their most responsible expert (largest posterior).
 
     Parameters
     ----------
@@ -474,6 +552,10 @@ def plot_experts(estimator, X, y=None, *, feature: int = 0, target: int = 0, n_g
         class index (classification) on the vertical axis.
     n_grid : int
     x_range : (low, high), optional
+    min_weight : float, default=0.01
+        Draw an expert's line only where its gate probability (a leaf's path
+        probability in a hierarchy) is at least this; 0 draws every line over
+        the whole range.
     ax : matplotlib Axes, optional
     feature_names, target_names : list of str, optional
 
@@ -484,8 +566,8 @@ def plot_experts(estimator, X, y=None, *, feature: int = 0, target: int = 0, n_g
     Shapes
     ------
     X (n, d_x); y (n,) or (n, d_y) for regressors, (n,) class labels for
-    classifiers, rows matching X.  One line of n_grid points per expert
-    (per leaf L of a hierarchy).
+    classifiers, rows matching X.  One line collection per expert (per leaf
+    L of a hierarchy) with at most n_grid - 1 segments.
 
     Examples
     --------
@@ -499,6 +581,8 @@ def plot_experts(estimator, X, y=None, *, feature: int = 0, target: int = 0, n_g
     """
     from matplotlib.collections import LineCollection  # matplotlib is slow to import: loaded when a plot is drawn
 
+    if not (isinstance(min_weight, numbers.Real) and 0 <= min_weight < 1):
+        raise ValueError(f"min_weight must be a number in [0, 1), got {min_weight!r}")
     grid, Xg = _slice(estimator, X, feature, n_grid, x_range)
     f = _check_index(feature, Xg.shape[1], "feature", "input columns")
     clf = _is_classifier(estimator)
@@ -509,6 +593,7 @@ def plot_experts(estimator, X, y=None, *, feature: int = 0, target: int = 0, n_g
     cols = _colors(L)
     ax = _get_ax(ax)
     j = 0
+    drawn: list = []  # y values of the drawn segments
     for k, leaf in enumerate(leaves):
         if clf:
             p = _leaf_attr(leaf, "probs")
@@ -523,11 +608,14 @@ def plot_experts(estimator, X, y=None, *, feature: int = 0, target: int = 0, n_g
                 m = m[:, j]
             curve = m.cpu().numpy()
         pts = np.column_stack([grid, curve])
-        segs = np.stack([pts[:-1], pts[1:]], axis=1)
-        alpha = np.clip(0.5 * (w[:-1, k] + w[1:, k]), 0.08, 1.0)
+        wk = 0.5 * (w[:-1, k] + w[1:, k])  # the gate's trust in expert k along each segment
+        keep = (wk >= min_weight) & np.isfinite(pts[:-1, 1]) & np.isfinite(pts[1:, 1])
+        segs = np.stack([pts[:-1], pts[1:]], axis=1)[keep]
         rgba = np.tile(np.asarray(cols[k]), (len(segs), 1))
-        rgba[:, 3] = alpha
+        rgba[:, 3] = np.clip(wk[keep], 0.08, 1.0)
         ax.add_collection(LineCollection(segs, colors=rgba, linewidths=2.0, label=f"expert {k}"))
+        if len(segs):
+            drawn.append(segs[:, :, 1].ravel())
     if y is not None:
         Xa = _as_2d(X, "X")
         ya = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
@@ -549,8 +637,14 @@ def plot_experts(estimator, X, y=None, *, feature: int = 0, target: int = 0, n_g
         ax.set_ylim(-0.05, 1.05)
         ax.set_ylabel(f"P(class {estimator.classes_[j]!s})")
     else:
-        ax.autoscale(axis="y")
+        span = np.asarray(yplot, dtype=float) if y is not None else np.concatenate(drawn) if drawn else np.zeros(0)
+        span = span[np.isfinite(span)]
+        if len(span):  # the data's range (else the drawn lines'), not a far extrapolation
+            lo, hi = float(span.min()), float(span.max())
+            pad = 0.05 * (hi - lo) if hi > lo else 0.5 * max(abs(lo), 1.0)
+            ax.set_ylim(lo - pad, hi + pad)
         ax.set_ylabel(_label(target_names, j, "y" if len(dist.event_shape) == 0 else f"y[{j}]"))
+    _title_slice(ax, X, f, feature_names)
     ax.set_xlabel(_label(feature_names, f, f"x[{f}]"))
     return ax
 

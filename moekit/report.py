@@ -17,6 +17,7 @@ import html
 import io
 import math
 import os
+import textwrap
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from .distributions import marginal
 from .inference import find_modes
 from .mixture import MixtureOfExperts
 from .plotting import (
+    describe_slice,
     plot_conditional_density,
     plot_convergence,
     plot_data,
@@ -36,7 +38,8 @@ from .plotting import (
 )
 from .tree.render import render_tree
 
-__all__ = ["compute_metrics", "describe_model", "make_report", "figure_to_png", "format_value", "METRIC_LABELS"]
+__all__ = ["compute_metrics", "describe_model", "make_report", "figure_to_png", "format_value", "METRIC_LABELS",
+           "metric_notes", "convergence_note", "metrics_text"]
 
 
 # ================================================================= metrics
@@ -74,7 +77,9 @@ def compute_metrics(estimator, X, y, *, level: float = 0.9) -> dict:
         ``rmse_top_mode`` (of the heaviest mode of p(y | x); ``None`` for count
         data, which has no modes in this sense), ``coverage`` (share of rows
         whose y lies in the central ``level`` interval of p(y | x), per
-        target column) and ``interval_level``; for classifiers ``accuracy``.
+        target column), ``interval_level`` and ``coverage_50`` (the same for
+        the central 50 % interval, between the quartiles); for classifiers
+        ``accuracy``.  :func:`metric_notes` says what each one means.
 
     Shapes
     ------
@@ -118,25 +123,166 @@ def compute_metrics(estimator, X, y, *, level: float = 0.9) -> dict:
         out["rmse_top_mode"] = _finite(np.sqrt(np.mean((modes.reshape(n, -1) - yf.reshape(n, -1)) ** 2)))
     except TypeError:  # discrete families have no modes in this sense
         pass
-    cov = []
+    cov, cov50 = [], []
     n_t = 1 if yf.ndim == 1 else yf.shape[1]
-    lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
+    probs = [(1 - level) / 2, (1 + level) / 2, 0.25, 0.75]
     for j in range(n_t):
         try:
             mj = marginal(dist, j)
-            q = mj.quantiles([lo_q, hi_q]).cpu().numpy()
+            q = mj.quantiles(probs).cpu().numpy()
         except (TypeError, ValueError):
             cov.append(None)
+            cov50.append(None)
             continue
         yj = yf if yf.ndim == 1 else yf[:, j]
         cov.append(float(np.mean((yj >= q[:, 0]) & (yj <= q[:, 1]))))
+        cov50.append(float(np.mean((yj >= q[:, 2]) & (yj <= q[:, 3]))))
     out["coverage"] = cov
     out["interval_level"] = float(level)
+    out["coverage_50"] = cov50
     return out
 
 
+# ============================================================ explanations
+def _pct(p: float) -> str:
+    return f"{100 * p:.4g} %"
+
+
+def metric_notes(metrics: dict, target_names=None) -> dict:
+    """One line per metric of :func:`compute_metrics` saying what it measures and what to expect.
+
+    Parameters
+    ----------
+    metrics : dict
+        As returned by :func:`compute_metrics` (keys it does not know get no note).
+    target_names : list of str, optional
+        Names of the target columns, in the order of the per-column coverages.
+
+    Returns
+    -------
+    dict
+        ``{key: sentence}`` for the keys of ``metrics`` that have a note.
+
+    Shapes
+    ------
+    No arrays.
+
+    Examples
+    --------
+    >>> notes = metric_notes({"coverage": [1.0, 1.0], "interval_level": 0.9}, target_names=["a", "b"])
+    >>> notes["coverage"].split(";")[0]
+    'for each target column (a, b), the share of rows whose y lies inside the central 90 % interval of p(y | x) (between its 5 % and 95 % quantiles)'
+    """
+    level = metrics.get("interval_level", 0.9)
+    cols = ""
+    if isinstance(metrics.get("coverage"), (list, tuple)) and len(metrics["coverage"]) > 1:
+        cols = f" ({', '.join(map(str, target_names))})" if target_names is not None else " (in order)"
+    lo, hi = _pct((1 - level) / 2), _pct((1 + level) / 2)
+    notes = {
+        "n": "rows of data the metrics are computed on",
+        "log_likelihood": "sum over the rows of log p(y | x); higher is better; compare models on the same rows only",
+        "mean_log_likelihood": "the same per row, so that data sets of different sizes compare",
+        "nll": "mean negative log-likelihood per row; lower is better; below zero is normal for a density "
+               "that is sharper than one unit of y",
+        "n_parameters": "free parameters of the model, as BIC counts them",
+        "bic": "-2 log-likelihood + free parameters x log(rows); lower is better; it compares models "
+               "(such as numbers of experts) on the same data",
+        "rmse_mean": "root mean squared error of the conditional mean E[y | x], the best single guess under "
+                     "squared error (for vector y, over all target columns)",
+        "rmse_top_mode": "root mean squared error of the heaviest mode of p(y | x) taken as the answer; usually above "
+                         "the mean's RMSE, even for unimodal p(y | x), as the mean is what minimises squared error (a "
+                         "skewed density's mode lies off its mean) and a wrong pick among branches costs the gap "
+                         "between them; the right measure where one real branch must be chosen and an average of "
+                         "branches is no answer",
+        "coverage": f"for each target column{cols}, the share of rows whose y lies inside the central {_pct(level)} "
+                    f"interval of p(y | x) (between its {lo} and {hi} quantiles); about {level:g} is expected of "
+                    f"calibrated predictions; above (1 = no row outside) means the intervals are wider than needed, "
+                    f"well below that they are too narrow",
+        "interval_level": "the nominal level of the intervals whose coverage is shown",
+        "coverage_50": "the same for the central 50 % interval (between the quartiles); about 0.5 is expected",
+        "accuracy": "share of rows whose most probable class is the true one",
+    }
+    return {k: notes[k] for k in metrics if k in notes}
+
+
+def convergence_note(fit_result) -> str:
+    """One sentence on what the fit's "converged" or "did not converge" means, and what to do.
+
+    Parameters
+    ----------
+    fit_result : FitResult
+        An estimator's ``fit_result_`` (``converged``, ``method``, ``n_iter``).
+
+    Returns
+    -------
+    str
+
+    Shapes
+    ------
+    No arrays.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> convergence_note(SimpleNamespace(converged=True, method="em", n_iter=7)).split(";")[0]
+    'converged: in its last iteration EM raised the mean log-likelihood per row by less than tol'
+    """
+    if getattr(fit_result, "method", "em") == "em":
+        if fit_result.converged:
+            return ("converged: in its last iteration EM raised the mean log-likelihood per row by less than tol; "
+                    "it is at a (local) maximum of the likelihood")
+        return (f"did not converge: EM stopped at its iteration limit (max_iter) after {fit_result.n_iter} "
+                "iterations while the "
+                "log-likelihood was still rising by more than tol per iteration, so the parameters may be short of "
+                "the maximum; if the convergence curve has flattened the fit is usable, otherwise refit with a "
+                "larger max_iter (--max-iter on the command line)")
+    if fit_result.converged:
+        return ("converged: early stopping ended training (the monitored log-likelihood, on held-out rows where "
+                "there are some, had stopped improving) and the best epoch is kept")
+    return (f"did not converge: training stopped at its epoch limit ({fit_result.n_iter} epochs) while the monitored "
+            "log-likelihood was still improving, so the network may be short of its best; if the convergence curve "
+            "has flattened the fit is usable, otherwise refit with more epochs (max_epochs, --max-iter on the "
+            "command line)")
+
+
+def metrics_text(metrics: dict, target_names=None, *, explain: bool = True) -> str:
+    """The metrics as aligned text lines, each followed by its note (what ``moekit evaluate`` can print).
+
+    Parameters
+    ----------
+    metrics : dict
+        As returned by :func:`compute_metrics`.
+    target_names : list of str, optional
+        Names of the target columns (for the coverage's note).
+    explain : bool, default=True
+        Add each metric's note (:func:`metric_notes`), wrapped, under its value.
+
+    Returns
+    -------
+    str
+
+    Shapes
+    ------
+    No arrays.
+
+    Examples
+    --------
+    >>> print(metrics_text({"n": 150, "rmse_mean": 0.25}, explain=False))
+      rows              150
+      RMSE of the mean  0.25
+    """
+    width = max((len(METRIC_LABELS.get(k, k)) for k in metrics), default=0)
+    notes = metric_notes(metrics, target_names) if explain else {}
+    lines = []
+    for k, v in metrics.items():
+        lines.append(f"  {METRIC_LABELS.get(k, k).ljust(width)}  {format_value(v)}")
+        if k in notes:
+            lines.extend(textwrap.wrap(notes[k], 100, initial_indent="      ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
 # ============================================================ description
-def describe_model(estimator, feature_names=None, target_names=None) -> str:
+def describe_model(estimator, feature_names=None, target_names=None, *, explain: bool = True) -> str:
     """A few lines on what a fitted estimator is: type, structure, sizes, fit.
 
     Parameters
@@ -149,6 +295,8 @@ def describe_model(estimator, feature_names=None, target_names=None) -> str:
         ``feature_names_in_``, if any).
     target_names : list of str, optional
         Names of the target columns, for regressors.
+    explain : bool, default=True
+        Add what the fit's convergence means (:func:`convergence_note`), wrapped.
 
     Returns
     -------
@@ -211,6 +359,8 @@ def describe_model(estimator, feature_names=None, target_names=None) -> str:
         unit = "EM iterations" if fr.method == "em" else "epochs"
         lines.append(f"  fit: {fr.method}, {fr.n_iter} {unit}, {conv}; final log-likelihood {fr.log_likelihood:.6g} "
                      f"(mean {fr.mean_log_likelihood:.6g} per row); {fr.seconds:.2f} s")
+        if explain:
+            lines.extend(textwrap.wrap(convergence_note(fr), 100, initial_indent="    ", subsequent_indent="    "))
         if fr.pruned:
             lines.append(f"  pruned experts: {list(fr.pruned)}")
     return "\n".join(lines)
@@ -277,7 +427,13 @@ def _default_figures(est, X, y, fnames, tnames) -> list[tuple[str, str, bytes]]:
     feats = list(range(min(d, 3)))
     targs = list(range(min(n_t, 3)))
     figs = []
-    slice_note = " Curves vary one input column with the others held at their median." if d > 1 else ""
+    slice_note = ""
+    if d > 1:  # the curves are slices: say which input each column of panels varies, and where the others are
+        sides = ["Left", "Right"]
+        slice_note = " " + " ".join(f"{sides[c]}: {describe_slice(Xa, c, feature_names=fnames)}."
+                                    for c in range(min(d, 2)))
+        if d > 2:
+            slice_note += f" Only the first two of the {d} input columns are drawn."
 
     fig, axes = _figure(3.6 * len(feats), 2.8 * len(targs), len(targs), len(feats))
     for r, j in enumerate(targs):
@@ -290,6 +446,7 @@ def _default_figures(est, X, y, fnames, tnames) -> list[tuple[str, str, bytes]]:
         plot_experts(est, Xa, ya, feature=c, ax=axes[0, c], feature_names=fnames, target_names=tnames)
         plot_gate(est, Xa, feature=c, ax=axes[1, c], feature_names=fnames)
         axes[0, c].set_xlabel("")
+        axes[1, c].set_title("")  # the same slice as the panel above, whose title says so
     what = "probability of each class" if clf else "mean of y"
     figs.append(("Fitted experts and gate regions",
                  f"Top: each expert's {what}, opaque where the gate trusts it; points coloured by their most "
@@ -309,7 +466,9 @@ def _default_figures(est, X, y, fnames, tnames) -> list[tuple[str, str, bytes]]:
 
     fig, axes = _figure(5.0, 3.0)
     plot_convergence(est, ax=axes[0, 0])
-    figs.append(("Convergence", "Mean log-likelihood per row after every iteration of the best start.",
+    fr = getattr(est, "fit_result_", None)
+    conv = f" The fit {convergence_note(fr)}." if fr is not None else ""
+    figs.append(("Convergence", f"Mean log-likelihood per row after every iteration of the best start.{conv}",
                  figure_to_png(fig)))
 
     model = est.model_
@@ -339,6 +498,7 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.8em;border
 table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .7em;text-align:left}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:1em 0}figcaption{color:#555;font-size:.9em;margin-top:.3em}img{max-width:100%;height:auto}
+td.note,p.note{color:#555;font-size:.9em}
 """
 
 
@@ -371,15 +531,19 @@ METRIC_LABELS = {
     "rmse_top_mode": "RMSE of the top mode",
     "coverage": "interval coverage",
     "interval_level": "interval level",
+    "coverage_50": "interval coverage (50 %)",
     "accuracy": "accuracy",
 }
 
 
-def metrics_table_html(metrics: dict) -> str:
-    rows = []
+def metrics_table_html(metrics: dict, target_names=None) -> str:
+    """The metrics as an HTML table: name, value and what it means (:func:`metric_notes`)."""
+    notes = metric_notes(metrics, target_names)
+    rows = ["<tr><th>metric</th><th>value</th><th>what it means</th></tr>"]
     for k, v in metrics.items():
         label = METRIC_LABELS.get(k, k.replace("_", " "))
-        rows.append(f"<tr><th>{html.escape(label)}</th><td class='num'>{html.escape(format_value(v))}</td></tr>")
+        rows.append(f"<tr><th>{html.escape(label)}</th><td class='num'>{html.escape(format_value(v))}</td>"
+                    f"<td class='note'>{html.escape(notes.get(k, ''))}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -472,9 +636,12 @@ def make_report(
     if notes:
         parts.append(f"<p>{html.escape(notes)}</p>")
     parts.append("<h2>Model</h2>")
-    parts.append(f"<pre>{html.escape(describe_model(estimator, fnames, tnames))}</pre>")
+    parts.append(f"<pre>{html.escape(describe_model(estimator, fnames, tnames, explain=False))}</pre>")
+    fr = getattr(estimator, "fit_result_", None)
+    if fr is not None:
+        parts.append(f"<p class='note'>The fit {html.escape(convergence_note(fr))}.</p>")
     parts.append("<h2>Metrics</h2>")
-    parts.append(metrics_table_html(metrics))
+    parts.append(metrics_table_html(metrics, None if _is_classifier(estimator) else tnames))
     for i, (t, cap, png) in enumerate(figs):
         b64 = base64.b64encode(png).decode("ascii")
         parts.append(f"<h2>{html.escape(t)}</h2><figure><img id='fig{i}' alt='{html.escape(t, quote=True)}' "

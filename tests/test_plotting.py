@@ -14,6 +14,7 @@ import torch  # noqa: E402
 from moekit import LinearGaussianExpert, MixtureOfExperts, MoEClassifier, MoERegressor, SoftmaxGate  # noqa: E402
 from moekit.datasets import load_tonedata, make_inverse_sine, make_robot_arm, robot_arm_forward  # noqa: E402
 from moekit.plotting import (  # noqa: E402
+    describe_slice,
     marginal,
     plot_conditional_density,
     plot_convergence,
@@ -251,3 +252,59 @@ def test_tone_tree_and_all_plots_share_one_figure():
         plot_convergence(est, ax=axes[1, 2]),
     ]
     assert [o is a for o, a in zip(outs, axes.ravel())] == [True] * 6
+
+
+def _crash_test(n=133):
+    """A table shaped like the motorcycle crash test: flat, a deep dip, an overshoot, damped waves."""
+    rng = np.random.default_rng(0)
+    t = np.sort(rng.uniform(2, 58, n))
+    a = np.where(t < 14, 0.0, np.where(t < 22, -120 * (t - 14) / 8, np.where(
+        t < 32, -120 + 170 * (t - 22) / 10, 50 * np.exp(-(t - 32) / 8) * np.cos((t - 32) / 4))))
+    return t[:, None], a + rng.normal(0, 4 + 0.3 * np.abs(a))
+
+
+def test_experts_are_drawn_only_where_the_gate_uses_them_and_the_axes_follow_the_data():
+    X, y = _crash_test()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = MoERegressor(n_experts=5, random_state=0).fit(X, y)
+
+    def drawn(ax):
+        segs = [c.get_segments() for c in ax.collections if type(c).__name__ == "LineCollection"]
+        return [np.asarray(s).reshape(-1, 2, 2) for s in segs]
+
+    # extended over the whole x range, some expert's line leaves the data far behind (the old picture)
+    full = np.concatenate([s[:, :, 1].ravel() for s in drawn(plot_experts(est, X, y, min_weight=0.0))])
+    assert full.min() < y.min() - 0.5 * np.ptp(y) or full.max() > y.max() + 0.5 * np.ptp(y)
+    ax = plot_experts(est, X, y)
+    lo, hi = ax.get_ylim()
+    assert y.min() - 0.1 * np.ptp(y) <= lo <= y.min() and y.max() <= hi <= y.max() + 0.1 * np.ptp(y)
+    x0, x1 = ax.get_xlim()
+    assert X.min() - 0.03 * np.ptp(X) <= x0 <= X.min() and X.max() <= x1 <= X.max() + 0.03 * np.ptp(X)
+    for k, segs in enumerate(drawn(ax)):  # every drawn piece of expert k is where the gate gives it >= 0.01
+        if len(segs):
+            g = est.predict_gate(segs[:, :, 0].reshape(-1, 1))[:, k].reshape(-1, 2).mean(1)
+            assert g.min() >= 0.01 - 1e-12
+    # without y, the drawn lines set the y axis
+    lo2, hi2 = plot_experts(est, X).get_ylim()
+    assert hi2 - lo2 < 2 * np.ptp(y)
+    with pytest.raises(ValueError, match=r"min_weight must be a number in \[0, 1\), got 1.5"):
+        plot_experts(est, X, y, min_weight=1.5)
+
+
+def test_slice_plots_say_which_input_varies_and_where_the_others_are_held(arm, sine):
+    est, X, Y = arm
+    med = np.median(X, axis=0)
+    want = f"u varied; held at the median: v = {med[1]:.4g}"
+    names = ["u", "v"]
+    assert plot_experts(est, X, Y, feature_names=names).get_title() == want
+    assert plot_gate(est, X, feature_names=names).get_title() == want
+    assert plot_conditional_density(est, X, Y, n_grid=20, feature_names=names).get_title() == want
+    assert plot_gate(est, X, feature=1).get_title() == f"x[1] varied; held at the median: x[0] = {med[0]:.4g}"
+    s_est, sX, sy = sine  # one input column: nothing is held, no title
+    assert plot_experts(s_est, sX, sy).get_title() == "" and describe_slice(sX, 0) == ""
+    X4 = np.column_stack([X, X**2])
+    assert describe_slice(X4, 2, feature_names=list("abcd"), max_shown=2) == (
+        f"c varied; held at their medians: a = {med[0]:.4g}, b = {med[1]:.4g} (+1 more)")
+    with pytest.raises(ValueError, match="max_shown must be a positive integer or None, got 0"):
+        describe_slice(X4, 0, max_shown=0)

@@ -1,6 +1,10 @@
-"""The HTML report in a real browser: headless Chromium, driven over the Chrome DevTools protocol.
+"""The HTML report: what it says (every number and picture explained), and how it loads in a real browser.
 
-Skipped when ``/usr/bin/chromium`` (Debian's ``chromium`` package; ``.ci/run``
+The first tests read the page's text: each metric has its one-line note
+(coverage, top mode against mean, ...), the fit's convergence is explained,
+and the captions of the slice plots say which input is varied and at what
+values the others are held.  The browser tests use headless Chromium, driven
+over the Chrome DevTools protocol; they are skipped when ``/usr/bin/chromium`` (Debian's ``chromium`` package; ``.ci/run``
 installs it) or the ``websocket-client`` package is missing.  The page is
 opened from disk; the test collects console errors, uncaught exceptions and
 log errors, checks that every image decoded (``naturalWidth > 0``), and saves a
@@ -9,19 +13,27 @@ that the checker itself sees errors and broken images.
 """
 
 import base64
+import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
 import urllib.request
 import warnings
 
+import numpy as np
 import pytest
+
+from moekit import MoERegressor
+from moekit.datasets import make_robot_arm
+from moekit.report import compute_metrics, convergence_note, describe_model, make_report, metric_notes, metrics_text
 
 CHROMIUM = "/usr/bin/chromium"
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                    reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
 
 
 class _Browser:
@@ -136,18 +148,94 @@ def browser(tmp_path):
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
-def _report(path):
-    from moekit import MoERegressor
-    from moekit.datasets import make_robot_arm
-    from moekit.report import make_report
-
+def _fit(max_iter):
     X, Y, _ = make_robot_arm(300, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        est = MoERegressor(n_experts=3, max_iter=40, random_state=0).fit(X, Y)
-    make_report(est, X, Y, path, title="browser check", feature_names=["x1", "x2"], target_names=["t1", "t2"])
+        est = MoERegressor(n_experts=3, max_iter=max_iter, random_state=0).fit(X, Y)
+    return est, X, Y
 
 
+def _report(path, max_iter=40):
+    est, X, Y = _fit(max_iter)
+    return make_report(est, X, Y, path, title="browser check", feature_names=["x1", "x2"], target_names=["t1", "t2"])
+
+
+def _text(page):
+    """The page's visible text (images and tags dropped)."""
+    page = re.sub(r"<style>.*?</style>", "", page, flags=re.S)
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page)))
+
+
+@pytest.fixture(scope="module")
+def unconverged():
+    """A report of a fit stopped at its iteration limit (max_iter=3), with two inputs and two targets."""
+    est, X, Y = _fit(3)
+    assert not est.fit_result_.converged
+    page = make_report(est, X, Y, feature_names=["x1", "x2"], target_names=["t1", "t2"])
+    return est, X, Y, page
+
+
+def test_every_metric_has_its_note(unconverged):
+    est, X, Y, page = unconverged
+    m = compute_metrics(est, X, Y)
+    notes = metric_notes(m, ["t1", "t2"])
+    assert set(notes) == set(m)  # nothing unexplained
+    text = _text(page)
+    assert "what it means" in text
+    for note in notes.values():
+        assert note in text
+    # coverage: one share per target column, of rows inside the central interval, and its expected value
+    assert re.search(r"interval coverage [0-9.]+, [0-9.]+ for each target column \(t1, t2\), the share of rows whose "
+                     r"y lies inside the central 90 % interval of p\(y \| x\) \(between its 5 % and 95 % quantiles\); "
+                     r"about 0.9 is expected", text)
+    assert "interval coverage (50 %)" in text and "about 0.5 is expected" in text
+    assert len(m["coverage_50"]) == 2 and all(0 <= c <= 1 for c in m["coverage_50"])
+    # the top mode against the mean: why it may be higher even on unimodal data, and when it is the right measure
+    top = notes["rmse_top_mode"]
+    assert "unimodal" in top and "minimises squared error" in top and "right measure" in top
+    assert "coverage" in metric_notes({"coverage": [1.0], "interval_level": 0.8})
+    assert "central 80 % interval" in metric_notes({"coverage": [1.0], "interval_level": 0.8})["coverage"]
+
+
+def test_convergence_is_explained_in_the_page_and_the_text(unconverged):
+    est, X, Y, page = unconverged
+    text = _text(page)
+    note = convergence_note(est.fit_result_)
+    assert note.startswith("did not converge: EM stopped at its iteration limit (max_iter)")
+    assert "refit with a larger max_iter (--max-iter on the command line)" in note
+    assert f"The fit {note}." in text
+    desc = describe_model(est)  # the text of `moekit info`
+    assert "did not converge" in desc and "refit with a larger max_iter" in " ".join(desc.split())
+    assert "refit" not in describe_model(est, explain=False)
+    done, _, _ = _fit(500)
+    assert done.fit_result_.converged
+    assert convergence_note(done.fit_result_).startswith("converged: ")
+    gradient = type("R", (), {"converged": False, "method": "gradient", "n_iter": 200})()
+    assert "epoch limit (200 epochs)" in convergence_note(gradient) and "max_epochs" in convergence_note(gradient)
+
+
+def test_metrics_text_carries_the_notes(unconverged):
+    est, X, Y, _ = unconverged
+    m = compute_metrics(est, X, Y)
+    out = metrics_text(m, ["t1", "t2"])
+    flat = " ".join(out.split())
+    assert "interval coverage" in out and "about 0.9 is expected" in flat and "unimodal" in flat
+    assert "unimodal" not in metrics_text(m, explain=False)
+
+
+def test_slice_captions_say_what_is_varied_and_held(unconverged):
+    est, X, Y, page = unconverged
+    med = np.median(X, axis=0)
+    text = _text(page)
+    want = (f"Left: x1 varied; held at the median: x2 = {med[1]:.4g}. "
+            f"Right: x2 varied; held at the median: x1 = {med[0]:.4g}.")
+    caps = re.findall(r"<figcaption>(.*?)</figcaption>", page, flags=re.S)
+    assert sum(want in html.unescape(c) for c in caps) == 2  # the experts and the density figures
+    assert want in text
+
+
+@needs_chromium
 def test_report_opens_without_errors_or_broken_images(browser, tmp_path):
     page = tmp_path / "report.html"
     _report(page)
@@ -162,6 +250,7 @@ def test_report_opens_without_errors_or_broken_images(browser, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+@needs_chromium
 def test_the_checker_sees_errors_and_broken_images(browser, tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text("<!DOCTYPE html><html><body><img alt='broken' src='data:image/png;base64,AAAA'>"
