@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 
 from ._errors import ModelFileError, short
 
@@ -26,19 +26,18 @@ __all__ = ["AllocationBudget", "check_cli_metadata", "check_feature_encoding", "
            "check_fitted_values", "check_prediction"]
 
 
-class AllocationBudget(TorchDispatchMode):
+class AllocationBudget(TorchFunctionMode):
     """Refuse to allocate more than ``budget`` bytes while a model is rebuilt from a file's parameters.
 
     A model rebuilt from a genuine file has exactly the tensors the file stores, so its construction
-    needs a small multiple of their size. Tensor factories (``empty``, ``zeros``, ``arange``,
-    ``tril_indices``, ...) are checked *before* they allocate, every operation's output is counted
-    after, so parameters altered to describe a huge model (``n_experts=30000000`` in a 4 KB file)
+    needs a small multiple of their size. Every torch call is seen (a function mode: cheap to enter,
+    unlike a dispatch mode, which loads torch's compiler): the sizes it is asked for (``torch.empty(n,
+    m)``, ``torch.zeros((n, m))``, ``torch.arange(n)``, ``torch.tril_indices(n, n)``, ...) are checked
+    *before* it allocates, and its output is counted after, so parameters altered to describe a huge model (``n_experts=30000000`` in a 4 KB file)
     stop with a :class:`ModelFileError` instead of exhausting memory. The number of operations is
     bounded too (a few per stored tensor are needed), so that a structure describing millions of
     tiny modules stops early instead of running for minutes.
     """
-
-    _SIZE_ARGS = ("arange", "eye", "tril_indices", "triu_indices", "randperm", "linspace", "logspace")
 
     def __init__(self, path: str, name: str, budget: int, max_ops: int):
         super().__init__()
@@ -52,7 +51,7 @@ class AllocationBudget(TorchDispatchMode):
             "attribute or structure entry (such as n_experts or n_features_in_) was altered"
         )
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.ops += 1
         if self.ops > self.max_ops:
@@ -62,13 +61,13 @@ class AllocationBudget(TorchDispatchMode):
                 "(such as the tree) was altered"
             )
         values = list(args) + list(kwargs.values())
-        factory = not any(isinstance(a, torch.Tensor) for a in values)
-        for a in values:
-            if isinstance(a, (list, tuple)) and a and all(isinstance(i, int) for i in a) \
-                    and math.prod(abs(i) for i in a) * 8 > self.budget:
+        sizes = [a for a in values if isinstance(a, (list, tuple)) and a
+                 and all(isinstance(i, int) and not isinstance(i, bool) for i in a)]
+        for a in sizes:
+            if math.prod(abs(i) for i in a) * 8 > self.budget:
                 self._refuse(math.prod(abs(i) for i in a) * 8)
-        if factory and func.__name__.split(".")[0] in self._SIZE_ARGS:
-            ints = [abs(a) for a in values if isinstance(a, int) and not isinstance(a, bool) and a != 0]
+        if not sizes and not any(isinstance(a, torch.Tensor) for a in values):  # a factory given its sizes one by one
+            ints = [abs(a) for a in args if isinstance(a, int) and not isinstance(a, bool) and a != 0]
             if ints and math.prod(ints) * 8 > self.budget:
                 self._refuse(math.prod(ints) * 8)
         out = func(*args, **kwargs)
