@@ -33,8 +33,9 @@ PKG = ROOT / "moekit"
 DEFERRABLE = {
     "matplotlib": "slow to import (about 0.3 s) and needed only when a picture is drawn, so that report, "
                   "plotting and the commands that import them load fast for everything else",
-    "pandas": "not a dependency of moekit (only of the test extra): needed only when a user's DataFrame comes "
-              "in or a DataFrame is asked for",
+    "pandas": "slow to import (about 0.65 s): needed only when a user's DataFrame comes in or a DataFrame "
+              "(a coefficient table) is asked for",
+    "formulaic": "slow to import (about 0.9 s with pandas): needed only by models written as formulas",
 }
 # modules whose deferred imports are the command line's per-command loading (and nothing else)
 CLI_LOADERS = {"moekit/cli/__init__.py"}

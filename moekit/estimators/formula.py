@@ -17,6 +17,8 @@ are refused with the fix (compute the column beforehand).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .encoding import is_dataframe
@@ -25,7 +27,7 @@ __all__ = ["FormulaDesign"]
 
 
 def _formulaic():
-    # formulaic is needed only by models written as formulas: imported when one is used
+    # slow to import (0.9 s with pandas) and needed only by models written as formulas
     import formulaic  # noqa: PLC0415
 
     return formulaic
@@ -211,7 +213,5 @@ def _plain(v):
 
 def _missing_name(message: str):
     """The name formulaic says is missing, from ``... `name` is not present in the dataset ...``."""
-    import re  # noqa: PLC0415 - only on this error path
-
     m = re.search(r"`([^`]+)` is not present", message)
     return None if m is None else m.group(1)
