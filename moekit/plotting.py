@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import textwrap
 
 import numpy as np
 import torch
@@ -196,8 +197,8 @@ def _title_slice(ax, X, feature: int, feature_names) -> None:
     """Say on the axes which input is varied and where the others are held (several input columns only)."""
     if X is not None:
         text = describe_slice(X, feature, feature_names=feature_names, max_shown=2)
-        if text:
-            ax.set_title(text, fontsize="small")
+        if text:  # wrapped: side-by-side panels must not run into each other
+            ax.set_title(textwrap.fill(text, 50), fontsize="small")
 
 
 def _predict_dist(est, Xg) -> MixtureDistribution:

@@ -301,6 +301,9 @@ def test_slice_plots_say_which_input_varies_and_where_the_others_are_held(arm, s
     assert plot_gate(est, X, feature_names=names).get_title() == want
     assert plot_conditional_density(est, X, Y, n_grid=20, feature_names=names).get_title() == want
     assert plot_gate(est, X, feature=1).get_title() == f"x[1] varied; held at the median: x[0] = {med[0]:.4g}"
+    long = plot_gate(est, X, feature_names=["a rather long input name", "another long input name"]).get_title()
+    assert max(len(ln) for ln in long.splitlines()) <= 50 and " ".join(long.split()) == (
+        f"a rather long input name varied; held at the median: another long input name = {med[1]:.4g}")
     s_est, sX, sy = sine  # one input column: nothing is held, no title
     assert plot_experts(s_est, sX, sy).get_title() == "" and describe_slice(sX, 0) == ""
     X4 = np.column_stack([X, X**2])
