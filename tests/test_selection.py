@@ -212,3 +212,51 @@ def test_cross_validated_log_likelihood_holds_every_row_out_once():
     assert np.isfinite(res_w.scores[2])
     with pytest.raises(ValueError, match="n_folds must be an integer between 2"):
         select_n_experts(lambda k: MoERegressor(n_experts=k), X, y, [1], criterion="cv", n_folds=1)
+
+
+# ------------------------------------------- candidates with as many parameters as rows
+def _line(n, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-1, 1, (n, 1))
+    return X, 2 * X[:, 0] + 0.3 * rng.normal(size=n)
+
+
+@pytest.mark.parametrize("criterion", ["bic", "aic", "icl"])
+def test_information_criteria_skip_k_with_as_many_parameters_as_rows(criterion):
+    # 1 input: K experts have 3K + 2(K - 1) parameters: K=2 has 8, K=3 has 13, K=4 has 18
+    X, y = _line(13)
+    seen = []
+    with pytest.warns(UserWarning, match=rf"{criterion.upper()} skipped K=3 \(13 parameters\), K=4 \(18 parameters\): "
+                                         r"at least as many free parameters as the 13 rows"):
+        res = select_n_experts(lambda k: MoERegressor(n_experts=k, random_state=0), X, y, [1, 2, 3, 4],
+                               criterion=criterion, callback=seen.append)
+    assert list(res.scores) == [1, 2] and res.skipped == {3: 13, 4: 18}
+    assert seen == [1, 2]  # a K known to be too large is not fitted
+    assert res.n_experts in (1, 2)
+
+
+def test_every_k_skipped_is_an_error_naming_the_rows():
+    X, y = _line(8)
+    with pytest.raises(ValueError, match=r"ks: every candidate has at least as many free parameters as the data has "
+                                         r"rows \(8\).*K=2 \(8 parameters\), K=3 \(13 parameters\).*criterion='heldout'"):
+        select_n_experts(lambda k: MoERegressor(n_experts=k), X, y, [2, 3])
+
+
+def test_no_skip_and_no_warning_when_every_k_is_small_enough(recwarn):
+    X, y = _line(60)
+    res = select_n_experts(lambda k: MoERegressor(n_experts=k, random_state=0, max_iter=30), X, y, [1, 2])
+    assert res.skipped == {} and not [w for w in recwarn if "skipped" in str(w.message)]
+
+
+def test_count_parameters_leaves_the_estimator_unfitted():
+    X, y = _line(30)
+    est = MoERegressor(n_experts=3)
+    assert est.count_parameters(X, y) == 13
+    assert not hasattr(est, "n_features_in_") and not hasattr(est, "model_")
+
+
+def test_heldout_does_not_skip():
+    X, y = _line(13)
+    res = select_n_experts(lambda k: MoERegressor(n_experts=k, random_state=0, alpha=1.0, max_iter=20), X, y,
+                           [1, 3], criterion="heldout", random_state=0)
+    assert set(res.scores) == {1, 3} and res.skipped == {}

@@ -14,13 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from ..estimators.encoding import (
-    categorical_feature,
-    encoded_names,
-    one_hot,
-    parse_float,
-    text_numeric_share,
-)
+from ..estimators.encoding import categorical_feature, encoded_names, one_hot, parse_float, text_numeric_share
 from .errors import DataError, UsageError, one_line
 
 __all__ = [

@@ -76,8 +76,8 @@ CASES = [
     ("predict X 1-D", lambda m: m.reg.predict(X[:, 0]), V, r"X must be 2-D"),
     ("predict X no rows", lambda m: m.reg.predict(X[:0]), V, r"X has no rows"),
     ("predict X NaN", lambda m: m.reg.predict(X * np.nan), V, r"Input X contains NaN"),
-    ("predict X wrong width", lambda m: m.reg.predict(np.c_[X, X]), V, r"X has 2 features, but MoERegressor is "
-                                                                          r"expecting 1"),
+    ("predict X wrong width", lambda m: m.reg.predict(np.c_[X, X]), V,
+     r"X has 2 features, but MoERegressor is expecting 1"),
     ("predict X text for numeric model", lambda m: m.reg.predict(DF[["g"]]), V,
      r"X has text or category columns \['g'\].*fitted on numbers only"),
     # ------------------------------------------------------------------ y
