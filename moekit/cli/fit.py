@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 
@@ -186,6 +187,17 @@ def _bounded_ks(ks, n_rows: int) -> list[int]:
         raise UsageError(f"--select-k {one_line(e)}") from None
 
 
+_SELECTION_OPTIONS = ((re.compile(r"^ks: "), "--select-k: "), (re.compile(r"\bcriterion='(\w+)'"), r"--criterion \1"))
+
+
+def _in_option_names(msg: str) -> str:
+    """A message of :func:`moekit.selection.select_n_experts` with its parameters named as the options that set
+    them (``ks`` is --select-k, ``criterion='heldout'`` is --criterion heldout)."""
+    for pattern, option in _SELECTION_OPTIONS:
+        msg = pattern.sub(option, msg)
+    return msg
+
+
 def _select_k(args, task, X, y, ks):
     """By --criterion; by default BIC on the whole data (MoE, HME) or held-out log-likelihood (MDN, refitted on all rows)."""
     criterion = args.criterion or ("heldout" if args.model == "mdn" else "bic")
@@ -204,7 +216,7 @@ def _select_k(args, task, X, y, ks):
                                criterion=criterion, random_state=args.seed, callback=on_fit)
     except (ValueError, TypeError, FloatingPointError, RuntimeError) as e:
         which = f"fitting a model with {tried[-1]} expert(s)" if tried else f"choosing K by {criterion}"
-        raise DataError(f"{which} failed: {one_line(e)}") from None
+        raise DataError(f"{which} failed: {_in_option_names(one_line(e))}") from None
     bar.update(1)
     bar.close()
     scores = {str(k): v for k, v in res.scores.items()}

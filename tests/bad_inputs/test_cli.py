@@ -50,6 +50,7 @@ def folder(tmp_path_factory):
     y = np.where(x > 0, 2 * x, -x) + 0.1 * rng.normal(size=N)
     _csv(d / "t.csv", {"x": x.tolist(), "y": y.tolist(), "id": list(range(N))})
     _csv(d / "keep.csv", {"x": x.tolist(), "y": y.tolist(), "y_mean": y.tolist(), "y_lower": y.tolist()})
+    _csv(d / "small.csv", {"x": x[:4].tolist(), "y": y[:4].tolist()})
     _csv(d / "const.csv", {"x": x.tolist(), "y": [3.0] * N})
     _csv(d / "country.csv", {"country": [f"c{i}" for i in range(28)], "x": x[:28].tolist(), "y": y[:28].tolist()})
     assert main(["fit", str(d / "t.csv"), "-t", "y", "--features", "x", "--max-iter", "30", "-q",
@@ -140,6 +141,10 @@ CASES = [
     # sizes the data cannot support, said before the work (adversary 7: depth 18 built the tree for 102 s)
     ("hme --depth 18", [*FIT, "--model", "hme", "--depth", "18", "-o", "o.moekit"], 1,
      r"the tree is larger than the data supports: 262144 leaves", 60),
+    # BIC on as many parameters as rows: every K skipped (the message names the options, not Python's parameters)
+    ("select-k with too many parameters for BIC", ["fit", "small.csv", "-t", "y", "--select-k", "2,3", "-o", "o.moekit"],
+     1, r"choosing K by bic failed: --select-k: every candidate has at least as many free parameters as the data has "
+        r"rows \(4\).*--criterion heldout$", None),
     # a constant target under --select-k (adversary 5: BIC ranked K on a variance floor of 1e-36)
     ("constant target", ["fit", "const.csv", "-t", "y", "--select-k", "1..3", "-o", "o.moekit"], 1, r"y is constant", None),
     # an ID-like column used as an input (newcomer: '--select-k' failed without naming 'country')
