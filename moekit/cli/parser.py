@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "cost more than they save; torch's default above)")
 
     p = _Parser(prog="moekit", description="Fit, inspect and use mixtures of experts on tables of data.",
-                epilog="Exit codes: 0 ok, 1 data error, 2 usage error, 3 internal error. "
-                       "Run 'moekit demo' for a first look.")
+                epilog="Exit codes: 0 ok, 1 data error, 2 usage error, 3 internal error. Standard output carries "
+                       "only what a command prints as its result (messages from numerical libraries go to stderr); "
+                       "-o never writes over the command's input files. Run 'moekit demo' for a first look.")
     p.add_argument("--version", action="version", version=f"moekit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -95,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--what", choices=list(WHATS), default="mean",
                     help="what to predict (default mean; gate: the mixing weights, per leaf for a hierarchy)")
     pr.add_argument("--quantiles", type=unit_interval, nargs="+", default=[0.05, 0.5, 0.95], metavar="Q",
-                    help="levels for --what quantiles (default 0.05 0.5 0.95)")
-    pr.add_argument("--level", type=unit_interval, default=0.9, help="central interval level for --what interval (default 0.9)")
+                    help="levels for --what quantiles, each strictly between 0 and 1 (default 0.05 0.5 0.95)")
+    pr.add_argument("--level", type=unit_interval, default=0.9, help="central interval level for --what interval, strictly between 0 and 1 (default 0.9)")
     pr.add_argument("--n-samples", type=positive_int, default=10, help="draws per row for --what samples (default 10)")
     pr.add_argument("--max-modes", type=positive_int, default=3, help="mode columns for --what modes (default 3)")
     pr.add_argument("--min-weight", type=weight_fraction, default=0.01,
@@ -112,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model")
     ev.add_argument("data")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ev.add_argument("--level", type=unit_interval, default=0.9, help="level of the intervals whose coverage is shown (default 0.9)")
+    ev.add_argument("--level", type=unit_interval, default=0.9, help="level of the intervals whose coverage is shown, strictly between 0 and 1 "
+                         "(default 0.9)")
     ev.add_argument("--features", nargs="+", metavar="COL", help="input columns, for models saved from Python")
     ev.add_argument("--target", nargs="+", metavar="COL", help="target columns, for models saved from Python")
     ev.set_defaults(command_module="evaluate")
