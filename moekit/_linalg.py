@@ -13,7 +13,7 @@ import torch
 from scipy.linalg import blas
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["add_intercept", "affine", "chunk_rows", "gram", "solve_spd", "weighted_grams"]
+__all__ = ["AffineInputs", "add_intercept", "affine", "chunk_rows", "gram", "ldexp", "solve_spd", "weighted_grams"]
 
 #: Fewest multiply-adds (rows times columns squared) for which ``gram`` calls BLAS's symmetric rank-k update.
 SYRK_MIN_WORK = 1 << 20
@@ -34,6 +34,49 @@ def chunk_rows(per_row: int) -> int:
     (65536, 256)
     """
     return int(max(CHUNK_MIN_ROWS, min(CHUNK_MAX_ROWS, CHUNK_ELEMENTS // max(1, int(per_row)))))
+
+
+def ldexp(t: torch.Tensor, exponent: int) -> torch.Tensor:
+    """``t * 2**exponent``, exact wherever the result is a normal number (a new tensor).
+
+    Applied in two halves, so that the factor itself never overflows or underflows (``exponent``
+    may span the whole range of the dtype, e.g. 2000 to bring float64 subnormals up to 1e300).
+
+    Examples
+    --------
+    >>> ldexp(torch.tensor([3.0], dtype=torch.float64), -1074 + 2).tolist() == [3.0 * 2.0**-1072]
+    True
+    """
+    half = int(exponent) // 2
+    return t * (2.0**half) * (2.0 ** (int(exponent) - half))
+
+
+class AffineInputs:
+    """Mixin of gates and experts: fold a power-of-two rescaling of x into the parameters, exactly.
+
+    A module whose only use of x is affine (``[1, x] @ coef``) returns its slopes (a view of the
+    parameter data) from :meth:`input_slopes`; a model trained on ``x * 2**-e`` then answers for
+    the user's x once :meth:`absorb_input_scale_` has multiplied those slopes by ``2**-e`` (exact
+    in floating point).  Modules that use x otherwise (neural networks, scikit-learn models) keep
+    the default ``None``, and data outside the supported range is then refused instead.
+    """
+
+    def input_slopes(self) -> torch.Tensor | None:
+        """The parameters that multiply x (a view, changed in place), or None where x is used otherwise."""
+        return None
+
+    @property
+    def absorbs_input_scale(self) -> bool:
+        """Whether :meth:`absorb_input_scale_` can fold a rescaling of x into the parameters."""
+        return self.input_slopes() is not None
+
+    @torch.no_grad()
+    def absorb_input_scale_(self, exponent: int) -> None:
+        """Answer for x as the module answered for ``x * 2**-exponent``: the slopes times ``2**-exponent``."""
+        slopes = self.input_slopes()
+        if slopes is None:
+            raise NotImplementedError(f"{type(self).__name__} cannot fold a rescaling of x into its parameters")
+        slopes.copy_(ldexp(slopes, -exponent))
 
 
 def add_intercept(x: torch.Tensor) -> torch.Tensor:

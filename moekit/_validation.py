@@ -201,10 +201,10 @@ def check_scale(t: torch.Tensor, name: str, power: int = 2, dtype: torch.dtype |
         if col and columns is not None and len(columns) == t.shape[1]:
             col += f" ({columns[j]!r})"
         mj = float(m[j])
-        factor = 10.0 ** -round(math.log10(mj))
+        factor = f"1e{-round(math.log10(mj)):+d}"  # as text: 10**323 itself would overflow
         raise ValueError(
             f"{name}{col} has magnitude {mj:.3g}, outside the range a {_dtype_name(dtype)} model supports: {rng} "
-            f"in {_dtype_name(dtype)}; rescale it (e.g. multiply {name}{col} by {factor:.0e}) and convert the "
+            f"in {_dtype_name(dtype)}; rescale it (e.g. multiply {name}{col} by {factor}) and convert the "
             "results back"
         )
 

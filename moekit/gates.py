@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._linalg import add_intercept, affine, chunk_rows, solve_spd
+from ._linalg import AffineInputs, add_intercept, affine, chunk_rows, solve_spd
 from ._mstep import fit_in_memory, gradient_maximize
 from .experts.newton import multinomial_newton_stats
 from .stats import SuffStats
@@ -37,7 +37,7 @@ _FIT_STEPS = 5
 
 
 
-class Gate(nn.Module):
+class Gate(AffineInputs, nn.Module):
     """Base class of gates.
 
     Subclasses implement ``forward`` and either ``suff_stats`` and
@@ -131,6 +131,10 @@ class ConstantGate(Gate):
     def __init__(self, n_experts: int, dtype: torch.dtype = torch.float64):
         super().__init__(n_experts)
         self.logits = nn.Parameter(torch.zeros(n_experts, dtype=dtype))
+
+    def input_slopes(self) -> torch.Tensor:
+        """None of its parameters multiplies x: an empty view."""
+        return self.logits.data[:0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.logits, dim=0).expand(x.shape[0], -1)
@@ -230,6 +234,10 @@ class SoftmaxGate(Gate):
 
     def extra_repr(self) -> str:
         return f"n_features={self.n_features}, n_experts={self.n_experts}, l2={self.l2}"
+
+    def input_slopes(self) -> torch.Tensor:
+        """The coefficients of x: ``coef[:, 1:]`` (column 0 holds the intercepts)."""
+        return self.coef.data[:, 1:]
 
     def fit_weighted(self, x: torch.Tensor, targets: torch.Tensor):
         """Weighted M-step of up to ``max(max_m_steps, 5)`` Newton steps: never lowers ``sum(targets * log g(x))``.

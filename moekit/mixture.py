@@ -158,6 +158,21 @@ class MixtureOfExperts(nn.Module):
         j = self.joint_log_prob(x, y)
         return j - torch.logsumexp(j, dim=1, keepdim=True)
 
+    # ------------------------------------------------- rescaled inputs
+    def _parts(self) -> list:
+        return [self.gate, self.experts] if self.is_stacked else [self.gate, *self.experts]
+
+    @property
+    def absorbs_input_scale(self) -> bool:
+        """Whether every gate and expert (of every level) folds a power-of-two rescaling of x into its parameters."""
+        return all(getattr(m, "absorbs_input_scale", False) for m in self._parts())
+
+    @torch.no_grad()
+    def absorb_input_scale_(self, exponent: int) -> None:
+        """Answer for x as the model answered for ``x * 2**-exponent`` (see :class:`moekit._linalg.AffineInputs`)."""
+        for m in self._parts():
+            m.absorb_input_scale_(exponent)
+
     def forward(self, x: torch.Tensor) -> MixtureDistribution:
         lw = self.log_gate(x)
         xe = self.expert_input(x)

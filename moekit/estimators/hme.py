@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from .._validation import OneOf, Real, check_scale, torch_dtype
+from .._validation import OneOf, Real, torch_dtype
 from ..gates import ConstantGate
 from ..mixture import MixtureOfExperts
 from ..training.grow import grow_tree
@@ -115,7 +115,10 @@ class _HMEMixin:
         )
 
     def _train(self, model, x, y, w, seed, rng, generator):
-        check_scale(x, "X", columns=getattr(self, "feature_names_in_", None))  # named as the user knows it
+        x, e = self._rescaled(model, x)
+        return self._unscaled(self._train_tree(model, x, y, w, seed, rng, generator), e)
+
+    def _train_tree(self, model, x, y, w, seed, rng, generator):
         self._check_size(model, w, x.shape[1])
         self.grow_result_ = None
         if self.grow:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import numbers
 
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin, RegressorMixin, clone, is_classifier, is_regressor
 
-from .._validation import OneOf, check_not_constant, check_representable, check_scale, torch_dtype, variance_floor
+from .._linalg import ldexp
+from .._validation import OneOf, check_not_constant, check_representable, check_scale, model_dtype, torch_dtype, variance_floor
 from ..experts import (
     LinearGaussianExpert,
     LogisticExpert,
@@ -133,15 +135,60 @@ class _MoEBase(ConditionalMixtureEstimator):
             "(gate_features / expert_features), more data, or a ridge penalty alpha > 0"
         )
 
+    def _rescaled(self, model, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """X in the supported range: as given (power 0), or divided by the power of two ``2**e`` that brings it there.
+
+        Data outside :func:`~moekit._validation.supported_magnitudes` is rescaled (exactly: a power
+        of two) when the model can fold the rescaling back into its parameters afterwards (linear
+        gates and experts, no ridge penalty, whose size would change with the units of X) and when
+        one power brings every column into the range; otherwise the range error stands.
+        """
+        try:
+            check_scale(x, "X", columns=getattr(self, "feature_names_in_", None))  # named as the user knows it
+            return x, 0
+        except ValueError as err:
+            refused = err
+        if not bool(torch.isfinite(x).all()):  # beyond the model's dtype: the values are lost
+            raise refused
+        why = None
+        if not getattr(model, "absorbs_input_scale", False):
+            why = "its gate or experts use X other than linearly (e.g. 'mlp' or a scikit-learn expert)"
+        elif self.alpha != 0:
+            why = "alpha > 0 (the ridge penalty's size depends on X's units)"
+        e = math.frexp(float(x.abs().max()))[1]
+        xs = ldexp(x, -e)
+        if why is None:
+            try:
+                check_scale(xs, "X")
+                return xs, e
+            except ValueError:
+                why = "its columns differ in magnitude by more than the range itself"
+        raise ValueError(f"{refused}. (X is rescaled internally only where that is exact and undoable; here {why}.)") from None
+
+    def _unscaled(self, result, e: int):
+        """The fitted model answering in X's own units: the rescaling by ``2**-e`` folded into its slopes."""
+        if e:
+            model = result.model
+            model.absorb_input_scale_(e)
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                raise ValueError(
+                    f"X was rescaled internally by 2**{-e}, but the fitted coefficients in X's units lie beyond "
+                    f"the range of {str(model_dtype(model)).replace('torch.', '')}; rescale X yourself (and keep the "
+                    "model in those units)"
+                )
+        return result
+
     def _train(self, model, x, y, w, seed, rng, generator):
-        check_scale(x, "X", columns=getattr(self, "feature_names_in_", None))  # named as the user knows it
+        x, e = self._rescaled(model, x)
         self._check_size(model, w, x.shape[1])
         if self.fit_method == "em":
-            return fit_em(
+            result = fit_em(
                 model, x, y, w, max_iter=int(self.max_iter), tol=float(self.tol), n_init=int(self.n_init),
                 init=self.init, random_state=seed, verbose=int(self.verbose),
             )
-        return self._gradient_restarts(model, x, y, w, rng, init=self.init)
+        else:
+            result = self._gradient_restarts(model, x, y, w, rng, init=self.init)
+        return self._unscaled(result, e)
 
     def _gradient_restarts(self, model, x, y, w, rng, init, start=None):
         """``n_init`` gradient fits through :func:`~moekit.training.restarts.best_of`, the best mean kept.
@@ -301,13 +348,17 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
 
     Notes
     -----
-    Scales: every column of X and y must have a magnitude (largest
-    ``|value|``) between about 1.2e-150 and 3.3e150 for float64 (8.9e-16 and
-    4.5e15 for float32), or be all zeros, so that the squares that EM forms
-    stay finite and normal (:func:`moekit._validation.supported_magnitudes`);
-    outside it ``fit`` raises a ``ValueError`` that names the column and the
-    range, instead of crashing inside the linear algebra or silently
-    ignoring the column.
+    Scales: EM forms squares of the data, so it works on columns whose
+    magnitude (largest ``|value|``) lies between about 1.2e-150 and 3.3e150
+    for float64 (8.9e-16 and 4.5e15 for float32), or that are all zeros
+    (:func:`moekit._validation.supported_magnitudes`).  X outside that range
+    is divided internally by a power of two (exact) and the fitted slopes
+    multiplied back, so that predictions, likelihoods and coefficients stay
+    in X's units, wherever X's columns fit the range together and the gate
+    and experts are linear without a ridge penalty (``alpha=0``).  Otherwise,
+    and for y outside the range, ``fit`` raises a ``ValueError`` that names
+    the column, the range and the reason, instead of crashing inside the
+    linear algebra or silently ignoring the column.
 
     Examples
     --------

@@ -22,10 +22,11 @@ import copy
 import torch
 from torch import nn
 
+from .._linalg import AffineInputs
 from .._mstep import fit_in_memory
 
 
-class Expert(nn.Module):
+class Expert(AffineInputs, nn.Module):
     """Base class of all experts.
 
     Attributes

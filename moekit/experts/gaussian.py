@@ -99,6 +99,10 @@ class LinearGaussianExpert(Expert):
         )
 
     # ----------------------------------------------------------- parameters
+    def input_slopes(self) -> torch.Tensor:
+        """The coefficients of x: ``coef[:, 1:, :]`` (row 0 holds the intercepts)."""
+        return self.coef.data[:, 1:, :]
+
     def scale_tril(self) -> torch.Tensor:
         """Cholesky factors of the noise covariances, floored: (K, d, d)."""
         floor = math.sqrt(self.var_floor)

@@ -113,6 +113,10 @@ class NewtonExpert(Expert):
         self.max_m_steps = max_m_steps
 
     # ------------------------------------------------------------- inputs
+    def input_slopes(self) -> torch.Tensor:
+        """The coefficients of x: ``coef[..., 1:]`` (the intercept comes first)."""
+        return self.coef.data[..., 1:]
+
     def _prepare_x(self, x: torch.Tensor) -> torch.Tensor:
         """x in the parameters' dtype and device, with its shape checked: (n, d_x)."""
         if x.dim() != 2 or x.shape[1] != self.n_features:

@@ -193,6 +193,10 @@ class StudentTExpert(Expert):
         return self.log_scale.exp().clamp_min(math.sqrt(self.var_floor))
 
     # ----------------------------------------------------------- likelihood
+    def input_slopes(self) -> torch.Tensor:
+        """The coefficients of x: ``coef[:, 1:, :]`` (row 0 holds the intercepts)."""
+        return self.coef.data[:, 1:, :]
+
     def _loc(self, x: torch.Tensor) -> torch.Tensor:
         """Locations: (n, K, d_y)."""
         xd = add_intercept(x.to(self.coef.dtype))
