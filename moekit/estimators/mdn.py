@@ -30,7 +30,12 @@ class MDNRegressor(RegressorTargets, RegressorMixin, ConditionalMixtureEstimator
     Netlab-style start (the network first outputs a Gaussian mixture fitted
     to y), with a validation split, early stopping, learning-rate decay,
     averaging of the iterates and gradient clipping.  Inputs and targets are
-    standardised inside; predictions are in the original units.
+    standardised inside; predictions are in the original units.  Any
+    magnitude the network's dtype holds works (columns between about 9.6e-35
+    and 8.3e34 for float32, :func:`moekit._validation.supported_magnitudes`
+    with ``power=1``); X beyond float32's range gives a ``ValueError`` naming
+    X, in ``fit`` and in every prediction, instead of NaN (use
+    ``dtype="float64"``).
 
     Parameters
     ----------
