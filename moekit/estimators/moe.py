@@ -172,9 +172,10 @@ class _MoEBase(ConditionalMixtureEstimator):
             model.absorb_input_scale_(e)
             if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
                 raise ValueError(
-                    f"X was rescaled internally by 2**{-e}, but the fitted coefficients in X's units lie beyond "
-                    f"the range of {str(model_dtype(model)).replace('torch.', '')}; rescale X yourself (and keep the "
-                    "model in those units)"
+                    f"X was multiplied internally by 2**{-e} to bring it into the supported range, but the fitted "
+                    "coefficients in X's units (slopes of about y's scale over X's) lie beyond the range of "
+                    f"{str(model_dtype(model)).replace('torch.', '')}; rescale X (or y) yourself and keep the model "
+                    "in those units"
                 )
         return result
 

@@ -106,7 +106,7 @@ def test_x_columns_too_far_apart_to_share_one_rescaling(data):
 def test_coefficients_beyond_float64_in_x_units_are_a_clear_error(data):
     """X of subnormal magnitude: the slopes in X's units (about 2**1070) do not exist in float64."""
     X, y = data
-    with pytest.raises(ValueError, match=r"^X was rescaled internally by 2\*\*\d+, but the fitted coefficients"):
+    with pytest.raises(ValueError, match=r"^X was multiplied internally by 2\*\*-?\d+ to bring it into the supported range, but the fitted coefficients"):
         _reg().fit(X * math.ldexp(1.0, -1070), y)
 
 
