@@ -90,7 +90,6 @@ def main(argv=None) -> int:
         return 3
 
 
-
 def _flush_c_streams() -> None:
     """Flush C's stdio buffers (text printed from C sits there until flushed, e.g. at exit)."""
     with contextlib.suppress(Exception):
@@ -107,10 +106,17 @@ def _output_only_on_stdout():
     is something else (a test's capture), it is left alone.  Where the descriptors cannot be copied (no
     stdout at all), nothing is redirected.
     """
+    saved = None
     try:
         sys.stdout.flush()
+        _flush_c_streams()
         saved = os.dup(1)
-    except (AttributeError, OSError, ValueError):
+        os.dup2(2, 1)
+    except (AttributeError, OSError, ValueError):  # no stdout or no stderr descriptor: nothing to protect
+        if saved is not None:
+            os.close(saved)
+        saved = None
+    if saved is None:
         yield
         return
     old = sys.stdout
@@ -121,8 +127,6 @@ def _output_only_on_stdout():
     if writes_fd1:
         sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(os.dup(saved), "w")), encoding=old.encoding,
                                       errors=old.errors, line_buffering=old.line_buffering)
-    _flush_c_streams()
-    os.dup2(2, 1)
     try:
         yield
     finally:
