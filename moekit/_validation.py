@@ -477,6 +477,25 @@ class Seed(Spec):
             raise ValueError(f"{name} must be None, a non-negative int or a NumPy Generator or RandomState, got {value!r}")
 
 
+class FormulaText(Spec):
+    """None, or a formula string: two-sided (``"y ~ x"``) or one-sided (``"~ x"``)."""
+
+    def __init__(self, two_sided: bool):
+        self.two_sided = two_sided
+
+    def _check(self, value, name):
+        if value is None:
+            return
+        example = "'y ~ x + I(x**2)'" if self.two_sided else "'~ x'"
+        if not isinstance(value, str) or "~" not in value:
+            raise ValueError(f"{name} must be None or a formula string such as {example}, got {value!r}")
+        has_lhs = bool(value.split("~", 1)[0].strip())
+        if has_lhs != self.two_sided:
+            want = "name the target on the left of '~'" if self.two_sided else "have nothing left of '~' " \
+                "(the target comes from formula)"
+            raise ValueError(f"{name} must {want}, e.g. {example}; got {value!r}")
+
+
 class Device(Spec):
     """A device this machine has (see :func:`device_problem`)."""
 
@@ -506,6 +525,8 @@ PARAMETERS: dict[str, Spec] = {
     "covariance": OneOf("full", "diag", "spherical"),
     "gate_features": Columns(),
     "expert_features": Columns(),
+    "formula": FormulaText(two_sided=True),
+    "gate_formula": FormulaText(two_sided=False),
     # training
     "fit_method": OneOf("em", "gradient"),
     "optimizer": OneOf("adam", "lbfgs"),
@@ -534,6 +555,8 @@ PARAMETERS: dict[str, Spec] = {
     "device": Device(),
     "dtype": Dtype(),
     "verbose": Int(0, bool_ok=True),
+    # what fit computes beyond the model
+    "compute_se": Bool(),
 }
 
 

@@ -25,11 +25,12 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from .._validation import check_params, check_sample_weight, torch_dtype
+from .._validation import as_tensor, check_params, check_sample_weight, torch_dtype
 from ..inference import branches, central_interval, find_modes, hdr
 from ..io import register_estimator
 from ..io import save as save_model
 from .encoding import encode_frame, fit_frame_encoding, is_dataframe, needs_encoding
+from .formula import FormulaDesign
 
 __all__ = [
     "ConditionalMixtureEstimator",
@@ -192,6 +193,9 @@ class ConditionalMixtureMixin:
     # ---------------------------------------------------------- prediction
     def _x(self, X) -> torch.Tensor:
         check_is_fitted(self, "model_")
+        design = getattr(self, "formula_design_", None)
+        if design is not None:  # a model written as formulas: its inputs are the formulas' columns of the data
+            X = _design_frame(FormulaDesign.from_dict(design), X)
         encoding = getattr(self, "feature_encoding_", None)
         names = getattr(self, "feature_names_in_", None)
         encoded_given = is_dataframe(X) and names is not None and [str(c) for c in X.columns] == list(names)
@@ -206,7 +210,8 @@ class ConditionalMixtureMixin:
                 )
             check_X(X)
             X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        return torch.as_tensor(np.array(X, dtype=np.float64), dtype=torch_dtype(self.dtype), device=self.device)
+        # as_tensor names a column that overflows or vanishes in the model's dtype (float32) instead of a silent 0
+        return as_tensor(np.array(X, dtype=np.float64), "X", torch_dtype(self.dtype), self.device)
 
     def predict_distribution(self, X):
         """The predictive mixture p(y | x) for every row.
@@ -431,6 +436,9 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
     def _set_model_attributes(self, result) -> None:
         """Fitted attributes of the estimator's own (number of experts, leaves, ...)."""
 
+    def _fitted(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
+        """What the estimator computes from the training data once the model is fitted (standard errors)."""
+
     # ----------------------------------------------------------- template
     def _check_params(self) -> None:
         check_params(self.get_params(deep=False), self._parameter_specs)
@@ -439,6 +447,7 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
     def _start(self, X, y, sample_weight):
         """What ``fit`` trains: the checks, X and y validated (and encoded), the unfitted model built and seeded."""
         self._check_params()
+        X, y = self._formula_inputs(X, y)
         check_X(X)
         encoding = fit_frame_encoding(X) if needs_encoding(X) else None
         if encoding is not None:
@@ -464,7 +473,7 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
         w = check_sample_weight(sample_weight, X.shape[0], torch.float64).numpy()
         yt, y_info = self._fit_targets(y, w)
         dtype = torch_dtype(self.dtype)
-        x = torch.as_tensor(np.array(X, dtype=np.float64), dtype=dtype, device=self.device)
+        x = as_tensor(np.array(X, dtype=np.float64), "X", dtype, self.device)  # a float32 column that vanishes is named
         wt = torch.as_tensor(w, dtype=dtype, device=self.device)
         rng = np.random.default_rng(self.random_state)
         seed = int(rng.integers(0, 2**31 - 1))
@@ -473,6 +482,28 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
             model = self.build_model(X.shape[1], y_info, dtype, gen)
         model = model.to(self.device)
         return model, x, yt, wt, seed, rng, gen
+
+    def _formula_inputs(self, X, y):
+        """With ``formula``: X and y from the DataFrame by the formulas (``formula_design_`` records them)."""
+        formula = getattr(self, "formula", None)
+        if formula is None:
+            if getattr(self, "gate_formula", None) is not None:
+                raise ValueError("gate_formula needs formula (the experts' formula, whose left side names the target); "
+                                 "set formula='y ~ x' too, or give the gate's columns with gate_features")
+            if hasattr(self, "formula_design_"):
+                del self.formula_design_
+            return X, y
+        if y is not None:
+            raise ValueError(f"y is given, but formula={formula!r} takes the target from its left side: call "
+                             "fit(data) with the DataFrame alone")
+        for name in ("gate_features", "expert_features"):
+            if getattr(self, name, None) is not None:
+                raise ValueError(f"{name} and formula both choose columns; write the gate's terms as gate_formula "
+                                 "and the experts' as formula, and leave gate_features and expert_features None")
+        design = FormulaDesign(formula, getattr(self, "gate_formula", None))
+        Xd, y = design.fit(X)
+        self.formula_design_ = design.to_dict()
+        return _named_frame(Xd, design.names), y
 
     def count_parameters(self, X, y, sample_weight=None) -> int:
         """Free parameters of the model that ``fit(X, y, sample_weight)`` would start from, without fitting it.
@@ -489,7 +520,7 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
         model = clone(self)._start(X, y, sample_weight)[0]
         return int(model.n_parameters())
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Fit the model.
 
         Parameters
@@ -501,7 +532,9 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
             encoding is kept in ``feature_encoding_`` (``feature_names_in_`` are then the encoded
             names, the model's inputs) and applied to every X given later; a level not seen here,
             or a column with a different value in every row (an identifier), is a ValueError.
+            With ``formula`` (mixtures of experts): the DataFrame holding the formulas' columns.
         y : array-like (n,) or (n, d_y); class labels (n,) for classifiers
+            None with ``formula``, whose left side names the target.
         sample_weight : array-like (n,), optional
             Non-negative weights; integer weights are equivalent to repeated
             rows, rows with weight 0 to dropped ones.
@@ -521,6 +554,7 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
         self.mean_log_likelihood_history_ = np.asarray(result.history)
         self.log_likelihood_history_ = self.mean_log_likelihood_history_ * result.train_weight
         self._set_model_attributes(result)
+        self._fitted(x, yt, wt)
         return self
 
     # ------------------------------------------------------- model files
@@ -597,3 +631,24 @@ class ClassifierTargets:
         if unknown.any():
             raise ValueError(f"y holds labels not seen in fit: {sorted(set(y[unknown].tolist()))[:5]}; known: {list(self.classes_)}")
         return torch.as_tensor(idx, dtype=torch.long, device=self.device)
+
+
+def _named_frame(X: np.ndarray, names: list):
+    """X as a DataFrame with the formulas' column names (so that ``feature_names_in_`` records them)."""
+    import pandas as pd  # slow to import; here only for models written as formulas (which need pandas anyway)
+
+    return pd.DataFrame(X, columns=list(names))
+
+
+def _design_frame(design: FormulaDesign, X):
+    """New data through a fitted formula design; an array with the design's columns passes as it is."""
+    if not is_dataframe(X):
+        arr = np.asarray(X)
+        if arr.ndim == 2 and arr.shape[1] == len(design.names):
+            return X
+        raise TypeError(f"X must be a pandas DataFrame with the columns of formula {design.formula!r}"
+                        + (f" and gate_formula {design.gate_formula!r}" if design.gate_formula else "")
+                        + f", got {type(X).__name__}")
+    if [str(c) for c in X.columns] == design.names:
+        return X
+    return _named_frame(design.transform(X), design.names)

@@ -280,8 +280,9 @@ _PARAMS_DOC = """
         split by class, which no gate of X can follow), or random.
     expert, gate, fit_method, max_iter, tol, n_init, random_state, device, dtype, verbose,
     gate_features, expert_features, hidden_layer_sizes, learning_rate, batch_size, alpha,
-    optimizer, and for the regressor covariance and var_floor
-        As for the flat estimator (here per leaf and per gate).
+    optimizer, formula, gate_formula, compute_se, and for the regressor covariance and var_floor
+        As for the flat estimator (here per leaf and per gate; gate_formula
+        is every gate's).
 """
 
 
@@ -360,6 +361,9 @@ class HMERegressor(_HMEMixin, MoERegressor):
         validation_fraction=0.2,
         min_gain=1e-3,
         prune_threshold=1e-4,
+        formula=None,
+        gate_formula=None,
+        compute_se=True,
     ):
         self.depth = depth
         self.branching = branching
@@ -385,9 +389,15 @@ class HMERegressor(_HMEMixin, MoERegressor):
         self.batch_size = batch_size
         self.alpha = alpha
         self.optimizer = optimizer
+        self.formula = formula
+        self.gate_formula = gate_formula
+        self.compute_se = compute_se
         self.validation_fraction = validation_fraction
         self.min_gain = min_gain
         self.prune_threshold = prune_threshold
+        self.formula = formula
+        self.gate_formula = gate_formula
+        self.compute_se = compute_se
 
 
 @storable
@@ -457,6 +467,9 @@ class HMEClassifier(_HMEMixin, MoEClassifier):
         validation_fraction=0.2,
         min_gain=1e-3,
         prune_threshold=1e-4,
+        formula=None,
+        gate_formula=None,
+        compute_se=True,
     ):
         self.depth = depth
         self.branching = branching
@@ -480,6 +493,12 @@ class HMEClassifier(_HMEMixin, MoEClassifier):
         self.batch_size = batch_size
         self.alpha = alpha
         self.optimizer = optimizer
+        self.formula = formula
+        self.gate_formula = gate_formula
+        self.compute_se = compute_se
         self.validation_fraction = validation_fraction
         self.min_gain = min_gain
         self.prune_threshold = prune_threshold
+        self.formula = formula
+        self.gate_formula = gate_formula
+        self.compute_se = compute_se

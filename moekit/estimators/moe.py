@@ -34,6 +34,7 @@ from ..training.em import fit_em
 from ..training.gradient import fit_gradient
 from ..training.restarts import best_of
 from .base import ClassifierTargets, ConditionalMixtureEstimator, RegressorTargets, storable, weighted_variance
+from .summary import SummaryMixin
 
 __all__ = ["MoERegressor", "MoEClassifier"]
 
@@ -45,14 +46,15 @@ def expert_names(*names) -> OneOf:
     return OneOf(*names, other="an expert instance", instances=(object,))
 
 
-class _MoEBase(ConditionalMixtureEstimator):
+class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
     """Model building, training and gate views shared by the MoE estimators (and the HME ones)."""
 
     # ------------------------------------------------------------ building
     def _feature_index(self, spec, name: str, n_features: int):
         """Resolve ``gate_features`` / ``expert_features`` (checked by their spec) against X's columns."""
         if spec is None:
-            return None
+            design = getattr(self, "formula_design_", None)  # a model written as formulas chose its columns
+            return None if design is None else [int(i) for i in design[name]]
         items = [spec] if isinstance(spec, (str, numbers.Integral)) else list(spec)
         names = getattr(self, "feature_names_in_", None)
         out = []
@@ -320,6 +322,22 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
         gate (and ``l2`` of GLM experts).  0 is maximum likelihood, which
         needs at least as many rows as free parameters; with ``alpha > 0`` the
         penalised problem is well posed on fewer rows.
+    formula : str, optional
+        The experts' formula over a pandas DataFrame, as in R (formulaic):
+        ``"yn ~ x + I(x**2)"``, with factors (``C(g)`` or text columns),
+        interactions (``x:g``) and transformations (``np.log(x)``).  Its left
+        side names the target: then ``fit(data)`` takes the DataFrame alone,
+        predictions take DataFrames, and coefficients are named as formulaic
+        names them (``summary()``).  Intercepts are the model's own.
+    gate_formula : str, optional
+        The gate's one-sided formula (``"~ x"``; default: the experts' terms);
+        needs ``formula``.
+    compute_se : bool, default=True
+        Compute the observed information and the sandwich at the end of
+        ``fit`` (kept in ``inference_`` and in model files), so that
+        ``summary()`` needs no data.  Costs about two gradient passes over the
+        data per free parameter; False skips it (``summary(X=..., y=...)``
+        then computes it).
 
     Attributes
     ----------
@@ -339,7 +357,15 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
         The absolute variance floor, ``var_floor`` times the weighted
         variance of y.
     n_features_in_ : int
-    feature_names_in_ : ndarray, for DataFrames
+    feature_names_in_ : ndarray, for DataFrames (and formulas)
+    inference_ : dict
+        With ``compute_se``: estimates, their covariances (observed
+        information and sandwich) and notes, read by ``summary()``.
+    formula_design_ : dict
+        With ``formula``: the formulas, columns and factor levels.
+    gate_coef_, expert_coef_ : pandas.DataFrame
+        The gate's coefficients (against component 0) and the experts'
+        coefficients and noise scales, named (see ``summary()``).
 
     Shapes
     ------
@@ -399,6 +425,9 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
         batch_size=256,
         alpha=0.0,
         optimizer="adam",
+        formula=None,
+        gate_formula=None,
+        compute_se=True,
     ):
         self.n_experts = n_experts
         self.expert = expert
@@ -421,12 +450,15 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
         self.batch_size = batch_size
         self.alpha = alpha
         self.optimizer = optimizer
+        self.formula = formula
+        self.gate_formula = gate_formula
+        self.compute_se = compute_se
 
     def _fit_targets(self, y, w):
         if self.expert == "poisson" and (np.any(y < 0) or np.any(y != np.round(y))):
             raise ValueError("y must hold non-negative integer counts for expert='poisson'")
         dtype = torch_dtype(self.dtype)
-        check_scale(torch.as_tensor(y, dtype=torch.float64), "y", dtype=dtype)
+        check_scale(torch.as_tensor(np.array(y, dtype=np.float64)), "y", dtype=dtype)  # a copy: y may be read-only
         if self.expert != "poisson":  # counts may all be equal (a rate); a continuous density of a constant may not
             check_not_constant(y, w, "y")
         # relative to the *weighted* variance of y, so that integer weights and repeated rows give
@@ -486,7 +518,8 @@ class MoEClassifier(ClassifierTargets, ClassifierMixin, _MoEBase):
     or neural networks with a categorical head; the gate is as in
     :class:`MoERegressor`.  Parameters are those of :class:`MoERegressor`
     but ``covariance`` and ``var_floor`` (which class labels do not have),
-    with ``expert`` in {"logistic", "mlp"} or an expert module instance.
+    with ``expert`` in {"logistic", "mlp"} or an expert module instance
+    (``formula``, ``gate_formula`` and ``compute_se`` included).
 
     Shapes
     ------
@@ -529,6 +562,9 @@ class MoEClassifier(ClassifierTargets, ClassifierMixin, _MoEBase):
         batch_size=256,
         alpha=0.0,
         optimizer="adam",
+        formula=None,
+        gate_formula=None,
+        compute_se=True,
     ):
         self.n_experts = n_experts
         self.expert = expert
@@ -549,6 +585,9 @@ class MoEClassifier(ClassifierTargets, ClassifierMixin, _MoEBase):
         self.batch_size = batch_size
         self.alpha = alpha
         self.optimizer = optimizer
+        self.formula = formula
+        self.gate_formula = gate_formula
+        self.compute_se = compute_se
 
     def _build_named_experts(self, d, k, n_classes, dtype, gen):
         if self.expert == "logistic":

@@ -46,9 +46,15 @@ def inference_state(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) ->
         sand = observed_information(model, x, y, w, method="sandwich")
     except NoLikelihoodHessianError as err:
         return {"error": str(err)}
+    except torch.linalg.LinAlgError as err:  # fit succeeded: its standard errors failing must not fail it
+        return {"error": f"the observed information could not be decomposed ({err}); use se='bootstrap'"}
     with torch.no_grad():
         r = model.log_responsibilities(x, y).exp() if hasattr(model, "log_responsibilities") else None
-    entropy = 0.0 if r is None else float(-(w[:, None] * xlogy(r.cpu().numpy(), r.cpu().numpy())).sum())
+    if r is None:
+        entropy = 0.0
+    else:
+        rn = r.cpu().numpy()
+        entropy = float(-(w.cpu().numpy()[:, None] * xlogy(rn, rn)).sum())
     return {
         "parameters": [[p.block, list(p.node), int(p.component), p.output, p.term,
                         None if p.input_columns is None else [int(c) for c in p.input_columns]]
@@ -150,6 +156,13 @@ class Summary:
 
 class SummaryMixin:
     """``summary()``, ``gate_coef_`` and ``expert_coef_`` for the mixture-of-experts estimators."""
+
+    def _fitted(self, x, y, w) -> None:
+        """At the end of ``fit``: the observed information and the sandwich, for ``summary()`` without data."""
+        if getattr(self, "compute_se", False):
+            self.inference_ = inference_state(self.model_, x, y, w)
+        elif hasattr(self, "inference_"):
+            del self.inference_
 
     # ------------------------------------------------------------ naming
     def _input_name(self, col: int) -> str:

@@ -344,6 +344,10 @@ def observed_information(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tens
         jac = torch.autograd.functional.jacobian(report, phi0)
         loglik = float(total(phi0))
     info_matrix = -0.5 * (hess + hess.T)
+    if not bool(torch.isfinite(info_matrix).all()):
+        raise NoLikelihoodHessianError(
+            "the observed information is not finite (the inputs' scale squared is beyond the dtype's range); "
+            "rescale X and refit to get standard errors, or use se='bootstrap'")
     infos = [i for b in blocks for i in b.infos]
     notes = _conditioning(info_matrix, infos, cond_limit)
     inv, unknown = _inverse(info_matrix)
@@ -362,15 +366,25 @@ def observed_information(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tens
                        log_likelihood=loglik, n_samples=float(w.sum()), warnings=notes)
 
 
+def _equilibrated(info: torch.Tensor):
+    """``(D^-1 I D^-1, d)`` with ``d = sqrt(|diag I|)`` (1 where 0): the information in units where every parameter
+    has unit curvature, so that conditioning does not depend on the scale of the inputs."""
+    d = info.diagonal().abs().sqrt()
+    d = torch.where(d > 0, d, torch.ones_like(d))
+    return info / d[:, None] / d[None, :], d
+
+
 def _inverse(info: torch.Tensor):
     """The inverse of the information on the directions the data determine, and the free parameters that
-    load on a direction they do not (eigenvalue <= 1e-12 of the largest, or negative): ``(inverse, mask)``."""
-    evals, evecs = torch.linalg.eigh(info)
-    if evals.numel() == 0:
+    load on a direction they do not (eigenvalue <= 1e-12 of the largest of the equilibrated information,
+    or negative): ``(inverse, mask)``."""
+    if info.numel() == 0:
         return info.clone(), torch.zeros(0, dtype=torch.bool, device=info.device)
+    scaled, d = _equilibrated(info)
+    evals, evecs = torch.linalg.eigh(scaled)
     ok = evals > 1e-12 * evals.abs().max().clamp_min(torch.finfo(info.dtype).tiny)
     v = evecs[:, ok]
-    inv = (v / evals[ok]) @ v.T
+    inv = ((v / evals[ok]) @ v.T) / d[:, None] / d[None, :]
     unknown = (evecs[:, ~ok] ** 2).sum(dim=1) > 1e-8
     return inv, unknown
 
@@ -392,7 +406,7 @@ def _row_scores(rows, phi0) -> torch.Tensor:
 
 def _conditioning(info: torch.Tensor, infos: list, cond_limit: float) -> list:
     """Notes naming the parameter most involved when the information is singular or ill-conditioned."""
-    evals, evecs = torch.linalg.eigh(info)
+    evals, evecs = torch.linalg.eigh(_equilibrated(info)[0]) if info.numel() else (info.new_zeros(0), info)
     top = float(evals[-1]) if evals.numel() else 0.0
     low = float(evals[0]) if evals.numel() else 0.0
     if evals.numel() == 0 or (low > 0 and top / low < cond_limit):
