@@ -11,13 +11,15 @@ can interpolate the data): such a K is skipped, with a warning, and listed in
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CRITERIA", "SelectionResult", "log_likelihood_scorer", "parse_n_experts", "select_n_experts"]
+__all__ = ["CRITERIA", "LikelihoodRatioResult", "SelectionResult", "bootstrap_lrt", "log_likelihood_scorer",
+           "parse_n_experts", "select_n_experts"]
 
 CRITERIA = {
     "bic": "BIC (lower is better)",
@@ -47,6 +49,9 @@ class SelectionResult:
     skipped : dict of int to int
         For 'bic', 'aic' and 'icl': the candidates K left out because their models have at least as many
         free parameters as the data has rows, with those numbers of parameters (not in ``scores``).
+    fits : dict of int to dict
+        For every K fitted on every row: its ``log_likelihood``, ``n_parameters``, ``bic``, ``aic`` and
+        ``icl`` (those the estimator provides); see :attr:`table`.
     """
 
     criterion: str
@@ -54,11 +59,35 @@ class SelectionResult:
     n_experts: int
     estimator: object
     skipped: dict = field(default_factory=dict)
+    fits: dict = field(default_factory=dict)
 
     @property
     def description(self) -> str:
         """The criterion in words, with its direction, e.g. 'BIC (lower is better)'."""
         return CRITERIA[self.criterion]
+
+    @property
+    def table(self):
+        """Every candidate K in a pandas DataFrame, as R's ``stepFlexmix`` prints it.
+
+        Columns ``n_experts``, ``log_likelihood`` (total, on every row), ``n_parameters``, ``bic``,
+        ``aic``, ``icl``, ``heldout_log_likelihood`` (the mean held-out log-likelihood, for 'heldout'
+        and 'cv'; NaN otherwise), ``chosen`` and ``note`` (why a K was skipped). Statistics an
+        estimator does not provide are NaN.
+        """
+        import pandas as pd  # slow to import; only for this table
+
+        rows = []
+        for k in sorted(set(self.fits) | set(self.skipped) | set(self.scores)):
+            f = self.fits.get(k, {})
+            note = (f"skipped: {self.skipped[k]} parameters, not fewer than the rows" if k in self.skipped else "")
+            rows.append({"n_experts": k, "log_likelihood": f.get("log_likelihood", math.nan),
+                         "n_parameters": f.get("n_parameters", self.skipped.get(k, math.nan)),
+                         "bic": f.get("bic", math.nan), "aic": f.get("aic", math.nan), "icl": f.get("icl", math.nan),
+                         "heldout_log_likelihood": self.scores.get(k, math.nan) if self.criterion in ("heldout", "cv")
+                         else math.nan,
+                         "chosen": k == self.n_experts, "note": note})
+        return pd.DataFrame(rows)
 
 
 def parse_n_experts(spec: str) -> list[int]:
@@ -140,8 +169,8 @@ def select_n_experts(
     random_state : int or numpy Generator, optional
         Seeds the held-out split and the folds.
     callback : callable, optional
-        Called with k just before each fit (each fold's, for 'cv'; and before the final refit of 'heldout' and 'cv'): for progress
-        bars, and to know which fit raised.
+        Called with k just before each fit (each fold's, for 'cv'; and before each K's fit on every row, which
+        'heldout' and 'cv' make for the table and the chosen model): for progress bars, and to know which fit raised.
 
     Returns
     -------
@@ -163,6 +192,8 @@ def select_n_experts(
     >>> res = select_n_experts(lambda k: MoERegressor(n_experts=k, random_state=0), d.data, d.target, [1, 2, 3])
     >>> res.n_experts, res.estimator.n_experts_, sorted(res.scores) == [1, 2, 3]
     (3, 3, True)
+    >>> list(res.table.columns)
+    ['n_experts', 'log_likelihood', 'n_parameters', 'bic', 'aic', 'icl', 'heldout_log_likelihood', 'chosen', 'note']
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
@@ -177,6 +208,7 @@ def select_n_experts(
                          "every row once); use criterion='heldout' or 'cv', or leave the weights out")
     notify = callback or (lambda k: None)
     scores: dict[int, float] = {}
+    models: dict = {}
     if criterion in ("heldout", "cv"):
         n = len(X)
         perm = np.random.default_rng(random_state).permutation(n)
@@ -199,11 +231,13 @@ def select_n_experts(
             ll = np.concatenate(lls)
             held_out = np.concatenate([val for _, val in splits])
             scores[k] = float(np.mean(ll) if w is None else np.average(ll, weights=w[held_out]))
+            notify(k)
+            models[k] = _fit(make_estimator(k), X, y, sample_weight)  # on every row: the table's statistics
         best = max(ks, key=lambda k: scores[k])
-        notify(best)
-        return SelectionResult(criterion, scores, best, _fit(make_estimator(best), X, y, sample_weight))
+        return SelectionResult(criterion, scores, best, models[best],
+                               fits={k: _fit_statistics(m, X, y) for k, m in models.items()})
     n_rows = len(X)
-    models, skipped = {}, {}
+    skipped = {}
     for k in ks:
         est = make_estimator(k)
         n_par = _free_parameters(est, X, y)
@@ -231,7 +265,24 @@ def select_n_experts(
             stacklevel=2,
         )
     best = min(scores, key=lambda k: scores[k])
-    return SelectionResult(criterion, scores, best, models[best], skipped)
+    return SelectionResult(criterion, scores, best, models[best], skipped,
+                           fits={k: _fit_statistics(m, X, y) for k, m in models.items()})
+
+
+def _fit_statistics(est, X, y) -> dict:
+    """A fitted estimator's log-likelihood, parameters, BIC, AIC and ICL on (X, y) (those it provides)."""
+    out = {}
+    ll = getattr(est, "log_likelihood_", None)
+    if ll is not None:
+        out["log_likelihood"] = float(ll)
+    n_par = _fitted_parameters(est)
+    if n_par is not None:
+        out["n_parameters"] = n_par
+    for name in ("bic", "aic", "icl"):
+        fn = getattr(est, name, None)
+        if callable(fn):
+            out[name] = float(fn(X, y))
+    return out
 
 
 def _fitted_parameters(est) -> int | None:
@@ -271,3 +322,100 @@ def log_likelihood_scorer(estimator, X, y) -> float:
     {'n_experts': 2}
     """
     return float(np.mean(estimator.score_samples(X, y)))
+
+
+@dataclass
+class LikelihoodRatioResult:
+    """A parametric-bootstrap likelihood-ratio test of K experts against K + 1 (:func:`bootstrap_lrt`).
+
+    Attributes
+    ----------
+    n_experts : int
+        K, the null hypothesis' number of experts (the alternative has K + 1).
+    statistic : float
+        ``2 (log L_{K+1} - log L_K)`` on the data.
+    p_value : float
+        ``(1 + #{bootstrap statistics >= statistic}) / (n_boot + 1)``.
+    null_statistics : numpy.ndarray
+        The statistic on each data set simulated from the fitted K-expert model: (n_boot,).
+    null, alternative : estimator
+        The K- and (K + 1)-expert fits to the data.
+    """
+
+    n_experts: int
+    statistic: float
+    p_value: float
+    null_statistics: np.ndarray
+    null: object
+    alternative: object
+
+
+def _lrt_statistic(make_estimator, k, X, y, sample_weight):
+    a = _fit(make_estimator(k), X, y, sample_weight)
+    b = _fit(make_estimator(k + 1), X, y, sample_weight)
+    return 2.0 * (float(b.log_likelihood_) - float(a.log_likelihood_)), a, b
+
+
+def bootstrap_lrt(make_estimator: Callable, X, y, n_experts: int, *, n_boot: int = 99, sample_weight=None,
+                  random_state=None, callback: Callable | None = None) -> LikelihoodRatioResult:
+    """Test K experts against K + 1 by a parametric bootstrap of the likelihood-ratio statistic.
+
+    The usual chi-squared reference does not hold for the number of components of a mixture (the
+    null lies on the boundary of the alternative); instead the statistic's null distribution is
+    simulated (McLachlan 1987; mixtools' ``boot.comp``): ``n_boot`` data sets of y drawn from the
+    fitted K-expert model at the observed x, each refitted with K and K + 1 experts.
+
+    Parameters
+    ----------
+    make_estimator : callable
+        ``make_estimator(k)`` returns an unfitted estimator with k experts (``fit`` and
+        ``log_likelihood_``, ``sample_y``).
+    X, y : array-like
+        The data.
+    n_experts : int
+        K (>= 1).
+    n_boot : int, default=99
+        Bootstrap data sets (>= 2).
+    sample_weight : array-like, optional
+        Row weights, used in every fit.
+    random_state : int, optional
+        Seed of the simulated data sets.
+    callback : callable, optional
+        Called with the replicate's index after each bootstrap replicate (progress).
+
+    Returns
+    -------
+    LikelihoodRatioResult
+
+    Shapes
+    ------
+    X : (n, d_x); y : (n,) or (n, d_y); sample_weight : (n,).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from moekit import MoERegressor
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.uniform(-1, 1, (200, 1))
+    >>> y = np.where(rng.random(200) < 0.5, 2 * X[:, 0], -2 * X[:, 0]) + 0.1 * rng.normal(size=200)
+    >>> res = bootstrap_lrt(lambda k: MoERegressor(n_experts=k, random_state=0), X, y, 1, n_boot=4, random_state=0)
+    >>> res.p_value  # two regimes: one expert is rejected
+    0.2
+    """
+    if not (isinstance(n_experts, (int, np.integer)) and not isinstance(n_experts, bool) and 1 <= n_experts < _MAX_K):
+        raise ValueError(f"n_experts must be an integer between 1 and {_MAX_K - 1} (K, tested against K + 1), "
+                         f"got {n_experts!r}")
+    if not (isinstance(n_boot, (int, np.integer)) and not isinstance(n_boot, bool) and n_boot >= 2):
+        raise ValueError(f"n_boot must be an integer >= 2, got {n_boot!r}")
+    k = int(n_experts)
+    observed, null, alt = _lrt_statistic(make_estimator, k, X, y, sample_weight)
+    rng = np.random.default_rng(random_state)
+    stats = np.empty(int(n_boot))
+    for b in range(int(n_boot)):
+        y_star = null.sample_y(X, random_state=int(rng.integers(2**31 - 1)))
+        y_star = np.asarray(y_star).reshape(np.shape(y)) if np.ndim(y) == 1 else np.asarray(y_star)
+        stats[b] = _lrt_statistic(make_estimator, k, X, y_star, sample_weight)[0]
+        if callback is not None:
+            callback(b)
+    p = (1.0 + float(np.sum(stats >= observed))) / (n_boot + 1.0)
+    return LikelihoodRatioResult(k, observed, p, stats, null, alt)

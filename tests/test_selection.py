@@ -6,7 +6,14 @@ from sklearn.model_selection import GridSearchCV
 
 from moekit import MoERegressor
 from moekit.datasets import load_tonedata
-from moekit.selection import CRITERIA, SelectionResult, log_likelihood_scorer, parse_n_experts, select_n_experts
+from moekit.selection import (
+    CRITERIA,
+    SelectionResult,
+    bootstrap_lrt,
+    log_likelihood_scorer,
+    parse_n_experts,
+    select_n_experts,
+)
 
 
 # ------------------------------------------------------------------ parsing
@@ -87,7 +94,7 @@ def test_heldout_scores_the_held_out_rows_and_refits_the_best_on_every_row(fake)
     res = select_n_experts(fake, X, y, [1, 2, 3, 4], criterion="heldout", random_state=0, callback=seen.append)
     assert res.scores == {1: -2.0, 2: -1.0, 3: -1.5, 4: -1.0}
     assert res.n_experts == 2 and res.estimator.k == 2 and res.estimator.n_fit_ == 50  # refitted on all rows
-    assert seen == [1, 2, 3, 4, 2]
+    assert seen == [1, 1, 2, 2, 3, 3, 4, 4]  # each K: its held-out fit, then its fit on every row (the table's)
     assert res.description == "held-out mean log-likelihood (higher is better)"
 
 
@@ -202,7 +209,7 @@ def test_cross_validated_log_likelihood_holds_every_row_out_once():
                            n_folds=4, random_state=0, callback=calls.append)
     assert res.criterion == "cv" and res.description == CRITERIA["cv"]
     assert res.n_experts == 2 and res.scores[2] > res.scores[1]
-    assert calls == [1] * 4 + [2] * 4 + [2]  # four folds per K, then the refit on every row
+    assert calls == [1] * 5 + [2] * 5  # four folds per K, then its fit on every row
     assert res.estimator.n_experts_ == 2
     # integer weights: the weighted mean over the held-out rows (no error, a finite score)
     w = np.ones(len(y))
@@ -260,3 +267,47 @@ def test_heldout_does_not_skip():
     res = select_n_experts(lambda k: MoERegressor(n_experts=k, random_state=0, alpha=1.0, max_iter=20), X, y,
                            [1, 3], criterion="heldout", random_state=0)
     assert set(res.scores) == {1, 3} and res.skipped == {}
+
+
+# ------------------------------------------------------------- the table and the bootstrap LRT
+def test_selection_table_lists_every_criterion(tone):
+    X, y = tone
+    res = select_n_experts(lambda k: MoERegressor(n_experts=k, random_state=0, compute_se=False), X, y, [1, 2])
+    t = res.table
+    assert list(t.columns) == ["n_experts", "log_likelihood", "n_parameters", "bic", "aic", "icl",
+                               "heldout_log_likelihood", "chosen", "note"]
+    est = res.estimator
+    row = t[t.n_experts == res.n_experts].iloc[0]
+    assert row.bic == pytest.approx(est.bic(X, y)) and row.aic == pytest.approx(est.aic(X, y))
+    assert row.icl == pytest.approx(est.icl(X, y)) and row.log_likelihood == pytest.approx(est.log_likelihood_)
+    assert row.n_parameters == est.model_.n_parameters() and bool(row.chosen)
+    assert t.heldout_log_likelihood.isna().all()
+    cv = select_n_experts(lambda k: MoERegressor(n_experts=k, random_state=0, compute_se=False), X, y, [1, 2],
+                          criterion="cv", n_folds=3, random_state=0)
+    assert cv.table.heldout_log_likelihood.tolist() == [cv.scores[1], cv.scores[2]]
+    assert cv.table.bic.notna().all()
+
+
+def test_selection_table_notes_skipped_k():
+    X, y = _two_regimes(n=12)
+    with pytest.warns(UserWarning, match="skipped"):
+        res = select_n_experts(lambda k: MoERegressor(n_experts=k, random_state=0, compute_se=False), X, y, [1, 4])
+    t = res.table
+    assert t[t.n_experts == 4].note.iloc[0].startswith("skipped: ") and np.isnan(t[t.n_experts == 4].bic.iloc[0])
+
+
+def test_bootstrap_lrt_rejects_one_expert_for_two_regimes_and_not_two_for_three():
+    X, y = _two_regimes(n=200, seed=1)
+
+    def make(k):
+        return MoERegressor(n_experts=k, random_state=0, compute_se=False)
+
+    one = bootstrap_lrt(make, X, y, 1, n_boot=9, random_state=0)
+    assert one.statistic > one.null_statistics.max() and one.p_value == pytest.approx(0.1)
+    assert one.null.n_experts_ == 1 and one.alternative.n_experts_ == 2
+    two = bootstrap_lrt(make, X, y, 2, n_boot=9, random_state=0)
+    assert two.p_value > 0.1 and two.null_statistics.shape == (9,)
+    with pytest.raises(ValueError, match="n_boot must be an integer >= 2"):
+        bootstrap_lrt(make, X, y, 1, n_boot=1)
+    with pytest.raises(ValueError, match="n_experts must be an integer"):
+        bootstrap_lrt(make, X, y, 0)
