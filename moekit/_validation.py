@@ -556,7 +556,7 @@ PARAMETERS: dict[str, Spec] = {
     "dtype": Dtype(),
     "verbose": Int(0, bool_ok=True),
     # what fit computes beyond the model
-    "compute_se": Bool(),
+    "compute_se": OneOf("auto", True, False),
 }
 
 

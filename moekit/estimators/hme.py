@@ -363,7 +363,7 @@ class HMERegressor(_HMEMixin, MoERegressor):
         prune_threshold=1e-4,
         formula=None,
         gate_formula=None,
-        compute_se=True,
+        compute_se="auto",
     ):
         self.depth = depth
         self.branching = branching
@@ -469,7 +469,7 @@ class HMEClassifier(_HMEMixin, MoEClassifier):
         prune_threshold=1e-4,
         formula=None,
         gate_formula=None,
-        compute_se=True,
+        compute_se="auto",
     ):
         self.depth = depth
         self.branching = branching

@@ -332,12 +332,15 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
     gate_formula : str, optional
         The gate's one-sided formula (``"~ x"``; default: the experts' terms);
         needs ``formula``.
-    compute_se : bool, default=True
+    compute_se : {"auto", True, False}, default="auto"
         Compute the observed information and the sandwich at the end of
         ``fit`` (kept in ``inference_`` and in model files), so that
-        ``summary()`` needs no data.  Costs about two gradient passes over the
-        data per free parameter; False skips it (``summary(X=..., y=...)``
-        then computes it).
+        ``summary()`` needs no data.  It costs about two gradient passes over
+        the data per free parameter (on 10,000 rows with 10 inputs and 8
+        experts, 173 parameters, about half a fit more), so "auto" computes
+        it where rows times parameters are at most 5e6 (statistical models
+        of tables) and skips it above; then ``summary(X=..., y=...)``
+        computes it from the data.
 
     Attributes
     ----------
@@ -427,7 +430,7 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
         optimizer="adam",
         formula=None,
         gate_formula=None,
-        compute_se=True,
+        compute_se="auto",
     ):
         self.n_experts = n_experts
         self.expert = expert
@@ -564,7 +567,7 @@ class MoEClassifier(ClassifierTargets, ClassifierMixin, _MoEBase):
         optimizer="adam",
         formula=None,
         gate_formula=None,
-        compute_se=True,
+        compute_se="auto",
     ):
         self.n_experts = n_experts
         self.expert = expert

@@ -28,6 +28,8 @@ COLUMNS = ["block", "node", "component", "output", "term", "estimate", "std_erro
            "ci_high"]
 _SE = ("hessian", "sandwich", "bootstrap")
 _NO_TEST = ("sigma", "df")  # positive quantities: no z test against 0
+#: ``compute_se="auto"`` computes standard errors at fit where rows times free parameters are at most this.
+AUTO_SE_BUDGET = 5e6
 
 
 def inference_state(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> dict:
@@ -159,7 +161,10 @@ class SummaryMixin:
 
     def _fitted(self, x, y, w) -> None:
         """At the end of ``fit``: the observed information and the sandwich, for ``summary()`` without data."""
-        if getattr(self, "compute_se", False):
+        cs = getattr(self, "compute_se", False)
+        if cs == "auto":
+            cs = x.shape[0] * self.model_.n_parameters() <= AUTO_SE_BUDGET
+        if cs:
             self.inference_ = inference_state(self.model_, x, y, w)
         elif hasattr(self, "inference_"):
             del self.inference_
@@ -212,8 +217,9 @@ class SummaryMixin:
         check_is_fitted(self, "model_")
         state = getattr(self, "inference_", None)
         if state is None:
-            raise ValueError("this model holds no standard errors (it was fitted with compute_se=False, or saved by "
-                             "an older moekit): call summary(X=..., y=...) with the training data")
+            raise ValueError("this model holds no standard errors (fitted with compute_se=False, or with 'auto' on "
+                             f"more than {AUTO_SE_BUDGET:.0e} rows times parameters, or saved by an older moekit): call "
+                             "summary(X=..., y=...) with the training data, or fit with compute_se=True")
         if "error" in state:
             raise TypeError(f"summary() with se='hessian' or 'sandwich' needs a likelihood Hessian: {state['error']}")
         return state

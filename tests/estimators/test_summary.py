@@ -148,3 +148,17 @@ def test_formula_bad_inputs(npreg):
     assert est.summary().table.term.tolist() == ["(Intercept)", "x", "grp[T.b]", "sigma"]
     with pytest.raises(ValueError, match="column 'grp' holds the level 'c', which the model never saw"):
         est.predict(data.assign(grp="c"))
+
+
+def test_auto_computes_standard_errors_only_under_its_budget(monkeypatch):
+    import moekit.estimators.summary as summary_module
+
+    X, y = _soft_two(n=200)
+    assert hasattr(MoERegressor(n_experts=2, random_state=0).fit(X, y), "inference_")  # 200 rows x 8 parameters
+    monkeypatch.setattr(summary_module, "AUTO_SE_BUDGET", 1000)
+    big = MoERegressor(n_experts=2, random_state=0).fit(X, y)
+    assert not hasattr(big, "inference_")
+    with pytest.raises(ValueError, match="'auto' on more than"):
+        big.summary()
+    assert hasattr(MoERegressor(n_experts=2, random_state=0, compute_se=True).fit(X, y), "inference_")
+    assert len(big.summary(X=X, y=y).table) == 8
