@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -65,6 +66,7 @@ def inference_state(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) ->
         "cov_hessian": hess.covariance.cpu().numpy().astype(np.float64),
         "cov_sandwich": sand.covariance.cpu().numpy().astype(np.float64),
         "warnings": list(hess.warnings),
+        "worst": hess.worst,
         "entropy": entropy,
         "log_likelihood": float(hess.log_likelihood),
         "n_samples": float(hess.n_samples),
@@ -340,9 +342,20 @@ class SummaryMixin:
             r.update(std_error=float(s), z=z, p_value=float(2 * norm.sf(abs(z))) if math.isfinite(z) else math.nan,
                      ci_low=r["estimate"] - q * s, ci_high=r["estimate"] + q * s)
         table = pd.DataFrame(rows, columns=COLUMNS)
+        notes = list(state.get("warnings", []))
+        worst = state.get("worst")
+        if notes and worst is not None and se != "bootstrap":
+            r = self._rows([_params_of(state)[int(worst)]], [0.0])[0]
+            where = f" at node '{r['node']}'" if r["node"] else ""
+            notes[0] = notes[0].split("; the parameter most involved")[0] + (
+                f"; the parameter most involved is {r['block']} component {r['component']} term {r['term']!r}"
+                f"{where}: its standard errors (and those of parameters tied to it) are unreliable; a component "
+                "with too little data, a gate that separates the data, or collinear inputs")
+        for note in notes:
+            warnings.warn(note, UserWarning, stacklevel=3)
         return Summary(table, title=self._title(params), log_likelihood=state["log_likelihood"],
                        n_samples=state["n_samples"], n_parameters=len(params), se=se, level=level,
-                       icl_penalty=state.get("entropy", 0.0), notes=state.get("warnings", []))
+                       icl_penalty=state.get("entropy", 0.0), notes=notes)
 
     def _title(self, params) -> str:
         n_leaves = 1 + max((p.component for p in params if p.block == "expert"), default=0)

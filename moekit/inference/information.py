@@ -89,6 +89,7 @@ class Information:
     log_likelihood: float
     n_samples: float
     warnings: list = field(default_factory=list)
+    worst: int | None = None  # with warnings: the parameter most involved in the information's weakest direction
 
 
 @dataclass
@@ -349,7 +350,7 @@ def observed_information(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tens
             "the observed information is not finite (the inputs' scale squared is beyond the dtype's range); "
             "rescale X and refit to get standard errors, or use se='bootstrap'")
     infos = [i for b in blocks for i in b.infos]
-    notes = _conditioning(info_matrix, infos, cond_limit)
+    notes, worst = _conditioning(info_matrix, infos, cond_limit)
     inv, unknown = _inverse(info_matrix)
     if method == "sandwich":
         scores = _row_scores(rows, phi0)  # (n, F)
@@ -363,7 +364,7 @@ def observed_information(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tens
     se = cov.diagonal().clamp_min(0).sqrt()
     return Information(parameters=infos, estimate=report(phi0).detach(), covariance=cov.detach(),
                        std_error=se.detach(), information=info_matrix.detach(), method=method,
-                       log_likelihood=loglik, n_samples=float(w.sum()), warnings=notes)
+                       log_likelihood=loglik, n_samples=float(w.sum()), warnings=notes, worst=worst)
 
 
 def _equilibrated(info: torch.Tensor):
@@ -404,16 +405,18 @@ def _row_scores(rows, phi0) -> torch.Tensor:
     return torch.stack(cols, dim=1).detach()
 
 
-def _conditioning(info: torch.Tensor, infos: list, cond_limit: float) -> list:
-    """Notes naming the parameter most involved when the information is singular or ill-conditioned."""
+def _conditioning(info: torch.Tensor, infos: list, cond_limit: float) -> tuple:
+    """Notes naming the parameter most involved when the information is singular or ill-conditioned, and that
+    parameter's index (``None`` when it is well conditioned): ``(notes, index)``."""
     evals, evecs = torch.linalg.eigh(_equilibrated(info)[0]) if info.numel() else (info.new_zeros(0), info)
     top = float(evals[-1]) if evals.numel() else 0.0
     low = float(evals[0]) if evals.numel() else 0.0
     if evals.numel() == 0 or (low > 0 and top / low < cond_limit):
-        return []
-    worst = infos[int(evecs[:, 0].abs().argmax())]
+        return [], None
+    index = int(evecs[:, 0].abs().argmax())
+    worst = infos[index]
     what = "singular (not positive definite)" if low <= 0 else f"ill-conditioned (condition number {top / low:.3g})"
     return [f"the observed information is {what}; the parameter most involved is the {worst.block} "
             f"{'row' if worst.block == 'gate' else 'expert'} {worst.component} term {worst.term!r} at node "
             f"{worst.node}; its standard errors are unreliable (a component with too little data, separated "
-            "classes or collinear inputs)"]
+            "classes or collinear inputs)"], index

@@ -162,3 +162,12 @@ def test_auto_computes_standard_errors_only_under_its_budget(monkeypatch):
         big.summary()
     assert hasattr(MoERegressor(n_experts=2, random_state=0, compute_se=True).fit(X, y), "inference_")
     assert len(big.summary(X=X, y=y).table) == 8
+
+
+def test_singular_information_warns_naming_the_parameter():
+    X, y = _soft_two(n=300)
+    X2 = np.c_[X, X]  # two copies of x: the data cannot tell their coefficients apart
+    est = MoERegressor(n_experts=2, random_state=0).fit(pd.DataFrame(X2, columns=["a", "b"]), y)
+    with pytest.warns(UserWarning, match=r"singular.*term '(a|b)'"):
+        s = est.summary()
+    assert s.notes and s.table[s.table.term.isin(["a", "b"])].std_error.isna().all()
