@@ -193,7 +193,7 @@ class MDNRegressor(RegressorTargets, RegressorMixin, ConditionalMixtureEstimator
         return x
 
     def _fit_targets(self, y, w):
-        check_scale(torch.as_tensor(y, dtype=torch.float64), "y", power=1, dtype=torch_dtype(self.dtype))
+        check_scale(torch.as_tensor(y, dtype=torch.float64, device="cpu"), "y", power=1, dtype=torch_dtype(self.dtype))
         check_not_constant(y, w, "y")
         return super()._fit_targets(y, w)
 

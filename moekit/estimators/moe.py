@@ -461,7 +461,7 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
         if self.expert == "poisson" and (np.any(y < 0) or np.any(y != np.round(y))):
             raise ValueError("y must hold non-negative integer counts for expert='poisson'")
         dtype = torch_dtype(self.dtype)
-        check_scale(torch.as_tensor(np.array(y, dtype=np.float64)), "y", dtype=dtype)  # a copy: y may be read-only
+        check_scale(torch.as_tensor(np.array(y, dtype=np.float64), device="cpu"), "y", dtype=dtype)  # a copy: y may be read-only
         if self.expert != "poisson":  # counts may all be equal (a rate); a continuous density of a constant may not
             check_not_constant(y, w, "y")
         # relative to the *weighted* variance of y, so that integer weights and repeated rows give

@@ -149,7 +149,7 @@ def _expert_blocks(e, prefix: str, node: tuple, first: int, cols, stacked: bool,
                              infos, coef.reshape(-1)))
         if isinstance(e, LinearGaussianExpert) and e.covariance == "full":
             raw = e.scale_tril_raw.detach()
-            rows, cols_ = torch.tril_indices(d, d)
+            rows, cols_ = torch.tril_indices(d, d, device=raw.device)
 
             def tril_full(f, k=k, d=d, rows=rows, cols_=cols_):
                 out = f.new_zeros(k, d, d)
