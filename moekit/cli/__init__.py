@@ -4,18 +4,25 @@ Subcommands::
 
     moekit demo [robot-arm|inverse-sine|tone|tracking] [-o FOLDER]
     moekit fit DATA --target COL [COL ...] [--features COL ...] [--model moe|hme|mdn]
-               [--experts K | --select-k 1..8] [--expert linear|poisson|student_t|mlp|logistic]
-               [--depth D] [--branching B] -o MODEL
+               [--experts K | --select-k 1..8 [--criterion bic|aic|icl|heldout|cv]]
+               [--expert linear|poisson|student_t|mlp|logistic] [--depth D] [--branching B] -o MODEL
+    moekit fit DATA --formula "y ~ x + I(x**2)" [--gate-formula "~ x"] ... -o MODEL
     moekit predict MODEL DATA -o OUT [--what mean|modes|quantiles|interval|samples|gate]
     moekit evaluate MODEL DATA [--json]
     moekit report MODEL DATA -o report.html
     moekit info MODEL [--json]
+    moekit summary MODEL [--se hessian|sandwich] [--level 0.95] [--json | --csv]
 
 DATA is a CSV (``.csv``, ``.tsv``) or Parquet (``.parquet``, ``.pq``) file with a
 header row, read with pyarrow.  Text columns used as inputs are categorical:
 they are one-hot encoded (the first level, in sorted order, is the reference)
 and the levels are recorded in the model file, so that ``predict`` encodes
-new data the same way.
+new data the same way.  With ``--formula`` (MoE, HME), R's formulas (formulaic) choose the experts' and the
+gate's columns; the formula's left side names the target, so ``--target``, ``--features`` and
+``--categorical`` are then usage errors (the formula says it all); the model file keeps the design, and
+``predict``, ``evaluate``, ``report`` and ``info`` evaluate it on new data.  Models saved from Python work
+too: one written as formulas, one fitted on a DataFrame with text columns (its encoding), or one with
+column names.
 
 Exit codes: 0 success; 2 a usage error (the command line itself is wrong:
 an unknown option, a bad value, options that do not fit the model); 1 a data
@@ -40,8 +47,9 @@ Long work shows a progress bar on a terminal (never in a pipe or a file);
 The package: :mod:`~moekit.cli.parser` (the options; imports nothing heavy, so ``--help`` is fast),
 :mod:`~moekit.cli.tables` (CSV and Parquet files, the column schema), one module per command
 (:mod:`~moekit.cli.fit`, :mod:`~moekit.cli.predict`, :mod:`~moekit.cli.evaluate` for evaluate and
-report, :mod:`~moekit.cli.info`, :mod:`~moekit.cli.demos`), loaded when its command runs, and
-:mod:`~moekit.cli.common` (what the commands share).
+report, :mod:`~moekit.cli.info`, :mod:`~moekit.cli.summary`, :mod:`~moekit.cli.demos`), loaded when its command
+runs, :mod:`~moekit.cli.formulas` (``--formula``: the columns a formula names, the schema of a model written as
+formulas) and :mod:`~moekit.cli.common` (what the commands share).
 """
 
 from __future__ import annotations

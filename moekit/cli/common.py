@@ -8,6 +8,7 @@ import os
 import sys
 import warnings
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -15,11 +16,15 @@ from ..estimators import load  # io.load with moekit's estimator classes registe
 from .._validation import device_problem
 from ..io import ModelFileError, read_info
 from .errors import DataError, UsageError, one_line
+from .formulas import formula_inputs, formula_schema, formula_targets
+from .tables import encode_features, encode_targets
 
 __all__ = [
     "check_device",
     "collect_warnings",
     "load_model",
+    "model_inputs",
+    "model_targets",
     "predict_frame",
     "progress",
     "refuse_overwriting_inputs",
@@ -117,13 +122,32 @@ def load_model(path: str, device=None):
 
 
 def schema_of(est, info, args) -> dict:
-    """The column schema stored by 'moekit fit', or one made from the options for models saved from Python."""
+    """The column schema of a model: the one stored by 'moekit fit', or one made for a model saved from Python.
+
+    For a model saved from Python: a model written as formulas takes its schema from its design
+    (``formula_design_``: the columns the formulas name, their left side the target); a model fitted on a
+    DataFrame with text columns from its encoding (``feature_encoding_``: the columns and their levels, the
+    same format as the command line's); any other from ``feature_names_in_`` or ``--features``.
+    """
     meta = info.get("metadata") or {}
     cli = meta.get("cli") if isinstance(meta, dict) else None
+    feats = getattr(args, "features", None)
+    design = getattr(est, "formula_design_", None)
+    if design is not None:
+        given = [o for o, v in (("--features", feats), ("--target", getattr(args, "target", None))) if v]
+        if given:
+            raise UsageError(f"{given[0]} does not apply to this model: it was written as the formula "
+                             f"{design['formula']!r}, which names its columns and its target; leave {given[0]} out")
     if isinstance(cli, dict) and "features" in cli:
         return cli
     task = "classification" if hasattr(est, "classes_") else "regression"
-    feats = getattr(args, "features", None)
+    if design is not None:
+        return formula_schema(design, task)
+    targets = list(getattr(args, "target", None) or ["y"])
+    encoding = getattr(est, "feature_encoding_", None)
+    if encoding is not None and feats is None:
+        return {"features": [dict(f) for f in encoding["features"]],
+                "encoded_features": [str(n) for n in encoding["encoded_features"]], "targets": targets, "task": task}
     if feats is None:
         names = getattr(est, "feature_names_in_", None)
         if names is None:
@@ -132,9 +156,24 @@ def schema_of(est, info, args) -> dict:
         feats = [str(n) for n in names]
     if len(feats) != int(est.n_features_in_):
         raise UsageError(f"--features names {len(feats)} column(s) but the model takes {est.n_features_in_} inputs")
-    targets = getattr(args, "target", None) or ["y"]
     return {"features": [{"name": f, "kind": "numeric"} for f in feats], "encoded_features": list(feats),
-            "targets": list(targets), "task": task}
+            "targets": targets, "task": task}
+
+
+def model_inputs(est, tab, schema):
+    """X of a table as the model takes it: its columns encoded as in training (a formula design evaluated, text
+    columns one-hot), named as the model was fitted (a DataFrame where it has column names)."""
+    if "formula" in schema:
+        return predict_frame(est, formula_inputs(tab, schema))
+    return predict_frame(est, encode_features(tab, schema))
+
+
+def model_targets(est, tab, schema):
+    """y of a table as the model saw it in training (a formula's left side evaluated)."""
+    classes = getattr(est, "classes_", None)
+    if "formula" in schema:
+        return formula_targets(tab, schema, classes)
+    return encode_targets(tab, schema, classes)
 
 
 def predict_frame(est, X):
@@ -144,7 +183,7 @@ def predict_frame(est, X):
         return X
     import pandas as pd  # optional heavy library, needed only for models fitted on a DataFrame
 
-    return pd.DataFrame(X, columns=list(names))
+    return pd.DataFrame(np.asarray(X), columns=list(names))
 
 
 def target_names(schema, dist=None) -> list[str]:

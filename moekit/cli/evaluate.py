@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 
-from ..report import METRIC_LABELS, compute_metrics, format_value, make_report
+from ..report import compute_metrics, make_report, metrics_text
 from .common import (
     check_device,
     collect_warnings,
     load_model,
-    predict_frame,
+    model_inputs,
+    model_targets,
     progress,
     refuse_overwriting_inputs,
     say,
@@ -19,7 +20,7 @@ from .common import (
     target_names,
 )
 from .errors import DataError, UsageError, one_line
-from .tables import check_out_folder, encode_features, encode_targets, read_table
+from .tables import check_out_folder, read_table
 
 __all__ = ["cmd_evaluate", "cmd_report"]
 
@@ -31,14 +32,14 @@ def _eval_data(args):
     schema = schema_of(est, info, args)
     tab = read_table(args.data)
     set_threads(args, tab.n)
-    X = predict_frame(est, encode_features(tab, schema))
-    y = encode_targets(tab, schema, getattr(est, "classes_", None))
+    X = model_inputs(est, tab, schema)
+    y = model_targets(est, tab, schema)
     return est, schema, tab, X, y
 
 
 def cmd_evaluate(args) -> int:
     """moekit evaluate: goodness of fit on a data file, as a table or JSON."""
-    est, _, tab, X, y = _eval_data(args)
+    est, schema, tab, X, y = _eval_data(args)
     try:
         with collect_warnings(args):
             m = compute_metrics(est, X, y, level=args.level)
@@ -47,10 +48,8 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
-    width = max(len(METRIC_LABELS.get(k, k)) for k in m)
     print(f"{type(est).__name__} on {tab.path} ({tab.n} rows)")
-    for k, v in m.items():
-        print(f"  {METRIC_LABELS.get(k, k).ljust(width)}  {format_value(v)}")
+    print(metrics_text(m, None if schema["task"] == "classification" else target_names(schema)))
     return 0
 
 

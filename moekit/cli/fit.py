@@ -9,10 +9,12 @@ import time
 import numpy as np
 
 from ..estimators import HMEClassifier, HMERegressor, MDNRegressor, MoEClassifier, MoERegressor
+from ..estimators.formula import FormulaDesign
 from ..io import ModelFileError, save
 from ..selection import parse_n_experts, select_n_experts
 from .common import check_device, collect_warnings, predict_frame, progress, refuse_overwriting_inputs, set_threads
 from .errors import DataError, UsageError, one_line
+from .formulas import formula_columns, formula_frame, formula_inputs, formula_schema, formula_targets
 from .tables import (
     as_text,
     build_schema,
@@ -28,12 +30,13 @@ from .tables import (
 __all__ = ["cmd_fit"]
 
 
-def _estimator_for(args, task: str, k):
+def _estimator_for(args, task: str, k, **columns):
     """The unfitted estimator that the options ask for, with k experts (HME: branching; MDN: components).
 
     Only the options given on the command line are passed (``None`` is "not given"), so every other parameter,
     ``k=None`` included, keeps the estimator's own default: the command and Python agree.  The one exception is
-    the seed, 0 unless ``--seed`` says otherwise, so that runs repeat.
+    the seed, 0 unless ``--seed`` says otherwise, so that runs repeat.  ``columns`` (MoE, HME) are the
+    estimator's ``formula`` and ``gate_formula``, or ``expert_features`` and ``gate_features``.
     """
     kind = args.model
     expert = args.expert
@@ -41,7 +44,7 @@ def _estimator_for(args, task: str, k):
     if kind == "mdn":
         kw = _given(common, n_components=k, max_epochs=args.max_iter, target_noise=args.target_noise)
         return MDNRegressor(**kw)
-    kw = _given(common, n_init=args.n_init, max_iter=args.max_iter)
+    kw = _given(common, n_init=args.n_init, max_iter=args.max_iter, **columns)
     if kind == "moe":
         kw = _given(kw, n_experts=k)
         if task == "classification":
@@ -83,8 +86,8 @@ def _check_fit_options(args, task: str, n_targets: int) -> None:
         raise UsageError("--n-init applies to --model moe and hme (an MDN trains once; use --seed for another start)")
 
 
-def _fit_one(args, task, X, y, k):
-    est = _estimator_for(args, task, k)
+def _fit_one(args, task, X, y, k, **columns):
+    est = _estimator_for(args, task, k, **columns)
     try:
         est.fit(X, y)
     except (ValueError, TypeError, FloatingPointError, RuntimeError) as e:
@@ -93,9 +96,52 @@ def _fit_one(args, task, X, y, k):
     return est
 
 
+def _check_formula_options(args) -> None:
+    """--formula replaces --target, --features and --categorical; --gate-formula needs it; MDNs take neither."""
+    if args.formula is None:
+        if args.gate_formula is not None:
+            raise UsageError("--gate-formula needs --formula (the experts' formula, whose left side names the "
+                             "target), e.g. --formula 'y ~ x' --gate-formula '~ x'")
+        if args.target is None:
+            raise UsageError("the following arguments are required: --target (or --formula 'y ~ x', whose left "
+                             "side names it) (see 'moekit fit --help')")
+        return
+    if args.model == "mdn":
+        raise UsageError("--formula applies to --model moe and hme (an MDN takes its input columns with --features)")
+    for option, value in (("--target", args.target), ("--features", args.features),
+                          ("--categorical", args.categorical)):
+        if value:
+            raise UsageError(f"{option} and --formula both choose columns: the formula names the target (its left "
+                             "side) and the inputs (text columns are factors); leave out " + option)
+
+
+def _formula_data(args, tab):
+    """With --formula: the task, the DataFrame of the formulas' columns and the schema (with the design)."""
+    targets, inputs = formula_columns(args.formula, args.gate_formula)
+    for c in targets + inputs:
+        if c not in tab.names:
+            shown = ", ".join(tab.names[:20]) + (" ..." if len(tab.names) > 20 else "")
+            which = "--formula" if c in targets or c in formula_columns(args.formula)[1] else "--gate-formula"
+            raise DataError(f"{which} names the column '{c}', which is not in {tab.path}; its columns are: {shown}")
+    task = "classification" if args.task == "classification" or args.expert == "logistic" else "regression"
+    if args.task == "auto" and len(targets) == 1 and is_text_type(tab.column(targets[0]).type) and \
+            text_numeric_share(as_text(tab.column(targets[0]))) < 0.5:
+        raise UsageError(f"the target '{targets[0]}' of --formula holds text labels; a formula's left side is "
+                         f"numeric: for class labels use --target {targets[0]} (and --features) instead of --formula")
+    frame = formula_frame(tab, targets + inputs)
+    design = FormulaDesign(args.formula, args.gate_formula)
+    try:
+        design.fit(frame)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{tab.path}: {one_line(e)}") from None
+    schema = formula_schema(design.to_dict(), task, tab)
+    return task, frame, design, schema
+
+
 def cmd_fit(args) -> int:
     """moekit fit: read the table, build the schema, fit (or choose K and fit), save the model file."""
     args.device = check_device(args.device)
+    _check_formula_options(args)
     if args.experts is not None and args.select_k is not None:
         raise UsageError("give --experts K or --select-k RANGE, not both")
     if args.model == "hme" and args.branching is not None and (args.experts is not None or args.select_k is not None):
@@ -108,35 +154,48 @@ def cmd_fit(args) -> int:
     tab = read_table(args.data)
     ks = _bounded_ks(args.select_k, tab.n) if args.select_k is not None else None
     set_threads(args, tab.n)
-    tab.require(args.target, "target")
-    task = args.task
-    if task == "auto":
-        task = "regression"
-        if args.expert == "logistic":
-            task = "classification"
-        elif len(args.target) == 1:
-            col = tab.column(args.target[0])
-            if is_text_type(col.type) and text_numeric_share(as_text(col)) < 0.5:
+    design = None
+    if args.formula is not None:
+        task, frame, design, schema = _formula_data(args, tab)
+        _check_fit_options(args, task, len(schema["targets"]))
+        X = frame  # the estimator evaluates the formulas on it (and keeps the design)
+        Xd = formula_inputs(tab, schema)
+        y = formula_targets(tab, schema)
+        summary_schema = dict(schema, features=schema["formula_columns"], targets=formula_columns(args.formula)[0])
+    else:
+        tab.require(args.target, "target")
+        task = args.task
+        if task == "auto":
+            task = "regression"
+            if args.expert == "logistic":
                 task = "classification"
-    _check_fit_options(args, task, len(args.target))
-    schema = build_schema(tab, args.target, args.features, args.categorical, task)
-    X = encode_features(tab, schema)
-    y = encode_targets(tab, schema)
+            elif len(args.target) == 1:
+                col = tab.column(args.target[0])
+                if is_text_type(col.type) and text_numeric_share(as_text(col)) < 0.5:
+                    task = "classification"
+        _check_fit_options(args, task, len(args.target))
+        schema = build_schema(tab, args.target, args.features, args.categorical, task)
+        # fitted on the encoded columns with their names, so that the model's coefficients carry them (summary)
+        X = Xd = _named(encode_features(tab, schema), schema["encoded_features"])
+        y = encode_targets(tab, schema)
+        summary_schema = schema
     if task == "classification" and len(np.unique(y)) < 2:
-        raise DataError(f"target column '{args.target[0]}' of {tab.path} has a single class; a classifier needs two or more")
+        raise DataError(f"target column '{schema['targets'][0]}' of {tab.path} has a single class; a classifier "
+                        "needs two or more")
     k = args.branching if args.model == "hme" and args.branching is not None else args.experts  # None: the default
+    columns = {} if design is None else {"formula": args.formula, "gate_formula": args.gate_formula}
     selection = None
     t0 = time.perf_counter()
     with collect_warnings(args):
         if ks is None:
             bar = progress(1, "fitting", args)
-            est = _fit_one(args, task, X, y, k)
+            est = _fit_one(args, task, X, None if design is not None else y, k, **columns)
             bar.update(1)
             bar.close()
         else:
-            est, selection = _select_k(args, task, X, y, ks)
+            est, selection = _select_k(args, task, Xd, y, ks, design, X)
     seconds = time.perf_counter() - t0
-    meta = {"cli": dict(schema, training_data=summarize(tab, schema), selection=selection,
+    meta = {"cli": dict(schema, training_data=summarize(tab, summary_schema), selection=selection,
                         command="moekit " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["fit"])),
                         fit_seconds=round(seconds, 3))}
     try:
@@ -146,18 +205,35 @@ def cmd_fit(args) -> int:
     except OSError as e:
         raise DataError(f"cannot write the model file '{out}': {one_line(e)}") from None
     if selection is not None and not args.quiet:
-        crit = selection["criterion"]
-        what = {"hme": "branching", "mdn": "number of components"}.get(args.model, "number of experts")
-        print(f"{crit} by {what}:")
-        for k, v in selection["scores"].items():
-            mark = "  <- chosen" if int(k) == selection["chosen"] else ""
-            print(f"  K={k:>2}  {v:.6g}{mark}")
+        print(_selection_table(selection, args.model))
     if not args.quiet:
-        ll = est.score_samples(predict_frame(est, X), y)
-        print(f"fitted {type(est).__name__} ({_size_text(est)}) on {tab.n} rows, {X.shape[1]} input column(s) -> "
+        ll = est.score_samples(predict_frame(est, Xd), y)
+        print(f"fitted {type(est).__name__} ({_size_text(est)}) on {tab.n} rows, {Xd.shape[1]} input column(s) -> "
               f"{'classes of ' if task == 'classification' else ''}{', '.join(schema['targets'])}: "
               f"log-likelihood {ll.sum():.6g}, {seconds:.1f} s; saved to {out}")
     return 0
+
+
+def _named(X, names):
+    """X as a DataFrame with the encoded columns' names."""
+    import pandas as pd  # the estimators record the names (feature_names_in_) and name the coefficients by them
+
+    return pd.DataFrame(X, columns=list(names))
+
+
+def _selection_table(selection: dict, model: str) -> str:
+    """The criterion for every K tried, in order, the chosen one marked and the skipped ones with their sizes."""
+    crit = selection["criterion"]
+    what = {"hme": "branching", "mdn": "number of components"}.get(model, "number of experts")
+    scores, skipped = selection["scores"], selection.get("skipped") or {}
+    lines = [f"{crit} by {what}:"]
+    for k in sorted({int(k) for k in scores} | {int(k) for k in skipped}):
+        if str(k) in scores:
+            mark = "  <- chosen" if k == selection["chosen"] else ""
+            lines.append(f"  K={k:>2}  {scores[str(k)]:.6g}{mark}")
+        else:
+            lines.append(f"  K={k:>2}  skipped: {skipped[str(k)]} parameters >= {selection['rows']} rows")
+    return "\n".join(lines)
 
 
 def _size_text(est) -> str:
@@ -198,12 +274,21 @@ def _in_option_names(msg: str) -> str:
     return msg
 
 
-def _select_k(args, task, X, y, ks):
-    """By --criterion; by default BIC on the whole data (MoE, HME) or held-out log-likelihood (MDN, refitted on all rows)."""
-    criterion = args.criterion or ("heldout" if args.model == "mdn" else "bic")
-    n_fits = {"heldout": len(ks) + 1, "cv": 5 * len(ks) + 1}.get(criterion, len(ks))
+def _select_k(args, task, X, y, ks, design=None, frame=None):
+    """By --criterion; by default BIC on the whole data (MoE, HME) or 5-fold cross-validated log-likelihood (MDN:
+    its parameter count says little about its flexibility), the chosen K refitted on all rows for the held-out
+    criteria.
+
+    With a formula design, K is chosen on the design's columns (``X``; the experts and the gate see the
+    formulas' columns), and the chosen K is fitted again on ``frame`` with the formulas, so that the model keeps
+    its design (the same columns and seed: the same fit).
+    """
+    criterion = args.criterion or ("cv" if args.model == "mdn" else "bic")
+    n_fits = {"heldout": len(ks) + 1, "cv": 5 * len(ks) + 1}.get(criterion, len(ks)) + (design is not None)
     bar = progress(n_fits, "choosing K", args)
     tried: list = []
+    columns = {} if design is None else {"expert_features": list(design.expert_features),
+                                         "gate_features": list(design.gate_features)}
 
     def on_fit(k):
         if tried:
@@ -212,12 +297,18 @@ def _select_k(args, task, X, y, ks):
         bar.set_postfix_str(f"K={k}")
 
     try:
-        res = select_n_experts(lambda k: _estimator_for(args, task, k), X, y, ks,
+        res = select_n_experts(lambda k: _estimator_for(args, task, k, **columns), X, y, ks,
                                criterion=criterion, random_state=args.seed, callback=on_fit)
     except (ValueError, TypeError, FloatingPointError, RuntimeError) as e:
         which = f"fitting a model with {tried[-1]} expert(s)" if tried else f"choosing K by {criterion}"
         raise DataError(f"{which} failed: {_in_option_names(one_line(e))}") from None
+    est = res.estimator
+    if design is not None:
+        bar.update(1)
+        est = _fit_one(args, task, frame, None, res.n_experts, formula=args.formula, gate_formula=args.gate_formula)
     bar.update(1)
     bar.close()
     scores = {str(k): v for k, v in res.scores.items()}
-    return res.estimator, {"criterion": res.description, "scores": scores, "chosen": int(res.n_experts)}
+    skipped = {str(k): int(p) for k, p in getattr(res, "skipped", {}).items()}
+    return est, {"criterion": res.description, "scores": scores, "chosen": int(res.n_experts), "skipped": skipped,
+                 "rows": len(X)}

@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``moekit`` parser with its subcommands (demo, fit, predict, evaluate, report, info)."""
+    """The ``moekit`` parser with its subcommands (demo, fit, predict, evaluate, report, info, summary)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors and requested output")
     common.add_argument("--seed", type=int, default=0, help="random seed for fitting, splitting and sampling (default 0)")
@@ -51,10 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", parents=[common], help="fit a model to a CSV or Parquet file",
                        description="Fit a conditional mixture p(y | x) to a table and save it to a model file.")
     f.add_argument("data", help="CSV (.csv, .tsv) or Parquet (.parquet, .pq) file with a header row")
-    f.add_argument("--target", "-t", nargs="+", required=True, metavar="COL", help="target column(s) y")
+    f.add_argument("--target", "-t", nargs="+", metavar="COL",
+                   help="target column(s) y (required unless --formula names the target)")
     f.add_argument("--features", nargs="+", metavar="COL", help="input columns x (default: every other column)")
     f.add_argument("--categorical", nargs="+", metavar="COL",
                    help="numeric input columns to treat as categories (text columns always are)")
+    f.add_argument("--formula", default=None, metavar="FORMULA",
+                   help="MoE, HME: the experts' formula as in R, e.g. 'y ~ x + I(x**2) + log(z) + g' (formulaic: "
+                        "text columns are factors, the first level the reference); its left side names the target, so "
+                        "it replaces --target, --features and --categorical (giving any of them too is an error)")
+    f.add_argument("--gate-formula", default=None, metavar="FORMULA",
+                   help="MoE, HME: the gate's one-sided formula, e.g. '~ x' (default: the experts' terms); needs "
+                        "--formula")
     f.add_argument("--model", choices=["moe", "hme", "mdn"], default="moe",
                    help="mixture of experts (default), hierarchical mixture of experts, mixture density network")
     f.add_argument("--experts", "-k", type=positive_int, default=None, metavar="K",
@@ -65,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "most the number of rows) by --criterion")
     f.add_argument("--criterion", choices=["bic", "aic", "icl", "heldout", "cv"], default=None,
                    help="how --select-k chooses: BIC, AIC, ICL (lower is better), the log-likelihood of 20%% of "
-                        "the rows held out, or 5-fold cross-validated log-likelihood (default: bic; MDN: heldout)")
+                        "the rows held out, or 5-fold cross-validated log-likelihood (default: bic; MDN: cv, as a "
+                        "network's parameter count says little about its flexibility)")
     f.add_argument("--expert", choices=list(EXPERTS), default=None,
                    help="expert family (default: linear for regression, logistic for classification)")
     f.add_argument("--task", choices=["auto", "regression", "classification"], default="auto",
@@ -139,6 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("model")
     inf.add_argument("--json", action="store_true")
     inf.set_defaults(command_module="info")
+
+    sm = sub.add_parser("summary", parents=[common], help="coefficients with standard errors, as R's summary()",
+                        description="Every coefficient of a saved mixture of experts (MoE, HME) with its name, "
+                                    "standard error, z value, p-value and confidence interval, then the "
+                                    "log-likelihood, BIC, AIC and ICL. The standard errors were computed when the "
+                                    "model was fitted, so no data is needed.")
+    sm.add_argument("model", help="model file written by 'moekit fit' or saved from Python")
+    sm.add_argument("--se", choices=["hessian", "sandwich"], default="hessian",
+                    help="hessian: the observed information (default); sandwich: robust to a misspecified expert "
+                         "family (bootstrap standard errors need the data: summary(se='bootstrap', X=..., y=...) in "
+                         "Python)")
+    sm.add_argument("--level", type=unit_interval, default=0.95,
+                    help="level of the confidence intervals, strictly between 0 and 1 (default 0.95)")
+    out = sm.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON (the table as records, and the fit statistics)")
+    out.add_argument("--csv", action="store_true", help="print the table as CSV")
+    sm.set_defaults(command_module="summary")
     return p
 
 

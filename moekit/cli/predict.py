@@ -11,7 +11,7 @@ from .common import (
     check_device,
     collect_warnings,
     load_model,
-    predict_frame,
+    model_inputs,
     refuse_overwriting_inputs,
     say,
     schema_of,
@@ -22,7 +22,6 @@ from .errors import DataError, UsageError, one_line
 from .tables import (
     as_text,
     check_out_folder,
-    encode_features,
     is_numeric_type,
     numeric_column,
     out_kind,
@@ -50,7 +49,7 @@ def cmd_predict(args) -> int:
     set_threads(args, tab.n)
     if args.keep:
         tab.require(args.keep, "--keep")
-    X = predict_frame(est, encode_features(tab, schema))
+    X = model_inputs(est, tab, schema)
     predicted: dict = {}
     try:
         with torch.no_grad(), collect_warnings(args):

@@ -17,6 +17,11 @@ a missing or empty data file, a missing target column, a non-numeric cell, a dat
 an unknown --what), ``test_missing_values_and_header_only`` (2), ``test_unknown_category_at_prediction`` and
 ``test_model_saved_from_python_needs_feature_names``.  Text printed by numerical libraries on stdout (adversary 1)
 is covered by ``tests/cli/test_stdout.py``.
+
+The cases of issue 14 follow: ``moekit summary`` of models without standard errors (an MDN, an MLP expert, a fit
+without them), of files that are not models, with bad options; ``moekit fit --formula`` naming a missing column,
+clashing with the options that choose columns, not parsing, or using a transform that learns from the data; and a
+formula model given --target or data without its column.
 """
 
 import hashlib
@@ -29,6 +34,7 @@ import numpy as np
 import pytest
 
 from moekit.cli import main
+from moekit.estimators import MoERegressor
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -55,6 +61,16 @@ def folder(tmp_path_factory):
     _csv(d / "country.csv", {"country": [f"c{i}" for i in range(28)], "x": x[:28].tolist(), "y": y[:28].tolist()})
     assert main(["fit", str(d / "t.csv"), "-t", "y", "--features", "x", "--max-iter", "30", "-q",
                  "-o", str(d / "m.moekit")]) == 0
+    # models that have no standard errors to show, one written as a formula, and a damaged file
+    assert main(["fit", str(d / "t.csv"), "-t", "y", "--features", "x", "--model", "mdn", "-k", "2", "--max-iter", "3",
+                 "-q", "-o", str(d / "mdn.moekit")]) == 0
+    MoERegressor(n_experts=2, expert="mlp", hidden_layer_sizes=(2,), max_iter=3, random_state=0).fit(
+        x[:, None], y).save(d / "mlp.moekit")
+    MoERegressor(n_experts=2, max_iter=30, random_state=0, compute_se=False).fit(x[:, None], y).save(d / "nose.moekit")
+    assert main(["fit", str(d / "t.csv"), "--formula", "y ~ x", "--max-iter", "30", "-q", "-o", str(d / "f.moekit")]) == 0
+    raw = (d / "m.moekit").read_bytes()
+    (d / "damaged.moekit").write_bytes(raw[: len(raw) // 2])
+    _csv(d / "inputs.csv", {"id": list(range(N))})
     shutil.copy(d / "m.moekit", d / "model.csv")
     os.symlink("t.csv", d / "link.csv")
     os.symlink("t.csv", d / "link.html")
@@ -150,6 +166,57 @@ CASES = [
     # an ID-like column used as an input (newcomer: '--select-k' failed without naming 'country')
     ("ID-like text input", ["fit", "country.csv", "-t", "y", "--select-k", "1..3", "-o", "o.moekit"], 1,
      r"input column 'country' of country\.csv has a different value in every row", None),
+    # moekit summary (issue 14): models without standard errors, files that are not models, bad options
+    ("summary of an MDN", ["summary", "mdn.moekit"], 1,
+     r"'mdn\.moekit' holds an estimator of type MDNRegressor, which has no coefficient table", None),
+    ("summary of an MLP expert", ["summary", "mlp.moekit"], 1,
+     r"mlp\.moekit: .*needs a likelihood Hessian.*MLPExpert.*summary\(se='bootstrap', X=X, y=y\)", None),
+    ("summary without standard errors", ["summary", "nose.moekit"], 1,
+     r"nose\.moekit: this model holds no standard errors .*compute_se.*summary\(X=X, y=y\)", None),
+    ("summary of a missing file", ["summary", "none.moekit"], 1, r"model file 'none\.moekit' does not exist", None),
+    ("summary of a data file", ["summary", "t.csv"], 1, r"'t\.csv' is not a moekit model file", None),
+    ("summary of a damaged file", ["summary", "damaged.moekit"], 1, r"damaged\.moekit", None),
+    ("summary --level 1.5", ["summary", "m.moekit", "--level", "1.5"], 2,
+     r"argument --level: expected a number strictly between 0 and 1 \(e\.g\. 0\.9\), got 1\.5 "
+     r"\(see 'moekit summary", None),
+    ("summary --level 0", ["summary", "m.moekit", "--level", "0"], 2, r"argument --level: .*got 0", None),
+    ("summary --se bootstrap", ["summary", "m.moekit", "--se", "bootstrap"], 2,
+     r"argument --se: invalid choice: 'bootstrap'", None),
+    ("summary --json --csv", ["summary", "m.moekit", "--json", "--csv"], 2,
+     r"argument --csv: not allowed with argument --json", None),
+    # moekit fit --formula (issue 14): the formula names the target, so the options that choose columns clash
+    ("formula naming a missing column", ["fit", "t.csv", "--formula", "y ~ x + z", "-o", "o.moekit"], 1,
+     r"--formula names the column 'z', which is not in t\.csv; its columns are: x, y, id", None),
+    ("gate formula naming a missing column", ["fit", "t.csv", "--formula", "y ~ x", "--gate-formula", "~ w",
+                                             "-o", "o.moekit"], 1, r"--gate-formula names the column 'w'", None),
+    ("formula naming a missing target", ["fit", "t.csv", "--formula", "yy ~ x", "-o", "o.moekit"], 1,
+     r"--formula names the column 'yy', which is not in t\.csv", None),
+    ("formula with --target", ["fit", "t.csv", "--formula", "y ~ x", "-t", "y", "-o", "o.moekit"], 2,
+     r"--target and --formula both choose columns: .*leave out --target", None),
+    ("formula with --features", ["fit", "t.csv", "--formula", "y ~ x", "--features", "x", "-o", "o.moekit"], 2,
+     r"--features and --formula both choose columns", None),
+    ("formula with --categorical", ["fit", "t.csv", "--formula", "y ~ x", "--categorical", "id", "-o", "o.moekit"], 2,
+     r"--categorical and --formula both choose columns", None),
+    ("gate formula without formula", ["fit", "t.csv", "-t", "y", "--gate-formula", "~ x", "-o", "o.moekit"], 2,
+     r"--gate-formula needs --formula", None),
+    ("neither --target nor --formula", ["fit", "t.csv", "-o", "o.moekit"], 2,
+     r"the following arguments are required: --target \(or --formula", None),
+    ("formula for an MDN", ["fit", "t.csv", "--formula", "y ~ x", "--model", "mdn", "-o", "o.moekit"], 2,
+     r"--formula applies to --model moe and hme", None),
+    ("formula that does not parse", ["fit", "t.csv", "--formula", "y ~ x +", "-o", "o.moekit"], 2,
+     r"--formula 'y ~ x \+' cannot be read as a formula: [^\x1b]*$", None),
+    ("formula without a left side", ["fit", "t.csv", "--formula", "~ x", "-o", "o.moekit"], 2,
+     r"--formula '~ x' names no target: write it as 'target ~ terms'", None),
+    ("gate formula with a left side", ["fit", "t.csv", "--formula", "y ~ x", "--gate-formula", "y ~ x",
+                                       "-o", "o.moekit"], 2, r"--gate-formula 'y ~ x' has a left side", None),
+    ("formula with a transform that learns", ["fit", "t.csv", "--formula", "y ~ center(x)", "-o", "o.moekit"], 1,
+     r"uses a transform that learns from the data \(center\(x\)\)", None),
+    ("formula with a text target", ["fit", "country.csv", "--formula", "country ~ x", "-o", "o.moekit"], 2,
+     r"the target 'country' of --formula holds text labels.*--target country", None),
+    ("formula model on data without its column", ["predict", "f.moekit", "inputs.csv", "-o", "p.csv"], 1,
+     r"input column 'x' is not in inputs\.csv", None),
+    ("formula model with --target", ["evaluate", "f.moekit", "t.csv", "--target", "y"], 2,
+     r"--target does not apply to this model: it was written as the formula 'y ~ x'", None),
 ]
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
@@ -125,9 +126,11 @@ def test_predict_to_stdout_matches_the_library(pipeline, capsys, monkeypatch):
 
 
 def _encoded(data):
+    """The inputs as 'moekit fit' encoded them, with their names (the command fits on the named columns)."""
     t = _read(data)
     g = np.asarray(t.column("group").to_pylist())
-    return np.column_stack([t.column("stretch").to_numpy(), g == "b", g == "c"]).astype(float)
+    X = np.column_stack([t.column("stretch").to_numpy(), g == "b", g == "c"]).astype(float)
+    return pd.DataFrame(X, columns=["stretch", "group[T.b]", "group[T.c]"])
 
 
 def test_predict_quantiles_gate_and_samples(pipeline, capsys, monkeypatch):
@@ -154,6 +157,9 @@ def test_predict_quantiles_gate_and_samples(pipeline, capsys, monkeypatch):
     assert s.column_names == [f"tuned_sample{i}" for i in range(1, 5)] and s.num_rows == N
     rc, out, err = _main(["evaluate", "model.moekit", data.name], capsys)
     assert rc == 0 and "log-likelihood (sum)" in out and "RMSE of the top mode" in out
+    # each metric with its explanation (moekit.report.metrics_text)
+    assert "sum over the rows of log p(y | x); higher is better" in out
+    assert "the share of rows whose y lies inside the central 90 % interval" in out
 
 
 def test_evaluate_json_matches_the_library(pipeline):
@@ -350,6 +356,34 @@ def test_model_saved_from_python_needs_feature_names(tmp_path, capsys, monkeypat
     assert json.loads(out)["log_likelihood"] == pytest.approx(145.650, abs=1e-3)
 
 
+def test_model_fitted_in_python_on_text_columns_predicts_from_the_raw_table(tmp_path, capsys, monkeypatch):
+    """A model fitted on a DataFrame with a text column keeps its encoding (feature_encoding_); the command reads
+    the raw columns by it (it used to look for the encoded column 'g[T.b]' in the data file)."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"x": rng.normal(size=120), "g": rng.choice(["a", "b", "c"], size=120)})
+    y = np.where(frame["g"] == "a", 1.0, -1.0) * frame["x"] + 0.1 * rng.normal(size=120)
+    est = moekit.MoERegressor(n_experts=2, random_state=0, max_iter=30).fit(frame, y)
+    assert est.feature_encoding_["encoded_features"] == ["x", "g[T.b]", "g[T.c]"]
+    est.save("py.moekit")
+    frame.assign(y=y).to_csv("df.csv", index=False)
+    rc, out, err = _main(["predict", "py.moekit", "df.csv", "-o", "-"], capsys)
+    assert rc == 0, err
+    np.testing.assert_allclose(pcsv.read_csv(io.BytesIO(out.encode())).column("y_mean").to_numpy(),
+                               est.predict(frame), rtol=1e-12)
+    rc, out, err = _main(["info", "py.moekit"], capsys)
+    assert rc == 0, err
+    assert "x, g[T.b], g[T.c]" in out and "one-hot encoded: g -> levels ['a', 'b', 'c'] (reference: a)" in out
+    rc, out, err = _main(["evaluate", "py.moekit", "df.csv", "--target", "y", "--json"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["log_likelihood"] == pytest.approx(float(est.score_samples(frame, y).sum()), rel=1e-10)
+    rc, out, err = _main(["summary", "py.moekit", "--csv"], capsys)
+    assert rc == 0, err
+    assert {"x", "g[T.b]", "g[T.c]"} <= set(pd.read_csv(io.StringIO(out))["term"])
+    frame.assign(g=frame["g"].replace("c", "d"), y=y).to_csv("new.csv", index=False)  # a level never seen
+    _one_line_error(*_main(["predict", "py.moekit", "new.csv", "-o", "p.csv"], capsys), 1, r"'g'.*'d'")
+
+
 def test_multivariate_target_and_info_json(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     from moekit.datasets import make_robot_arm
@@ -437,3 +471,26 @@ def test_fit_selects_k_by_icl_or_cv_and_criterion_needs_select_k(tone_csv, capsy
     assert "cross-validated mean log-likelihood" in out + err
     _one_line_error(*_main(["fit", tone_csv.name, "-t", "tuned", "--criterion", "aic", "-o", "m.moekit"], capsys), 2,
                     r"--criterion chooses among the K of --select-k")
+
+
+def test_select_k_lists_the_skipped_k_and_mdn_chooses_by_cross_validation(tmp_path, capsys, monkeypatch):
+    """K with as many free parameters as rows is shown as skipped (and recorded); MDNs choose by 5-fold CV."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=14)
+    pcsv.write_csv(pa.table({"x": x, "y": 2 * x + rng.normal(size=14)}), "s.csv")
+    rc, out, err = _main(["fit", "s.csv", "-t", "y", "--select-k", "1..4", "-o", "s.moekit"], capsys)
+    assert rc == 0, err
+    assert re.search(r"^  K= 4  skipped: 18 parameters >= 14 rows$", out, re.M), out  # 5K - 2 parameters for K = 4
+    assert re.search(r"^  K= 3  [-0-9.e+]+", out, re.M)
+    sel = moekit.io.read_info("s.moekit")["metadata"]["cli"]["selection"]
+    assert sel["skipped"] == {"4": 18} and sel["rows"] == 14 and set(sel["scores"]) == {"1", "2", "3"}
+    rc, out, err = _main(["info", "s.moekit"], capsys)
+    assert rc == 0 and "skipped K=4" in out, err
+    rc, out, err = _main(["fit", "s.csv", "-t", "y", "--model", "mdn", "--select-k", "1..2", "--max-iter", "3",
+                          "-o", "n.moekit"], capsys)
+    assert rc == 0, err
+    assert "cross-validated mean log-likelihood (higher is better) by number of components:" in out
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    assert "(default: bic; MDN: cv," in " ".join(capsys.readouterr().out.split())  # the help says so

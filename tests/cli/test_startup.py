@@ -25,7 +25,8 @@ def _loaded_after(code: str) -> list:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["fit", "--help"], ["predict", "--help"],
-                                  ["evaluate", "--help"], ["report", "--help"], ["info", "--help"], ["demo", "--help"]])
+                                  ["evaluate", "--help"], ["report", "--help"], ["info", "--help"], ["demo", "--help"],
+                                  ["summary", "--help"]])
 def test_help_and_version_import_no_torch(argv):
     code = f"import moekit.cli\ntry:\n    moekit.cli.main({argv!r})\nexcept SystemExit:\n    pass"
     assert _loaded_after(code) == []
