@@ -114,7 +114,26 @@ def check_sample_weight(sample_weight, n: int, dtype: torch.dtype, device=None) 
         raise ValueError("sample_weight must be non-negative; got negative entries; use 0 to drop a row")
     if not w.sum() > 0:
         raise ValueError("sample_weight sums to zero; at least one row needs a positive weight")
+    top = float(w.max())
+    if not WEIGHT_RANGE[0] <= top <= WEIGHT_RANGE[1]:
+        raise ValueError(
+            f"sample_weight's largest value is {top:.3g}, outside {WEIGHT_RANGE[0]:g} to {WEIGHT_RANGE[1]:g}: sums of "
+            "weights times squared data would overflow or vanish; only the weights' ratios matter, so divide them "
+            "by their mean (sample_weight / sample_weight.mean())"
+        )
     return w
+
+
+#: The largest sample weight must lie in this range (only ratios of weights matter; beyond it weighted sums of
+#: squares leave the float range).
+WEIGHT_RANGE = (1e-100, 1e100)
+
+
+class DivergenceError(FloatingPointError, ValueError):
+    """A fit's log-likelihood stopped being finite (the data's scale, a too small variance floor).
+
+    A ``FloatingPointError`` (as before) and a ``ValueError`` (what bad data raises everywhere else).
+    """
 
 
 def check_fit_inputs(x, y, sample_weight, dtype: torch.dtype, device=None):

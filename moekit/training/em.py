@@ -10,7 +10,7 @@ from typing import Callable
 from sklearn.exceptions import ConvergenceWarning
 
 from .._mstep import Passes
-from .._validation import check_fit_inputs, model_device, model_dtype
+from .._validation import DivergenceError, check_fit_inputs, model_device, model_dtype
 from ..data import ArrayBatches
 from .init import initial_responsibilities, nested_seed
 from .restarts import best_of
@@ -208,7 +208,7 @@ def _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback
                 stats, passes = e_step_pass(m, source)
         mean_ll = float(stats["loglik"]) / total
         if not math.isfinite(mean_ll):
-            raise FloatingPointError(
+            raise DivergenceError(
                 f"the log-likelihood became {mean_ll} at EM iteration {n_iter}; "
                 "check the data scale or raise the variance floor (var_floor)"
             )

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from .._validation import check_fit_inputs, check_int, model_device, model_dtype
+from .._validation import DivergenceError, check_fit_inputs, check_int, model_device, model_dtype
 from .init import initial_responsibilities
 from .result import FitResult
 from .stopping import EarlyStopping
@@ -179,7 +179,7 @@ def fit_gradient(
             opt.step(closure)
         ll = mean_ll(xt, yt, wt)
         if not math.isfinite(ll):
-            raise FloatingPointError(
+            raise DivergenceError(
                 f"the training log-likelihood became {ll} at epoch {epoch}; lower learning_rate "
                 "or standardise the data"
             )

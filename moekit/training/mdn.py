@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .._validation import as_tensor, check_int, check_real, check_sample_weight, check_scale, model_device
+from .._validation import DivergenceError, as_tensor, check_int, check_real, check_sample_weight, check_scale, model_device
 from ..mdn import MixtureDensityNetwork
 from .result import FitResult
 from .stopping import EarlyStopping
@@ -363,7 +363,7 @@ def fit_mdn(
     history = [mean_ll(xt, zt, wt)]
     val_history = [mean_ll(xv, zv, wv)] if n_val else None
     if not math.isfinite(history[0]):
-        raise FloatingPointError(f"the initial training log-likelihood is {history[0]}; check the data scale")
+        raise DivergenceError(f"the initial training log-likelihood is {history[0]}; check the data scale")
     start = val_history[0] if n_val else history[0]
     stopper = EarlyStopping(patience, min_delta=_MIN_DELTA, best=start)
     if n_val:
@@ -421,7 +421,7 @@ def fit_mdn(
         model.eval()
         ll = float(loss_sum) / wt_sum - jac
         if not math.isfinite(ll):
-            raise FloatingPointError(
+            raise DivergenceError(
                 f"the training loss became {-ll} at epoch {epoch}; this should not happen "
                 "(log-space likelihood with scale floors): please report it with the data"
             )
@@ -434,7 +434,7 @@ def fit_mdn(
             v = float((wv * lp_v).sum()) / wv_sum - jac
             val_history.append(v)
             if not math.isfinite(v):
-                raise FloatingPointError(f"the validation log-likelihood became {v} at epoch {epoch}")
+                raise DivergenceError(f"the validation log-likelihood became {v} at epoch {epoch}")
         epoch_time += time.perf_counter() - te
         monitored = v if n_val else ll
         if stopper.step(monitored, epoch):
