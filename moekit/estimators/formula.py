@@ -13,17 +13,23 @@ predicting on new data materialises the same formulas with each factor's categor
 seen in fitting. Transforms whose result depends on the data they are given (``center``, ``scale``,
 spline bases: formulaic's stateful transforms) would silently change meaning on new data, so they
 are refused with the fix (compute the column beforehand).
+
+formulaic evaluates a term such as ``I(x**2)`` as Python. A model file keeps its formulas, and loading
+one must never run code, so every term is checked against a small grammar before anything is
+evaluated (:func:`check_safe_formula`): columns, numbers, arithmetic, comparisons and the functions
+in :data:`SAFE_FUNCTIONS`.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 
 import numpy as np
 
 from .encoding import is_dataframe
 
-__all__ = ["FormulaDesign"]
+__all__ = ["SAFE_FUNCTIONS", "FormulaDesign", "check_safe_formula"]
 
 
 def _formulaic():
@@ -42,6 +48,70 @@ def _check_formula(value, name: str, *, two_sided: bool | None) -> str:
     if two_sided is False and lhs:
         raise ValueError(f"{name} has no left-hand side (the target comes from formula), e.g. '~ x'; got {value!r}")
     return value
+
+
+#: Functions a formula may call (bare or as ``np.<name>``): formulas are data, not code, so that a model file's
+#: formula can never run anything but arithmetic on its columns.
+SAFE_FUNCTIONS = frozenset({"I", "C", "log", "log2", "log10", "log1p", "exp", "expm1", "sqrt", "abs", "sin", "cos",
+                            "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "floor", "ceil"})
+_MODULES = frozenset({"np", "numpy"})
+_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.Call, ast.Name, ast.Attribute,
+          ast.Constant, ast.keyword, ast.Load, ast.Tuple, ast.List, ast.operator, ast.unaryop, ast.boolop, ast.cmpop)
+
+
+def check_safe_formula(formula: str, name: str) -> None:
+    """Refuse a formula whose terms would run anything but arithmetic and :data:`SAFE_FUNCTIONS` on columns.
+
+    formulaic evaluates Python expressions in terms (``I(...)``, ``log(x)``); a model file keeps its formulas and
+    evaluates them on new data, so the terms are held to a small grammar, checked before any evaluation: column
+    names, numbers and strings, arithmetic and comparisons, and calls of the listed functions (bare or ``np.``).
+    """
+    parsed = _formulaic().Formula(formula)
+    for expr in _python_terms(parsed):
+        try:
+            tree = ast.parse(expr, mode="eval")
+        except SyntaxError:
+            raise ValueError(f"{name} {formula!r}: the term {expr!r} is not an expression moekit can read") from None
+        for node in ast.walk(tree):
+            why = _unsafe(node)
+            if why:
+                raise ValueError(
+                    f"{name} {formula!r}: the term {expr!r} {why}; formula terms may use columns, numbers, "
+                    f"arithmetic and the functions {', '.join(sorted(SAFE_FUNCTIONS))} (compute anything else as a "
+                    "column of the data beforehand)"
+                )
+
+
+def _python_terms(parsed):
+    """The factors of a (structured) formula that formulaic would evaluate as Python."""
+    if hasattr(parsed, "lhs") and hasattr(parsed, "rhs"):
+        yield from _python_terms(parsed.lhs)
+        yield from _python_terms(parsed.rhs)
+        return
+    for term in parsed:
+        for factor in term.factors:
+            if str(getattr(factor.eval_method, "value", factor.eval_method)) == "python":
+                yield str(factor.expr)
+
+
+def _unsafe(node) -> str:
+    if not isinstance(node, _NODES):
+        return f"uses {type(node).__name__.lower()} syntax"
+    if isinstance(node, ast.Name) and node.id.startswith("_"):
+        return f"names {node.id!r}"
+    if isinstance(node, ast.Attribute):
+        if not (isinstance(node.value, ast.Name) and node.value.id in _MODULES and node.attr in SAFE_FUNCTIONS):
+            return "reads an attribute"
+    if isinstance(node, ast.Call):
+        f = node.func
+        ok = (isinstance(f, ast.Name) and f.id in SAFE_FUNCTIONS) or (
+            isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in _MODULES
+            and f.attr in SAFE_FUNCTIONS)
+        if not ok:
+            return f"calls {ast.unparse(f)!r}"
+    if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float, str, bool)):
+        return f"holds the constant {node.value!r}"
+    return ""
 
 
 class FormulaDesign:
@@ -73,6 +143,14 @@ class FormulaDesign:
         self.formula = _check_formula(formula, "formula", two_sided=True)
         self.gate_formula = None if gate_formula is None else _check_formula(gate_formula, "gate_formula",
                                                                              two_sided=False)
+        for text, name in ((self.formula, "formula"), (self.gate_formula, "gate_formula")):
+            if text is not None:
+                try:
+                    check_safe_formula(text, name)
+                except ValueError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - formulaic's parser refusing the text
+                    raise ValueError(f"{name} {text!r} could not be parsed: {err}") from None
         self.names: list[str] = []
         self.expert_features: list[int] = []
         self.gate_features: list[int] = []

@@ -171,3 +171,34 @@ def test_singular_information_warns_naming_the_parameter():
     with pytest.warns(UserWarning, match=r"singular.*term '(a|b)'"):
         s = est.summary()
     assert s.notes and s.table[s.table.term.isin(["a", "b"])].std_error.isna().all()
+
+
+def test_formulas_are_data_not_code(npreg, tmp_path):
+    """formulaic evaluates terms as Python: moekit's formulas, and those a model file holds, run no code."""
+    import struct
+
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from moekit.io import ModelFileError, _checksum
+
+    marker = tmp_path / "ran"
+    evil = f"I(x + len(open({str(marker)!r}, 'w').name))"
+    with pytest.raises(ValueError, match="calls '(len|open)'"):
+        MoERegressor(formula=f"yn ~ {evil}").fit(npreg)
+    with pytest.raises(ValueError, match="reads an attribute"):
+        MoERegressor(formula="yn ~ I(x.__class__)").fit(npreg)
+    # a model file whose formula was rewritten (and re-signed) is refused before anything is evaluated
+    path = tmp_path / "m.moekit"
+    MoERegressor(n_experts=1, formula="yn ~ I(x + 0)", random_state=0).fit(npreg).save(path)
+    blob = path.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    meta = json.loads(blob[8:8 + n])["__metadata__"]
+    tensors = st_load(blob)
+    meta["config"] = meta["config"].replace("I(x + 0)", evil.replace("'", "\\u0027").replace('"', '\\"'))
+    assert evil.split("open")[0] in meta["config"]
+    meta["checksum"] = _checksum(meta["config"], tensors)
+    path.write_bytes(st_save(tensors, metadata=meta))
+    with pytest.raises(ModelFileError):
+        load(path)
+    assert not marker.exists()
