@@ -129,8 +129,8 @@ def _formula_data(args, tab):
         raise UsageError(f"the target '{targets[0]}' of --formula holds text labels; a formula's left side is "
                          f"numeric: for class labels use --target {targets[0]} (and --features) instead of --formula")
     frame = formula_frame(tab, targets + inputs)
-    design = FormulaDesign(args.formula, args.gate_formula)
     try:
+        design = FormulaDesign(args.formula, args.gate_formula)  # refuses terms that would run code
         design.fit(frame)
     except (ValueError, TypeError) as e:
         raise DataError(f"{tab.path}: {one_line(e)}") from None

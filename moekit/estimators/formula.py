@@ -55,6 +55,10 @@ def _check_formula(value, name: str, *, two_sided: bool | None) -> str:
 SAFE_FUNCTIONS = frozenset({"I", "C", "log", "log2", "log10", "log1p", "exp", "expm1", "sqrt", "abs", "sin", "cos",
                             "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "floor", "ceil"})
 _MODULES = frozenset({"np", "numpy"})
+#: formulaic's transforms whose result depends on the data they are given: refused (their meaning would change on
+#: new data).
+_STATEFUL = frozenset({"center", "scale", "standardize", "poly", "bs", "cs", "cc", "cr", "ns", "hashed", "lag",
+                       "splines"})
 _NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.Call, ast.Name, ast.Attribute,
           ast.Constant, ast.keyword, ast.Load, ast.Tuple, ast.List, ast.operator, ast.unaryop, ast.boolop, ast.cmpop)
 
@@ -73,6 +77,9 @@ def check_safe_formula(formula: str, name: str) -> None:
         except SyntaxError:
             raise ValueError(f"{name} {formula!r}: the term {expr!r} is not an expression moekit can read") from None
         for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _STATEFUL:
+                raise ValueError(f"{name} {formula!r} uses a transform that learns from the data ({expr}); its "
+                                 "meaning would change on new data: compute that column beforehand and name it")
             why = _unsafe(node)
             if why:
                 raise ValueError(

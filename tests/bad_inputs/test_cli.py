@@ -211,6 +211,8 @@ CASES = [
                                        "-o", "o.moekit"], 2, r"--gate-formula 'y ~ x' has a left side", None),
     ("formula with a transform that learns", ["fit", "t.csv", "--formula", "y ~ center(x)", "-o", "o.moekit"], 1,
      r"uses a transform that learns from the data \(center\(x\)\)", None),
+    ("formula whose term would run code", ["fit", "t.csv", "--formula", "y ~ I(open('t.csv') and x)", "-o",
+                                           "o.moekit"], 1, r"calls 'open'; formula terms may use columns", None),
     ("formula with a text target", ["fit", "country.csv", "--formula", "country ~ x", "-o", "o.moekit"], 2,
      r"the target 'country' of --formula holds text labels.*--target country", None),
     ("formula model on data without its column", ["predict", "f.moekit", "inputs.csv", "-o", "p.csv"], 1,
