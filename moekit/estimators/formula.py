@@ -27,6 +27,7 @@ import re
 
 import numpy as np
 
+from .._validation import PARAMETERS
 from .encoding import is_dataframe
 
 __all__ = ["SAFE_FUNCTIONS", "FormulaDesign", "check_safe_formula"]
@@ -37,17 +38,6 @@ def _formulaic():
     import formulaic  # noqa: PLC0415
 
     return formulaic
-
-
-def _check_formula(value, name: str, *, two_sided: bool | None) -> str:
-    if not isinstance(value, str) or "~" not in value:
-        raise ValueError(f"{name} must be a formula string such as {'y ~ x' if two_sided else '~ x'!r}, got {value!r}")
-    lhs = value.split("~", 1)[0].strip()
-    if two_sided is True and not lhs:
-        raise ValueError(f"{name} must name the target on the left of '~' (e.g. 'y ~ x'), got {value!r}")
-    if two_sided is False and lhs:
-        raise ValueError(f"{name} has no left-hand side (the target comes from formula), e.g. '~ x'; got {value!r}")
-    return value
 
 
 #: Functions a formula may call (bare or as ``np.<name>``): formulas are data, not code, so that a model file's
@@ -147,9 +137,11 @@ class FormulaDesign:
     """
 
     def __init__(self, formula: str, gate_formula: str | None = None):
-        self.formula = _check_formula(formula, "formula", two_sided=True)
-        self.gate_formula = None if gate_formula is None else _check_formula(gate_formula, "gate_formula",
-                                                                             two_sided=False)
+        if not isinstance(formula, str):  # the estimators' parameter may be None; a design needs one
+            raise ValueError(f"formula must be a formula string such as 'y ~ x', got {formula!r}")
+        PARAMETERS["formula"].check(formula, "formula")  # the estimators' own spec: two-sided
+        PARAMETERS["gate_formula"].check(gate_formula, "gate_formula")  # one-sided, or None
+        self.formula, self.gate_formula = formula, gate_formula
         for text, name in ((self.formula, "formula"), (self.gate_formula, "gate_formula")):
             if text is not None:
                 try:

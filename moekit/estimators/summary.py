@@ -20,7 +20,8 @@ from scipy.stats import norm
 from sklearn.base import is_classifier
 from sklearn.utils.validation import check_is_fitted
 
-from ..inference.information import NoLikelihoodHessianError, ParameterInfo, observed_information, reported_estimates
+from .._validation import check_sample_weight
+from ..inference.information import NoLikelihoodHessianError, ParameterInfo, observed_informations, reported_estimates
 from ..training.em import fit_em
 
 __all__ = ["Summary", "SummaryMixin", "inference_state"]
@@ -45,19 +46,12 @@ def inference_state(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) ->
     x : (n, d_x); y : (n,) or (n, d_y); w : (n,). ``estimate`` (P,), the covariances (P, P).
     """
     try:
-        hess = observed_information(model, x, y, w, method="hessian")
-        sand = observed_information(model, x, y, w, method="sandwich")
+        both = observed_informations(model, x, y, w, methods=("hessian", "sandwich"))  # one Hessian for both
     except NoLikelihoodHessianError as err:
         return {"error": str(err)}
     except torch.linalg.LinAlgError as err:  # fit succeeded: its standard errors failing must not fail it
         return {"error": f"the observed information could not be decomposed ({err}); use se='bootstrap'"}
-    with torch.no_grad():
-        r = model.log_responsibilities(x, y).exp() if hasattr(model, "log_responsibilities") else None
-    if r is None:
-        entropy = 0.0
-    else:
-        rn = r.cpu().numpy()
-        entropy = float(-(w.cpu().numpy()[:, None] * xlogy(rn, rn)).sum())
+    hess, sand = both["hessian"], both["sandwich"]
     return {
         "parameters": [[p.block, list(p.node), int(p.component), p.output, p.term,
                         None if p.input_columns is None else [int(c) for c in p.input_columns]]
@@ -67,10 +61,18 @@ def inference_state(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) ->
         "cov_sandwich": sand.covariance.cpu().numpy().astype(np.float64),
         "warnings": list(hess.warnings),
         "worst": hess.worst,
-        "entropy": entropy,
+        "condition": hess.condition,
+        "entropy": _weighted_entropy(model, x, y, w),
         "log_likelihood": float(hess.log_likelihood),
         "n_samples": float(hess.n_samples),
     }
+
+
+def _weighted_entropy(model, x, y, w) -> float:
+    """``-sum_i w_i sum_k r_ik log r_ik``: what ICL adds to BIC (twice)."""
+    with torch.no_grad():
+        r = model.log_responsibilities(x, y).exp().cpu().numpy()
+    return float(-(w.cpu().numpy()[:, None] * xlogy(r, r)).sum())
 
 
 def _params_of(state: dict) -> list:
@@ -283,16 +285,17 @@ class SummaryMixin:
                 raise ValueError(f"n_boot must be an integer >= 2, got {n_boot!r}")
         if (X is None) != (y is None):
             raise ValueError("pass both X and y (the training data) to recompute standard errors, or neither")
+        data = None if X is None else self._tensors(X, y, sample_weight)
         if se == "bootstrap":
             params, estimate = reported_estimates(self.model_, strict=False)
             if not params:
                 raise TypeError("summary() reports named coefficients of softmax or constant gates and of GLM, "
                                 "Gaussian or Student-t experts; this model has none (neural or scikit-learn parts)")
-            cov = self._bootstrap_cov(X, y, sample_weight, int(n_boot), random_state)
-            state = self._fit_statistics(X, y, sample_weight)
+            cov = self._bootstrap_cov(*data, int(n_boot), random_state)
+            state = self._fit_statistics(*data)
         else:
-            if X is not None:
-                state = self._data_state(X, y, sample_weight)
+            if data is not None:
+                state = inference_state(self.model_, *data)
                 if "error" in state:
                     raise TypeError(f"summary(se={se!r}) needs a likelihood Hessian: {state['error']}")
             else:
@@ -302,30 +305,17 @@ class SummaryMixin:
             cov = np.asarray(state["cov_" + se], dtype=np.float64)
         return self._make_summary(params, estimate, cov, state, se, float(level))
 
-    def _fit_statistics(self, X, y, sample_weight) -> dict:
+    def _tensors(self, X, y, sample_weight) -> tuple:
+        """The data as the model takes them: ``(x, y, weight)`` tensors."""
+        x = self._x(X)
+        return x, self._y_tensor(y, x.shape[0]), check_sample_weight(sample_weight, x.shape[0], x.dtype, x.device)
+
+    def _fit_statistics(self, x, y, w) -> dict:
         """Log-likelihood, weight and the responsibilities' entropy on the data (for the footer of a bootstrap)."""
-        x = self._x(X)
-        yt = self._y_tensor(y, x.shape[0])
-        w = self._weights_tensor(sample_weight, x)
         with torch.no_grad():
-            ll = float((w * self.model_.log_prob(x, yt)).sum())
-            r = self.model_.log_responsibilities(x, yt).exp().cpu().numpy()
-        entropy = float(-(w.cpu().numpy()[:, None] * xlogy(r, r)).sum())
-        return {"log_likelihood": ll, "n_samples": float(w.sum()), "entropy": entropy, "warnings": []}
-
-    def _data_state(self, X, y, sample_weight) -> dict:
-        x = self._x(X)
-        yt = self._y_tensor(y, x.shape[0])
-        w = self._weights_tensor(sample_weight, x)
-        return inference_state(self.model_, x, yt, w)
-
-    def _weights_tensor(self, sample_weight, x):
-        if sample_weight is None:
-            return torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        w = np.asarray(sample_weight, dtype=np.float64)
-        if w.shape != (x.shape[0],) or not np.all(np.isfinite(w)) or np.any(w < 0):
-            raise ValueError(f"sample_weight must be ({x.shape[0]},) finite non-negative numbers, got shape {w.shape}")
-        return torch.as_tensor(w, dtype=x.dtype, device=x.device)
+            ll = float((w * self.model_.log_prob(x, y)).sum())
+        return {"log_likelihood": ll, "n_samples": float(w.sum()), "entropy": _weighted_entropy(self.model_, x, y, w),
+                "warnings": []}
 
     def _make_summary(self, params, estimate, cov, state, se, level) -> Summary:
         import pandas as pd  # optional heavy dependency, only for the table
@@ -343,14 +333,14 @@ class SummaryMixin:
                      ci_low=r["estimate"] - q * s, ci_high=r["estimate"] + q * s)
         table = pd.DataFrame(rows, columns=COLUMNS)
         notes = list(state.get("warnings", []))
-        worst = state.get("worst")
-        if notes and worst is not None and se != "bootstrap":
+        worst, condition = state.get("worst"), state.get("condition")
+        if condition is not None and worst is not None and se != "bootstrap":  # the note, with the table's names
             r = self._rows([_params_of(state)[int(worst)]], [0.0])[0]
             where = f" at node '{r['node']}'" if r["node"] else ""
-            notes[0] = notes[0].split("; the parameter most involved")[0] + (
-                f"; the parameter most involved is {r['block']} component {r['component']} term {r['term']!r}"
-                f"{where}: its standard errors (and those of parameters tied to it) are unreliable; a component "
-                "with too little data, a gate that separates the data, or collinear inputs")
+            notes = [f"the observed information is {condition}; the parameter most involved is {r['block']} "
+                     f"component {r['component']} term {r['term']!r}{where}: its standard errors (and those of "
+                     "parameters tied to it) are unreliable; a component with too little data, a gate that "
+                     "separates the data, or collinear inputs"]
         for note in notes:
             warnings.warn(note, UserWarning, stacklevel=3)
         return Summary(table, title=self._title(params), log_likelihood=state["log_likelihood"],
@@ -362,10 +352,7 @@ class SummaryMixin:
         return f"{type(self).__name__} with {n_leaves} expert{'s' if n_leaves != 1 else ''}"
 
     # ---------------------------------------------------------- bootstrap
-    def _bootstrap_cov(self, X, y, sample_weight, n_boot, random_state) -> np.ndarray:
-        x = self._x(X)
-        yt = self._y_tensor(y, x.shape[0])
-        w = self._weights_tensor(sample_weight, x)
+    def _bootstrap_cov(self, x, yt, w, n_boot, random_state) -> np.ndarray:
         rng = np.random.default_rng(random_state)
         n = x.shape[0]
         p0 = w.cpu().numpy() / float(w.sum())

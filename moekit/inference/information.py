@@ -40,7 +40,8 @@ from ..experts.student_t import StudentTExpert
 from ..gates import ConstantGate, SoftmaxGate
 from ..mixture import MixtureOfExperts
 
-__all__ = ["NoLikelihoodHessianError", "ParameterInfo", "Information", "observed_information", "reported_estimates"]
+__all__ = ["NoLikelihoodHessianError", "ParameterInfo", "Information", "observed_information", "observed_informations",
+           "reported_estimates"]
 
 _METHODS = ("hessian", "sandwich")
 
@@ -90,6 +91,7 @@ class Information:
     n_samples: float
     warnings: list = field(default_factory=list)
     worst: int | None = None  # with warnings: the parameter most involved in the information's weakest direction
+    condition: str | None = None  # with warnings: "singular (...)" or "ill-conditioned (condition number ...)"
 
 
 @dataclass
@@ -315,8 +317,24 @@ def observed_information(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tens
     >>> len(info.parameters), bool((info.std_error > 0).all()), info.warnings
     (8, True, [])
     """
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    return observed_informations(model, x, y, weight, methods=(method,), cond_limit=cond_limit)[method]
+
+
+def observed_informations(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tensor, weight=None, *,
+                          methods=_METHODS, cond_limit: float = 1e12) -> dict:
+    """:func:`observed_information` for several methods from one Hessian: ``{method: Information}``.
+
+    The Hessian (one backward pass per free parameter), its eigen-decomposition and the delta
+    method's Jacobian are shared; the sandwich adds the per-row scores.
+
+    Shapes
+    ------
+    x : (n, d_x); y : (n,) or (n, d_y); weight : (n,).
+    """
+    methods = tuple(methods)
+    bad = [m for m in methods if m not in _METHODS]
+    if bad or not methods:
+        raise ValueError(f"method must be one of {_METHODS}, got {bad[0] if bad else methods!r}")
     blocks, _ = _blocks(model)
     names = {n for n, _ in model.named_parameters()}
     missing = [b.name for b in blocks if b.name not in names]
@@ -350,21 +368,27 @@ def observed_information(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tens
             "the observed information is not finite (the inputs' scale squared is beyond the dtype's range); "
             "rescale X and refit to get standard errors, or use se='bootstrap'")
     infos = [i for b in blocks for i in b.infos]
-    notes, worst = _conditioning(info_matrix, infos, cond_limit)
-    inv, unknown = _inverse(info_matrix)
-    if method == "sandwich":
-        scores = _row_scores(rows, phi0)  # (n, F)
-        meat = scores.T @ (w[:, None] * scores)
-        inv = inv @ meat @ inv
-    cov = jac @ inv @ jac.T
+    inv, unknown, condition, worst = _spectrum(info_matrix, infos, cond_limit)
+    notes = [] if condition is None else [_condition_note(condition, infos[worst])]
     # a reported value that depends on a direction the data do not determine has no standard error
     unknown_out = (jac.abs() @ unknown.to(jac.dtype)) > 0
-    cov[unknown_out, :] = math.nan
-    cov[:, unknown_out] = math.nan
-    se = cov.diagonal().clamp_min(0).sqrt()
-    return Information(parameters=infos, estimate=report(phi0).detach(), covariance=cov.detach(),
-                       std_error=se.detach(), information=info_matrix.detach(), method=method,
-                       log_likelihood=loglik, n_samples=float(w.sum()), warnings=notes, worst=worst)
+    estimate = report(phi0).detach()
+    out = {}
+    for method in methods:
+        free_cov = inv
+        if method == "sandwich":
+            scores = _row_scores(rows, phi0)  # (n, F)
+            meat = scores.T @ (w[:, None] * scores)
+            free_cov = inv @ meat @ inv
+        cov = jac @ free_cov @ jac.T
+        cov[unknown_out, :] = math.nan
+        cov[:, unknown_out] = math.nan
+        se = cov.diagonal().clamp_min(0).sqrt()
+        out[method] = Information(parameters=infos, estimate=estimate, covariance=cov.detach(),
+                                  std_error=se.detach(), information=info_matrix.detach(), method=method,
+                                  log_likelihood=loglik, n_samples=float(w.sum()), warnings=list(notes),
+                                  worst=worst, condition=condition)
+    return out
 
 
 def _equilibrated(info: torch.Tensor):
@@ -373,21 +397,6 @@ def _equilibrated(info: torch.Tensor):
     d = info.diagonal().abs().sqrt()
     d = torch.where(d > 0, d, torch.ones_like(d))
     return info / d[:, None] / d[None, :], d
-
-
-def _inverse(info: torch.Tensor):
-    """The inverse of the information on the directions the data determine, and the free parameters that
-    load on a direction they do not (eigenvalue <= 1e-12 of the largest of the equilibrated information,
-    or negative): ``(inverse, mask)``."""
-    if info.numel() == 0:
-        return info.clone(), torch.zeros(0, dtype=torch.bool, device=info.device)
-    scaled, d = _equilibrated(info)
-    evals, evecs = torch.linalg.eigh(scaled)
-    ok = evals > 1e-12 * evals.abs().max().clamp_min(torch.finfo(info.dtype).tiny)
-    v = evecs[:, ok]
-    inv = ((v / evals[ok]) @ v.T) / d[:, None] / d[None, :]
-    unknown = (evecs[:, ~ok] ** 2).sum(dim=1) > 1e-8
-    return inv, unknown
 
 
 def _row_scores(rows, phi0) -> torch.Tensor:
@@ -405,18 +414,32 @@ def _row_scores(rows, phi0) -> torch.Tensor:
     return torch.stack(cols, dim=1).detach()
 
 
-def _conditioning(info: torch.Tensor, infos: list, cond_limit: float) -> tuple:
-    """Notes naming the parameter most involved when the information is singular or ill-conditioned, and that
-    parameter's index (``None`` when it is well conditioned): ``(notes, index)``."""
-    evals, evecs = torch.linalg.eigh(_equilibrated(info)[0]) if info.numel() else (info.new_zeros(0), info)
-    top = float(evals[-1]) if evals.numel() else 0.0
-    low = float(evals[0]) if evals.numel() else 0.0
-    if evals.numel() == 0 or (low > 0 and top / low < cond_limit):
-        return [], None
-    index = int(evecs[:, 0].abs().argmax())
-    worst = infos[index]
-    what = "singular (not positive definite)" if low <= 0 else f"ill-conditioned (condition number {top / low:.3g})"
-    return [f"the observed information is {what}; the parameter most involved is the {worst.block} "
+def _spectrum(info: torch.Tensor, infos: list, cond_limit: float) -> tuple:
+    """One eigen-decomposition of the equilibrated information: ``(inverse, unknown, condition, index)``.
+
+    ``inverse``: the inverse on the directions the data determine; ``unknown``: the free parameters that load
+    on a direction they do not (eigenvalue <= 1e-12 of the largest, or negative); ``condition`` says how the
+    information is singular or ill-conditioned, and ``index`` is the parameter most involved (both ``None``
+    when it is well conditioned).
+    """
+    if info.numel() == 0:
+        return info.clone(), torch.zeros(0, dtype=torch.bool, device=info.device), None, None
+    scaled, d = _equilibrated(info)
+    evals, evecs = torch.linalg.eigh(scaled)
+    ok = evals > 1e-12 * evals.abs().max().clamp_min(torch.finfo(info.dtype).tiny)
+    v = evecs[:, ok]
+    inv = ((v / evals[ok]) @ v.T) / d[:, None] / d[None, :]
+    unknown = (evecs[:, ~ok] ** 2).sum(dim=1) > 1e-8
+    top, low = float(evals[-1]), float(evals[0])
+    if low > 0 and top / low < cond_limit:
+        return inv, unknown, None, None
+    condition = "singular (not positive definite)" if low <= 0 else \
+        f"ill-conditioned (condition number {top / low:.3g})"
+    return inv, unknown, condition, int(evecs[:, 0].abs().argmax())
+
+
+def _condition_note(condition: str, worst: ParameterInfo) -> str:
+    return (f"the observed information is {condition}; the parameter most involved is the {worst.block} "
             f"{'row' if worst.block == 'gate' else 'expert'} {worst.component} term {worst.term!r} at node "
             f"{worst.node}; its standard errors are unreliable (a component with too little data, separated "
-            "classes or collinear inputs)"], index
+            "classes or collinear inputs)")
