@@ -21,19 +21,12 @@ import moekit
 import moekit.io
 from moekit.cli import main
 from moekit.datasets import load_tonedata
+from cli_helpers import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N = 150
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-
-
-def run(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    env.pop("MOEKIT_DEBUG", None)
-    r = subprocess.run([sys.executable, "-m", "moekit", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                       text=True, timeout=300)
-    return r.returncode, r.stdout, r.stderr
 
 
 def _table():

@@ -8,9 +8,6 @@ tests/bad_inputs/test_cli.py.
 
 import io
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -19,28 +16,13 @@ import pytest
 
 import moekit
 import moekit.io
-from moekit.cli import main
 from moekit.datasets import load_npreg, load_tonedata
+from cli_helpers import run as _run
+from cli_helpers import run_main as _main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NPREG_LOGLIK = -642.064  # flexmix's quadratic-expert fit of NPreg (issue 14; ../shared/data/README.md)
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-
-
-def _run(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    env.pop("MOEKIT_DEBUG", None)
-    r = subprocess.run([sys.executable, "-m", "moekit", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                       text=True, timeout=300)
-    return r.returncode, r.stdout, r.stderr
-
-
-def _main(argv, capsys):
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _csv_out(out):

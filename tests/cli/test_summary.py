@@ -3,9 +3,6 @@ data needed), as text (``print(model.summary())``), JSON (``to_dict()``) or CSV 
 
 import io
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -15,26 +12,12 @@ import moekit
 import moekit.io
 from moekit.cli import main
 from moekit.datasets import load_npreg, load_tonedata
+from cli_helpers import run as _run
+from cli_helpers import run_main as _main
 from moekit.estimators.summary import COLUMNS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-
-
-def _run(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    env.pop("MOEKIT_DEBUG", None)
-    r = subprocess.run([sys.executable, "-m", "moekit", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                       text=True, timeout=300)
-    return r.returncode, r.stdout, r.stderr
-
-
-def _main(argv, capsys):
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")
