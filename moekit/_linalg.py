@@ -218,3 +218,57 @@ def solve_spd(a: torch.Tensor, b: torch.Tensor, rel_jitter: float = 1e-10) -> to
             "moekit._validation.supported_magnitudes for the model's dtype"
         )
     return torch.linalg.lstsq(a, b).solution
+
+
+def solve_shared(a: torch.Tensor, b: torch.Tensor, shared) -> torch.Tensor:
+    """Solve K symmetric systems ``a_k x_k = b_k`` jointly, with the coordinates ``shared`` tied across k.
+
+    The joint problem maximises ``sum_k (b_k^T x_k - 0.5 x_k^T a_k x_k)`` over
+    ``x_k = [o_k, s]``: each system keeps its own coordinates ``o_k``, and the
+    coordinates listed in ``shared`` hold one value ``s`` common to all K.  It
+    is the M-step (weighted least squares, ``a = X^T W_k X / sigma_k^2``) or
+    the Newton step (``a`` the information, ``b`` the gradient) of K experts
+    whose coefficients of some inputs are shared, as flexmix's
+    ``FLXMRglmfix(fixed = ...)``.  The joint matrix, of size
+    ``K (p - p_s) + p_s``, is assembled and solved by :func:`solve_spd`.
+    With no shared coordinates it equals ``solve_spd(a, b)``.
+
+    Shapes
+    ------
+    a : (K, p, p); b : (K, p, m); shared : sequence of p_s distinct indices
+    into p -> (K, p, m), with ``x[:, shared]`` equal across the K systems.
+
+    Examples
+    --------
+    >>> a = torch.eye(2, dtype=torch.float64).repeat(2, 1, 1)
+    >>> b = torch.tensor([[[1.0], [1.0]], [[3.0], [3.0]]], dtype=torch.float64)
+    >>> solve_shared(a, b, [1])[:, :, 0].round(decimals=12).tolist()  # the shared coordinate: the mean of 1 and 3
+    [[1.0, 2.0], [3.0, 2.0]]
+    """
+    k, p, m = b.shape
+    sh = sorted({int(i) % p for i in shared}) if len(shared) else []
+    if not sh:
+        return solve_spd(a, b)
+    own = [i for i in range(p) if i not in sh]
+    po, ps = len(own), len(sh)
+    io = torch.as_tensor(own, dtype=torch.long, device=a.device)
+    is_ = torch.as_tensor(sh, dtype=torch.long, device=a.device)
+    a_oo = a[:, io][:, :, io]  # (K, po, po)
+    a_os = a[:, io][:, :, is_]  # (K, po, ps)
+    a_ss = a[:, is_][:, :, is_].sum(0)  # (ps, ps)
+    size = k * po + ps
+    big = a.new_zeros(size, size)
+    rhs = b.new_zeros(size, m)
+    for j in range(k):
+        blk = slice(j * po, (j + 1) * po)
+        big[blk, blk] = a_oo[j]
+        big[blk, k * po :] = a_os[j]
+        big[k * po :, blk] = a_os[j].T
+        rhs[blk] = b[j, io]
+    big[k * po :, k * po :] = a_ss
+    rhs[k * po :] = b[:, is_].sum(0)
+    sol = solve_spd(0.5 * (big + big.T), rhs)
+    out = b.new_empty(k, p, m)
+    out[:, io] = sol[: k * po].reshape(k, po, m)
+    out[:, is_] = sol[k * po :].expand(k, ps, m)
+    return out

@@ -168,3 +168,20 @@ def test_array_batches_check_their_inputs():
     with pytest.raises(ValueError, match="batch_size"):
         ArrayBatches(torch.zeros(3, 1), torch.zeros(3), torch.ones(3), batch_size=0)
     assert Passes([]).data == []
+
+
+def test_solve_shared_is_the_joint_optimum_with_tied_coordinates():
+    """solve_shared: own coordinates solve their own systems, shared ones the summed system, tied across k."""
+    from moekit._linalg import solve_shared, solve_spd
+
+    g = torch.Generator().manual_seed(0)
+    k, p, m = 3, 4, 2
+    mm = torch.randn(k, p, p, generator=g, dtype=torch.float64)
+    a = mm @ mm.transpose(1, 2) + torch.eye(p, dtype=torch.float64)
+    b = torch.randn(k, p, m, generator=g, dtype=torch.float64)
+    x = solve_shared(a, b, [3, 1])
+    assert torch.equal(x[:, [1, 3]], x[:1, [1, 3]].expand(k, 2, m))
+    r = b - a @ x  # the joint gradient: zero in every own coordinate, zero summed over k in the shared ones
+    assert float(r[:, [0, 2]].abs().max()) < 1e-12
+    assert float(r[:, [1, 3]].sum(0).abs().max()) < 1e-12
+    assert torch.equal(solve_shared(a, b, []), solve_spd(a, b))
