@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Categorical
 
-from .._linalg import add_intercept, weighted_grams
+from .._linalg import weighted_grams
 from ..stats import SuffStats
 from .newton import NewtonExpert, multinomial_newton_stats
 
@@ -122,19 +122,19 @@ class LogisticExpert(NewtonExpert):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Log-odds of y = 1: (n,) single or (n, K) stacked."""
-        return self._out(self._eta(add_intercept(self._prepare_x(x)), self.coef))
+        return self._out(self._eta_x(x))
 
     def forward(self, x: torch.Tensor) -> Bernoulli:
         return _BernoulliValue(logits=self.logits(x), validate_args=False)
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``y * eta - softplus(eta)``: (n,) single or (n, K) stacked."""
-        eta = self._eta(add_intercept(self._prepare_x(x)), self.coef)  # (n, K)
+        eta = self._eta_x(x)  # (n, K)
         yy = self._prepare_y(y, eta.shape[0])
         return self._out(yy[:, None] * eta - F.softplus(eta))
 
-    def _stats_chunk(self, xd, y, w, coef) -> SuffStats:
-        eta = self._eta(xd, coef)  # (n, K)
+    def _stats_chunk(self, xd, ex, y, w, coef) -> SuffStats:
+        eta = self._eta(xd, coef, ex)  # (n, K)
         objective = (w * (y[:, None] * eta - F.softplus(eta))).sum()
         mu = torch.sigmoid(eta)
         grad = (w * (y[:, None] - mu)).T @ xd  # (K, p)
@@ -251,7 +251,7 @@ class SoftmaxExpert(NewtonExpert):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised class log-probabilities: (n, C) single or (n, K, C) stacked."""
-        eta = self._eta(add_intercept(self._prepare_x(x)), self.coef)  # (n, K, C)
+        eta = self._eta_x(x)  # (n, K, C)
         return self._out(F.log_softmax(eta, dim=-1))
 
     def forward(self, x: torch.Tensor) -> Categorical:
@@ -259,7 +259,7 @@ class SoftmaxExpert(NewtonExpert):
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Log-probability of the observed class: (n,) single or (n, K) stacked."""
-        eta = self._eta(add_intercept(self._prepare_x(x)), self.coef)  # (n, K, C)
+        eta = self._eta_x(x)  # (n, K, C)
         yy = self._prepare_y(y, eta.shape[0])
         logp = F.log_softmax(eta, dim=-1)
         idx = yy[:, None, None].expand(-1, eta.shape[1], 1)
@@ -284,8 +284,8 @@ class SoftmaxExpert(NewtonExpert):
         mask[:, 0] = 0.0
         return mask.reshape(-1)
 
-    def _stats_chunk(self, xd, y, w, coef) -> SuffStats:
-        logp = F.log_softmax(self._eta(xd, coef), dim=-1)  # (n, K, C)
+    def _stats_chunk(self, xd, ex, y, w, coef) -> SuffStats:
+        logp = F.log_softmax(self._eta(xd, coef, ex), dim=-1)  # (n, K, C)
         counts = w[:, :, None] * F.one_hot(y, coef.shape[1]).to(xd.dtype)[:, None, :]  # (n, K, C)
         objective, grad, info = multinomial_newton_stats(xd, logp, counts)
         return SuffStats(objective=objective, grad=grad, info=info, sw=w.sum(0))

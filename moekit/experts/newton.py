@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .._linalg import add_intercept, chunk_rows, gram, solve_spd, weighted_grams
+from .._linalg import add_intercept, chunk_rows, gram, solve_shared, solve_spd, weighted_grams
 from .._mstep import fit_in_memory
 from ..stats import SuffStats
 from .base import Expert
@@ -90,19 +90,50 @@ class NewtonExpert(Expert):
     """A GLM expert fitted by Newton steps from additive statistics (base class of the GLM experts).
 
     Subclasses hold one parameter ``coef`` with a leading expert axis and
-    implement ``_prepare_y``, ``_stats_chunk`` (returning ``objective`` (),
-    ``grad`` (K, m), ``info`` (K, m, m), ``sw`` (K,) for the m free
-    coefficients of each expert), ``_free`` / ``_set_free`` (the free
+    implement ``_prepare_y``, ``_stats_chunk(xd, ex, y, w, coef)`` (returning
+    ``objective`` (), ``grad`` (K, m), ``info`` (K, m, m), ``sw`` (K,) for the
+    m free coefficients of each expert), ``_free`` / ``_set_free`` (the free
     coefficients as a (K, m) tensor) and ``_penalty_mask`` (an (m,) tensor,
     1 where the ridge penalty applies).
+
+    Per-row extras.  A family that needs known per-row values besides the
+    features (an offset of the linear predictor, the number of trials of a
+    binomial) names them in ``extras``: x then has ``n_features +
+    len(extras)`` columns, the features first and the extras last in that
+    order, and :meth:`_design` splits a chunk of x into the design matrix and
+    a dict of extras.  Extras travel with x through every row slice, chunk
+    and batch, so they need no path of their own.  The ``"offset"`` extra is
+    added to the linear predictor by :meth:`_eta` (coefficient fixed at one).
+
+    Shared coefficients.  ``shared`` lists feature indices whose
+    coefficients are common to all K experts of a stack (flexmix's
+    ``FLXMRglmfix(fixed = ...)``): the Newton step is then solved jointly by
+    :func:`~moekit._linalg.solve_shared` (families whose free coefficients are
+    ``coef`` itself, one row per expert).
     """
 
     m_step_exact = False
 
-    def __init__(self, n_features: int, n_experts: int | None, l2: float, max_m_steps: int):
+    def __init__(
+        self,
+        n_features: int,
+        n_experts: int | None,
+        l2: float,
+        max_m_steps: int,
+        extras: tuple = (),
+        shared=(),
+    ):
         super().__init__(n_experts)
         if not (isinstance(n_features, int) and n_features >= 0):
             raise ValueError(f"n_features must be a non-negative int, got {n_features!r}")
+        extras = tuple(extras)
+        if len(set(extras)) != len(extras) or not all(isinstance(e, str) for e in extras):
+            raise ValueError(f"extras must be distinct names, got {extras!r}")
+        shared = sorted({int(j) for j in shared})
+        if any(not 0 <= j < n_features for j in shared):
+            raise ValueError(f"shared must list feature indices in 0..{n_features - 1}, got {shared!r}")
+        self.extras = extras
+        self.shared = shared
         if not (isinstance(max_m_steps, int) and max_m_steps >= 1):
             raise ValueError(f"max_m_steps must be a positive int, got {max_m_steps!r}")
         l2 = float(l2)
@@ -118,18 +149,31 @@ class NewtonExpert(Expert):
         return self.coef.data[..., 1:]
 
     def _prepare_x(self, x: torch.Tensor) -> torch.Tensor:
-        """x in the parameters' dtype and device, with its shape checked: (n, d_x)."""
-        if x.dim() != 2 or x.shape[1] != self.n_features:
-            raise ValueError(
-                f"x must have shape (n, {self.n_features}) for this expert, got {tuple(x.shape)}"
-            )
+        """x in the parameters' dtype and device, with its shape checked: (n, d_x + len(extras))."""
+        width = self.n_features + len(self.extras)
+        if x.dim() != 2 or x.shape[1] != width:
+            more = f" ({self.n_features} features, then {', '.join(self.extras)})" if self.extras else ""
+            raise ValueError(f"x must have shape (n, {width}){more} for this expert, got {tuple(x.shape)}")
         return x.to(dtype=self.coef.dtype, device=self.coef.device)
 
-    def _eta(self, xd: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        """Linear predictors for every expert: ``xd`` (n, p), ``coef`` (K, ..., p) -> (n, K, ...)."""
+    def _design(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """A prepared chunk of x split into ``[1, features]`` (n, p) and the extras by name, each (n,)."""
+        d = self.n_features
+        return add_intercept(x[:, :d]), {name: x[:, d + i] for i, name in enumerate(self.extras)}
+
+    def _eta_x(self, x: torch.Tensor) -> torch.Tensor:
+        """Linear predictors (offset included) at the current coefficients for raw x: (n, K, ...)."""
+        xd, ex = self._design(self._prepare_x(x))
+        return self._eta(xd, self.coef, ex)
+
+    def _eta(self, xd: torch.Tensor, coef: torch.Tensor, ex: dict | None = None) -> torch.Tensor:
+        """Linear predictors for every expert: ``xd`` (n, p), ``coef`` (K, ..., p) -> (n, K, ...), plus any offset."""
         k = coef.shape[0]
-        out = xd @ coef.reshape(-1, xd.shape[1]).T
-        return out.reshape(xd.shape[0], k, *coef.shape[1:-1])
+        out = (xd @ coef.reshape(-1, xd.shape[1]).T).reshape(xd.shape[0], k, *coef.shape[1:-1])
+        if ex and "offset" in ex:
+            off = ex["offset"]
+            out = out + off.reshape(off.shape[0], *([1] * (out.dim() - 1)))
+        return out
 
     # --------------------------------------------------------- statistics
     def suff_stats(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> SuffStats:
@@ -154,7 +198,7 @@ class NewtonExpert(Expert):
         rows = chunk_rows(self._k * self._n_free())
         n = xx.shape[0]
         return sum(
-            self._stats_chunk(add_intercept(xx[i : i + rows]), yy[i : i + rows], w[i : i + rows], coef)
+            self._stats_chunk(*self._design(xx[i : i + rows]), yy[i : i + rows], w[i : i + rows], coef)
             for i in range(0, max(n, 1), rows)
         )
 
@@ -198,11 +242,19 @@ class NewtonExpert(Expert):
             pen = self.l2 * self._penalty_mask()
             grad = grad - pen * free
             info = info + torch.diag(pen)
-        step = solve_spd(info, grad[..., None])[..., 0]
         sw = stats["sw"].to(coef.dtype)
         keep = sw > 1e-12 * sw.sum().clamp_min(torch.finfo(sw.dtype).tiny)
-        keep = keep & torch.isfinite(step).all(-1)
-        step = torch.where(keep[:, None], step, torch.zeros_like(step))
+        if self.shared and self._k > 1:  # one joint step: the shared coordinates stay tied across the experts
+            cols = torch.zeros(step_width := grad.shape[-1], dtype=torch.bool, device=grad.device)
+            cols[[1 + j for j in self.shared]] = True
+            step = solve_shared(info, grad[..., None], [1 + j for j in self.shared])[..., 0]
+            # an expert without weight keeps its own coefficients but moves the shared ones with the others
+            movable = keep[:, None] | cols[None, :step_width]
+        else:
+            step = solve_spd(info, grad[..., None])[..., 0]
+            movable = keep[:, None]
+        movable = movable & torch.isfinite(step).all(-1, keepdim=True)
+        step = torch.where(movable, step, torch.zeros_like(step))
         self._set_free(coef, free + step)
 
     def _normalise(self, coef: torch.Tensor) -> None:
@@ -238,9 +290,10 @@ class NewtonExpert(Expert):
         with torch.no_grad():
             self.coef.data.zero_()
             self._set_intercept_only(yy, w)
-        return self.fit_weighted(xx, yy, w)
+        return self.fit_weighted(xx, yy, w)  # shared slopes start tied at zero, and joint steps keep them tied
 
     def extra_repr(self) -> str:
-        return f"n_features={self.n_features}, n_experts={self.n_experts}, l2={self.l2}"
+        more = (f", extras={self.extras}" if self.extras else "") + (f", shared={self.shared}" if self.shared else "")
+        return f"n_features={self.n_features}, n_experts={self.n_experts}, l2={self.l2}{more}"
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .._linalg import add_intercept, weighted_grams
+from .._linalg import weighted_grams
 from ..distributions import Poisson
 from ..stats import SuffStats
 from .newton import NewtonExpert
@@ -49,6 +49,13 @@ class PoissonExpert(NewtonExpert):
         ``PoissonRegressor(alpha=alpha)``.
     dtype : torch.dtype
         Parameter dtype.
+    offset : bool
+        Whether x carries one more column, last, holding a known offset
+        added to the linear predictor (coefficient fixed at one), such as
+        the log of an exposure: ``E[y | x] = exposure * exp(beta^T [1, x])``.
+    shared : sequence of int
+        Feature indices whose coefficients are common to all experts of the
+        stack (a joint Newton step).
 
     Attributes
     ----------
@@ -88,8 +95,10 @@ class PoissonExpert(NewtonExpert):
         max_m_steps: int = 1,
         l2: float = 0.0,
         dtype: torch.dtype = torch.float64,
+        offset: bool = False,
+        shared=(),
     ):
-        super().__init__(n_features, n_experts, l2, max_m_steps)
+        super().__init__(n_features, n_experts, l2, max_m_steps, extras=("offset",) if offset else (), shared=shared)
         self.coef = nn.Parameter(torch.zeros(self._k, n_features + 1, dtype=dtype))
 
     def n_parameters(self) -> int:
@@ -108,24 +117,22 @@ class PoissonExpert(NewtonExpert):
 
     def log_rate(self, x: torch.Tensor) -> torch.Tensor:
         """Clamped linear predictor ``log E[y | x]``: (n,) single or (n, K) stacked."""
-        return self._out(self._clamped_eta(add_intercept(self._prepare_x(x)), self.coef))
-
-    def _clamped_eta(self, xd: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        lo, hi = _eta_bounds(coef.dtype)
-        return self._eta(xd, coef).clamp(lo, hi)
+        lo, hi = _eta_bounds(self.coef.dtype)
+        return self._out(self._eta_x(x).clamp(lo, hi))
 
     def forward(self, x: torch.Tensor) -> Poisson:
         return Poisson(rate=self.log_rate(x).exp(), validate_args=False)
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``y * eta - exp(eta) - lgamma(y + 1)``: (n,) single or (n, K) stacked."""
-        eta = self._clamped_eta(add_intercept(self._prepare_x(x)), self.coef)  # (n, K)
+        lo, hi = _eta_bounds(self.coef.dtype)
+        eta = self._eta_x(x).clamp(lo, hi)  # (n, K)
         yy = self._prepare_y(y, eta.shape[0])[:, None]
         return self._out(yy * eta - eta.exp() - torch.lgamma(yy + 1))
 
-    def _stats_chunk(self, xd, y, w, coef) -> SuffStats:
+    def _stats_chunk(self, xd, ex, y, w, coef) -> SuffStats:
         lo, hi = _eta_bounds(coef.dtype)
-        raw = self._eta(xd, coef)  # (n, K)
+        raw = self._eta(xd, coef, ex)  # (n, K)
         eta = raw.clamp(lo, hi)
         inside = ((raw > lo) & (raw < hi)).to(raw.dtype)  # the clamp's derivative
         mu = eta.exp()
