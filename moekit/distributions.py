@@ -19,14 +19,17 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-from scipy.special import stdtr
+from scipy.special import betainc, stdtr
 from torch.distributions import Categorical, Distribution, Independent, MultivariateNormal, Normal, constraints
+from torch.distributions import Binomial as _Binomial
 from torch.distributions import Poisson as _Poisson
 from torch.distributions import StudentT as _StudentT
 
 __all__ = [
+    "Binomial",
     "LeafGroup",
     "MixtureDistribution",
+    "PointMass",
     "Poisson",
     "StudentT",
     "check_scalar",
@@ -422,3 +425,131 @@ def marginal(dist: MixtureDistribution, target: int = 0) -> MixtureDistribution:
 def log_mean_exp(t: torch.Tensor, dim: int) -> torch.Tensor:
     """``log(mean(exp(t)))`` along ``dim``, stably."""
     return torch.logsumexp(t, dim=dim) - math.log(t.shape[dim])
+
+
+class Binomial(_Binomial):
+    """:class:`torch.distributions.Binomial` with a CDF; integer counts are accepted by ``log_prob``.
+
+    ``log_prob`` is the exact log pmf (binomial coefficient included), ``-inf``
+    outside ``0..total_count``; ``cdf`` is ``P(Y <= floor(y))``, the regularised
+    incomplete beta function ``I_{1-p}(n - k, k + 1)`` (scipy; not
+    differentiable), with ``1 - p`` computed from the logits so that it stays
+    accurate when p is close to one.
+
+    Shapes
+    ------
+    batch shape: that of ``total_count`` and ``logits`` / ``probs`` broadcast;
+    ``cdf(value)``: ``value`` broadcast against the batch shape.
+
+    Examples
+    --------
+    >>> import torch
+    >>> d = Binomial(torch.tensor([4.0, 10.0]), logits=torch.zeros(2))
+    >>> d.mean.tolist(), d.cdf(torch.tensor([2.0, 10.0])).tolist()
+    ([2.0, 5.0], [0.6875, 1.0])
+    """
+
+    def log_prob(self, value):
+        value = torch.as_tensor(value, device=self.logits.device).to(self.logits.dtype)
+        n = self.total_count
+        safe = torch.minimum(value.clamp_min(0), n)  # keeps the lgamma terms finite outside the support
+        lp = (safe * self.logits - n * torch.nn.functional.softplus(self.logits)
+              + torch.lgamma(n + 1) - torch.lgamma(safe + 1) - torch.lgamma(n - safe + 1))
+        inside = (value >= 0) & (value <= n) & (value == torch.floor(value))
+        return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+
+    def cdf(self, value):
+        value = torch.as_tensor(value, device=self.logits.device).to(self.logits.dtype)
+        k, n, logits = torch.broadcast_tensors(torch.floor(value).detach(), self.total_count.detach(), self.logits.detach())
+        q = torch.sigmoid(-logits)  # 1 - p, accurate near p = 1
+        inner = (k >= 0) & (k < n)
+        kk = torch.where(inner, k, torch.zeros_like(k))
+        nk = torch.where(inner, n - k, torch.ones_like(n))
+        out = betainc(nk.cpu().numpy(), kk.cpu().numpy() + 1.0, q.cpu().numpy())
+        out = torch.as_tensor(out, dtype=k.dtype, device=k.device)
+        return torch.where(inner, out, (k >= n).to(k.dtype))
+
+
+class PointMass(Distribution):
+    """A degenerate distribution: y equals ``value`` with probability one.
+
+    The component of a zero-inflated model (a point mass at zero mixed with a
+    count distribution).  ``log_prob`` is 0 at ``value`` and ``-inf``
+    elsewhere (never NaN), ``cdf`` the step ``1[y >= value]``, ``icdf`` and
+    ``sample`` the value itself; mean ``value``, variance 0.  The support is
+    the single integer ``value`` when every value is an integer (so a mixture
+    whose first component is a point mass at 0 is discrete, as a
+    zero-inflated count model is), else the real line.
+
+    Parameters
+    ----------
+    value : Tensor
+        The location, one per batch element.
+
+    Shapes
+    ------
+    batch shape ``value.shape``, event shape ().
+
+    Examples
+    --------
+    >>> import torch
+    >>> d = PointMass(torch.zeros(3, dtype=torch.float64))
+    >>> d.log_prob(torch.tensor([0.0, 1.0, 0.0])).tolist(), d.cdf(torch.tensor([-1.0, 0.0, 2.0])).tolist()
+    ([0.0, -inf, 0.0], [0.0, 1.0, 1.0])
+    >>> d.mean.tolist(), d.variance.tolist(), d.sample((2,)).shape
+    ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0], torch.Size([2, 3]))
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, value: torch.Tensor, validate_args=False):
+        self.value = torch.as_tensor(value)
+        super().__init__(batch_shape=self.value.shape, event_shape=torch.Size(), validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return PointMass(self.value.expand(torch.Size(batch_shape)))
+
+    @property
+    def support(self):
+        v = self.value
+        if v.numel() and bool((v == torch.floor(v)).all()):
+            return constraints.integer_interval(v, v)
+        return constraints.real
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.value
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return self.value
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return torch.zeros_like(self.value)
+
+    def entropy(self) -> torch.Tensor:
+        return torch.zeros_like(self.value)
+
+    def _as_values(self, value) -> torch.Tensor:
+        return torch.as_tensor(value, device=self.value.device).to(self.value.dtype)
+
+    def log_prob(self, value) -> torch.Tensor:
+        """0 where ``value`` equals the location, ``-inf`` elsewhere (NaN values included)."""
+        value = self._as_values(value)
+        hit = value == self.value
+        return torch.where(hit, torch.zeros_like(hit, dtype=self.value.dtype),
+                           torch.full_like(hit, -math.inf, dtype=self.value.dtype))
+
+    def cdf(self, value) -> torch.Tensor:
+        value = self._as_values(value)
+        return (value >= self.value).to(self.value.dtype)
+
+    def icdf(self, value) -> torch.Tensor:
+        value = self._as_values(value)
+        return self.value.expand(torch.broadcast_shapes(value.shape, self.value.shape)).clone()
+
+    @torch.no_grad()
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return self.value.expand(torch.Size(sample_shape) + self.batch_shape).clone()

@@ -6,18 +6,22 @@ batched call (see :class:`~moekit.experts.base.Expert`).
 """
 
 from .base import Expert
+from .binomial import BinomialExpert
 from .gaussian import LinearGaussianExpert
 from .logistic import LogisticExpert, SoftmaxExpert
 from .mlp import MLPExpert
+from .point_mass import PointMassExpert
 from .poisson import PoissonExpert
 from .sklearn import SklearnExpert
 from .student_t import StudentTExpert
 
 __all__ = [
+    "BinomialExpert",
     "Expert",
     "LinearGaussianExpert",
     "LogisticExpert",
     "MLPExpert",
+    "PointMassExpert",
     "PoissonExpert",
     "SklearnExpert",
     "SoftmaxExpert",
