@@ -128,7 +128,8 @@ class MixtureOfExperts(nn.Module):
     def n_parameters(self) -> int:
         """Free parameters (gate and experts), for BIC / AIC."""
         if self.is_stacked:
-            ex = self.experts.n_parameters() * self.n_experts
+            total = getattr(self.experts, "n_parameters_total", None)  # shared parameters counted once
+            ex = total() if total is not None else self.experts.n_parameters() * self.n_experts
         else:
             ex = sum(e.n_parameters() for e in self.experts)
         return self.gate.n_parameters() + ex

@@ -129,6 +129,14 @@ class Expert(AffineInputs, nn.Module):
         """Number of free parameters per expert (for BIC / AIC)."""
         return sum(p.numel() for p in self.parameters()) // self._k
 
+    def n_parameters_total(self) -> int:
+        """Free parameters of the whole module, all K experts of a stack together (what BIC / AIC count).
+
+        ``n_parameters() * K``, unless the family shares parameters across its
+        stack (a tied covariance, shared coefficients) and counts them once.
+        """
+        return self.n_parameters() * self._k
+
     # ----------------------------------------------------------------- M-step
     def fit_weighted(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
         """Weighted M-step on in-memory data: never lowers ``sum(weight * log p)``.

@@ -8,39 +8,85 @@ import torch
 from torch import nn
 from torch.distributions import MultivariateNormal, Normal
 
-from .._linalg import add_intercept, affine, chunk_rows, solve_spd, weighted_grams
+from .._linalg import add_intercept, affine, chunk_rows, solve_shared, solve_spd, weighted_grams
 from ..stats import SuffStats
 from .base import Expert
 
-_COVARIANCES = ("full", "diag", "spherical")
+_COVARIANCES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
+#: How each covariance option is stored: the structure of one noise covariance.
+_STRUCTURE = {"full": "full", "diag": "diag", "spherical": "spherical", "tied": "full", "tied_diag": "diag",
+              "tied_spherical": "spherical"}
+#: Most conditional-maximisation cycles (coefficients, then covariances) of one M-step with shared coefficients.
+ECM_CYCLES = 200
 
 
 class LinearGaussianExpert(Expert):
-    """Linear regression with Gaussian noise: ``y | x ~ N(B^T [1, x], Sigma)``.
+    """Linear regression with Gaussian noise: ``y | x ~ N(B^T [1, x] (+ offset), Sigma)``.
 
     Parameters
     ----------
     n_features : int
-        Number of input columns d_x.
+        Number of input columns d_x (0: intercept-only experts, x of shape (n, 0)).
     n_outputs : int or None
         ``None`` for a scalar target (event shape ``()``), otherwise d_y.
-    covariance : {"full", "diag", "spherical"}
-        Structure of Sigma for vector targets (ignored for scalar y).
+    covariance : {"full", "diag", "spherical", "tied", "tied_diag", "tied_spherical"}
+        Structure of Sigma.  ``"full"``, ``"diag"``, ``"spherical"``: one
+        noise covariance per expert (for scalar y all three are one variance
+        per expert).  ``"tied"``, ``"tied_diag"``, ``"tied_spherical"``: one
+        full / diagonal / spherical noise covariance shared by all K experts
+        of a stack (flexmix's ``varFix``, scikit-learn's ``"tied"``; for
+        scalar y any of them is one variance for all experts); the M-step
+        takes the pooled residual covariance ``sum_k RSS_k / sum_k sw_k``.
     n_experts : int or None
         ``None`` for one expert; K for K stacked experts evaluated together.
     var_floor : float
         Lower bound on every variance (eigenvalue of Sigma), in y's units squared.
     alpha : float
-        Ridge penalty ``0.5 * alpha * ||B[1:]||^2 / sigma^2`` on the slopes (not
-        the intercept): the M-step solves ``(X^T W X + alpha I) B = X^T W y``.
-        0 (the default) is maximum likelihood.
+        Ridge penalty ``0.5 * alpha * tr(Sigma^-1 B[1:]^T B[1:])`` on the
+        slopes (not the intercept): the M-step solves
+        ``(X^T W X + alpha I) B = X^T W y`` (jointly over the stack with
+        shared coefficients), and the covariance is the residual covariance
+        at that B.  0 (the default) is maximum likelihood.
     dtype : torch.dtype
         Parameter dtype (float64 by default, as EM wants).
+    offset : bool
+        Whether x carries one more column, last, holding a known offset of
+        the mean (coefficient fixed at one): ``E[y | x] = B^T [1, x] + offset``.
+        Scalar y only.  The offset is not a feature (``input_slopes`` holds
+        the features' coefficients only).
+    shared : sequence of int
+        Feature indices (into the d_x features) whose coefficients are
+        common to all K experts of a stack (flexmix's ``FLXMRglmfix(fixed=)``).
+        The M-step is an ECM: the joint weighted least squares of all
+        coefficients at the current noise covariances (weights
+        ``r_k / sigma_k^2``; for vector y its ``Sigma_k^-1 (x) X^T W_k X``
+        form), solved by :func:`~moekit._linalg.solve_shared`, then the
+        covariances at the new coefficients, repeated from the same
+        statistics until it converges.  Each cycle never lowers the weighted
+        log-likelihood.
+
+    Attributes
+    ----------
+    coef : Parameter (K, d_x + 1, d)
+        Intercepts (row 0), then one row per feature; d = 1 for scalar y.
+        With ``shared``, rows ``1 + j`` of the shared features hold the same
+        value in every expert (the model uses their mean over the stack, so
+        that any move of them is a move of the one shared coefficient).
+    scale_tril_raw : Parameter (K, d, d)
+        ``"full"`` / ``"tied"``: Cholesky factors with log diagonals.
+    log_scale : Parameter (K, m)
+        Otherwise: log standard deviations, m = d (diagonal) or 1.  Tied
+        covariances keep K equal copies (the model uses their mean).
+    tied : bool
+        Whether the noise covariance is one for the whole stack.
+    structure : {"full", "diag", "spherical"}
+        The structure of each noise covariance ("spherical" for scalar y).
 
     Shapes
     ------
-    forward(x): x (n, d_x) -> distribution with batch shape (n,) [single] or
-    (n, K) [stacked] and event shape () [scalar y] or (d_y,).
+    x : (n, d_x), or (n, d_x + 1) with ``offset`` (the offset last).
+    forward(x): a distribution with batch shape (n,) [single] or (n, K)
+    [stacked] and event shape () [scalar y] or (d_y,).
 
     Examples
     --------
@@ -51,6 +97,12 @@ class LinearGaussianExpert(Expert):
     >>> _ = e.fit_weighted(x, y)
     >>> [round(v, 6) for v in e.coef[0, :, 0].tolist()]
     [1.0, 2.0]
+    >>> tied = LinearGaussianExpert(1, n_experts=3, covariance="tied")
+    >>> tied.n_parameters_total()  # 3 x (intercept, slope) + one variance
+    7
+    >>> shared = LinearGaussianExpert(2, n_experts=3, shared=[1])
+    >>> shared.n_parameters_total()  # 3 x (intercept, slope 0, variance) + one shared slope
+    10
     """
 
     m_step_exact = True
@@ -64,6 +116,8 @@ class LinearGaussianExpert(Expert):
         var_floor: float = 1e-6,
         alpha: float = 0.0,
         dtype: torch.dtype = torch.float64,
+        offset: bool = False,
+        shared=(),
     ):
         super().__init__(n_experts)
         if not alpha >= 0:
@@ -77,40 +131,83 @@ class LinearGaussianExpert(Expert):
             raise ValueError(f"n_outputs must be None (scalar y) or a positive int, got {n_outputs!r}")
         if not var_floor > 0:
             raise ValueError(f"var_floor must be > 0, got {var_floor!r}")
+        if not isinstance(offset, bool):
+            raise TypeError(f"offset must be True or False, got {offset!r}")
+        if offset and n_outputs is not None:
+            raise ValueError(
+                f"offset=True needs a scalar target (n_outputs=None), got n_outputs={n_outputs!r}; "
+                "subtract a known offset of a vector y from y before fitting"
+            )
+        try:
+            shared = sorted({int(j) for j in shared})
+        except (TypeError, ValueError):
+            raise TypeError(f"shared must be a sequence of feature indices, got {shared!r}") from None
+        if any(not 0 <= j < n_features for j in shared):
+            raise ValueError(
+                f"shared must list feature indices in 0..{n_features - 1} (the expert has {n_features} features), "
+                f"got {shared!r}"
+            )
         self.n_features = n_features
         self.n_outputs = n_outputs
-        self.covariance = "spherical" if n_outputs is None else covariance
+        self.tied = covariance.startswith("tied")
+        if n_outputs is None:  # scalar y: one variance, per expert or for all
+            covariance = "tied_spherical" if self.tied else "spherical"
+        self.covariance = covariance
         self.var_floor = float(var_floor)
+        self.offset = offset
+        self.extras = ("offset",) if offset else ()
+        self.shared = shared
         k, p, d = self._k, n_features + 1, self._d
         self.coef = nn.Parameter(torch.zeros(k, p, d, dtype=dtype))
-        if self.covariance == "full":
+        if self.structure == "full":
             self.scale_tril_raw = nn.Parameter(torch.zeros(k, d, d, dtype=dtype))
         else:
-            self.log_scale = nn.Parameter(torch.zeros(k, d if self.covariance == "diag" else 1, dtype=dtype))
+            self.log_scale = nn.Parameter(torch.zeros(k, d if self.structure == "diag" else 1, dtype=dtype))
 
     @property
     def _d(self) -> int:
         return 1 if self.n_outputs is None else self.n_outputs
 
+    @property
+    def structure(self) -> str:
+        """The structure of each noise covariance: "full", "diag" or "spherical" (tied or not)."""
+        return _STRUCTURE[self.covariance]
+
     def extra_repr(self) -> str:
+        more = (", offset=True" if self.offset else "") + (f", shared={self.shared}" if self.shared else "")
         return (
             f"n_features={self.n_features}, n_outputs={self.n_outputs}, "
-            f"covariance={self.covariance!r}, n_experts={self.n_experts}"
+            f"covariance={self.covariance!r}, n_experts={self.n_experts}{more}"
         )
 
     # ----------------------------------------------------------- parameters
     def input_slopes(self) -> torch.Tensor:
-        """The coefficients of x: ``coef[:, 1:, :]`` (row 0 holds the intercepts)."""
+        """The coefficients of x: ``coef[:, 1:, :]`` (row 0 holds the intercepts; an offset has none)."""
         return self.coef.data[:, 1:, :]
 
+    def _coef(self) -> torch.Tensor:
+        """The coefficients the model uses (K, p, d): the rows of shared features are their mean over the stack."""
+        coef = self.coef
+        if not self.shared or coef.shape[0] == 1:
+            return coef
+        mask = torch.zeros(coef.shape[1], dtype=torch.bool, device=coef.device)
+        mask[[1 + j for j in self.shared]] = True
+        return torch.where(mask[None, :, None], _stack_mean(coef), coef)
+
+    def _tied_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """A noise parameter as the model uses it: tied ones are the mean of their K copies."""
+        if self.tied and t.shape[0] > 1:
+            return _stack_mean(t).expand_as(t)
+        return t
+
     def scale_tril(self) -> torch.Tensor:
-        """Cholesky factors of the noise covariances, floored: (K, d, d)."""
+        """Cholesky factors of the noise covariances, floored: (K, d, d) (K equal ones when tied)."""
         floor = math.sqrt(self.var_floor)
-        if self.covariance == "full":
-            raw = self.scale_tril_raw
+        if self.structure == "full":
+            raw = self._tied_mean(self.scale_tril_raw)
             diag = raw.diagonal(dim1=-2, dim2=-1).exp().clamp_min(floor)
             return torch.tril(raw, -1) + torch.diag_embed(diag)
-        s = self.log_scale.exp().clamp_min(floor).expand(self._k, self._d)
+        s = self._tied_mean(self.log_scale).exp().clamp_min(floor).expand(self._k, self._d)
         return torch.diag_embed(s)
 
     def covariance_matrix(self) -> torch.Tensor:
@@ -118,31 +215,82 @@ class LinearGaussianExpert(Expert):
         l = self.scale_tril()
         return l @ l.transpose(-1, -2)
 
-    def _set_covariance(self, cov: torch.Tensor, keep: torch.Tensor) -> None:
-        """Set the noise covariance (K, d, d) for experts where ``keep`` is true."""
+    def _structured(self, cov: torch.Tensor) -> torch.Tensor:
+        """The covariance of this structure nearest ``cov`` (K, d, d) in the M-step's sense, floored.
+
+        Full: the eigenvalues floored at ``var_floor``; diagonal: the diagonal;
+        spherical: the mean of the diagonal (each the maximum-likelihood
+        covariance of that structure given the residual covariance ``cov``).
+        """
         floor = self.var_floor
-        if self.covariance == "full":
+        if self.structure == "full":
             evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.transpose(-1, -2)))
-            cov = evecs @ torch.diag_embed(evals.clamp_min(floor)) @ evecs.transpose(-1, -2)
-            l = torch.linalg.cholesky(0.5 * (cov + cov.transpose(-1, -2)))
+            out = evecs @ torch.diag_embed(evals.clamp_min(floor)) @ evecs.transpose(-1, -2)
+            return 0.5 * (out + out.transpose(-1, -2))
+        var = cov.diagonal(dim1=-2, dim2=-1)
+        if self.structure == "spherical":
+            var = var.mean(-1, keepdim=True).expand_as(var)
+        return torch.diag_embed(var.clamp_min(floor))
+
+    def _set_covariance(self, cov: torch.Tensor, keep: torch.Tensor) -> None:
+        """Set the noise covariance (K, d, d) for experts where ``keep`` is true (tied: all K, from ``cov[keep][0]``)."""
+        cov = self._structured(cov)
+        if self.tied:  # one covariance for the stack: every copy gets it
+            cov = cov[keep][:1].expand_as(cov)
+            keep = torch.ones_like(keep)
+        if self.structure == "full":
+            l = torch.linalg.cholesky(cov)
             raw = torch.tril(l, -1) + torch.diag_embed(l.diagonal(dim1=-2, dim2=-1).log())
             self.scale_tril_raw.data[keep] = raw[keep]
         else:
             var = cov.diagonal(dim1=-2, dim2=-1)
-            if self.covariance == "spherical":
-                var = var.mean(-1, keepdim=True)
-            self.log_scale.data[keep] = 0.5 * var.clamp_min(floor).log()[keep]
+            if self.structure == "spherical":
+                var = var[..., :1]
+            self.log_scale.data[keep] = 0.5 * var.log()[keep]
+
+    def _n_covariance(self) -> int:
+        d = self._d
+        return {"full": d * (d + 1) // 2, "diag": d, "spherical": 1}[self.structure]
 
     def n_parameters(self) -> int:
-        d, p = self._d, self.n_features + 1
-        cov = {"full": d * (d + 1) // 2, "diag": d, "spherical": 1}[self.covariance]
-        return p * d + cov
+        """Free parameters of one expert on its own: ``p d`` coefficients and its noise covariance.
+
+        For a stack whose covariance or coefficients are shared, the whole
+        stack's count is :meth:`n_parameters_total` (what BIC uses).
+        """
+        return (self.n_features + 1) * self._d + self._n_covariance()
+
+    def n_parameters_total(self) -> int:
+        """Free parameters of the whole module: shared coefficients and a tied covariance counted once.
+
+        ``K (p - p_s) d + p_s d`` coefficients (``p_s`` shared features when
+        K > 1) plus one covariance per expert, or one for the stack when tied.
+        """
+        k, d, p = self._k, self._d, self.n_features + 1
+        ps = len(self.shared) if k > 1 else 0
+        cov = self._n_covariance() * (1 if self.tied else k)
+        return k * (p - ps) * d + ps * d + cov
 
     # ----------------------------------------------------------- likelihood
+    def _split_x(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x checked and split into its features (n, d_x) and the offset (n,) (None without ``offset``)."""
+        width = self.n_features + len(self.extras)
+        if x.dim() != 2 or x.shape[1] != width:
+            more = f" ({self.n_features} features, then the offset)" if self.offset else ""
+            raise ValueError(f"x must have shape (n, {width}){more} for this expert, got {tuple(x.shape)}")
+        if not self.offset:
+            return x, None
+        return x[:, : self.n_features], x[:, self.n_features]
+
     def _loc(self, x: torch.Tensor) -> torch.Tensor:
-        """Means: (n, K, d)."""
-        coef = self.coef.permute(1, 0, 2).reshape(self.coef.shape[1], -1)  # (p, K d)
-        return affine(x, coef.T).reshape(x.shape[0], self._k, self._d)
+        """Means: (n, K, d), the offset included."""
+        feats, off = self._split_x(x)
+        c = self._coef()
+        coef = c.permute(1, 0, 2).reshape(c.shape[1], -1)  # (p, K d)
+        loc = affine(feats, coef.T).reshape(x.shape[0], self._k, self._d)
+        if off is not None:
+            loc = loc + off.to(loc.dtype)[:, None, None]
+        return loc
 
     def forward(self, x: torch.Tensor):
         loc = self._loc(x)
@@ -161,7 +309,7 @@ class LinearGaussianExpert(Expert):
         yy = y[:, None] if self.n_outputs is None else y
         resid = yy[:, None, :] - self._loc(x)  # (n, K, d)
         l = self.scale_tril()
-        if self.covariance == "full" and self._d > 1:
+        if self.structure == "full" and self._d > 1:
             z = torch.linalg.solve_triangular(l, resid.permute(1, 2, 0), upper=False)  # (K, d, n)
             maha = (z * z).sum(1).T  # (n, K)
         else:
@@ -175,9 +323,11 @@ class LinearGaussianExpert(Expert):
     def suff_stats(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> SuffStats:
         """Weighted least-squares statistics (additive over rows).
 
+        With ``offset``, y less the offset enters the statistics.
+
         Shapes
         ------
-        x : (n, d_x); y : (n,) or (n, d_y); weight : (n,) or (n, K).
+        x : (n, d_x) (or (n, d_x + 1) with the offset); y : (n,) or (n, d_y); weight : (n,) or (n, K).
         Returns ``sw`` (K,), ``xwx`` (K, p, p), ``xwy`` (K, p, d), ``ywy`` (K, d, d).
         """
         c = chunk_rows(self._k * (self.n_features + 1))
@@ -186,9 +336,12 @@ class LinearGaussianExpert(Expert):
                 self.suff_stats(x[i : i + c], y[i : i + c], None if weight is None else weight[i : i + c])
                 for i in range(0, x.shape[0], c)
             )
-        xd = add_intercept(x)
+        feats, off = self._split_x(x)
+        xd = add_intercept(feats)
         n, p = xd.shape
         yy = (y[:, None] if y.dim() == 1 else y).to(xd.dtype)
+        if off is not None:  # y less its known offset
+            yy = yy - off.to(xd.dtype)[:, None]
         w = self._weight_nk(weight, n, xd)
         k, d = self._k, self._d
         wy = (w[:, :, None] * yy[:, None, :]).reshape(n, k * d)
@@ -199,25 +352,144 @@ class LinearGaussianExpert(Expert):
             ywy=(yy.T @ wy).reshape(d, k, d).permute(1, 0, 2),
         )
 
+    def _penalised(self, xwx: torch.Tensor) -> torch.Tensor:
+        """``X^T W X`` plus the ridge penalty on the slopes (not the intercept)."""
+        if not self.alpha > 0:
+            return xwx
+        pen = torch.full((xwx.shape[-1],), self.alpha, dtype=xwx.dtype, device=xwx.device)
+        pen[0] = 0.0
+        return xwx + torch.diag(pen)
+
+    @staticmethod
+    def _rss(stats_xwx, xwy, ywy, beta) -> torch.Tensor:
+        """Residual sums of squares and products at coefficients ``beta``: (K, d, d)."""
+        bt = beta.transpose(-1, -2)
+        cross = bt @ xwy
+        return ywy - cross - cross.transpose(-1, -2) + bt @ stats_xwx @ beta
+
+    def _pooled(self, cov_num: torch.Tensor, sw: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The M-step's covariance from residual sums ``cov_num`` (K, d, d): per expert, or pooled when tied."""
+        tiny = torch.finfo(sw.dtype).tiny
+        if self.tied:
+            pooled = cov_num[keep].sum(0) / sw[keep].sum().clamp_min(tiny)
+            return pooled.expand_as(cov_num)
+        return cov_num / sw.clamp_min(tiny)[:, None, None]
+
+    def shared_coef_step(self, stats: SuffStats, cov: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The joint weighted least squares of all coefficients at noise covariances ``cov``, shared rows tied.
+
+        Maximises ``sum_k [tr(P_k B_k^T xwy_k) - 0.5 tr(P_k B_k^T A_k B_k)]``
+        (``P_k = cov_k^-1``, ``A_k = xwx_k`` plus the ridge) over the experts
+        ``keep``, with the rows of the shared features equal across them: in
+        vec form ``(A_k (x) P_k) vec(B_k) = vec(xwy_k P_k)``, solved by
+        :func:`~moekit._linalg.solve_shared`.
+
+        Shapes
+        ------
+        cov : (K, d, d) -> (K', p, d) for the K' experts in ``keep`` (all by default).
+        """
+        xwx, xwy = self._penalised(stats["xwx"]), stats["xwy"]
+        if keep is not None:
+            xwx, xwy, cov = xwx[keep], xwy[keep], cov[keep]
+        k, p, d = xwy.shape
+        prec = torch.cholesky_inverse(torch.linalg.cholesky(cov))
+        prec = 0.5 * (prec + prec.transpose(-1, -2))
+        a = (xwx[:, :, None, :, None] * prec[:, None, :, None, :]).reshape(k, p * d, p * d)  # A_k (x) P_k, row-major
+        b = (xwy @ prec).reshape(k, p * d, 1)
+        idx = [(1 + j) * d + c for j in self.shared for c in range(d)]
+        return solve_shared(a, b, idx).reshape(k, p, d)
+
     @torch.no_grad()
     def m_step(self, stats: SuffStats) -> None:
-        """Exact weighted least squares and covariance; experts with no weight are left as they are."""
+        """The weighted M-step from the statistics; experts with no weight are left as they are.
+
+        Without shared coefficients: the exact weighted least squares and the
+        (pooled, when tied) residual covariance.  With shared coefficients:
+        ECM cycles (joint coefficients at the current covariances, then the
+        covariances) from the same statistics until the coefficients and
+        covariances stop moving (at most :data:`ECM_CYCLES`); each cycle
+        never lowers the weighted log-likelihood.
+        """
         sw = stats["sw"]
         total = sw.sum()
         keep = sw > 1e-12 * total.clamp_min(torch.finfo(sw.dtype).tiny)
         if not bool(keep.any()):
             return
-        xwx = stats["xwx"]
-        if self.alpha > 0:
-            pen = torch.full((xwx.shape[-1],), self.alpha, dtype=xwx.dtype, device=xwx.device)
-            pen[0] = 0.0
-            xwx = xwx + torch.diag(pen)
-        beta = solve_spd(xwx, stats["xwy"])
-        xwy = stats["xwy"]
-        resid = stats["ywy"] - xwy.transpose(-1, -2) @ beta  # residual sum of squares at the LS solution
-        if self.alpha > 0:  # the ridge solution is not the LS one: expand the square
-            bt = beta.transpose(-1, -2)
-            resid = resid - bt @ xwy + bt @ stats["xwx"] @ beta
-        cov = resid / sw.clamp_min(torch.finfo(sw.dtype).tiny)[:, None, None]
-        self.coef.data[keep] = beta[keep].to(self.coef.dtype)
-        self._set_covariance(cov.to(self.coef.dtype), keep)
+        dtype = self.coef.dtype
+        xwx, xwy, ywy = stats["xwx"], stats["xwy"], stats["ywy"]
+        if self.shared and self._k > 1:
+            self._ecm(stats, keep)
+            return
+        beta = solve_spd(self._penalised(xwx), xwy)
+        cov = self._pooled(self._rss(xwx, xwy, ywy, beta), sw, keep)
+        self.coef.data[keep] = beta[keep].to(dtype)
+        self._set_covariance(cov.to(dtype), keep)
+
+    def _ecm(self, stats: SuffStats, keep: torch.Tensor) -> None:
+        """ECM cycles of experts with shared coefficients, from one set of statistics."""
+        dtype = self.coef.dtype
+        sw = stats["sw"].to(dtype)
+        xwx, xwy, ywy = (stats[n].to(dtype) for n in ("xwx", "xwy", "ywy"))
+        kept = keep.nonzero()[:, 0]
+        sh = [1 + j for j in self.shared]
+        cov = self.covariance_matrix().detach().clone()
+        beta = self._coef().detach().clone()
+        for _ in range(ECM_CYCLES):
+            new_beta = beta.clone()
+            new_beta[kept] = self.shared_coef_step(stats, cov, keep).to(dtype)
+            new_beta[:, sh] = new_beta[kept[0], sh]  # experts without weight move their shared rows with the others
+            resid = self._rss(xwx, xwy, ywy, new_beta)
+            new_cov = cov.clone()
+            upd = self._structured(self._pooled(resid, sw, keep))
+            new_cov[keep] = upd[keep]
+            if self.tied:
+                new_cov[:] = upd[kept[0]]
+            moved = max(_rel_change(new_beta, beta), _rel_change(new_cov, cov))
+            beta, cov = new_beta, new_cov
+            if moved <= 1e-13:
+                break
+        self.coef.data.copy_(beta)
+        self._set_covariance(cov, torch.ones_like(keep) if self.tied else keep)
+
+    @classmethod
+    def stack(cls, experts: list["Expert"]) -> "Expert":
+        """Stack single experts of this family; tied covariances and shared coefficients must agree."""
+        first = experts[0] if experts else None
+        for e in experts:
+            if isinstance(e, LinearGaussianExpert) and isinstance(first, LinearGaussianExpert):
+                same = (e.covariance, e.shared, e.offset, e.n_features, e.n_outputs)
+                if same != (first.covariance, first.shared, first.offset, first.n_features, first.n_outputs):
+                    raise ValueError(
+                        "experts must agree in covariance, shared, offset, n_features and n_outputs to be stacked; "
+                        f"got {first!r} and {e!r}"
+                    )
+        new = super().stack(experts)
+        if isinstance(new, LinearGaussianExpert) and new._k > 1:
+            parts = []
+            if new.tied:
+                parts.append(new.scale_tril_raw if new.structure == "full" else new.log_scale)
+            if new.shared:
+                parts.append(new.coef[:, [1 + j for j in new.shared]])
+            for t in parts:
+                if not bool((t.detach() == t.detach()[:1]).all()):
+                    raise ValueError(
+                        "experts with a tied covariance or shared coefficients can be stacked only when those agree; "
+                        "these differ: fit them as one stack, or use covariance='full' / shared=() "
+                    )
+        return new
+
+
+def _rel_change(new: torch.Tensor, old: torch.Tensor) -> float:
+    """Largest change of ``new`` from ``old``, relative to their size."""
+    scale = float(torch.maximum(new.abs().max(), old.abs().max())) if new.numel() else 0.0
+    return float((new - old).abs().max()) / (1.0 + scale) if new.numel() else 0.0
+
+
+def _stack_mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean over the leading (expert) axis, (1, ...), exactly ``t[0]`` when the K copies are equal.
+
+    Written ``t[0] + mean(t - t[0])``: the same function as the mean (each copy's gradient is 1/K), but
+    without the rounding of ``(a + ... + a) / K``, so a tied stack gives the same numbers as its experts alone.
+    """
+    first = t[:1]
+    return first + (t - first).mean(0, keepdim=True)
