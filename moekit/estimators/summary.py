@@ -29,7 +29,7 @@ __all__ = ["Summary", "SummaryMixin", "inference_state"]
 COLUMNS = ["block", "node", "component", "output", "term", "estimate", "std_error", "z", "p_value", "ci_low",
            "ci_high"]
 _SE = ("hessian", "sandwich", "bootstrap")
-_NO_TEST = ("sigma", "df")  # positive quantities: no z test against 0
+_NO_TEST = ("sigma", "df", "shape", "alpha", "dispersion")  # positive quantities: no z test against 0
 #: ``compute_se="auto"`` computes standard errors at fit where rows times free parameters are at most this.
 AUTO_SE_BUDGET = 5e6
 
@@ -53,7 +53,7 @@ def inference_state(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) ->
         return {"error": f"the observed information could not be decomposed ({err}); use se='bootstrap'"}
     hess, sand = both["hessian"], both["sandwich"]
     return {
-        "parameters": [[p.block, list(p.node), int(p.component), p.output, p.term,
+        "parameters": [[p.block, list(p.node), None if p.component is None else int(p.component), p.output, p.term,
                         None if p.input_columns is None else [int(c) for c in p.input_columns]]
                        for p in hess.parameters],
         "estimate": hess.estimate.cpu().numpy().astype(np.float64),
@@ -76,7 +76,7 @@ def _weighted_entropy(model, x, y, w) -> float:
 
 
 def _params_of(state: dict) -> list:
-    return [ParameterInfo(b, tuple(n), int(c), o, t, None if cols is None else tuple(cols))
+    return [ParameterInfo(b, tuple(n), None if c is None else int(c), o, t, None if cols is None else tuple(cols))
             for b, n, c, o, t, cols in state["parameters"]]
 
 
@@ -88,6 +88,8 @@ class Summary:
     table : pandas.DataFrame
         One row per free parameter, columns ``block, node, component, output, term, estimate,
         std_error, z, p_value, ci_low, ci_high``. Gate rows are log-odds against component 0.
+        Parameters common to all experts (``shared_features``' coefficients, a tied noise variance or
+        covariance) are reported once, in block "shared" with an empty component.
     log_likelihood, n_samples, n_parameters, bic, aic, icl : float
     se : str
         "hessian", "sandwich" or "bootstrap".
@@ -130,11 +132,14 @@ class Summary:
             where = f" at node {node}" if node else ""
             if block == "gate":
                 lines.append(f"Gate{where} (log-odds against component 0):")
+            elif block == "shared":
+                lines.append(f"Shared by all experts{where}:")
             else:
                 lines.append(f"Experts{where}:")
             shown = part[["component", "output", "term", "estimate", "std_error", "z", "p_value"]].copy()
-            if (shown["output"] == "").all():
-                shown = shown.drop(columns="output")
+            for c in ("component", "output"):
+                if (shown[c] == "").all():
+                    shown = shown.drop(columns=c)
             shown.columns = [{"estimate": "Estimate", "std_error": "Std. Error", "z": "z value",
                               "p_value": "Pr(>|z|)"}.get(c, c) for c in shown.columns]
             lines.append(shown.to_string(index=False, float_format=lambda v: f"{v:.6g}", na_rep=""))
@@ -212,7 +217,8 @@ class SummaryMixin:
         rows = []
         for p, e in zip(params, estimate):
             rows.append({"block": p.block, "node": ".".join(str(i) for i in p.node) if tree else "",
-                         "component": int(p.component), "output": self._output_label(p), "term": self._term_name(p),
+                         "component": "" if p.component is None else int(p.component),
+                         "output": self._output_label(p), "term": self._term_name(p),
                          "estimate": float(e)})
         return rows
 
@@ -348,8 +354,13 @@ class SummaryMixin:
                        icl_penalty=state.get("entropy", 0.0), notes=notes)
 
     def _title(self, params) -> str:
-        n_leaves = 1 + max((p.component for p in params if p.block == "expert"), default=0)
-        return f"{type(self).__name__} with {n_leaves} expert{'s' if n_leaves != 1 else ''}"
+        n_leaves = getattr(self, "n_leaves_", None) or getattr(self, "n_experts_", None) or \
+            1 + max((p.component for p in params if p.block == "expert"), default=0)
+        title = f"{type(self).__name__} with {n_leaves} expert{'s' if n_leaves != 1 else ''}"
+        families = getattr(self, "expert", None)
+        if isinstance(families, (list, tuple)) and len(families) == n_leaves and len(set(families)) > 1:
+            title += " (" + ", ".join(f"{k}: {f}" for k, f in enumerate(families)) + ")"  # a point mass has no rows
+        return title
 
     # ---------------------------------------------------------- bootstrap
     def _bootstrap_cov(self, x, yt, w, n_boot, random_state) -> np.ndarray:
@@ -374,9 +385,14 @@ class SummaryMixin:
 
         state = self._inference_or_estimates()
         params, est = state
-        rows = [r for r in self._rows(params, est) if r["block"] == block]
+        every = self._rows(params, est)
+        rows = [r for r in every if r["block"] == block]
         if not rows:
             return pd.DataFrame()
+        if block == "expert":  # a value shared by all experts is each expert's coefficient: in every row
+            leaves = {(r["node"], r["component"]) for r in rows}
+            rows += [dict(r, block="expert", node=node, component=c) for r in every if r["block"] == "shared"
+                     for node, c in sorted(leaves, key=str) if node.startswith(r["node"])]
         df = pd.DataFrame(rows)
         index = ["node", "component", "output"] if block == "expert" else ["node", "component"]
         index = [c for c in index if not (df[c] == "").all()]
@@ -396,16 +412,21 @@ class SummaryMixin:
 
     @property
     def expert_coef_(self):
-        """The experts' coefficients (and sigma), named: a DataFrame (rows: component and output; columns: terms)."""
+        """The experts' coefficients (and sigma), named: a DataFrame (rows: component and output; columns: terms).
+
+        Coefficients shared by all experts (and a tied sigma) appear in every expert's row."""
         check_is_fitted(self, "model_")
         return self._coef_frame("expert")
 
 
 def _reading_order(params) -> list:
     """Rows as R prints them: the gates first (node by node), then each expert with its coefficients and its
-    noise parameters together (a stable sort keeps the terms' own order)."""
-    return sorted(range(len(params)), key=lambda i: (params[i].block != "gate", params[i].node if
-                                                     params[i].block == "gate" else (), params[i].component))
+    noise parameters together, then the parameters shared by all experts (a stable sort keeps the terms' own
+    order)."""
+    rank = {"gate": 0, "expert": 1, "shared": 2}
+    return sorted(range(len(params)), key=lambda i: (rank.get(params[i].block, 3), params[i].node if
+                                                     params[i].block == "gate" else (),
+                                                     -1 if params[i].component is None else params[i].component))
 
 
 def _is_variance(term: str) -> bool:
@@ -429,4 +450,5 @@ def _match_components(model, reference) -> None:
         return
     idx = torch.as_tensor(order, device=model.experts.coef.device)
     for p in list(model.gate.parameters()) + list(model.experts.parameters()):
-        p.data = p.data[idx].clone()  # softmax / constant gates hold one row per expert, stacked experts one slice
+        if p.dim() and p.shape[0] == len(order):  # a tied parameter, stored once, is common to all experts
+            p.data = p.data[idx].clone()  # softmax / constant gates hold one row per expert, stacked experts one slice

@@ -33,9 +33,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .. import experts as _experts
 from ..experts.gaussian import LinearGaussianExpert
-from ..experts.logistic import LogisticExpert, SoftmaxExpert
-from ..experts.poisson import PoissonExpert
+from ..experts.logistic import SoftmaxExpert
+from ..experts.newton import NewtonExpert
 from ..experts.student_t import StudentTExpert
 from ..gates import ConstantGate, SoftmaxGate
 from ..mixture import MixtureOfExperts
@@ -140,46 +141,21 @@ def _leaf(node: tuple, c: int, stacked: bool) -> tuple:
 
 def _expert_blocks(e, prefix: str, node: tuple, first: int, cols, stacked: bool, strict: bool = True) -> list:
     """Blocks of one expert module holding experts ``first, first + 1, ...``."""
-    blocks = []
+    if _is_point_mass(e):
+        return []  # y equal to a constant: nothing estimated (its weight is the gate's)
     if isinstance(e, (LinearGaussianExpert, StudentTExpert)):
         coef = e.coef.detach()
-        k, p, d = coef.shape
+        k, _, d = coef.shape
         scalar = e.n_outputs is None
-        infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, None if scalar else o, j, cols)
-                 for c in range(k) for j in range(p) for o in range(d)]
-        blocks.append(_Block(prefix + "coef", coef.numel(), lambda f, s=coef.shape: f.reshape(s), _identity,
-                             infos, coef.reshape(-1)))
-        if isinstance(e, LinearGaussianExpert) and e.covariance == "full":
-            raw = e.scale_tril_raw.detach()
-            rows, cols_ = torch.tril_indices(d, d, device=raw.device)
-
-            def tril_full(f, k=k, d=d, rows=rows, cols_=cols_):
-                out = f.new_zeros(k, d, d)
-                out[:, rows, cols_] = f.reshape(k, -1)
-                return out
-
-            def cov_entries(f, k=k, d=d, rows=rows, cols_=cols_):
-                r = tril_full(f)
-                l = torch.tril(r, -1) + torch.diag_embed(r.diagonal(dim1=-2, dim2=-1).exp())
-                return (l @ l.transpose(-1, -2))[:, rows, cols_].reshape(-1)
-
-            infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, None, f"cov[{int(i)},{int(j)}]", cols)
-                     for c in range(k) for i, j in zip(rows, cols_)]
-            blocks.append(_Block(prefix + "scale_tril_raw", len(infos), tril_full, cov_entries, infos,
-                                 raw[:, rows, cols_].reshape(-1)))
+        blocks = [_coef_block(e, prefix, node, first, cols, stacked, None if scalar else list(range(d)))]
+        raw = getattr(e, "scale_tril_raw", None)
+        if isinstance(e, LinearGaussianExpert) and isinstance(raw, torch.Tensor):
+            blocks.append(_cov_block(e, raw.detach(), k, d, prefix, node, first, cols, stacked))
         else:
-            ls = e.log_scale.detach()
-            k2, m = ls.shape
-            infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, None if (scalar or m == 1) else o, "sigma",
-                                   cols)
-                     for c in range(k2) for o in range(m)]
-            blocks.append(_Block(prefix + "log_scale", ls.numel(), lambda f, s=ls.shape: f.reshape(s), torch.exp,
-                                 infos, ls.reshape(-1)))
+            blocks.append(_positive_block(e, "log_scale", "sigma", prefix, node, first, cols, stacked,
+                                          outputs=not scalar))
         if isinstance(e, StudentTExpert) and not e.fixed_df:
-            ld = e.log_df.detach()
-            infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, None, "df", cols) for c in range(ld.shape[0])]
-            blocks.append(_Block(prefix + "log_df", ld.numel(), lambda f, s=ld.shape: f.reshape(s), torch.exp,
-                                 infos, ld.reshape(-1)))
+            blocks.append(_positive_block(e, "log_df", "df", prefix, node, first, cols, stacked))
         return blocks
     if isinstance(e, SoftmaxExpert):
         coef = e.coef.detach()  # (k, C, p)
@@ -193,18 +169,122 @@ def _expert_blocks(e, prefix: str, node: tuple, first: int, cols, stacked: bool,
         infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, o, j, cols)
                  for c in range(k) for o in range(1, c_) for j in range(p)]
         return [_Block(prefix + "coef", free.numel(), to_full, _identity, infos, free)]
-    if isinstance(e, (LogisticExpert, PoissonExpert)):
-        coef = e.coef.detach()  # (k, p)
-        k, p = coef.shape
-        infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, None, j, cols) for c in range(k)
-                 for j in range(p)]
-        return [_Block(prefix + "coef", coef.numel(), lambda f, s=coef.shape: f.reshape(s), _identity,
-                       infos, coef.reshape(-1))]
+    if isinstance(e, NewtonExpert) or _is_censored(e):
+        # GLM experts (logistic, Poisson, binomial, Gamma, negative binomial) and censored Gaussians: coef (k, p),
+        # then their positive parameters (a Gamma shape, a negative-binomial alpha, a censored Gaussian's sigma)
+        blocks = [_coef_block(e, prefix, node, first, cols, stacked, None)]
+        for name, term in _POSITIVE:
+            if isinstance(getattr(e, name, None), nn.Parameter):
+                blocks.append(_positive_block(e, name, term, prefix, node, first, cols, stacked))
+        return blocks
     if not strict:
         return []
     raise NoLikelihoodHessianError(
         f"standard errors need experts with a likelihood Hessian (linear-Gaussian, Student-t, logistic, softmax, "
-        f"Poisson); expert {first} at node {node} is a {type(e).__name__}; use se='bootstrap'")
+        f"Poisson, binomial, Gamma, negative-binomial, censored Gaussian, point mass); expert {first} at node {node} "
+        f"is a {type(e).__name__}; use se='bootstrap'")
+
+
+#: Positive parameters of GLM-type experts, kept as logarithms: (attribute, reported term); errors by the delta method.
+_POSITIVE = (("log_shape", "shape"), ("log_alpha", "alpha"), ("log_dispersion", "dispersion"),
+             ("log_scale", "sigma"))
+
+
+def _is_point_mass(e) -> bool:
+    cls = getattr(_experts, "PointMassExpert", None)
+    return cls is not None and isinstance(e, cls)
+
+
+def _is_censored(e) -> bool:
+    cls = getattr(_experts, "CensoredGaussianExpert", None)
+    return cls is not None and isinstance(e, cls)
+
+
+def _tied(e, k: int, param: torch.Tensor) -> bool:
+    """Whether a noise parameter is one for all experts of the stack: stored once (leading axis 1 for K > 1), or
+    K copies kept equal (``covariance="tied*"``)."""
+    cov = getattr(e, "covariance", None)
+    return (isinstance(cov, str) and cov.startswith("tied")) or (k > 1 and param.shape[0] == 1)
+
+
+def _coef_block(e, prefix, node, first, cols, stacked, outputs) -> _Block:
+    """The coefficients ``coef`` (k, p) or (k, p, d): one free value per expert and term (and output), except the
+    rows of shared features (``e.shared``), one value per term (and output) for the whole stack (block "shared").
+
+    ``outputs``: the output index of the last axis (vector y), or None (scalar y: the output is not named).
+    """
+    coef = e.coef.detach()
+    k, p = coef.shape[:2]
+    rest = tuple(coef.shape[2:])
+    m = int(math.prod(rest))
+    tied = sorted({1 + int(j) for j in (getattr(e, "shared", None) or ())})
+    own = [j for j in range(p) if j not in tied]
+    outs = [None] * m if outputs is None or m != len(outputs) else list(outputs)
+    infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, outs[o], j, cols)
+             for c in range(k) for j in own for o in range(m)]
+    infos += [ParameterInfo("shared", node, None, outs[o], j, cols) for j in tied for o in range(m)]
+    if not tied:
+        return _Block(prefix + "coef", coef.numel(), lambda f, s=coef.shape: f.reshape(s), _identity, infos,
+                      coef.reshape(-1))
+    own_i = torch.as_tensor(own, dtype=torch.long, device=coef.device)
+    tied_i = torch.as_tensor(tied, dtype=torch.long, device=coef.device)
+    free = torch.cat([coef[:, own_i].reshape(-1), coef[0, tied_i].reshape(-1)])
+    n_own = k * len(own) * m
+
+    def to_full(f, k=k, p=p, rest=rest, own_i=own_i, tied_i=tied_i, n_own=n_own):
+        full = f.new_zeros(k, p, *rest)
+        full[:, own_i] = f[:n_own].reshape(k, len(own_i), *rest)
+        full[:, tied_i] = f[n_own:].reshape(1, len(tied_i), *rest).expand(k, len(tied_i), *rest)
+        return full
+
+    return _Block(prefix + "coef", free.numel(), to_full, _identity, infos, free)
+
+
+def _positive_block(e, name, term, prefix, node, first, cols, stacked, outputs: bool = False) -> _Block:
+    """A positive parameter kept as its logarithm, ``name`` (k,) or (k, m), reported as ``exp`` (term ``term``);
+    tied across the stack (one value, block "shared") where :func:`_tied` says so."""
+    raw = getattr(e, name).detach()
+    shape = tuple(raw.shape)
+    k = shape[0] if raw.dim() else 1
+    m = int(math.prod(shape[1:]))
+    out = (lambda o: o) if outputs and m > 1 else (lambda o: None)
+    if raw.dim() and _tied(e, k, raw):
+        infos = [ParameterInfo("shared", node, None, out(o), term, cols) for o in range(m)]
+
+        def to_full(f, shape=shape):
+            return f.reshape(1, *shape[1:]).expand(*shape)
+
+        return _Block(prefix + name, m, to_full, torch.exp, infos, raw.reshape(shape[0], -1)[0])
+    infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, out(o), term, cols)
+             for c in range(k) for o in range(m)]
+    return _Block(prefix + name, raw.numel(), lambda f, s=shape: f.reshape(s), torch.exp, infos, raw.reshape(-1))
+
+
+def _cov_block(e, raw, k, d, prefix, node, first, cols, stacked) -> _Block:
+    """A full noise covariance through its Cholesky factor (log diagonal), reported as its entries ``cov[i,j]``;
+    one for the whole stack (block "shared") when tied."""
+    rows, cols_ = torch.tril_indices(d, d, device=raw.device)
+    tied = _tied(e, raw.shape[0], raw)
+    kk = 1 if tied else raw.shape[0]
+
+    def tril_full(f, kk=kk, d=d, rows=rows, cols_=cols_, n=raw.shape[0]):
+        out = f.new_zeros(kk, d, d)
+        out[:, rows, cols_] = f.reshape(kk, -1)
+        return out.expand(n, d, d) if kk != n else out
+
+    def cov_entries(f, kk=kk, d=d, rows=rows, cols_=cols_):
+        r = f.new_zeros(kk, d, d)
+        r[:, rows, cols_] = f.reshape(kk, -1)
+        l = torch.tril(r, -1) + torch.diag_embed(r.diagonal(dim1=-2, dim2=-1).exp())
+        return (l @ l.transpose(-1, -2))[:, rows, cols_].reshape(-1)
+
+    if tied:
+        infos = [ParameterInfo("shared", node, None, None, f"cov[{int(i)},{int(j)}]", cols) for i, j in zip(rows, cols_)]
+    else:
+        infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, None, f"cov[{int(i)},{int(j)}]", cols)
+                 for c in range(kk) for i, j in zip(rows, cols_)]
+    return _Block(prefix + "scale_tril_raw", len(infos), tril_full, cov_entries, infos,
+                  raw[:kk][:, rows, cols_].reshape(-1))
 
 
 def _compose(cols, sub):
