@@ -186,6 +186,14 @@ def test_binomial_bad_inputs_raise(x_tr, y, word):
         BinomialExpert(1).log_prob(torch.zeros(3, 1, dtype=F64), yy)
 
 
+def test_parameter_counts():
+    assert BinomialExpert(2).n_parameters() == 3 and BinomialExpert(2, offset=True).n_parameters() == 3
+    assert BinomialExpert(2, n_experts=3).n_parameters_total() == 9
+    assert BinomialExpert(2, n_experts=3, shared=[0]).n_parameters_total() == 7  # one slope for the stack
+    moe = MixtureOfExperts(SoftmaxGate(2, 2), [PointMassExpert(0.0), PoissonExpert(2)])
+    assert moe.n_parameters() == 3 + 0 + 3
+
+
 def test_binomial_with_one_trial_is_logistic_regression():
     g = torch.Generator().manual_seed(5)
     z = torch.randn(300, 2, generator=g, dtype=F64)
