@@ -5,6 +5,8 @@ The caller's arrays are never modified: every function returns new tensors.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
 
@@ -20,8 +22,11 @@ def _describe(a) -> str:
     )
 
 
-def as_tensor(a, name: str, dtype: torch.dtype | None, device=None, ndims=(1, 2), integer_ok: bool = False) -> torch.Tensor:
+def as_tensor(a, name: str, dtype: torch.dtype | None, device=None, ndims=(1, 2), integer_ok: bool = False,
+              finite: bool = True) -> torch.Tensor:
     """Copy ``a`` (array-like, DataFrame, tensor) into a new tensor and check it.
+
+    ``finite=False`` lets NaN and infinities through (incomplete or censored targets).
 
     Raises
     ------
@@ -59,7 +64,7 @@ def as_tensor(a, name: str, dtype: torch.dtype | None, device=None, ndims=(1, 2)
         raise ValueError(f"{name} must be {want}, got a {t.dim()}-D array of shape {tuple(t.shape)}; reshape it")
     if t.shape[0] == 0:
         raise ValueError(f"{name} has no rows (shape {tuple(t.shape)}); pass at least one sample")
-    if t.is_floating_point() and not torch.isfinite(t).all():
+    if finite and t.is_floating_point() and not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(
             f"{name} contains {bad} NaN or infinite value(s); drop or impute them first "
@@ -136,18 +141,49 @@ class DivergenceError(FloatingPointError, ValueError):
     """
 
 
+_INCOMPLETE_Y: contextvars.ContextVar[bool] = contextvars.ContextVar("moekit_incomplete_y", default=False)
+
+
+@contextlib.contextmanager
+def incomplete_targets():
+    """Within this block :func:`check_fit_inputs` accepts NaN and infinite entries of y.
+
+    For models whose experts read them: NaN coordinates of a vector y (missing at random) and the
+    ``[y, lower, upper]`` rows of censored experts (``±inf``: no limit; y NaN: interval-censored).
+    The estimators check such y themselves before they train.
+
+    Examples
+    --------
+    >>> import torch
+    >>> y = torch.tensor([[1.0, float("nan")], [2.0, 3.0]], dtype=torch.float64)
+    >>> with incomplete_targets():
+    ...     _, yy, _ = check_fit_inputs(torch.zeros(2, 1, dtype=torch.float64), y, None, torch.float64)
+    >>> bool(yy.isnan().any())
+    True
+    """
+    token = _INCOMPLETE_Y.set(True)
+    try:
+        yield
+    finally:
+        _INCOMPLETE_Y.reset(token)
+
+
 def check_fit_inputs(x, y, sample_weight, dtype: torch.dtype, device=None):
     """Tensors for a training function: x (n, d), y (n,) or (n, d_y), weights (n,).
 
     x and a real-valued y are held to :func:`check_scale` (the magnitudes whose squares the model's
     dtype represents), so that no Gram matrix or variance of a trainer overflows or underflows.
+    Inside :func:`incomplete_targets` y may hold NaN and infinities (checked on its finite values).
     """
     x = as_tensor(x, "x", dtype, device, ndims=(2,))
-    y = as_tensor(y, "y", dtype, device, ndims=(1, 2), integer_ok=True)
+    if _INCOMPLETE_Y.get():
+        y = as_tensor(y, "y", dtype, device, ndims=(1, 2), integer_ok=True, finite=False)
+    else:
+        y = as_tensor(y, "y", dtype, device, ndims=(1, 2), integer_ok=True)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}; they must have the same length")
     check_scale(x, "x")
-    check_scale(y, "y")
+    check_scale(torch.where(torch.isfinite(y), y, torch.zeros_like(y)) if y.is_floating_point() else y, "y")
     w = check_sample_weight(sample_weight, x.shape[0], x.dtype, x.device)
     return x, y, w
 
@@ -287,6 +323,122 @@ def check_int(value, name: str, minimum: int, allow_none: bool = False) -> None:
 def check_real(value, name: str, low: float, high: float = math.inf, low_open: bool = False) -> None:
     """Raise ``ValueError`` unless ``value`` is a finite real number (not a bool) in [low, high] ((low, high] if ``low_open``)."""
     Real(low, high, low_open=low_open).check(value, name)
+
+
+# ------------------------------------------------------------ per-row extras and family targets
+def _first_rows(mask: np.ndarray, limit: int = 5) -> str:
+    """The first row numbers where ``mask`` holds, as text (``[3, 7, 9]`` or ``[3, 7, 9, ...] (12 rows)``)."""
+    rows = np.flatnonzero(mask)
+    head = ", ".join(str(int(i)) for i in rows[:limit])
+    return f"[{head}]" if len(rows) <= limit else f"[{head}, ...] ({len(rows)} rows)"
+
+
+def row_values(a, name: str, n: int) -> np.ndarray | None:
+    """A per-row keyword (``offset``, ``trials``, ``lower``, ``upper``) as a new float64 array (n,).
+
+    None stays None; a number is repeated for every row; a Series, list or array of n numbers (or an
+    (n, 1) column) is copied.  NaN is kept (the caller decides what it means).
+
+    Raises
+    ------
+    TypeError
+        Text or other non-numbers.
+    ValueError
+        Not one value per row.
+
+    Examples
+    --------
+    >>> row_values(2, "trials", 3)
+    array([2., 2., 2.])
+    """
+    if a is None:
+        return None
+    if hasattr(a, "to_numpy"):
+        a = a.to_numpy()
+    arr = np.asarray(a)
+    if arr.dtype == object or arr.dtype.kind in "USVMmc":
+        raise TypeError(f"{name} must hold numbers (one per row of X), got {_describe(arr)}")
+    arr = np.array(arr, dtype=np.float64)  # a copy: the caller's array is never modified
+    if arr.ndim == 0:
+        return np.full(n, float(arr))
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{name} has shape {arr.shape} but X has {n} rows; pass one {name} value per row of X "
+                         f"(an array of shape ({n},))")
+    return arr
+
+
+def check_offset(offset: np.ndarray, name: str = "offset") -> None:
+    """ValueError naming ``offset`` where it is not finite (NaN rows are the caller's: missing values)."""
+    bad = np.isinf(offset)
+    if bad.any():
+        raise ValueError(f"{name} holds infinite values in rows {_first_rows(bad)}; an offset is a finite number added "
+                         "to the linear predictor (e.g. np.log(exposure) with every exposure > 0): drop those rows or "
+                         "fix their exposure")
+
+
+def check_trials(trials: np.ndarray, name: str = "trials") -> None:
+    """ValueError naming ``trials`` unless every entry is a positive integer."""
+    bad = ~np.isfinite(trials) | (trials < 1) | (trials != np.round(trials))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name} must hold positive integers (the number of trials of each row), got {trials[i]!r} in "
+                         f"rows {_first_rows(bad)}; pass the counts of trials (n >= 1) for a binomial expert")
+
+
+def check_family_y(family: str, y: np.ndarray, trials: np.ndarray | None = None, exempt: np.ndarray | None = None) -> None:
+    """ValueError naming y where it is outside the support of ``family`` (rows where ``exempt`` holds are not checked).
+
+    poisson, negative_binomial: non-negative integers; binomial: integers from 0 to the row's
+    trials (1 without trials); gamma: positive numbers.  ``exempt``: the rows a point-mass expert
+    explains (y equal to its value).
+    """
+    yy = np.asarray(y, dtype=np.float64)
+    keep = np.ones(yy.shape[0], dtype=bool) if exempt is None else ~np.asarray(exempt, dtype=bool)
+    if family in ("poisson", "negative_binomial"):
+        bad = keep & ((yy < 0) | (yy != np.round(yy)))
+        fix = "y must hold non-negative integer counts (0, 1, 2, ...)"
+    elif family == "binomial":
+        n = np.ones_like(yy) if trials is None else trials
+        bad = keep & ((yy < 0) | (yy != np.round(yy)) | (yy > n))
+        fix = ("y must hold the number of successes, an integer from 0 to the row's trials"
+               + (" (pass trials=... for counts out of more than one trial)" if trials is None else ""))
+    elif family == "gamma":
+        bad = keep & ~(yy > 0)
+        fix = "y must be positive (> 0); a Gamma expert has no mass at 0 or below (add a 'point_mass' expert for zeros)"
+    else:
+        return
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        extra = f" with trials {trials[i]:g}" if family == "binomial" and trials is not None else ""
+        raise ValueError(f"expert={family!r}: y is {yy[i]!r}{extra} in rows {_first_rows(bad)}; {fix}")
+
+
+def check_censoring(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
+    """ValueError naming lower / upper where they do not bracket y (lower <= y <= upper, lower < upper).
+
+    y NaN is an interval-censored row: its limits must both be finite.
+    """
+    for name, lim in (("lower", lower), ("upper", upper)):
+        if np.isnan(lim).any():
+            raise ValueError(f"{name} holds NaN in rows {_first_rows(np.isnan(lim))}; use -np.inf (lower) or np.inf "
+                             f"(upper) for a row without that limit")
+    bad = ~(lower < upper)
+    if bad.any():
+        raise ValueError(f"lower must be below upper in every row, but lower >= upper in rows {_first_rows(bad)}; "
+                         "give an observed row the limits (-inf, inf) or the censoring limits that bracket it")
+    obs = ~np.isnan(y)
+    bad = obs & ((y < lower) | (y > upper))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"the censoring limits do not bracket y in rows {_first_rows(bad)} (row {i}: y = {y[i]:g}, "
+                         f"lower = {lower[i]:g}, upper = {upper[i]:g}); a left-censored row has y equal to its lower "
+                         "limit, a right-censored row y equal to its upper limit: fix y, lower or upper")
+    gap = ~obs & ~(np.isfinite(lower) & np.isfinite(upper))
+    if gap.any():
+        raise ValueError(f"y is NaN in rows {_first_rows(gap)} without two finite limits; a NaN y is interval-censored "
+                         "between finite lower and upper: give both limits, or drop those rows")
 
 
 # ------------------------------------------------------------ dtypes and devices
@@ -431,6 +583,21 @@ class OneOf(Spec):
             raise TypeError(f"{name} must be {self._text()}, got a {type(value).__name__}")
 
 
+class Families(OneOf):
+    """An expert family: one of the ``choices``, a non-empty list of them (one per expert), or an instance."""
+
+    def _check(self, value, name):
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ValueError(f"{name} must be a family name or a list of one family name per expert, got an empty list")
+            for i, v in enumerate(value):
+                if not (isinstance(v, str) and v in self.choices):
+                    listed = ", ".join(repr(c) for c in self.choices)
+                    raise ValueError(f"{name}[{i}] must be one of {listed}, got {v!r}")
+            return
+        super()._check(value, name)
+
+
 def _listed(value, choices) -> bool:
     try:
         return not isinstance(value, str) and value in choices
@@ -452,9 +619,15 @@ class Sizes(Spec):
 
 
 class Columns(Spec):
-    """Columns of X: None (all), one index or name, or a non-empty sequence of them (resolved at fit time)."""
+    """Columns of X: None (all), one index or name, or a non-empty sequence of them (resolved at fit time).
+
+    ``empty_ok``: an empty sequence is allowed too (``expert_features=[]``: experts without inputs).
+    """
 
     none_ok = True
+
+    def __init__(self, empty_ok: bool = False):
+        self.empty_ok = empty_ok
 
     def _check(self, value, name):
         items = [value] if isinstance(value, (str, numbers.Integral)) else value
@@ -462,7 +635,7 @@ class Columns(Spec):
             items = list(items)
         except TypeError:
             raise TypeError(f"{name} must be None, a column index or name, or a list of them, got {value!r}") from None
-        if not items:
+        if not items and not self.empty_ok:
             raise ValueError(f"{name} must select at least one column, got an empty list")
         for it in items:
             if not (isinstance(it, str) or _is_int(it)):
@@ -541,9 +714,12 @@ PARAMETERS: dict[str, Spec] = {
     "branching": Branching(),
     "max_leaves": Int(1),
     "hidden_layer_sizes": Sizes(),
-    "covariance": OneOf("full", "diag", "spherical"),
+    "covariance": OneOf("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical"),
     "gate_features": Columns(),
-    "expert_features": Columns(),
+    "expert_features": Columns(empty_ok=True),
+    "shared_features": Columns(),
+    "point_mass_value": Real(),
+    "missing": OneOf("error", "drop"),
     "formula": FormulaText(two_sided=True),
     "gate_formula": FormulaText(two_sided=False),
     # training

@@ -16,16 +16,27 @@ import functools
 import inspect
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
 from scipy.special import xlogy
 from sklearn.base import BaseEstimator, clone, is_classifier
+from sklearn.metrics import r2_score
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from .._validation import as_tensor, check_params, check_sample_weight, torch_dtype
+from .._validation import (
+    _first_rows,
+    as_tensor,
+    check_offset,
+    check_params,
+    check_sample_weight,
+    check_trials,
+    row_values,
+    torch_dtype,
+)
 from ..inference import branches, central_interval, find_modes, hdr
 from ..io import register_estimator
 from ..io import save as save_model
@@ -190,8 +201,66 @@ class ConditionalMixtureMixin:
         super().__init_subclass__(**kwargs)
         guard_public_methods(cls)
 
+    #: The per-row keywords ``fit`` takes besides X, y and the weights (``offset``, ``trials``, ``lower``, ``upper``).
+    _accepts_extras: frozenset = frozenset()
+
     # ---------------------------------------------------------- prediction
+    def _model_x(self, X, offset=None, trials=None) -> torch.Tensor:
+        """The model's x for X: X's columns (``_x``), then the per-row extras the model was fitted with (``extras_``)."""
+        x = self._x(X)
+        cols = self._extra_columns(x.shape[0], offset, trials)
+        if cols is None:
+            return x
+        return torch.cat([x, torch.as_tensor(cols, dtype=x.dtype, device=x.device)], dim=1)
+
+    def _extra_columns(self, n: int, offset=None, trials=None) -> np.ndarray | None:
+        """The extras' columns (n, e) in the order of ``extras_``; None for a model without extras.
+
+        An extra the model was fitted with (``extras_required_``) must be given again; trials
+        default to one where the model was fitted without them (a binomial expert on 0/1 y).
+        """
+        layout = tuple(getattr(self, "extras_", ()))
+        required = tuple(getattr(self, "extras_required_", ()))
+        cls = type(self).__name__
+        for name, v in (("offset", offset), ("trials", trials)):
+            if v is not None and name not in layout:
+                why = (f"this {cls} was fitted without {name}" if name in self._accepts_extras
+                       else f"{cls} takes no {name}")
+                raise ValueError(f"{name} is given, but {why}: its predictions do not depend on it; leave {name}=None "
+                                 f"(or refit with {name}=...)")
+        if not layout:
+            return None
+        out = []
+        for name in layout:
+            v = row_values({"offset": offset, "trials": trials}[name], name, n)
+            if v is None:
+                if name in required:
+                    how = ("np.zeros(n) for no offset, np.log(exposure) for an exposure" if name == "offset"
+                           else "np.ones(n) for the probability of one trial")
+                    raise ValueError(f"this model was fitted with {name}=..., so its predictions depend on each row's "
+                                     f"{name}: pass {name}= here too ({how})")
+                v = np.zeros(n) if name == "offset" else np.ones(n)
+            if np.isnan(v).any():
+                raise ValueError(f"{name} holds NaN in rows {_first_rows(np.isnan(v))}; a prediction needs every input "
+                                 "of its row: drop or impute those rows")
+            (check_offset if name == "offset" else check_trials)(v, name)
+            out.append(v)
+        return np.column_stack(out)
+
+    def _origin_x(self) -> torch.Tensor:
+        """One row of the model's x at the origin (trials one): (1, n_features_in_ + len(extras_))."""
+        p = next((q for q in self.model_.parameters() if q.is_floating_point()), None)
+        dtype = torch.float64 if p is None else p.dtype
+        device = torch.device("cpu") if p is None else p.device
+        layout = tuple(getattr(self, "extras_", ()))
+        x = torch.zeros(1, int(self.n_features_in_) + len(layout), dtype=dtype, device=device)
+        for i, name in enumerate(layout):
+            if name == "trials":
+                x[0, int(self.n_features_in_) + i] = 1.0
+        return x
+
     def _x(self, X) -> torch.Tensor:
+        """X's columns as the model's tensor (encoded, checked): (n, n_features_in_)."""
         check_is_fitted(self, "model_")
         design = getattr(self, "formula_design_", None)
         if design is not None:  # a model written as formulas: its inputs are the formulas' columns of the data
@@ -209,12 +278,18 @@ class ConditionalMixtureMixin:
                     "columns it was fitted on, or refit it on a DataFrame with those columns (they are then one-hot encoded)"
                 )
             check_X(X)
-            X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+            try:
+                X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+            except ValueError as e:
+                raise _with_nan_rows(e, X) from None
         # as_tensor names a column that overflows or vanishes in the model's dtype (float32) instead of a silent 0
         return as_tensor(np.array(X, dtype=np.float64), "X", torch_dtype(self.dtype), self.device)
 
-    def predict_distribution(self, X):
+    def predict_distribution(self, X, *, offset=None, trials=None):
         """The predictive mixture p(y | x) for every row.
+
+        ``offset``, ``trials``: each row's offset and number of trials, for a model fitted with
+        them (see ``fit``); the other prediction methods take them too.
 
         Returns
         -------
@@ -222,17 +297,30 @@ class ConditionalMixtureMixin:
             Batch shape (n,); gives ``mean``, ``variance``/``covariance_matrix``,
             ``sample``, ``log_prob``, and for scalar y ``cdf`` and ``quantiles``.
         """
-        x = self._x(X)
+        x = self._model_x(X, offset, trials)
         with torch.no_grad():
             return self.model_(x)
 
     def _y_tensor(self, y, n: int) -> torch.Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def score_samples(self, X, y) -> np.ndarray:
-        """Per-row log-density ``log p(y | x)``: (n,)."""
-        x = self._x(X)
-        yt = self._y_tensor(y, x.shape[0])
+    def _target_tensor(self, y, n: int, lower=None, upper=None) -> torch.Tensor:
+        """y as the model scores it; ``lower``/``upper``: censoring limits (estimators with censored experts)."""
+        for name, v in (("lower", lower), ("upper", upper)):
+            if v is not None:
+                raise ValueError(f"{name} is given, but this {type(self).__name__} has no censored experts; leave "
+                                 f"{name}=None (censoring limits are for MoERegressor(expert='linear') fitted with them)")
+        return self._y_tensor(y, n)
+
+    def score_samples(self, X, y, *, offset=None, trials=None, lower=None, upper=None) -> np.ndarray:
+        """Per-row log-density ``log p(y | x)``: (n,).
+
+        ``offset``, ``trials``, ``lower``, ``upper``: as for ``fit`` (censored rows score the
+        probability of their censoring interval); ``bic``, ``aic``, ``icl`` and
+        ``responsibilities`` take them too.
+        """
+        x = self._model_x(X, offset, trials)
+        yt = self._target_tensor(y, x.shape[0], lower, upper)
         with torch.no_grad():
             return self.model_.log_prob(x, yt).cpu().numpy()
 
@@ -240,17 +328,23 @@ class ConditionalMixtureMixin:
         check_is_fitted(self, "model_")
         return self.model_.n_parameters()
 
-    def bic(self, X, y) -> float:
-        """Bayesian information criterion ``-2 log L + p log n`` (lower is better)."""
-        ll = self.score_samples(X, y)
+    def bic(self, X, y, **extras) -> float:
+        """Bayesian information criterion ``-2 log L + p log n`` (lower is better).
+
+        ``extras``: ``offset``, ``trials``, ``lower``, ``upper`` as for ``score_samples``.
+        """
+        ll = self.score_samples(X, y, **extras)
         return float(-2 * ll.sum() + self._n_parameters() * math.log(len(ll)))
 
-    def aic(self, X, y) -> float:
-        """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
-        ll = self.score_samples(X, y)
+    def aic(self, X, y, **extras) -> float:
+        """Akaike information criterion ``-2 log L + 2 p`` (lower is better).
+
+        ``extras``: ``offset``, ``trials``, ``lower``, ``upper`` as for ``score_samples``.
+        """
+        ll = self.score_samples(X, y, **extras)
         return float(-2 * ll.sum() + 2 * self._n_parameters())
 
-    def icl(self, X, y) -> float:
+    def icl(self, X, y, **extras) -> float:
         """Integrated completed likelihood on BIC's scale: ``BIC + 2 sum_i entropy(r_i)`` (lower is better).
 
         ``r_i`` are the rows' posterior probabilities of the experts (``responsibilities``; the
@@ -258,10 +352,10 @@ class ConditionalMixtureMixin:
         overlap, so it prefers well-separated ones (Biernacki, Celeux & Govaert 2000; flexmix's
         ``ICL``).  With one expert it equals BIC.
         """
-        r = self.responsibilities(X, y)
-        return self.bic(X, y) - 2.0 * float(xlogy(r, r).sum())
+        r = self.responsibilities(X, y, **extras)
+        return self.bic(X, y, **extras) - 2.0 * float(xlogy(r, r).sum())
 
-    def sample_y(self, X, n_samples: int = 1, random_state=None) -> np.ndarray:
+    def sample_y(self, X, n_samples: int = 1, random_state=None, *, offset=None, trials=None) -> np.ndarray:
         """Draw y ~ p(y | x) for every row.
 
         Returns
@@ -273,7 +367,7 @@ class ConditionalMixtureMixin:
         """
         if not (isinstance(n_samples, numbers.Integral) and n_samples >= 1):
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-        dist = self.predict_distribution(X)
+        dist = self.predict_distribution(X, offset=offset, trials=trials)
         seed = int(np.random.default_rng(random_state).integers(0, 2**31 - 1))
         devices = [] if str(self.device) == "cpu" else [torch.device(self.device)]
         with torch.random.fork_rng(devices=devices):
@@ -292,15 +386,12 @@ class ConditionalMixtureMixin:
     def target_shape(self) -> tuple:
         """The event shape of p(y | x): ``()`` for a scalar y or class labels, ``(d_y,)`` for a vector y."""
         check_is_fitted(self, "model_")
-        p = next((q for q in self.model_.parameters() if q.is_floating_point()), None)
-        dtype = torch.float64 if p is None else p.dtype
-        device = torch.device("cpu") if p is None else p.device
         with torch.no_grad():
-            dist = self.model_(torch.zeros(1, int(self.n_features_in_), dtype=dtype, device=device))
+            dist = self.model_(self._origin_x())
         return tuple(int(s) for s in dist.event_shape)
 
     @available_if(lambda self: not is_classifier(self))
-    def predict_quantiles(self, X, q) -> np.ndarray:
+    def predict_quantiles(self, X, q, *, offset=None, trials=None) -> np.ndarray:
         """Quantiles of p(y | x) for scalar y: (n, len(q)).
 
         ``q``: a level or a sequence of levels strictly between 0 and 1.
@@ -310,11 +401,11 @@ class ConditionalMixtureMixin:
         qs = np.atleast_1d(np.asarray(q, dtype=float))
         if qs.ndim != 1 or np.any((qs <= 0) | (qs >= 1)) or not np.all(np.isfinite(qs)):
             raise ValueError(f"q must hold levels strictly between 0 and 1, got {q!r}")
-        return self.predict_distribution(X).quantiles(qs).cpu().numpy()
+        return self.predict_distribution(X, offset=offset, trials=trials).quantiles(qs).cpu().numpy()
 
     # ------------------------------------------ branches of inverse problems
     @available_if(lambda self: not is_classifier(self))
-    def predict_modes(self, X, max_modes=None, min_weight=0.01, **kwargs):
+    def predict_modes(self, X, max_modes=None, min_weight=0.01, *, offset=None, trials=None, **kwargs):
         """Modes of p(y | x) for every row: every branch of a multi-valued answer.
 
         Found by a hill-climb of the predictive density from every component
@@ -354,11 +445,11 @@ class ConditionalMixtureMixin:
         >>> modes.round(1), weights.round(1)  # both branches; the mean (0.4) is neither
         (array([[ 2., -2.]]), array([[0.6, 0.4]]))
         """
-        dist = self.predict_distribution(X)
+        dist = self.predict_distribution(X, offset=offset, trials=trials)
         return find_modes(dist, max_modes=max_modes, min_weight=min_weight, **kwargs).numpy()
 
     @available_if(lambda self: not is_classifier(self))
-    def predict_branches(self, X):
+    def predict_branches(self, X, *, offset=None, trials=None):
         """Component means with their mixing weights, heaviest first (the cheap view of the branches).
 
         Returns
@@ -366,11 +457,11 @@ class ConditionalMixtureMixin:
         means : ndarray (n, K) for scalar y, (n, K, d_y) for vector y
         weights : ndarray (n, K)
         """
-        means, w = branches(self.predict_distribution(X))
+        means, w = branches(self.predict_distribution(X, offset=offset, trials=trials))
         return means.cpu().numpy(), w.cpu().numpy()
 
     @available_if(lambda self: not is_classifier(self))
-    def predict_interval(self, X, level=0.9, kind="hdr"):
+    def predict_interval(self, X, level=0.9, kind="hdr", *, offset=None, trials=None):
         """Prediction intervals of scalar y with probability ``level``.
 
         Parameters
@@ -394,7 +485,7 @@ class ConditionalMixtureMixin:
             raise ValueError("predict_interval needs a scalar (1-D) y; this model was fitted on a 2-D y")
         if kind not in ("hdr", "central"):
             raise ValueError(f"kind must be 'hdr' or 'central', got {kind!r}")
-        dist = self.predict_distribution(X)
+        dist = self.predict_distribution(X, offset=offset, trials=trials)
         iv = hdr(dist, level)[0] if kind == "hdr" else central_interval(dist, level)
         return iv.cpu().numpy()
 
@@ -444,36 +535,71 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
         check_params(self.get_params(deep=False), self._parameter_specs)
         self._check_param_combinations()
 
-    def _start(self, X, y, sample_weight):
-        """What ``fit`` trains: the checks, X and y validated (and encoded), the unfitted model built and seeded."""
+    def _start(self, X, y, sample_weight, offset=None, trials=None, lower=None, upper=None):
+        """What ``fit`` trains: the checks, X and y validated (and encoded), the unfitted model built and seeded.
+
+        The per-row extras (``offset``, ``trials``, ``lower``, ``upper``) are checked against what the
+        estimator takes (``_accepts_extras``); rows with missing values are refused or dropped
+        (``missing``); ``_set_extras`` turns the extras into trailing columns of the model's x.
+        """
         self._check_params()
+        extras = {"offset": offset, "trials": trials, "lower": lower, "upper": upper}
+        given = {k for k, v in extras.items() if v is not None}
+        for name in sorted(given - self._accepts_extras):
+            raise ValueError(f"{type(self).__name__} takes no {name}=...: offsets, trials and censoring limits are "
+                             "options of MoERegressor (see its fit); leave {name}=None".replace("{name}", name))
         X, y = self._formula_inputs(X, y)
         check_X(X)
         encoding = fit_frame_encoding(X) if needs_encoding(X) else None
         if encoding is not None:
             X = encode_frame(X, encoding)
-        if is_classifier(self):
-            check_y(y, X, (1, 2))
-            X, y = validate_data(self, X, y, dtype=np.float64)
-            if type_of_target(y) == "continuous":
-                raise ValueError(
-                    f"y holds continuous numbers (e.g. {float(y[0]):.6g}), not class labels; a classifier needs labels: "
-                    "use a regressor (MoERegressor, HMERegressor, MDNRegressor) for numbers, or bin y into classes"
-                )
-            check_classification_targets(y)
-        else:
-            check_y(y, X, (1, 2))
-            numeric_target(y)
-            X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
+        missing = getattr(self, "missing", "error")
+        y_shape = _shape(y) if y is not None else None
+        relax = missing == "drop" or self._nan_y_allowed(len(y_shape) if y_shape else 1, given)
+        finite = {} if not relax else {"ensure_all_finite": False}
+        try:
+            if is_classifier(self):
+                check_y(y, X, (1, 2))
+                X, y = validate_data(self, X, y, dtype=np.float64, **finite)
+                if type_of_target(y) == "continuous":
+                    raise ValueError(
+                        f"y holds continuous numbers (e.g. {float(y[0]):.6g}), not class labels; a classifier needs labels: "
+                        "use a regressor (MoERegressor, HMERegressor, MDNRegressor) for numbers, or bin y into classes"
+                    )
+                check_classification_targets(y)
+            else:
+                check_y(y, X, (1, 2))
+                numeric_target(y)
+                X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64, **finite)
+        except ValueError as e:
+            raise _with_nan_rows(e, X, missing_option=hasattr(self, "missing")) from None
+        if relax:  # NaN is handled below; infinities are never data
+            for name, a in (("X", X), ("y", y)):
+                if a.dtype.kind == "f" and np.isinf(a).any():
+                    raise ValueError(f"Input {name} contains infinity or a value too large for dtype('float64') "
+                                     f"(rows {_first_rows(np.isinf(a.reshape(len(a), -1)).any(1))})")
         if encoding is not None:  # the model's inputs are the encoded columns; feature_encoding_ maps X to them
             self.feature_encoding_ = encoding
             self.feature_names_in_ = np.asarray(encoding["encoded_features"], dtype=object)
         elif hasattr(self, "feature_encoding_"):
             del self.feature_encoding_
-        w = check_sample_weight(sample_weight, X.shape[0], torch.float64).numpy()
+        n = X.shape[0]
+        ex = {k: row_values(v, k, n) for k, v in extras.items()}
+        w = check_sample_weight(sample_weight, n, torch.float64).numpy()
+        keep = self._complete_rows(X, y, ex, missing)
+        if keep is not None:
+            X, y, w = X[keep], y[keep], w[keep]
+            ex = {k: (None if v is None else v[keep]) for k, v in ex.items()}
+            if not w.sum() > 0:
+                raise ValueError("sample_weight sums to zero on the rows left after dropping those with missing values; "
+                                 "at least one complete row needs a positive weight")
+        self._fit_extras = ex
+        cols = self._set_extras(ex, y, w)
         yt, y_info = self._fit_targets(y, w)
         dtype = torch_dtype(self.dtype)
         x = as_tensor(np.array(X, dtype=np.float64), "X", dtype, self.device)  # a float32 column that vanishes is named
+        if cols is not None:
+            x = torch.cat([x, torch.as_tensor(cols, dtype=dtype, device=self.device)], dim=1)
         wt = torch.as_tensor(w, dtype=dtype, device=self.device)
         rng = np.random.default_rng(self.random_state)
         seed = int(rng.integers(0, 2**31 - 1))
@@ -482,6 +608,59 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
             model = self.build_model(X.shape[1], y_info, dtype, gen)
         model = model.to(self.device)
         return model, x, yt, wt, seed, rng, gen
+
+    # ------------------------------------------------------ missing values
+    def _nan_y_allowed(self, y_ndim: int, given: set) -> bool:
+        """Whether y may hold NaN entries that the model reads (missing coordinates, interval-censored rows)."""
+        return False
+
+    def _missing_targets(self, y: np.ndarray, extras: dict) -> np.ndarray:
+        """Rows whose target is missing (n,): by default any NaN in the row."""
+        if y.dtype.kind != "f":
+            return np.zeros(len(y), dtype=bool)
+        return np.isnan(y.reshape(len(y), -1)).any(1)
+
+    def _complete_rows(self, X, y, extras: dict, missing: str) -> np.ndarray | None:
+        """The rows to keep (None: all): rows with missing inputs raise (missing='error') or are dropped with a warning."""
+        nan_x = np.isnan(X) if X.dtype.kind == "f" else np.zeros(X.shape, dtype=bool)
+        parts = [("X", nan_x.any(1))]
+        for name in ("offset", "trials"):
+            if extras.get(name) is not None:
+                parts.append((name, np.isnan(extras[name])))
+        parts.append(("y", self._missing_targets(y, extras)))
+        rows = np.zeros(X.shape[0], dtype=bool)
+        for _, m in parts:
+            rows |= m
+        if hasattr(self, "missing"):
+            self.n_rows_dropped_ = 0
+        if not rows.any():
+            return None
+        if missing != "drop":
+            name, m = next((nm, m) for nm, m in parts if m.any())
+            where = f"rows {_first_rows(m)}"
+            if name == "X":
+                cols = np.flatnonzero(nan_x.any(0))
+                names = getattr(self, "feature_names_in_", None)
+                shown = [str(names[j]) if names is not None else int(j) for j in cols[:5]]
+                where += f", columns {shown}" + (" ..." if len(cols) > 5 else "")
+            option = ", or pass missing='drop' to drop those rows" if hasattr(self, "missing") else ""
+            raise ValueError(f"Input {name} contains NaN in {where} ({int(m.sum())} row(s) with missing values); "
+                             f"impute them (e.g. sklearn.impute.SimpleImputer){option}")
+        k = int(rows.sum())
+        if k == len(rows):
+            raise ValueError(f"missing='drop' would drop every row: all {k} rows have missing values (NaN in X, the "
+                             "extras or y); impute them instead")
+        self.n_rows_dropped_ = k
+        warnings.warn(f"missing='drop': dropped {k} of {len(rows)} rows with missing values (rows {_first_rows(rows)}); "
+                      "n_rows_dropped_ records the number", UserWarning, stacklevel=4)
+        return ~rows
+
+    def _set_extras(self, extras: dict, y, w) -> np.ndarray | None:
+        """The per-row extras as trailing columns of the model's x (n, e), or None; records ``extras_``."""
+        for attr in ("extras_", "extras_required_"):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        return None
 
     def _formula_inputs(self, X, y):
         """With ``formula``: X and y from the DataFrame by the formulas (``formula_design_`` records them)."""
@@ -505,7 +684,7 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
         self.formula_design_ = design.to_dict()
         return _named_frame(Xd, design.names), y
 
-    def count_parameters(self, X, y, sample_weight=None) -> int:
+    def count_parameters(self, X, y, sample_weight=None, **extras) -> int:
         """Free parameters of the model that ``fit(X, y, sample_weight)`` would start from, without fitting it.
 
         The estimator itself is not changed (a copy is set up).  Fitting may prune experts, so a
@@ -517,10 +696,10 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
         NotImplementedError
             The size is known only after fitting (an expert given as a scikit-learn estimator).
         """
-        model = clone(self)._start(X, y, sample_weight)[0]
+        model = clone(self)._start(X, y, sample_weight, **extras)[0]
         return int(model.n_parameters())
 
-    def fit(self, X, y=None, sample_weight=None):
+    def fit(self, X, y=None, sample_weight=None, *, offset=None, trials=None, lower=None, upper=None):
         """Fit the model.
 
         Parameters
@@ -538,12 +717,29 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
         sample_weight : array-like (n,), optional
             Non-negative weights; integer weights are equivalent to repeated
             rows, rows with weight 0 to dropped ones.
+        offset : array-like (n,), optional
+            A known term added to every expert's linear predictor (coefficient one), such as
+            ``np.log(exposure)`` for Poisson rates; never seen by the gate.  Estimators whose
+            experts have no linear predictor refuse it.  A model fitted with an offset needs one
+            at prediction too (a ValueError otherwise: pass ``np.zeros(n)`` for none).
+        trials : array-like (n,), optional
+            Binomial experts: each row's number of trials (positive integers; y then counts the
+            successes).  Without it every row is one trial, and predictions take trials=1
+            unless given; a model fitted with trials needs them at prediction too.
+        lower, upper : array-like (n,), optional
+            Censoring limits for ``expert="linear"`` (censored Gaussian experts, scalar y):
+            ``y == lower``: left-censored; ``y == upper``: right-censored; y NaN with finite
+            limits: interval-censored; ``-inf``/``inf``: no limit.
 
         Returns
         -------
         self
         """
-        model, x, yt, wt, seed, rng, gen = self._start(X, y, sample_weight)
+        try:
+            model, x, yt, wt, seed, rng, gen = self._start(X, y, sample_weight, offset=offset, trials=trials,
+                                                           lower=lower, upper=upper)
+        finally:
+            self.__dict__.pop("_fit_extras", None)
         result = self._train(model, x, yt, wt, seed, rng, gen)
         self.model_ = result.model
         self.fit_result_ = result
@@ -571,8 +767,10 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
 class RegressorTargets:
     """Real-valued y, scalar (n,) or vector (n, d_y): checked at fit and when scoring."""
 
-    def score(self, X, y, sample_weight=None) -> float:
+    def score(self, X, y, sample_weight=None, *, offset=None, trials=None) -> float:
         """R² of the conditional mean E[y | x], scikit-learn's regressor score.
+
+        ``offset``, ``trials``: as for ``predict`` (for a model fitted with them).
 
         It judges the mean only, not the conditional distribution: it cannot choose the number of
         experts (on tonedata ``GridSearchCV`` over ``n_experts`` with it picks K = 1).  Choose K by
@@ -581,7 +779,9 @@ class RegressorTargets:
         """
         check_y(y, X, (1, 2))
         numeric_target(y)
-        return super().score(X, y, sample_weight=sample_weight)
+        if offset is None and trials is None:
+            return super().score(X, y, sample_weight=sample_weight)
+        return float(r2_score(y, self.predict(X, offset=offset, trials=trials), sample_weight=sample_weight))
 
     def _fit_targets(self, y, w):
         self._y_ndim = y.ndim
@@ -631,6 +831,26 @@ class ClassifierTargets:
         if unknown.any():
             raise ValueError(f"y holds labels not seen in fit: {sorted(set(y[unknown].tolist()))[:5]}; known: {list(self.classes_)}")
         return torch.as_tensor(idx, dtype=torch.long, device=self.device)
+
+
+def _with_nan_rows(err: ValueError, X, missing_option: bool = False) -> ValueError:
+    """scikit-learn's "Input X contains NaN" with the first rows and columns holding NaN, and the fix."""
+    if not str(err).startswith("Input X contains NaN"):
+        return err
+    try:
+        arr = np.asarray(X.to_numpy(dtype=np.float64) if hasattr(X, "to_numpy") else X, dtype=np.float64)
+    except (TypeError, ValueError):
+        return err
+    if arr.ndim != 2:
+        return err
+    nan = np.isnan(arr)
+    cols = np.flatnonzero(nan.any(0))
+    names = [str(c) for c in X.columns] if is_dataframe(X) else None
+    shown = [names[j] if names else int(j) for j in cols[:5]]
+    option = ", or fit with missing='drop' to drop those rows" if missing_option else ""
+    return ValueError(f"Input X contains NaN in rows {_first_rows(nan.any(1))}, columns {shown}"
+                      f"{' ...' if len(cols) > 5 else ''}; a prediction or fit needs every input: impute them "
+                      f"(e.g. sklearn.impute.SimpleImputer) or drop those rows{option}")
 
 
 def _named_frame(X: np.ndarray, names: list):

@@ -195,8 +195,10 @@ class _HMEMixin:
         return build(structure.get("tree"), int(self.n_features_in_), 0)
 
     # --------------------------------------------------------- tree views
-    def predict_distribution(self, X):
+    def predict_distribution(self, X, *, offset=None, trials=None):
         """The predictive mixture p(y | x) over the L leaves, weighted by the path probabilities.
+
+        ``offset``, ``trials``: not taken by hierarchies (a ValueError if given; see MoERegressor).
 
         Returns
         -------
@@ -204,7 +206,7 @@ class _HMEMixin:
             Batch shape (n,), L components in the order of
             :func:`~moekit.tree.tree_leaves`.
         """
-        x = self._x(X)
+        x = self._model_x(X, offset, trials)
         with torch.no_grad():
             return leaf_mixture(self.model_, x)
 
@@ -329,7 +331,9 @@ class HMERegressor(_HMEMixin, MoERegressor):
     True
     """
 
-    _parameter_specs = {"expert": expert_names("linear", "poisson", "student_t", "mlp"), "gate": GATES, "init": _INIT,
+    _accepts_extras = frozenset()  # offsets, trials and censoring limits: MoERegressor's
+    _parameter_specs = {"expert": expert_names("linear", "poisson", "gamma", "negative_binomial", "student_t", "mlp"),
+                        "gate": GATES, "init": _INIT,
                         "validation_fraction": Real(0.0, 1.0, low_open=True, high_open=True)}
 
     def __init__(

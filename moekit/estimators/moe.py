@@ -12,18 +12,34 @@ import copy
 import dataclasses
 import math
 import numbers
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin, RegressorMixin, clone, is_classifier, is_regressor
 
 from .._linalg import ldexp
-from .._validation import OneOf, check_not_constant, check_representable, check_scale, model_dtype, torch_dtype, variance_floor
+from .. import experts as expert_families
+from .._validation import (
+    Families,
+    OneOf,
+    check_censoring,
+    check_family_y,
+    check_not_constant,
+    check_offset,
+    check_representable,
+    check_scale,
+    check_trials,
+    incomplete_targets,
+    row_values,
+    model_dtype,
+    torch_dtype,
+    variance_floor,
+)
 from ..experts import (
     LinearGaussianExpert,
     LogisticExpert,
     MLPExpert,
-    PoissonExpert,
     SklearnExpert,
     SoftmaxExpert,
     StudentTExpert,
@@ -33,10 +49,20 @@ from ..mixture import MixtureOfExperts
 from ..training.em import fit_em
 from ..training.gradient import fit_gradient
 from ..training.restarts import best_of
-from .base import ClassifierTargets, ConditionalMixtureEstimator, RegressorTargets, storable, weighted_variance
+from .base import (
+    ClassifierTargets,
+    ConditionalMixtureEstimator,
+    RegressorTargets,
+    numeric_target,
+    storable,
+    weighted_variance,
+)
 from .summary import SummaryMixin
 
 __all__ = ["MoERegressor", "MoEClassifier"]
+
+#: The family names of regression experts (``expert=`` a name or a list of them).
+REGRESSOR_FAMILIES = ("linear", "poisson", "binomial", "gamma", "negative_binomial", "point_mass", "student_t", "mlp")
 
 GATES = OneOf("softmax", "mlp", "constant", other="a moekit Gate instance", instances=(Gate,))
 
@@ -44,6 +70,54 @@ GATES = OneOf("softmax", "mlp", "constant", other="a moekit Gate instance", inst
 def expert_names(*names) -> OneOf:
     """The ``expert`` parameter: one of these family names, or an instance (checked when the model is built)."""
     return OneOf(*names, other="an expert instance", instances=(object,))
+
+
+def expert_lists(*names) -> Families:
+    """The ``expert`` parameter of the flat estimators: a family name, a list of K names, or an instance."""
+    return Families(*names, other="a list of them (one per expert) or an expert instance", instances=(object,))
+
+
+#: Family name -> expert class name in :mod:`moekit.experts` (looked up when a model is built, so that a
+#: family whose component is not in this build gives a clear error naming it).
+FAMILY_CLASSES = {
+    "linear": "LinearGaussianExpert", "poisson": "PoissonExpert", "binomial": "BinomialExpert",
+    "gamma": "GammaExpert", "negative_binomial": "NegativeBinomialExpert", "point_mass": "PointMassExpert",
+    "student_t": "StudentTExpert", "mlp": "MLPExpert", "logistic": "LogisticExpert", "censored": "CensoredGaussianExpert",
+}
+#: GLM families: a linear predictor with a log or logit link, counts or positive y, offsets and shared coefficients.
+GLM_FAMILIES = ("poisson", "binomial", "gamma", "negative_binomial")
+#: Families whose linear predictor takes an offset (a point mass ignores x, offsets included).
+OFFSET_FAMILIES = ("linear", *GLM_FAMILIES, "point_mass")
+#: Families that model counts (no continuous density: a constant y is a valid rate).
+COUNT_FAMILIES = ("poisson", "binomial", "negative_binomial", "point_mass")
+
+
+def family_class(name: str, option: str):
+    """The expert class of a family, or a ValueError naming the option where this build lacks it."""
+    cls = getattr(expert_families, FAMILY_CLASSES[name], None)
+    if cls is None:
+        raise ValueError(f"{option} needs moekit.experts.{FAMILY_CLASSES[name]}, which this moekit build does not "
+                         "have yet; choose another family or update moekit")
+    return cls
+
+
+def construct(cls, option: str, *args, **kwargs):
+    """``cls(*args, **kwargs)``; a component that does not take an option yet is a ValueError naming the option."""
+    try:
+        return cls(*args, **kwargs)
+    except TypeError as e:
+        if "unexpected keyword" not in str(e):
+            raise
+        raise ValueError(f"{option} is not available in this moekit build ({cls.__name__} does not take it yet: {e})") from None
+
+
+_CLASS_FAMILIES = {**{c: f for f, c in FAMILY_CLASSES.items() if f != "censored"}, "SoftmaxExpert": "logistic",
+                   "CensoredGaussianExpert": "linear"}
+
+
+def _family_of(module) -> str | None:
+    """The family name of a built expert module (None for an instance of another class)."""
+    return _CLASS_FAMILIES.get(type(module).__name__)
 
 
 class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
@@ -56,6 +130,8 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
             design = getattr(self, "formula_design_", None)  # a model written as formulas chose its columns
             return None if design is None else [int(i) for i in design[name]]
         items = [spec] if isinstance(spec, (str, numbers.Integral)) else list(spec)
+        if not items:
+            return []
         names = getattr(self, "feature_names_in_", None)
         out = []
         for it in items:
@@ -88,10 +164,31 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
         lr = 1e-2 if self.learning_rate is None else self.learning_rate
         return MLPGate(d, k, self.hidden_layer_sizes, learning_rate=lr, dtype=dtype, generator=gen)
 
-    def _build_experts(self, d: int, k, y_info, dtype, gen):
-        """K experts (one unstacked expert for ``k=None``): by family name, or copies of the given instance."""
+    def _family_names(self, k: int | None, names=None) -> list | None:
+        """The family of each of the k experts (one name for k=None), or None for an expert instance."""
+        if names is not None:
+            return list(names)
         if isinstance(self.expert, str):
-            return self._build_named_experts(d, k, y_info, dtype, gen)
+            return [self.expert] * (1 if k is None else int(k))
+        if isinstance(self.expert, (list, tuple)):
+            return list(self.expert)
+        return None
+
+    def _build_experts(self, d: int, k, y_info, dtype, gen, shared=(), names=None):
+        """K experts (one unstacked expert for ``k=None``): by family name(s), or copies of the given instance.
+
+        One family for all K: one stacked module; a list of different families: K single experts.
+        """
+        fams = self._family_names(k, names)
+        if fams is not None:
+            if k is None:
+                return self._family_expert(fams[0], d, None, y_info, dtype, gen, shared)
+            if len(set(fams)) == 1:
+                return self._family_expert(fams[0], d, len(fams), y_info, dtype, gen, shared)
+            if shared:
+                raise ValueError(f"shared_features ties coefficients across experts of one family, but expert={fams!r} "
+                                 "mixes families; use one family, or leave shared_features=None")
+            return [self._family_expert(f, d, None, y_info, dtype, gen) for f in fams]
         inst = self.expert
         if isinstance(inst, torch.nn.Module):
             if getattr(inst, "stacked", False):
@@ -106,18 +203,68 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
             f"instance, got {type(inst).__name__}"
         )
 
-    def _build_flat(self, d: int, k: int, y_info, dtype, gen) -> MixtureOfExperts:
+    def _build_named_experts(self, d, k, y_info, dtype, gen):
+        """Experts of the one family ``expert`` names (the leaves of a hierarchy)."""
+        return self._family_expert(self.expert, d, k, y_info, dtype, gen)
+
+    def _family_expert(self, name, d, k, y_info, dtype, gen, shared=()):  # pragma: no cover - every estimator overrides it
+        """One family's expert module: k stacked experts (one single expert for k=None) on d features."""
+        raise NotImplementedError
+
+    def _layout(self, d: int):
+        """Columns of the model's x for the gate and the experts: ``(gate_cols, expert_cols, n_expert_features, shared)``.
+
+        The model's x is X's d columns, then the extras (``extras_``: offset, trials).  The gate
+        sees ``gate_features`` (never the extras); the experts see ``expert_features`` (all of X's
+        columns by default) less ``shared_features``, then the shared features (whose
+        coefficients are common to all experts, positions ``shared`` among the expert's
+        features), then the extras.  Without extras and shared features the selections are
+        those of the parameters (None: all columns), as they always were.
+        """
         gcols = self._feature_index(self.gate_features, "gate_features", d)
-        ecols = self._feature_index(self.expert_features, "expert_features", d)
+        own = self._feature_index(self.expert_features, "expert_features", d)
+        spec = getattr(self, "shared_features", None)
+        shared = [] if spec is None else self._feature_index(spec, "shared_features", d)
+        extras = tuple(getattr(self, "extras_", ()))
+        if not extras and not shared:
+            return gcols, own, (d if own is None else len(own)), []
+        if len(set(shared)) != len(shared):
+            raise ValueError(f"shared_features names a column twice: {spec!r}")
+        if shared and own:  # an explicit, non-empty list of expert inputs: shared features must be among them
+            out = [c for c in shared if c not in own]
+            if out:
+                names = getattr(self, "feature_names_in_", None)
+                col = names[out[0]] if names is not None else out[0]
+                gate_only = gcols is not None and out[0] in gcols
+                raise ValueError(
+                    f"shared_features: column {col!r} is {'a gate-only feature (in gate_features, not in expert_features)' if gate_only else 'not in expert_features'}; "
+                    "shared coefficients belong to expert inputs: add it to expert_features, or leave it out of shared_features"
+                )
+        base = list(range(d)) if own is None else list(own)
+        feats = [c for c in base if c not in shared] + list(shared)
+        n_shared = len(shared)
+        shared_pos = list(range(len(feats) - n_shared, len(feats)))
+        ecols = feats + [d + i for i in range(len(extras))]
+        if gcols is None and extras:
+            gcols = list(range(d))
+        return gcols, ecols, len(feats), shared_pos
+
+    def _build_flat(self, d: int, k: int, y_info, dtype, gen, names=None) -> MixtureOfExperts:
+        gcols, ecols, de, shared = self._layout(d)
         dg = d if gcols is None else len(gcols)
-        de = d if ecols is None else len(ecols)
         gate = self._build_gate(dg, k, dtype, gen)
-        experts = self._build_experts(de, k, y_info, dtype, gen)
+        experts = self._build_experts(de, k, y_info, dtype, gen, shared=shared, names=names)
         return MixtureOfExperts(gate, experts, gate_features=gcols, expert_features=ecols)
 
     def build_model(self, n_features, y_info, dtype, generator) -> MixtureOfExperts:
         """A new :class:`~moekit.MixtureOfExperts` of ``n_experts`` experts on ``n_features`` inputs."""
         return self._build_flat(n_features, int(self.n_experts), y_info, dtype, generator)
+
+    def _check_param_combinations(self) -> None:
+        fams = self.expert if isinstance(self.expert, (list, tuple)) else None
+        if fams is not None and len(fams) != int(self.n_experts):
+            raise ValueError(f"expert lists {len(fams)} families but n_experts={self.n_experts}; give one family per "
+                             "expert (or one name for all)")
 
     # ------------------------------------------------------------- fitting
     def _check_size(self, model, w, n_features: int) -> None:
@@ -145,6 +292,14 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
         gates and experts, no ridge penalty, whose size would change with the units of X) and when
         one power brings every column into the range; otherwise the range error stands.
         """
+        n_extra = len(getattr(self, "extras_", ()))
+        if n_extra:  # the extras (offset, trials) are never rescaled: only X's own columns are
+            xs, e = self._rescaled_features(model, x[:, : x.shape[1] - n_extra])
+            return torch.cat([xs, x[:, x.shape[1] - n_extra :]], dim=1), e
+        return self._rescaled_features(model, x)
+
+    def _rescaled_features(self, model, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """:meth:`_rescaled` on X's own columns."""
         try:
             check_scale(x, "X", columns=getattr(self, "feature_names_in_", None))  # named as the user knows it
             return x, 0
@@ -183,14 +338,17 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
 
     def _train(self, model, x, y, w, seed, rng, generator):
         x, e = self._rescaled(model, x)
-        self._check_size(model, w, x.shape[1])
-        if self.fit_method == "em":
-            result = fit_em(
-                model, x, y, w, max_iter=int(self.max_iter), tol=float(self.tol), n_init=int(self.n_init),
-                init=self.init, random_state=seed, verbose=int(self.verbose),
-            )
-        else:
-            result = self._gradient_restarts(model, x, y, w, rng, init=self.init)
+        self._check_size(model, w, x.shape[1] - len(getattr(self, "extras_", ())))
+        # censored rows ([y, lower, upper] with infinite limits) and missing coordinates of y reach the experts
+        context = incomplete_targets() if bool(y.is_floating_point() and not torch.isfinite(y).all()) else nullcontext()
+        with context:
+            if self.fit_method == "em":
+                result = fit_em(
+                    model, x, y, w, max_iter=int(self.max_iter), tol=float(self.tol), n_init=int(self.n_init),
+                    init=self.init, random_state=seed, verbose=int(self.verbose),
+                )
+            else:
+                result = self._gradient_restarts(model, x, y, w, rng, init=self.init)
         return self._unscaled(result, e)
 
     def _gradient_restarts(self, model, x, y, w, rng, init, start=None):
@@ -219,19 +377,30 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
 
     # ---------------------------------------------------------- model files
     def model_structure(self) -> dict:
-        """The fitted model's number of experts (after pruning) and kind of y."""
+        """The fitted model's number of experts (after pruning), kind of y, and the families of a list of experts."""
         if is_classifier(self):
             y_info = int(len(self.classes_))
         else:
             ev = self.target_shape()
             y_info = None if not ev else int(ev[0])
-        return {"n_experts": int(self.model_.n_experts), "y_info": y_info}
+        out = {"n_experts": int(self.model_.n_experts), "y_info": y_info}
+        if isinstance(self.expert, (list, tuple)) and not self.model_.is_stacked:
+            out["experts"] = [_family_of(e) for e in self.model_.experts]  # the families that survived pruning
+        return out
 
     def rebuild_model(self, structure: dict) -> MixtureOfExperts:
         """An unfitted model of the stored number of experts (the fitted one may have been pruned)."""
         gen = torch.Generator().manual_seed(0)  # initial values are overwritten by the stored tensors
         dtype = torch_dtype(self.dtype)
-        return self._build_flat(int(self.n_features_in_), int(structure["n_experts"]), structure["y_info"], dtype, gen)
+        names = structure.get("experts")
+        if names is not None:
+            allowed = set(FAMILY_CLASSES) - {"censored"}
+            if not (isinstance(names, list) and len(names) == int(structure["n_experts"]) and set(names) <= allowed):
+                raise ValueError(f"the stored expert families {names!r} are not {structure['n_experts']} family names")
+        if names is None and isinstance(self.expert, (list, tuple)) and len(set(self.expert)) == 1:
+            names = [self.expert[0]] * int(structure["n_experts"])
+        return self._build_flat(int(self.n_features_in_), int(structure["n_experts"]), structure["y_info"], dtype, gen,
+                                names=names)
 
     def _x(self, X) -> torch.Tensor:
         x = super()._x(X)
@@ -239,16 +408,19 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
         return x
 
     # ---------------------------------------------------------- gate views
-    def predict_gate(self, X) -> np.ndarray:
-        """Mixing weights g(x): (n, K), rows summing to one."""
-        x = self._x(X)
+    def predict_gate(self, X, *, offset=None, trials=None) -> np.ndarray:
+        """Mixing weights g(x): (n, K), rows summing to one (the gate never sees offsets or trials)."""
+        x = self._model_x(X, offset, trials)
         with torch.no_grad():
             return self.model_.log_gate(x).exp().cpu().numpy()
 
-    def responsibilities(self, X, y) -> np.ndarray:
-        """Posterior probability of each expert given x and y: (n, K)."""
-        x = self._x(X)
-        yt = self._y_tensor(y, x.shape[0])
+    def responsibilities(self, X, y, *, offset=None, trials=None, lower=None, upper=None) -> np.ndarray:
+        """Posterior probability of each expert given x and y: (n, K).
+
+        ``offset``, ``trials``, ``lower``, ``upper``: as for ``score_samples``.
+        """
+        x = self._model_x(X, offset, trials)
+        yt = self._target_tensor(y, x.shape[0], lower, upper)
         with torch.no_grad():
             return self.model_.log_responsibilities(x, yt).exp().cpu().numpy()
 
@@ -402,8 +574,9 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
     145.65
     """
 
-    _parameter_specs = {"expert": expert_names("linear", "poisson", "student_t", "mlp"), "gate": GATES,
+    _parameter_specs = {"expert": expert_lists(*REGRESSOR_FAMILIES), "gate": GATES,
                         "init": OneOf("auto", "random", "kmeans", other="an (n, K) array", instances=(object,))}
+    _accepts_extras = frozenset({"offset", "trials", "lower", "upper"})
 
     def __init__(
         self,
@@ -431,6 +604,9 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
         formula=None,
         gate_formula=None,
         compute_se="auto",
+        shared_features=None,
+        point_mass_value=0.0,
+        missing="error",
     ):
         self.n_experts = n_experts
         self.expert = expert
@@ -456,39 +632,184 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
         self.formula = formula
         self.gate_formula = gate_formula
         self.compute_se = compute_se
+        self.shared_features = shared_features
+        self.point_mass_value = point_mass_value
+        self.missing = missing
+
+    # ------------------------------------------------- families and extras
+    def _named_families(self) -> list:
+        """The experts' family names (one per expert; empty for an expert instance)."""
+        if isinstance(self.expert, str):
+            return [self.expert]
+        return list(self.expert) if isinstance(self.expert, (list, tuple)) else []
+
+    def _censoring(self, given: set) -> bool:
+        return bool({"lower", "upper"} & set(given))
+
+    def _nan_y_allowed(self, y_ndim: int, given: set) -> bool:
+        fams = self._named_families()
+        if self._censoring(given):
+            return True  # NaN y: interval-censored rows
+        return y_ndim == 2 and bool(fams) and set(fams) == {"linear"} and _linear_takes_missing_y()
+
+    def _missing_targets(self, y, extras):
+        if y.dtype.kind != "f":
+            return np.zeros(len(y), dtype=bool)
+        given = {k for k, v in extras.items() if v is not None}
+        if self._censoring(given) and y.ndim == 1:
+            lo = extras.get("lower")
+            hi = extras.get("upper")
+            both = np.ones(len(y), dtype=bool)
+            for lim in (lo, hi):
+                if lim is not None:
+                    both &= np.isfinite(lim)
+                else:
+                    both &= False
+            return np.isnan(y) & ~both  # NaN between two finite limits is an interval-censored row
+        if y.ndim == 2 and self._nan_y_allowed(2, given):
+            return np.isnan(y).all(1)  # missing coordinates are marginalised; a row missing every one is missing
+        return super()._missing_targets(y, extras)
+
+    def _set_extras(self, extras, y, w):
+        super()._set_extras(extras, y, w)
+        given = {k for k, v in extras.items() if v is not None}
+        fams = self._named_families()
+        self.censored_ = self._censoring(given)
+        if given and not fams:
+            raise ValueError(f"{', '.join(sorted(given))} need experts named by family (expert='linear', 'poisson', ...); "
+                             "an expert instance does not read them")
+        if "offset" in given:
+            bad = [f for f in fams if f not in OFFSET_FAMILIES]
+            if bad:
+                raise ValueError(f"offset is given, but expert={bad[0]!r} has no linear predictor to add it to; offsets "
+                                 f"work with {', '.join(repr(f) for f in OFFSET_FAMILIES[:-1])} experts")
+            if y.ndim == 2 and "linear" in fams:
+                raise ValueError("offset with linear experts needs a scalar (1-D) y; subtract the offset from each "
+                                 "column of y yourself")
+            check_offset(extras["offset"])
+        if "trials" in given:
+            if "binomial" not in fams or set(fams) - {"binomial", "point_mass"}:
+                raise ValueError(f"trials is given, but expert={self.expert!r}; trials are the numbers of trials of "
+                                 "binomial experts: use expert='binomial' (or leave trials=None)")
+            check_trials(extras["trials"])
+        if self.censored_:
+            if set(fams) != {"linear"}:
+                raise ValueError(f"lower/upper (censoring limits) need expert='linear' (censored Gaussian experts), got "
+                                 f"expert={self.expert!r}; leave lower and upper None for other families")
+            if y.ndim != 1:
+                raise ValueError("lower/upper (censoring limits) need a scalar (1-D) y; censored experts model one "
+                                 "response")
+            n = len(y)
+            lower = np.full(n, -np.inf) if extras.get("lower") is None else extras["lower"]
+            upper = np.full(n, np.inf) if extras.get("upper") is None else extras["upper"]
+            check_censoring(y, lower, upper)
+            self._fit_extras = {**extras, "lower": lower, "upper": upper}
+        layout = (["offset"] if "offset" in given else []) + (["trials"] if "binomial" in fams else [])
+        self.extras_ = tuple(layout)
+        self.extras_required_ = tuple(k for k in layout if k in given)
+        cols = []
+        for name in layout:
+            v = extras.get(name)
+            cols.append(np.ones(len(y)) if v is None else v)
+        return np.column_stack(cols) if cols else None
 
     def _fit_targets(self, y, w):
-        if self.expert == "poisson" and (np.any(y < 0) or np.any(y != np.round(y))):
-            raise ValueError("y must hold non-negative integer counts for expert='poisson'")
+        fams = self._named_families()
+        extras = getattr(self, "_fit_extras", {}) or {}
+        if fams and len(set(fams) & set(GLM_FAMILIES)) and y.ndim != 1:
+            fam = next(f for f in fams if f in GLM_FAMILIES)
+            raise ValueError(f"expert={fam!r} needs a 1-D y (one count or positive value per row), got y of shape {y.shape}")
+        exempt = None
+        if "point_mass" in fams:
+            value = float(self.point_mass_value)
+            exempt = (y == value) if y.ndim == 1 else (y == value).all(1)
+            if not (exempt & (w > 0)).any():
+                raise ValueError(f"point_mass_value={value:g} never occurs in y (among rows with positive weight); a "
+                                 "point-mass expert explains the rows where y equals that value: set point_mass_value "
+                                 "to the value y piles up on (e.g. 0 for zero-inflated counts), or drop the point-mass expert")
+        for fam in dict.fromkeys(fams):
+            check_family_y(fam, y, trials=extras.get("trials"), exempt=exempt)
         dtype = torch_dtype(self.dtype)
-        check_scale(torch.as_tensor(np.array(y, dtype=np.float64), device="cpu"), "y", dtype=dtype)  # a copy: y may be read-only
-        if self.expert != "poisson":  # counts may all be equal (a rate); a continuous density of a constant may not
+        yf = np.array(y, dtype=np.float64)  # a copy: y may be read-only
+        yf[~np.isfinite(yf)] = 0.0  # missing coordinates and interval-censored rows: scale of the observed values
+        check_scale(torch.as_tensor(yf, device="cpu"), "y", dtype=dtype)
+        if not fams or not set(fams) & set(COUNT_FAMILIES):
+            # counts may all be equal (a rate); a continuous density of a constant may not
             check_not_constant(y, w, "y")
         # relative to the *weighted* variance of y, so that integer weights and repeated rows give
         # the same floor (and the same fit); never below the dtype's absolute floor
-        var_y = weighted_variance(y, w)
+        var_y = _observed_variance(y, w)
         self._var_floor_abs = variance_floor(self.var_floor, var_y if var_y > 0 else 1.0, dtype)
-        return super()._fit_targets(y, w)
+        yt, y_info = super()._fit_targets(y, w)
+        if getattr(self, "censored_", False):
+            y3 = np.column_stack([y, extras["lower"], extras["upper"]])
+            yt = torch.as_tensor(y3, dtype=torch_dtype(self.dtype), device=self.device)
+        return yt, y_info
 
-    def _build_named_experts(self, d, k, d_y, dtype, gen):
+    def _target_tensor(self, y, n, lower=None, upper=None):
+        if getattr(self, "censored_", False):
+            numeric_target(y)
+            yy = np.array(y.to_numpy() if hasattr(y, "to_numpy") else y, dtype=np.float64)
+            if yy.ndim != 1 or yy.shape[0] != n:
+                raise ValueError(f"y must have shape ({n},) like the training y, got {yy.shape}")
+            lo = row_values(lower, "lower", n)
+            hi = row_values(upper, "upper", n)
+            lo = np.full(n, -np.inf) if lo is None else lo
+            hi = np.full(n, np.inf) if hi is None else hi
+            if np.isinf(yy).any():
+                raise ValueError("y contains infinite values; a censored row has y equal to its (finite) limit")
+            check_censoring(yy, lo, hi)
+            return torch.as_tensor(np.column_stack([yy, lo, hi]), dtype=torch_dtype(self.dtype), device=self.device)
+        if self._y_ndim == 2 and set(self._named_families()) == {"linear"} and lower is None and upper is None \
+                and _linear_takes_missing_y():
+            yy = np.array(y.to_numpy() if hasattr(y, "to_numpy") else y, dtype=np.float64)
+            if yy.ndim == 2 and yy.shape[0] == n and np.isnan(yy).any() and not np.isinf(yy).any():
+                return torch.as_tensor(yy, dtype=torch_dtype(self.dtype), device=self.device)  # missing coordinates
+        return super()._target_tensor(y, n, lower, upper)
+
+    def _family_expert(self, name, d, k, y_info, dtype, gen, shared=()):
         floor = self._var_floor_abs
-        if self.expert == "linear":
-            return LinearGaussianExpert(
-                d, d_y, self.covariance, n_experts=k, var_floor=floor, alpha=float(self.alpha), dtype=dtype
-            )
-        if self.expert == "poisson":
-            if d_y is not None:
-                raise ValueError("expert='poisson' needs a 1-D y of counts")
-            return PoissonExpert(d, n_experts=k, l2=float(self.alpha), dtype=dtype)
-        if self.expert == "student_t":
-            return StudentTExpert(d, d_y, n_experts=k, var_floor=floor, dtype=dtype)
+        opt = f"expert={name!r}"
+        kw = {}
+        if "offset" in getattr(self, "extras_", ()) and name != "point_mass":
+            kw["offset"] = True
+        if shared:
+            kw["shared"] = list(shared)
+            if name not in ("linear", *GLM_FAMILIES) or getattr(self, "censored_", False):
+                raise ValueError(f"shared_features is not available with {opt}{' and censoring' if name == 'linear' else ''}; "
+                                 f"shared coefficients work with 'linear' and GLM experts ({', '.join(GLM_FAMILIES)})")
+        if name in GLM_FAMILIES and y_info is not None:
+            raise ValueError(f"{opt} needs a 1-D y (one count or positive value per row)")
+        if name == "linear":
+            if getattr(self, "censored_", False):
+                cls = family_class("censored", "lower/upper (censored Gaussian experts)")
+                return construct(cls, "offset with censoring", d, n_experts=k, var_floor=floor, dtype=dtype, **kw)
+            option = (f"covariance={self.covariance!r}" if self.covariance.startswith("tied") else
+                      "offset" if "offset" in kw else "shared_features" if shared else opt)
+            try:
+                return construct(LinearGaussianExpert, option, d, y_info, self.covariance, n_experts=k, var_floor=floor,
+                                 alpha=float(self.alpha), dtype=dtype, **kw)
+            except ValueError as e:
+                if self.covariance.startswith("tied") and "covariance" in str(e):
+                    raise ValueError(f"covariance={self.covariance!r} is not available in this moekit build "
+                                     f"(LinearGaussianExpert: {e})") from None
+                raise
+        if name in GLM_FAMILIES:
+            cls = family_class(name, opt)
+            return construct(cls, "offset" if "offset" in kw else "shared_features" if shared else opt, d, n_experts=k,
+                             l2=float(self.alpha), dtype=dtype, **kw)
+        if name == "point_mass":
+            cls = family_class(name, opt)
+            return cls(value=float(self.point_mass_value), n_experts=k, dtype=dtype)
+        if name == "student_t":
+            return StudentTExpert(d, y_info, n_experts=k, var_floor=floor, dtype=dtype)
         lr = 1e-2 if self.learning_rate is None else self.learning_rate
         return MLPExpert(
-            d, d_y, head="gaussian", hidden_layer_sizes=self.hidden_layer_sizes, n_experts=k,
+            d, y_info, head="gaussian", hidden_layer_sizes=self.hidden_layer_sizes, n_experts=k,
             learning_rate=lr, var_floor=floor, dtype=dtype, generator=gen,
         )
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X, *, offset=None, trials=None) -> np.ndarray:
         """Conditional mean E[y | x]: (n,) or (n, d_y).
 
         Raises
@@ -497,7 +818,7 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
             Where the mean does not exist (a Student-t expert with df <= 1):
             use ``predict_quantiles(X, 0.5)`` (the median) instead.
         """
-        mean = self.predict_distribution(X).mean.cpu().numpy()
+        mean = self.predict_distribution(X, offset=offset, trials=trials).mean.cpu().numpy()
         if not np.isfinite(mean).all():
             raise ValueError(
                 "the conditional mean does not exist for some rows (a heavy-tailed expert, e.g. Student-t "
@@ -540,7 +861,7 @@ class MoEClassifier(ClassifierTargets, ClassifierMixin, _MoEBase):
     (3, 2)
     """
 
-    _parameter_specs = {"expert": expert_names("logistic", "mlp"), "gate": GATES,
+    _parameter_specs = {"expert": expert_lists("logistic", "mlp"), "gate": GATES,
                         "init": OneOf("auto", "random", "kmeans", other="an (n, K) array", instances=(object,))}
     _removed_parameters = ("covariance", "var_floor")  # accepted until 0.2.0 and never used
 
@@ -568,6 +889,7 @@ class MoEClassifier(ClassifierTargets, ClassifierMixin, _MoEBase):
         formula=None,
         gate_formula=None,
         compute_se="auto",
+        missing="error",
     ):
         self.n_experts = n_experts
         self.expert = expert
@@ -591,9 +913,10 @@ class MoEClassifier(ClassifierTargets, ClassifierMixin, _MoEBase):
         self.formula = formula
         self.gate_formula = gate_formula
         self.compute_se = compute_se
+        self.missing = missing
 
-    def _build_named_experts(self, d, k, n_classes, dtype, gen):
-        if self.expert == "logistic":
+    def _family_expert(self, name, d, k, n_classes, dtype, gen, shared=()):
+        if name == "logistic":
             if n_classes == 2:
                 return LogisticExpert(d, n_experts=k, l2=float(self.alpha), dtype=dtype)
             return SoftmaxExpert(d, n_classes, n_experts=k, l2=float(self.alpha), dtype=dtype)
@@ -621,3 +944,33 @@ class MoEClassifier(ClassifierTargets, ClassifierMixin, _MoEBase):
         """Most probable class: (n,)."""
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
+
+
+def _observed_variance(y: np.ndarray, w: np.ndarray) -> float:
+    """The weighted variance of y over its observed (finite) entries, averaged over its columns."""
+    y2 = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    if np.isfinite(y2).all():
+        return weighted_variance(y, w)
+    out = []
+    for j in range(y2.shape[1]):
+        ok = np.isfinite(y2[:, j]) & (w > 0)
+        if ok.sum() > 1:
+            out.append(weighted_variance(y2[ok, j], w[ok]))
+    return float(np.mean(out)) if out else 0.0
+
+
+_MISSING_Y_PROBE: list = []
+
+
+def _linear_takes_missing_y() -> bool:
+    """Whether this build's LinearGaussianExpert marginalises NaN coordinates of a vector y (a finite log-density)."""
+    if not _MISSING_Y_PROBE:
+        e = LinearGaussianExpert(0, 2, "full")
+        y = torch.tensor([[1.0, float("nan")]], dtype=torch.float64)
+        try:
+            with torch.no_grad():
+                ok = bool(torch.isfinite(e.log_prob(torch.zeros(1, 0, dtype=torch.float64), y)).all())
+        except (ValueError, RuntimeError):
+            ok = False
+        _MISSING_Y_PROBE.append(ok)
+    return _MISSING_Y_PROBE[0]
