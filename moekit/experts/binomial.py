@@ -114,10 +114,6 @@ class BinomialExpert(NewtonExpert):
     def n_parameters(self) -> int:
         return self.n_features + 1
 
-    def n_parameters_total(self) -> int:
-        """Free coefficients of the whole stack: the shared ones (``shared``) counted once (what BIC counts)."""
-        return self.n_parameters() * self._k - (self._k - 1) * len(self.shared)
-
     # ------------------------------------------------------------- inputs
     def _prepare_x(self, x: torch.Tensor) -> torch.Tensor:
         """x checked as the base class does, and its trials column: positive integers."""

@@ -202,6 +202,10 @@ class NewtonExpert(Expert):
             for i in range(0, max(n, 1), rows)
         )
 
+    def n_parameters_total(self) -> int:
+        """Free parameters of the whole stack, the ``shared`` coefficients counted once (what BIC counts)."""
+        return self.n_parameters() * self._k - (self._k - 1) * len(self.shared)
+
     def _n_free(self) -> int:
         return self._penalty_mask().numel()
 
