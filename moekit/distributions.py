@@ -233,8 +233,9 @@ class MixtureDistribution(Distribution):
         return (self.weights * c).sum(-1)
 
     def _is_discrete(self) -> bool:
-        sup = self.support
-        return isinstance(sup, (constraints._IntegerGreaterThan, constraints._IntegerInterval)) or sup is constraints.nonnegative_integer
+        """Whether every component lives on the integers (then quantiles are integers)."""
+        comps = [self.components] if isinstance(self.components, Distribution) else list(self.components)
+        return all(_integer_support(c.support) for c in comps)
 
     @torch.no_grad()
     def icdf(self, q) -> torch.Tensor:
@@ -288,6 +289,10 @@ class MixtureDistribution(Distribution):
 
     def __repr__(self) -> str:
         return f"MixtureDistribution(n={self.batch_shape[0]}, K={self.n_components}, event_shape={tuple(self.event_shape)})"
+
+
+def _integer_support(sup) -> bool:
+    return isinstance(sup, (constraints._IntegerGreaterThan, constraints._IntegerInterval)) or sup is constraints.nonnegative_integer
 
 
 def check_scalar(dist: Distribution, what: str) -> None:
