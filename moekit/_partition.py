@@ -91,7 +91,8 @@ def distinct_rows(x, y, sample_weight) -> DistinctRows:
     Starts are drawn on the distinct rows (identical rows start in the same
     expert, their weights summed), so that integer weights and repeated rows
     give exactly the same start, and zero-weight rows change nothing.
-    Integer labels y are one-hot encoded.
+    Integer labels y are one-hot encoded.  Missing (NaN) coordinates of y
+    take their column's weighted mean, for the start only.
 
     Shapes
     ------
@@ -107,6 +108,7 @@ def distinct_rows(x, y, sample_weight) -> DistinctRows:
     z = np.hstack([xs, ys.astype(float)])
     sw = np.ones(len(z)) if sample_weight is None else sample_weight.detach().cpu().numpy().astype(float)
     pos = sw > 0
+    _impute_missing(z, sw, pos)
     mean = np.average(z[pos], axis=0, weights=sw[pos])
     sd = np.sqrt(np.average((z[pos] - mean) ** 2, axis=0, weights=sw[pos]))
     z = (z - mean) / np.where(sd > 0, sd, 1.0)
@@ -114,3 +116,18 @@ def distinct_rows(x, y, sample_weight) -> DistinctRows:
     inv = inv.reshape(-1)
     counts = np.bincount(inv, weights=sw[pos], minlength=len(uniq))
     return DistinctRows(z, uniq, inv, counts, pos, first)
+
+
+def _impute_missing(z: np.ndarray, sw: np.ndarray, pos: np.ndarray) -> None:
+    """Replace NaN entries of ``z`` (in place) by their column's weighted mean over the positive-weight rows that have it.
+
+    Shapes
+    ------
+    z (n, d); sw (n,); pos (n,) bool.
+    """
+    nan = np.isnan(z)
+    if not nan.any():
+        return
+    for j in np.flatnonzero(nan.any(0)):
+        seen = pos & ~nan[:, j]
+        z[nan[:, j], j] = np.average(z[seen, j], weights=sw[seen]) if seen.any() else 0.0

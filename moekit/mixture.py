@@ -117,6 +117,12 @@ class MixtureOfExperts(nn.Module):
         ex = [self.experts] if self.is_stacked else list(self.experts)
         return bool(getattr(self.gate, "has_suff_stats", False)) and all(getattr(e, "has_suff_stats", False) for e in ex)
 
+    @property
+    def accepts_missing_y(self) -> bool:
+        """Whether every expert marginalises NaN coordinates of y (linear-Gaussian experts with vector y)."""
+        ex = [self.experts] if self.is_stacked else list(self.experts)
+        return all(getattr(e, "accepts_missing_y", False) for e in ex)
+
     def gate_input(self, x: torch.Tensor) -> torch.Tensor:
         """The columns of x the gate sees (``gate_features``): (n, d_x) -> (n, d_g)."""
         return x if self.gate_features is None else x[:, self.gate_features]

@@ -10,6 +10,7 @@ from torch.distributions import MultivariateNormal, Normal
 
 from .._linalg import add_intercept, affine, chunk_rows, solve_shared, solve_spd, weighted_grams
 from ..stats import SuffStats
+from ._missing import expected_stats, has_missing, iterate_em, marginal_log_prob
 from .base import Expert
 
 _COVARIANCES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
@@ -307,6 +308,8 @@ class LinearGaussianExpert(Expert):
     def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Log-density of y under each expert: (n,) single or (n, K) stacked."""
         yy = y[:, None] if self.n_outputs is None else y
+        if self.n_outputs is not None and has_missing(yy):  # NaN coordinates: the observed ones' marginal
+            return self._out(marginal_log_prob(yy, self._loc(x), self.scale_tril()))
         resid = yy[:, None, :] - self._loc(x)  # (n, K, d)
         l = self.scale_tril()
         if self.structure == "full" and self._d > 1:
@@ -343,6 +346,10 @@ class LinearGaussianExpert(Expert):
         if off is not None:  # y less its known offset
             yy = yy - off.to(xd.dtype)[:, None]
         w = self._weight_nk(weight, n, xd)
+        if self.n_outputs is not None and has_missing(yy):  # NaN coordinates: their conditional moments
+            with torch.no_grad():
+                loc = self._loc(x) if off is None else self._loc(x) - off.to(xd.dtype)[:, None, None]  # yy's means
+                return expected_stats(xd, yy, w, loc, self.scale_tril())
         k, d = self._k, self._d
         wy = (w[:, :, None] * yy[:, None, :]).reshape(n, k * d)
         return SuffStats(
@@ -351,6 +358,28 @@ class LinearGaussianExpert(Expert):
             xwy=(xd.T @ wy).reshape(p, k, d).permute(1, 0, 2),
             ywy=(yy.T @ wy).reshape(d, k, d).permute(1, 0, 2),
         )
+
+    @property
+    def accepts_missing_y(self) -> bool:
+        """Whether NaN coordinates of y are marginalised (vector y: ``n_outputs`` set); see :mod:`._missing`."""
+        return self.n_outputs is not None
+
+    def fit_weighted(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
+        """Weighted M-step on in-memory data: the exact maximiser of ``sum(weight * log p)``.
+
+        With NaN coordinates in a vector y, ``m_step(suff_stats(...))`` is one
+        EM step of the missing-data problem (Ghahramani & Jordan 1994; it never
+        lowers the objective); they are repeated until the objective stops
+        improving (:func:`~moekit.experts._missing.iterate_em`).
+
+        Shapes
+        ------
+        x : (n, d_x); y : (n,) or (n, d_y); weight : (n,) single or (n, K) stacked.
+        """
+        if self.n_outputs is not None and has_missing(y):
+            iterate_em(self, x, y, weight)
+            return self
+        return super().fit_weighted(x, y, weight)
 
     def _penalised(self, xwx: torch.Tensor) -> torch.Tensor:
         """``X^T W X`` plus the ridge penalty on the slopes (not the intercept)."""

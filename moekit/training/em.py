@@ -10,9 +10,10 @@ from typing import Callable
 from sklearn.exceptions import ConvergenceWarning
 
 from .._mstep import Passes
-from .._validation import DivergenceError, check_fit_inputs, model_device, model_dtype
+from .._validation import DivergenceError
 from ..data import ArrayBatches
 from .init import initial_responsibilities, nested_seed
+from .inputs import check_model_inputs
 from .restarts import best_of
 from .result import FitResult
 from .starts import small_em
@@ -108,7 +109,7 @@ def fit_em(
     (True, True)
     """
     t0 = time.perf_counter()
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=model_dtype(model), device=model_device(model))
+    x, y, w = check_model_inputs(model, x, y, sample_weight)
     if not (isinstance(max_iter, int) and max_iter >= 0):
         raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
     if not tol >= 0:

@@ -45,10 +45,10 @@ import numpy as np
 import torch
 
 from .._partition import DistinctRows, distinct_rows
-from .._validation import check_fit_inputs, model_device, model_dtype
 from ..experts import Expert
 from ..mixture import MixtureOfExperts
 from .init import initial_responsibilities, nested_seed
+from .inputs import check_model_inputs
 
 __all__ = ["StartRace", "small_em", "start_kinds", "subset_consensus", "subset_responsibilities", "supports_subset_start"]
 
@@ -177,7 +177,9 @@ def subset_consensus(
     candidate that gathered nothing: an exact fit to its own rows at the
     variance floor) or of nearly every row is not used.  The best candidate
     is kept, then the next best whose consensus set overlaps every kept one
-    by less than half, up to ``n_keep``.
+    by less than half, up to ``n_keep``.  Rows with a missing (NaN)
+    coordinate of y are left out of the screen; the kept candidates'
+    consensus covers every row (through their observed coordinates).
 
     Parameters
     ----------
@@ -229,7 +231,7 @@ def subset_consensus(
     >>> bool(r[on_line, 0].sum() > 50), bool(r[~on_line, 0].sum() < 10)
     (True, True)
     """
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=model_dtype(model), device=model_device(model))
+    x, y, w = check_model_inputs(model, x, y, sample_weight)
     return _consensus(model, x, y, w, np.random.default_rng(random_state), n_candidates, n_iter, subset_size, max_rows, n_keep, tiny)
 
 
@@ -243,6 +245,9 @@ def _consensus(model, x, y, w, rng, n_candidates=50, n_iter=5, subset_size=None,
     background = _expert_stack(model, 1)
     m = int(subset_size) if subset_size is not None else max(2, int(background.n_parameters()))
     rows, counts = _distinct_rows(x, y, w, distinct)
+    if y.is_floating_point() and y.dim() == 2 and bool(torch.isnan(y).any()):  # missing targets: screen complete rows
+        complete = ~torch.isnan(y[torch.as_tensor(rows, device=y.device)]).any(1).cpu().numpy()
+        rows, counts = rows[complete], counts[complete]
     if len(rows) > max_rows:
         keep = np.sort(_weighted_draws(rng, counts, 1, max_rows)[0])
         rows, counts = rows[keep], counts[keep]
@@ -316,7 +321,7 @@ def subset_responsibilities(model: MixtureOfExperts, x, y, sample_weight=None, *
     ------
     x (n, d_x); y (n,) or (n, d_y); sample_weight (n,); returns (n, K).
     """
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=model_dtype(model), device=model_device(model))
+    x, y, w = check_model_inputs(model, x, y, sample_weight)
     return _subset_resp(model, x, y, w, np.random.default_rng(random_state), **screen)
 
 
@@ -471,7 +476,7 @@ def small_em(
     ('subset', 145.65)
     """
     t0 = time.perf_counter()
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=model_dtype(model), device=model_device(model))
+    x, y, w = check_model_inputs(model, x, y, sample_weight)
     if not (isinstance(max_iter, int) and max_iter >= 0):
         raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
     kinds = start_kinds(model, starts)
