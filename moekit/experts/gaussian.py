@@ -143,6 +143,8 @@ class LinearGaussianExpert(Expert):
             shared = sorted({int(j) for j in shared})
         except (TypeError, ValueError):
             raise TypeError(f"shared must be a sequence of feature indices, got {shared!r}") from None
+        if shared and n_features == 0:
+            raise ValueError(f"shared must be empty for an expert without features (n_features=0), got {shared!r}")
         if any(not 0 <= j < n_features for j in shared):
             raise ValueError(
                 f"shared must list feature indices in 0..{n_features - 1} (the expert has {n_features} features), "

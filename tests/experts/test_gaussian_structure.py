@@ -369,7 +369,7 @@ def test_em_with_offsets_never_decreases():
 def test_bad_structure_arguments_are_named():
     with pytest.raises(ValueError, match="shared must list feature indices in 0..1"):
         LinearGaussianExpert(2, n_experts=2, shared=[2])
-    with pytest.raises(ValueError, match="shared must list"):
+    with pytest.raises(ValueError, match=r"shared must be empty for an expert without features \(n_features=0\)"):
         LinearGaussianExpert(0, n_experts=2, shared=[0])
     with pytest.raises(ValueError, match="offset=True needs a scalar target"):
         LinearGaussianExpert(2, 3, offset=True)
