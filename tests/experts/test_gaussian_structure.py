@@ -254,6 +254,7 @@ def test_shared_with_an_expert_without_weight_moves_its_shared_rows_only():
 
 
 # ------------------------------------------------------------------ offsets
+@torch.no_grad()
 def test_offset_k1_is_least_squares_of_y_minus_offset_and_statsmodels_glm():
     g = torch.Generator().manual_seed(18)
     n = 200
