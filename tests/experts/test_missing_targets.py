@@ -15,6 +15,7 @@ from scipy.stats import multivariate_normal
 import moekit.experts.gaussian as gaussian
 from moekit import LinearGaussianExpert, MixtureOfExperts, PoissonExpert, SoftmaxGate, StudentTExpert, fit_em
 from moekit.experts._missing import expected_stats, iterate_em, marginal_log_prob, missing_patterns
+from moekit.inference.information import observed_information
 from moekit.testing import check_expert
 from moekit.training.starts import small_em
 
@@ -294,3 +295,13 @@ def test_infinite_targets_stay_refused():
     y[0, 0], y[1, 1] = NAN, math.inf
     with pytest.raises(ValueError, match="infinite"):
         fit_em(MixtureOfExperts(SoftmaxGate(1, 2), LinearGaussianExpert(1, 2, n_experts=2)), x, y)
+
+
+def test_observed_information_is_finite_with_missing_coordinates():
+    """Second derivatives of the marginal log-likelihood (standard errors) stay finite and symmetric."""
+    x, y, _ = _data(n=300, seed=3)
+    moe = MixtureOfExperts(SoftmaxGate(2, 2), LinearGaussianExpert(2, 3, n_experts=2))
+    fit_em(moe, x, y, init="kmeans", random_state=0, max_iter=200)
+    info = observed_information(moe, x, y).information
+    assert torch.isfinite(info).all()
+    torch.testing.assert_close(info, info.T, rtol=1e-8, atol=1e-8)
