@@ -296,6 +296,7 @@ def test_offset_absorbs_an_input_scale_exactly():
 
 
 # ------------------------------------------------------------------ intercept-only
+@torch.no_grad()
 def test_intercept_only_fit_is_the_weighted_mean_and_variance():
     g = torch.Generator().manual_seed(20)
     y = 3 + 2 * torch.randn(100, generator=g, dtype=D)
