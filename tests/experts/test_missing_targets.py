@@ -12,6 +12,7 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
+import moekit.experts._missing as missing
 import moekit.experts.gaussian as gaussian
 from moekit import (
     LinearGaussianExpert,
@@ -51,6 +52,14 @@ def _covariances():
 
 COVS = _covariances()
 BASIC = ["full", "diag", "spherical"]
+
+
+@pytest.fixture(params=["by_pattern", "by_row"])
+def strategy(request, monkeypatch):
+    """Both computations: rows grouped by missingness pattern, and every row in one batch (many patterns)."""
+    if request.param == "by_row":
+        monkeypatch.setattr(missing, "MAX_GROUPS", 0)
+    return request.param
 
 
 def _data(n=300, dx=2, dy=3, frac=0.3, seed=0, all_missing_rows=2):
@@ -93,7 +102,7 @@ def _scipy_log_prob(loc, cov, y):
 
 # ------------------------------------------------------------------ the expert
 @pytest.mark.parametrize("cov", COVS)
-def test_log_prob_is_the_marginal_of_the_observed_coordinates(cov):
+def test_log_prob_is_the_marginal_of_the_observed_coordinates(cov, strategy):
     x, y, _ = _data(n=120)
     e = _random_expert(cov)
     lp = e.log_prob(x, y).detach().numpy()
@@ -103,7 +112,7 @@ def test_log_prob_is_the_marginal_of_the_observed_coordinates(cov):
 
 
 @pytest.mark.parametrize("cov", COVS)
-def test_complete_data_through_the_missing_data_path_is_todays_numbers(cov):
+def test_complete_data_through_the_missing_data_path_is_todays_numbers(cov, strategy):
     x, _, y = _data(n=150)
     e = _random_expert(cov)
     w = torch.rand(150, 2, generator=torch.Generator().manual_seed(3), dtype=D)
@@ -189,7 +198,7 @@ def test_single_expert_properties_with_missing_coordinates(cov):
 
 
 @pytest.mark.parametrize("cov", COVS)
-def test_gradients_are_finite(cov):
+def test_gradients_are_finite(cov, strategy):
     x, y, _ = _data(n=60)
     e = _random_expert(cov)
     e.log_prob(x, y).sum().backward()
@@ -212,6 +221,29 @@ def test_fit_weighted_reaches_the_maximum_of_the_observed_likelihood():
         assert float(e.log_prob(x, y).sum().detach()) <= base + 1e-9 * abs(base)
 
 
+def test_conformance_row_by_row(monkeypatch):
+    monkeypatch.setattr(missing, "MAX_GROUPS", 0)
+    x, y, _ = _data(n=90, seed=2)
+    check_expert(lambda: LinearGaussianExpert(2, 3, n_experts=2), x, y)
+
+
+def test_the_two_computations_agree():
+    x, y, _ = _data(n=200, seed=12)
+    e = _random_expert("full")
+    w = torch.rand(200, 2, generator=torch.Generator().manual_seed(0), dtype=D)
+    loc, lt = e._loc(x).detach(), e.scale_tril().detach()
+    xd = torch.cat([torch.ones(200, 1, dtype=D), x], 1)
+    grouped, stats = marginal_log_prob(y, loc, lt), expected_stats(xd, y, w, loc, lt)
+    old, missing.MAX_GROUPS = missing.MAX_GROUPS, 0
+    try:
+        rows, stats_rows = marginal_log_prob(y, loc, lt), expected_stats(xd, y, w, loc, lt)
+    finally:
+        missing.MAX_GROUPS = old
+    torch.testing.assert_close(rows, grouped, rtol=1e-12, atol=1e-12)
+    for key in stats:
+        torch.testing.assert_close(stats_rows[key], stats[key], rtol=1e-12, atol=1e-12)
+
+
 def test_patterns_group_rows():
     y = torch.tensor([[1.0, NAN, 2.0], [NAN, NAN, NAN], [3.0, NAN, 4.0], [1.0, 2.0, 3.0]], dtype=D)
     pats, order = missing_patterns(y)
@@ -222,7 +254,7 @@ def test_patterns_group_rows():
 
 # ------------------------------------------------------------------- mixtures and EM
 @pytest.mark.parametrize("cov", BASIC)
-def test_em_log_likelihood_equals_the_direct_marginal_likelihood(cov):
+def test_em_log_likelihood_equals_the_direct_marginal_likelihood(cov, strategy):
     x, y, _ = _data(n=300, seed=7)
     w = torch.rand(300, generator=torch.Generator().manual_seed(8), dtype=D) + 0.5
     moe = MixtureOfExperts(SoftmaxGate(2, 2), LinearGaussianExpert(2, 3, covariance=cov, n_experts=2))
