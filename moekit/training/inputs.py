@@ -87,6 +87,11 @@ def check_model_inputs(model, x, y, sample_weight):
     y_t = torch.as_tensor(y.detach() if isinstance(y, torch.Tensor) else np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y))
     filled = torch.where(nan, torch.zeros((), dtype=y_t.dtype), y_t.cpu())  # checked on the observed entries
     x, y_c, w = check_fit_inputs(x, filled, sample_weight, dtype, device)
+    if bool(torch.isinf(y_c).any()):  # refused even where the caller allowed incomplete targets
+        raise ValueError(
+            f"y contains {int(torch.isinf(y_c).sum())} infinite value(s); missing coordinates are NaN, and a "
+            "linear-Gaussian expert has no censoring limits: replace them with NaN or finite values"
+        )
     y_c = y_c.masked_fill(nan.to(y_c.device), float("nan"))
     seen = (~torch.isnan(y_c) & (w > 0)[:, None]).any(0)
     if not bool(seen.all()):
