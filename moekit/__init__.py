@@ -17,6 +17,7 @@ _PUBLIC = {
     "MLPGate": "gates",
     "SoftmaxGate": "gates",
     "BinomialExpert": "experts",
+    "CensoredGaussianExpert": "experts",
     "Expert": "experts",
     "LinearGaussianExpert": "experts",
     "LogisticExpert": "experts",

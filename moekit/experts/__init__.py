@@ -7,6 +7,7 @@ batched call (see :class:`~moekit.experts.base.Expert`).
 
 from .base import Expert
 from .binomial import BinomialExpert
+from .censored import CensoredGaussianExpert
 from .gaussian import LinearGaussianExpert
 from .logistic import LogisticExpert, SoftmaxExpert
 from .mlp import MLPExpert
@@ -17,6 +18,7 @@ from .student_t import StudentTExpert
 
 __all__ = [
     "BinomialExpert",
+    "CensoredGaussianExpert",
     "Expert",
     "LinearGaussianExpert",
     "LogisticExpert",
