@@ -382,3 +382,16 @@ def test_bad_structure_arguments_are_named():
         e.log_prob(torch.zeros(4, 2, dtype=D), torch.zeros(4, dtype=D))
     with pytest.raises(ValueError, match=r"x must have shape \(n, 3\)"):
         e.suff_stats(torch.zeros(4, 2, dtype=D), torch.zeros(4, dtype=D))
+
+
+@pytest.mark.filterwarnings("ignore:EM did not converge")
+@pytest.mark.parametrize("cov,shared", [("tied", ()), ("full", [0]), ("tied_diag", [1])])
+def test_tied_and_shared_with_missing_target_coordinates(cov, shared):
+    """The structure options combine with NaN coordinates of a vector y (marginalised): conformance and monotone EM."""
+    x, y = regression_data(n=90, d=2, d_y=3, seed=1)
+    y = y.clone()
+    y[torch.rand(y.shape, generator=torch.Generator().manual_seed(3), dtype=D) < 0.2] = float("nan")
+    check_expert(lambda: LinearGaussianExpert(2, 3, cov, n_experts=2, shared=shared), x, y)
+    moe = MixtureOfExperts(SoftmaxGate(2, 2), LinearGaussianExpert(2, 3, cov, n_experts=2, shared=shared))
+    res = fit_em(moe, x, y, random_state=0, max_iter=30, tol=0.0)
+    assert _nondecreasing(res.history)
