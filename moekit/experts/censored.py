@@ -29,7 +29,7 @@ from .._mstep import maximize
 from ..stats import SuffStats
 from .base import Expert
 
-__all__ = ["CensoredGaussianExpert", "LatentNormal", "censored_log_prob"]
+__all__ = ["CensoredGaussianExpert", "LatentNormal", "censored_log_prob", "check_censored_y", "point_values"]
 
 #: Most EM steps of ``fit_weighted`` (a weighted fit of its own, or the initial fit); it stops earlier once
 #: a step no longer raises the objective.  Inside EM of a mixture the M-step takes ``max_m_steps``.
@@ -58,6 +58,15 @@ def check_censored_y(y: torch.Tensor, n: int) -> torch.Tensor:
     Shapes
     ------
     y : (n,), (n, 1) or (n, 3) -> (n, 3).
+
+    Examples
+    --------
+    >>> check_censored_y(torch.tensor([0.5, 1.0]), 2).tolist()
+    [[0.5, -inf, inf], [1.0, -inf, inf]]
+    >>> check_censored_y(torch.tensor([[2.0, 0.0, 1.0]]), 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: the censoring limits must bracket y (lower <= y <= upper), got y=2.0 with lower=0.0, upper=1.0 in rows [0]; a left-censored row holds y == lower, a right-censored row y == upper, an interval-censored row y = NaN
     """
     if y.dim() == 2 and y.shape[1] == 1:
         y = y[:, 0]
@@ -146,6 +155,31 @@ class _Rows:
         return vals.new_zeros((self.n,) + vals.shape[1:]).index_copy(0, self.order, vals)
 
 
+def point_values(y: torch.Tensor) -> torch.Tensor:
+    """One finite value per row of censored y, for starts and plots: y itself, or the midpoint of an interval.
+
+    A censored row's y is its limit already; an interval row (NaN y) gets the midpoint of its limits, or its
+    finite limit when the other is infinite.  Not an estimate of the latent: only a place to start from.
+
+    Shapes
+    ------
+    y : (n, 3) ``[y, lower, upper]`` checked by :func:`check_censored_y`, or (n,) -> (n,).
+
+    Examples
+    --------
+    >>> inf = float("inf")
+    >>> y = torch.tensor([[1.0, -inf, inf], [0.0, 0.0, inf], [float("nan"), 2.0, 3.0], [float("nan"), 4.0, inf]])
+    >>> point_values(y).tolist()
+    [1.0, 0.0, 2.5, 4.0]
+    """
+    if y.dim() == 1:
+        return y
+    yv, lo, hi = y[:, 0], y[:, 1], y[:, 2]
+    lo_f = torch.where(lo.isinf(), hi, lo)
+    hi_f = torch.where(hi.isinf(), lo, hi)
+    return torch.where(yv.isnan(), 0.5 * (lo_f + hi_f), yv)
+
+
 def _log1mexp(d: torch.Tensor) -> torch.Tensor:
     """``log(1 - exp(d))`` for ``d < 0``, stable at both ends (each branch on safe inputs: no NaN gradient)."""
     near = d > -_LN2
@@ -225,6 +259,14 @@ def censored_log_prob(y3: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) 
     Shapes
     ------
     y3 (n, 3); loc (n, K); scale (K,) or (n, K) -> (n, K).
+
+    Examples
+    --------
+    >>> inf = float("inf")
+    >>> y3 = torch.tensor([[0.0, 0.0, inf], [float("nan"), -1.0, 1.0]], dtype=torch.float64)
+    >>> lp = censored_log_prob(y3, torch.zeros(2, 1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    >>> [round(v, 6) for v in lp[:, 0].exp().tolist()]  # P(y* <= 0), P(-1 < y* < 1)
+    [0.5, 0.682689]
     """
     r = _Rows(y3)
     parts, _ = _log_prob_parts(r, loc, scale.expand_as(loc))
@@ -564,9 +606,7 @@ class CensoredGaussianExpert(Expert):
         xx = self._prepare_x(x)
         y3 = self._prepare_y(y, xx.shape[0])
         w = self._weight_nk(weight, xx.shape[0], xx)
-        yv, lo, hi = y3[:, 0], y3[:, 1], y3[:, 2]
-        mid = torch.where(lo.isinf(), hi, torch.where(hi.isinf(), lo, 0.5 * (lo + hi)))
-        filled = torch.where(yv.isnan(), mid, yv)
+        filled = point_values(y3)
         inf = torch.full_like(filled, math.inf)
         self.coef.data.zero_()
         self.log_scale.data.zero_()
