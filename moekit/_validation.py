@@ -383,7 +383,7 @@ def check_trials(trials: np.ndarray, name: str = "trials") -> None:
     bad = ~np.isfinite(trials) | (trials < 1) | (trials != np.round(trials))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name} must hold positive integers (the number of trials of each row), got {trials[i]!r} in "
+        raise ValueError(f"{name} must hold positive integers (the number of trials of each row), got {trials[i]:g} in "
                          f"rows {_first_rows(bad)}; pass the counts of trials (n >= 1) for a binomial expert")
 
 
@@ -412,7 +412,7 @@ def check_family_y(family: str, y: np.ndarray, trials: np.ndarray | None = None,
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         extra = f" with trials {trials[i]:g}" if family == "binomial" and trials is not None else ""
-        raise ValueError(f"expert={family!r}: y is {yy[i]!r}{extra} in rows {_first_rows(bad)}; {fix}")
+        raise ValueError(f"expert={family!r}: y is {yy[i]:g}{extra} in rows {_first_rows(bad)}; {fix}")
 
 
 def check_censoring(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:

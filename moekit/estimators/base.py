@@ -570,7 +570,12 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
             else:
                 check_y(y, X, (1, 2))
                 numeric_target(y)
-                X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64, **finite)
+                if relax:  # y's own check (scikit-learn's) refuses NaN: X and y are checked one by one
+                    X, y = validate_data(self, X, y, validate_separately=(
+                        {"dtype": np.float64, "ensure_all_finite": False},
+                        {"dtype": np.float64, "ensure_all_finite": False, "ensure_2d": False}))
+                else:
+                    X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
         except ValueError as e:
             raise _with_nan_rows(e, X, missing_option=hasattr(self, "missing")) from None
         if relax:  # NaN is handled below; infinities are never data

@@ -41,6 +41,11 @@ class _HMEMixin:
 
     # ------------------------------------------------------------ checking
     def _check_param_combinations(self) -> None:
+        if self.expert_features is not None and not isinstance(self.expert_features, (str, numbers.Integral)) \
+                and len(list(self.expert_features)) == 0:
+            raise ValueError(f"expert_features=[] (leaves without inputs) is not available for {type(self).__name__} "
+                             "(moekit.tree.build_tree needs at least one column); use MoERegressor(expert_features=[]) "
+                             "for a covariate gate over intercept-only experts, or give the leaves a column")
         if self.grow:
             if not (isinstance(self.branching, numbers.Integral) and self.branching >= 2):
                 raise ValueError(f"with grow=True, branching must be an int >= 2 (children per split), got {self.branching!r}")

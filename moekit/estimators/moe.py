@@ -409,8 +409,13 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
 
     # ---------------------------------------------------------- gate views
     def predict_gate(self, X, *, offset=None, trials=None) -> np.ndarray:
-        """Mixing weights g(x): (n, K), rows summing to one (the gate never sees offsets or trials)."""
-        x = self._model_x(X, offset, trials)
+        """Mixing weights g(x): (n, K), rows summing to one.
+
+        The gate never sees offsets or trials: they are not needed here (checked where given).
+        """
+        x = self._x(X)
+        if offset is not None or trials is not None:
+            self._extra_columns(x.shape[0], offset, trials)
         with torch.no_grad():
             return self.model_.log_gate(x).exp().cpu().numpy()
 

@@ -111,6 +111,7 @@ def check_fitted_values(path, est) -> None:
             raise ModelFileError(f"damaged model file '{path}': feature_names_in_ names a column twice")
     if hasattr(est, "feature_encoding_"):
         check_feature_encoding(path, est.feature_encoding_, names)
+    check_extras(path, est)
     if hasattr(est, "classes_"):
         c = est.classes_
         if not (isinstance(c, np.ndarray) and c.ndim == 1 and len(c) >= 2 and c.dtype.kind in "biufUO"):
@@ -119,6 +120,20 @@ def check_fitted_values(path, est) -> None:
             raise ModelFileError(f"damaged model file '{path}': classes_ holds values that are not labels")
         if len(set(c.tolist())) != len(c):
             raise ModelFileError(f"damaged model file '{path}': classes_ lists a class twice")
+
+
+def check_extras(path, est) -> None:
+    """``extras_`` (the per-row columns after X's: offset, then trials), ``extras_required_`` and ``censored_``."""
+    extras = getattr(est, "extras_", ())
+    if not (isinstance(extras, (tuple, list)) and list(extras) in ([], ["offset"], ["trials"], ["offset", "trials"])):
+        raise ModelFileError(f"damaged model file '{path}': extras_ is {short(extras)}, expected a tuple of 'offset' "
+                             "and/or 'trials' in that order")
+    required = getattr(est, "extras_required_", ())
+    if not (isinstance(required, (tuple, list)) and set(required) <= set(extras) and len(set(required)) == len(required)):
+        raise ModelFileError(f"damaged model file '{path}': extras_required_ is {short(required)}, expected some of "
+                             f"extras_ {short(extras)}")
+    if not isinstance(getattr(est, "censored_", False), (bool, np.bool_)):
+        raise ModelFileError(f"damaged model file '{path}': censored_ is {short(est.censored_)}, expected True or False")
 
 
 def check_feature_encoding(path, enc, names) -> None:
@@ -144,7 +159,9 @@ def check_prediction(path, est, name) -> int:
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # e.g. "X does not have valid feature names"
-            out = np.asarray(est.predict(x))
+            # a model fitted with an offset or trials predicts from them: offset 0, one trial at the origin
+            extras = {k: (np.zeros(1) if k == "offset" else np.ones(1)) for k in getattr(est, "extras_required_", ())}
+            out = np.asarray(est.predict(x, **extras))
             proba = np.asarray(est.predict_proba(x)) if hasattr(est, "classes_") else None
     except ModelFileError:
         raise

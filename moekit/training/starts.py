@@ -480,6 +480,9 @@ def small_em(
     if not (isinstance(max_iter, int) and max_iter >= 0):
         raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
     kinds = start_kinds(model, starts)
+    if isinstance(starts, str) and y.is_floating_point() and not bool(torch.isfinite(y).all()) \
+            and not getattr(model, "accepts_missing_y", False):
+        kinds = ("random",)  # censored rows ([y, lower, upper], infinite limits): k-means and subsets need finite y
     if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
         seed = int(random_state)
     else:
