@@ -4,6 +4,8 @@ its column schema.  Imported only by the command modules, so torch loads when a 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import sys
 import warnings
@@ -17,11 +19,12 @@ from .._validation import device_problem
 from ..io import ModelFileError, read_info
 from .errors import DataError, UsageError, one_line
 from .formulas import formula_inputs, formula_schema, formula_targets
-from .tables import encode_features, encode_targets
+from .tables import encode_features, encode_targets, limit_column, numeric_column
 
 __all__ = [
     "check_device",
     "collect_warnings",
+    "extra_arrays",
     "load_model",
     "model_inputs",
     "model_targets",
@@ -32,7 +35,13 @@ __all__ = [
     "schema_of",
     "set_threads",
     "target_names",
+    "with_extras",
 ]
+
+#: The per-row columns that are neither inputs nor targets: fit's keywords of the same names.
+EXTRAS = ("offset", "trials", "lower", "upper")
+#: Those a prediction needs (the censoring limits are part of an observation: only evaluate reads them).
+PREDICTION_EXTRAS = ("offset", "trials")
 
 _MODEL_EXT_HINT = "model files are written by 'moekit fit' (any extension; '.moekit' is customary)"
 _SMALL_ROWS = 50_000
@@ -184,6 +193,50 @@ def predict_frame(est, X):
     import pandas as pd  # optional heavy library, needed only for models fitted on a DataFrame
 
     return pd.DataFrame(np.asarray(X), columns=list(names))
+
+
+def extra_arrays(tab, schema: dict, which=EXTRAS, fitting: bool = False) -> dict:
+    """The per-row columns recorded in the schema (``--offset``, ``--trials``, ``--lower``, ``--upper`` of 'moekit
+    fit') read from a table: ``{keyword: (n,) float64}``; DataError naming the column when the table lacks it."""
+    out = {}
+    for kw, col in (schema.get("extras") or {}).items():
+        if kw not in which:
+            continue
+        if col not in tab.names:
+            shown = ", ".join(tab.names[:20]) + (" ..." if len(tab.names) > 20 else "")
+            if fitting:
+                raise DataError(f"--{kw} names the column '{col}', which is not in {tab.path}; its columns are: {shown}")
+            raise DataError(f"this model was fitted with --{kw} {col}: the data must hold the column '{col}' (the "
+                            f"{kw} of each row), which is not in {tab.path}; its columns are: {shown}")
+        out[kw] = limit_column(tab, col, kw) if kw in ("lower", "upper") else numeric_column(tab, col, f"--{kw}")
+    return out
+
+
+class _WithExtras:
+    """An estimator whose methods get the per-row extras (offset, trials, censoring limits) that they take as
+    keywords; everything else is the estimator's own."""
+
+    def __init__(self, est, extras: dict):
+        self._est = est
+        self._extras = extras
+
+    def __getattr__(self, name):
+        attr = getattr(self._est, name)
+        if name.startswith("_") or not inspect.ismethod(attr):  # a fitted model_ (a Module) is callable, not a method
+            return attr
+        try:
+            params = inspect.signature(attr).parameters
+        except (TypeError, ValueError):
+            return attr
+        takes_all = any(q.kind is inspect.Parameter.VAR_KEYWORD for q in params.values())  # e.g. bic(X, y, **extras)
+        given = {k: v for k, v in self._extras.items() if takes_all or k in params}
+        return functools.partial(attr, **given) if given else attr
+
+
+def with_extras(est, extras: dict):
+    """``est`` itself without extras; with them, a view whose ``predict``, ``score_samples``, ``sample_y`` ...
+    pass them on (to the methods that take them)."""
+    return _WithExtras(est, extras) if extras else est
 
 
 def target_names(schema, dist=None) -> list[str]:

@@ -8,6 +8,7 @@ import os
 from ..report import compute_metrics, make_report, metrics_text
 from .common import (
     check_device,
+    extra_arrays,
     collect_warnings,
     load_model,
     model_inputs,
@@ -18,6 +19,7 @@ from .common import (
     schema_of,
     set_threads,
     target_names,
+    with_extras,
 )
 from .errors import DataError, UsageError, one_line
 from .tables import check_out_folder, read_table
@@ -26,7 +28,8 @@ __all__ = ["cmd_evaluate", "cmd_report"]
 
 
 def _eval_data(args):
-    """The model, its column schema, the table, and X and y encoded as in training."""
+    """The model, its column schema, the table, X and y encoded as in training, and the per-row extras (offsets,
+    trials, censoring limits) that the model was fitted with."""
     dev = check_device(args.device)
     est, info = load_model(args.model, dev)
     schema = schema_of(est, info, args)
@@ -34,15 +37,20 @@ def _eval_data(args):
     set_threads(args, tab.n)
     X = model_inputs(est, tab, schema)
     y = model_targets(est, tab, schema)
-    return est, schema, tab, X, y
+    extras = extra_arrays(tab, schema)  # offsets, trials and censoring limits of these rows
+    if extras and args.command == "report":
+        raise UsageError(f"moekit report draws the model over grids of inputs, where the per-row --"
+                         f"{next(iter(extras))} column has no values; use 'moekit evaluate' (and 'moekit summary') "
+                         "for this model")
+    return est, schema, tab, X, y, extras
 
 
 def cmd_evaluate(args) -> int:
     """moekit evaluate: goodness of fit on a data file, as a table or JSON."""
-    est, schema, tab, X, y = _eval_data(args)
+    est, schema, tab, X, y, extras = _eval_data(args)
     try:
         with collect_warnings(args):
-            m = compute_metrics(est, X, y, level=args.level)
+            m = compute_metrics(with_extras(est, extras), X, y, level=args.level)
     except (ValueError, TypeError) as e:
         raise DataError(f"evaluation failed: {one_line(e)}") from None
     if args.json:
@@ -59,7 +67,7 @@ def cmd_report(args) -> int:
         raise UsageError(f"the report is an HTML page; give -o a name ending in .html, got '{args.output}'")
     check_out_folder(args.output, "report")
     refuse_overwriting_inputs(args.output, {"MODEL": args.model, "DATA": args.data})
-    est, schema, tab, X, y = _eval_data(args)
+    est, schema, tab, X, y, _ = _eval_data(args)
     bar = progress(1, "drawing the report", args)
     try:
         with collect_warnings(args):

@@ -12,7 +12,17 @@ from ..estimators import HMEClassifier, HMERegressor, MDNRegressor, MoEClassifie
 from ..estimators.formula import FormulaDesign
 from ..io import ModelFileError, save
 from ..selection import parse_n_experts, select_n_experts
-from .common import check_device, collect_warnings, predict_frame, progress, refuse_overwriting_inputs, set_threads
+from .common import (
+    EXTRAS,
+    check_device,
+    collect_warnings,
+    extra_arrays,
+    predict_frame,
+    progress,
+    refuse_overwriting_inputs,
+    set_threads,
+    with_extras,
+)
 from .errors import DataError, UsageError, one_line
 from .formulas import formula_columns, formula_frame, formula_inputs, formula_schema, formula_targets
 from .tables import (
@@ -39,21 +49,39 @@ def _estimator_for(args, task: str, k, **columns):
     estimator's ``formula`` and ``gate_formula``, or ``expert_features`` and ``gate_features``.
     """
     kind = args.model
-    expert = args.expert
+    names = list(getattr(args, "expert", None) or [])
+    expert = names[0] if len(names) == 1 else (names or None)  # a list of K families: one per expert
     common = {"random_state": args.seed, "device": args.device or "cpu"}
+    structure = _given({}, **{param: getattr(args, dest, None) for dest, (param, _) in _STRUCTURE.items()})
     if kind == "mdn":
         kw = _given(common, n_components=k, max_epochs=args.max_iter, target_noise=args.target_noise)
-        return MDNRegressor(**kw)
-    kw = _given(common, n_init=args.n_init, max_iter=args.max_iter, **columns)
+        return _built(MDNRegressor, dict(kw, **structure))
+    kw = _given(common, n_init=args.n_init, max_iter=args.max_iter, **columns, **structure)
     if kind == "moe":
-        kw = _given(kw, n_experts=k)
+        kw = _given(kw, n_experts=k if k is not None or not isinstance(expert, list) else len(expert))
         if task == "classification":
-            return MoEClassifier(expert=expert or "logistic", **kw)
-        return MoERegressor(expert=expert or "linear", **kw)
+            return _built(MoEClassifier, dict(kw, expert=expert or "logistic"))
+        return _built(MoERegressor, dict(kw, expert=expert or "linear"))
     kw = _given(kw, depth=args.depth, branching=k)
     if task == "classification":
-        return HMEClassifier(expert=expert or "logistic", **kw)
-    return HMERegressor(expert=expert or "linear", **kw)
+        return _built(HMEClassifier, dict(kw, expert=expert or "logistic"))
+    return _built(HMERegressor, dict(kw, expert=expert or "linear"))
+
+
+#: Model-structure options: ``args`` attribute -> (the estimator's parameter, the option's name).
+_STRUCTURE = {"covariance": ("covariance", "--covariance"), "shared": ("shared_features", "--shared"),
+              "missing": ("missing", "--missing"), "point_mass_value": ("point_mass_value", "--point-mass-value")}
+
+
+def _built(cls, kw: dict):
+    """``cls(**kw)``; UsageError naming the option when the estimator has no such parameter (e.g. --covariance for
+    a classifier, --shared for a mixture density network)."""
+    params = cls().get_params()
+    for param, option in _STRUCTURE.values():
+        if param in kw and param not in params:
+            raise UsageError(f"{option} does not apply to {cls.__name__} (this moekit's {cls.__name__} has no "
+                             f"{param!r} parameter); leave {option} out")
+    return cls(**kw)
 
 
 def _given(base: dict, **options) -> dict:
@@ -61,23 +89,40 @@ def _given(base: dict, **options) -> dict:
     return dict(base, **{name: v for name, v in options.items() if v is not None})
 
 
+_ONE_TARGET = ("poisson", "binomial", "gamma", "negative_binomial", "point_mass")
+
+
 def _check_fit_options(args, task: str, n_targets: int) -> None:
-    e = args.expert
-    if args.model == "mdn":
+    names = list(args.expert or [])
+    if len(names) > 1:
+        if args.model != "moe":
+            raise UsageError(f"--expert with several families ({' '.join(names)}) applies to --model moe: one family "
+                             "per expert; give one family for --model " + args.model)
+        if args.experts is not None and args.experts != len(names):
+            raise UsageError(f"--expert lists {len(names)} families but --experts is {args.experts}; give one family "
+                             "per expert, or leave out --experts")
+        if args.select_k is not None:
+            raise UsageError("--expert with several families fixes the number of experts (one per family); leave out "
+                             "--select-k")
+    for e in names:
+        if args.model == "mdn":
+            if task == "classification":
+                break
+            if e != "linear":
+                raise UsageError(f"--expert {e} does not apply to --model mdn (its components are Gaussian)")
         if task == "classification":
-            raise UsageError("--model mdn is for regression; to classify use --model moe or hme with --expert logistic")
-        if e not in (None, "linear"):
-            raise UsageError(f"--expert {e} does not apply to --model mdn (its components are Gaussian)")
-    if task == "classification":
-        if n_targets != 1:
-            raise UsageError("classification takes exactly one --target column (the class labels)")
-        if e not in (None, "logistic", "mlp"):
-            raise UsageError(f"--expert {e} is for regression; classification uses --expert logistic or mlp")
-    else:
-        if e == "logistic":
-            raise UsageError("--expert logistic is for class labels; pass --task classification (or a text target)")
-        if e == "poisson" and n_targets != 1:
-            raise UsageError("--expert poisson models one count target; give one --target column")
+            if e not in ("logistic", "mlp"):
+                raise UsageError(f"--expert {e} is for regression; classification uses --expert logistic or mlp")
+        else:
+            if e == "logistic":
+                raise UsageError("--expert logistic is for class labels; pass --task classification (or a text target)")
+            if e in _ONE_TARGET and n_targets != 1:
+                raise UsageError(f"--expert {e} models one target; give one --target column")
+    if args.model == "mdn" and task == "classification":
+        raise UsageError("--model mdn is for regression; to classify use --model moe or hme with --expert logistic")
+    if task == "classification" and n_targets != 1:
+        raise UsageError("classification takes exactly one --target column (the class labels)")
+    _check_structure_options(args, task, n_targets, names)
     if args.model != "hme" and (args.depth is not None or args.branching is not None):
         raise UsageError("--depth and --branching apply to --model hme only")
     if args.model != "mdn" and args.target_noise:
@@ -86,10 +131,46 @@ def _check_fit_options(args, task: str, n_targets: int) -> None:
         raise UsageError("--n-init applies to --model moe and hme (an MDN trains once; use --seed for another start)")
 
 
-def _fit_one(args, task, X, y, k, **columns):
+def _check_structure_options(args, task: str, n_targets: int, names: list) -> None:
+    """The per-row columns and the model-structure options against the task, the model and the families."""
+    extras = _extra_columns(args)
+    if extras and args.model == "mdn":
+        raise UsageError(f"--{next(iter(extras))} applies to --model moe and hme (a mixture density network has no "
+                         "offsets, trials or censoring)")
+    if extras and task == "classification":
+        raise UsageError(f"--{next(iter(extras))} applies to regression (counts, amounts, measurements), not to class "
+                         "labels")
+    if "trials" in extras and "binomial" not in names:
+        raise UsageError("--trials gives the numbers of trials of binomial experts: it needs --expert binomial")
+    if ("lower" in extras or "upper" in extras) and n_targets != 1:
+        raise UsageError("--lower and --upper censor one target; give one --target column")
+    if getattr(args, "point_mass_value", None) is not None and "point_mass" not in names:
+        raise UsageError("--point-mass-value is the value of point_mass experts: it needs --expert with point_mass, "
+                         "e.g. --expert point_mass poisson")
+    cols = list(extras.values())
+    if len(set(cols)) != len(cols):
+        raise UsageError(f"one column is given to two of --offset, --trials, --lower, --upper ({', '.join(cols)}); "
+                         "each needs its own column")
+    taken = set(args.target or []) | set(args.features or [])
+    for kw, col in extras.items():
+        if col in taken:
+            role = "--target" if col in (args.target or []) else "--features"
+            raise UsageError(f"column '{col}' is both --{kw} and {role}: the --{kw} column is taken out of the "
+                             f"inputs and targets; leave it out of {role}")
+    if extras and args.select_k is not None:
+        raise UsageError(f"--select-k does not take --{next(iter(extras))} yet; fit each K with --experts K and "
+                         "compare them with 'moekit summary' (BIC)")
+
+
+def _extra_columns(args) -> dict:
+    """``{keyword: column}`` of the per-row columns given (--offset, --trials, --lower, --upper)."""
+    return {kw: getattr(args, kw) for kw in EXTRAS if getattr(args, kw, None) is not None}
+
+
+def _fit_one(args, task, X, y, k, fit_params=None, **columns):
     est = _estimator_for(args, task, k, **columns)
     try:
-        est.fit(X, y)
+        est.fit(X, y, **(fit_params or {}))
     except (ValueError, TypeError, FloatingPointError, RuntimeError) as e:
         what = f"a model with {k} expert(s)" if k is not None else "the model"
         raise DataError(f"fitting {what} failed: {one_line(e)}") from None
@@ -123,7 +204,7 @@ def _formula_data(args, tab):
             shown = ", ".join(tab.names[:20]) + (" ..." if len(tab.names) > 20 else "")
             which = "--formula" if c in targets or c in formula_columns(args.formula)[1] else "--gate-formula"
             raise DataError(f"{which} names the column '{c}', which is not in {tab.path}; its columns are: {shown}")
-    task = "classification" if args.task == "classification" or args.expert == "logistic" else "regression"
+    task = "classification" if args.task == "classification" or "logistic" in (args.expert or []) else "regression"
     if args.task == "auto" and len(targets) == 1 and is_text_type(tab.column(targets[0]).type) and \
             text_numeric_share(as_text(tab.column(targets[0]))) < 0.5:
         raise UsageError(f"the target '{targets[0]}' of --formula holds text labels; a formula's left side is "
@@ -167,18 +248,28 @@ def cmd_fit(args) -> int:
         task = args.task
         if task == "auto":
             task = "regression"
-            if args.expert == "logistic":
+            if "logistic" in (args.expert or []):
                 task = "classification"
             elif len(args.target) == 1:
                 col = tab.column(args.target[0])
                 if is_text_type(col.type) and text_numeric_share(as_text(col)) < 0.5:
                     task = "classification"
         _check_fit_options(args, task, len(args.target))
-        schema = build_schema(tab, args.target, args.features, args.categorical, task)
+        missing_ok = getattr(args, "missing", None) == "drop"
+        schema = build_schema(tab, args.target, args.features, args.categorical, task,
+                              exclude=set(_extra_columns(args).values()), missing_ok=missing_ok)
         # fitted on the encoded columns with their names, so that the model's coefficients carry them (summary)
-        X = Xd = _named(encode_features(tab, schema), schema["encoded_features"])
+        X = Xd = _named(encode_features(tab, schema, missing_ok), schema["encoded_features"])
         y = encode_targets(tab, schema)
         summary_schema = schema
+    extras = _extra_columns(args)
+    if extras:
+        schema = dict(schema, extras=extras)
+        summary_schema = dict(summary_schema, extras=extras)
+        y = _targets_again(tab, schema, y)
+    fit_params = extra_arrays(tab, schema, fitting=True)
+    if getattr(args, "shared", None):
+        args.shared = _shared_columns(args.shared, schema)
     if task == "classification" and len(np.unique(y)) < 2:
         raise DataError(f"target column '{schema['targets'][0]}' of {tab.path} has a single class; a classifier "
                         "needs two or more")
@@ -189,7 +280,7 @@ def cmd_fit(args) -> int:
     with collect_warnings(args):
         if ks is None:
             bar = progress(1, "fitting", args)
-            est = _fit_one(args, task, X, None if design is not None else y, k, **columns)
+            est = _fit_one(args, task, X, None if design is not None else y, k, fit_params, **columns)
             bar.update(1)
             bar.close()
         else:
@@ -207,11 +298,45 @@ def cmd_fit(args) -> int:
     if selection is not None and not args.quiet:
         print(_selection_table(selection, args.model))
     if not args.quiet:
-        ll = est.score_samples(predict_frame(est, Xd), y)
-        print(f"fitted {type(est).__name__} ({_size_text(est)}) on {tab.n} rows, {Xd.shape[1]} input column(s) -> "
+        ll, n_used = _fitted_log_likelihood(est, Xd, y, fit_params)
+        rows = f"{n_used} of {tab.n} rows (rows with missing inputs dropped)" if n_used < tab.n else f"{tab.n} rows"
+        print(f"fitted {type(est).__name__} ({_size_text(est)}) on {rows}, {Xd.shape[1]} input column(s) -> "
               f"{'classes of ' if task == 'classification' else ''}{', '.join(schema['targets'])}: "
-              f"log-likelihood {ll.sum():.6g}, {seconds:.1f} s; saved to {out}")
+              f"log-likelihood {ll:.6g}, {seconds:.1f} s; saved to {out}")
     return 0
+
+
+def _fitted_log_likelihood(est, Xd, y, fit_params) -> tuple:
+    """The model's log-likelihood on the rows it was fitted on (``--missing drop``: the rows with every input), and
+    how many rows that is."""
+    keep = ~np.isnan(np.asarray(Xd, dtype=float)).any(axis=1)
+    if keep.all():
+        return with_extras(est, fit_params).score_samples(predict_frame(est, Xd), y).sum(), len(keep)
+    sub = {k: v[keep] for k, v in fit_params.items()}
+    ll = with_extras(est, sub).score_samples(predict_frame(est, np.asarray(Xd)[keep]), np.asarray(y)[keep])
+    return ll.sum(), int(keep.sum())
+
+
+def _targets_again(tab, schema, y):
+    """y read again once the schema records censoring limits (an empty target between limits is then allowed)."""
+    if schema["task"] == "classification" or "formula" in schema:
+        return y
+    return encode_targets(tab, schema)
+
+
+def _shared_columns(names, schema) -> list:
+    """--shared as the model's input names: a numeric column as itself, a categorical one as its encoded columns."""
+    if "formula" in schema:
+        return list(names)  # the formula's own column names; the estimator checks them
+    feats = {f["name"]: f for f in schema["features"]}
+    out = []
+    for c in names:
+        if c not in feats:
+            raise UsageError(f"--shared names '{c}', which is not an input column ({', '.join(feats)}); a shared "
+                             "coefficient belongs to an input of the experts")
+        out += [c] if feats[c]["kind"] == "numeric" else [n for n in schema["encoded_features"]
+                                                         if n.startswith(f"{c}[")]
+    return out
 
 
 def _named(X, names):

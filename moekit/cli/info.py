@@ -61,9 +61,12 @@ def cmd_info(args) -> int:
             if "counts" in s:
                 cnt = ", ".join(f"{a}: {b}" for a, b in list(s["counts"].items())[:8])
                 print(f"    {name} ({s['kind']}): {cnt}")
+            elif s.get("min") is None:
+                print(f"    {name} ({s['kind']}): every value missing")
             else:
+                gaps = f", {s['missing']} missing" if s.get("missing") else ""
                 print(f"    {name} ({s['kind']}): min {s['min']:.4g}, max {s['max']:.4g}, mean {s['mean']:.4g}, "
-                      f"std {s['std']:.4g}")
+                      f"std {s['std']:.4g}{gaps}")
         if "formula" not in cli:
             for f in cli["features"]:
                 if f["kind"] == "categorical":
@@ -73,6 +76,8 @@ def cmd_info(args) -> int:
             skipped = sel.get("skipped") or {}
             also = f"; skipped K={', K='.join(skipped)}: as many parameters as rows or more" if skipped else ""
             print(f"  K chosen by {sel['criterion']}: {sel['chosen']} (scores {sel['scores']}{also})")
+        for kw, col in (cli.get("extras") or {}).items():
+            print(f"  --{kw} column: {col} (read from the data, not an input)")
         if cli.get("command"):
             print(f"  command: {cli['command']}")
     return 0

@@ -13,9 +13,10 @@ import math
 from .. import __version__
 from .errors import UsageError
 
-__all__ = ["EXPERTS", "WHATS", "build_parser", "k_candidates", "nonnegative_float", "positive_int", "unit_interval"]
+__all__ = ["COVARIANCES", "EXPERTS", "WHATS", "build_parser", "finite_float", "k_candidates", "nonnegative_float", "positive_int", "unit_interval"]
 
-EXPERTS = ("linear", "poisson", "student_t", "mlp", "logistic")
+EXPERTS = ("linear", "poisson", "binomial", "gamma", "negative_binomial", "point_mass", "student_t", "mlp", "logistic")
+COVARIANCES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
 WHATS = ("mean", "modes", "quantiles", "interval", "samples", "gate")
 
 
@@ -75,8 +76,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how --select-k chooses: BIC, AIC, ICL (lower is better), the log-likelihood of 20%% of "
                         "the rows held out, or 5-fold cross-validated log-likelihood (default: bic; MDN: cv, as a "
                         "network's parameter count says little about its flexibility)")
-    f.add_argument("--expert", choices=list(EXPERTS), default=None,
-                   help="expert family (default: linear for regression, logistic for classification)")
+    f.add_argument("--expert", choices=list(EXPERTS), nargs="+", default=None, metavar="NAME",
+                   help="expert family, one of " + ", ".join(EXPERTS) + " (default: linear for regression, logistic "
+                        "for classification); MoE: a list of K families mixes them, e.g. --expert point_mass poisson "
+                        "(a zero-inflated Poisson)")
+    f.add_argument("--covariance", choices=list(COVARIANCES), default=None,
+                   help="noise covariance of linear experts for several targets (default full): full, diag, "
+                        "spherical, or one for all experts: tied (for one target: one variance for all), tied_diag, "
+                        "tied_spherical")
+    f.add_argument("--shared", nargs="+", metavar="COL", default=None,
+                   help="MoE: input columns whose coefficient is common to all experts (flexmix's "
+                        "FLXMRglmfix(fixed=)); the other inputs get one coefficient per expert")
+    f.add_argument("--offset", metavar="COL", default=None,
+                   help="a column of known offsets of the experts' linear predictor, e.g. log exposure for Poisson "
+                        "rates; taken out of the inputs, and read again by predict and evaluate")
+    f.add_argument("--trials", metavar="COL", default=None,
+                   help="--expert binomial: the column of numbers of trials (the target counts the successes); "
+                        "taken out of the inputs, and read again by predict and evaluate (default: one trial)")
+    f.add_argument("--lower", metavar="COL", default=None,
+                   help="censored targets: a column of lower censoring limits (y <= lower: left-censored at lower; "
+                        "an empty cell: no limit); taken out of the inputs")
+    f.add_argument("--upper", metavar="COL", default=None,
+                   help="censored targets: a column of upper censoring limits (y >= upper: right-censored; an empty "
+                        "cell: no limit; an empty target between finite limits: interval-censored)")
+    f.add_argument("--missing", choices=["error", "drop"], default=None,
+                   help="rows with a missing input: error (default) or drop them (the number dropped is reported); "
+                        "missing coordinates of several targets are always allowed (marginalised)")
+    f.add_argument("--point-mass-value", type=finite_float, default=None, metavar="V",
+                   help="the value of the point_mass experts (default 0)")
     f.add_argument("--task", choices=["auto", "regression", "classification"], default="auto",
                    help="auto: classification for a text target or --expert logistic")
     f.add_argument("--depth", type=positive_int, default=None, help="HME: depth of the tree (default 2)")
@@ -176,6 +203,17 @@ def positive_int(s: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def finite_float(s: str) -> float:
+    """argparse type: a finite number."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {s}")
     return v
 
 

@@ -8,7 +8,9 @@ import torch
 from ..distributions import flatten_leaves, marginal
 from ..inference import find_modes
 from .common import (
+    PREDICTION_EXTRAS,
     check_device,
+    extra_arrays,
     collect_warnings,
     load_model,
     model_inputs,
@@ -17,6 +19,7 @@ from .common import (
     schema_of,
     set_threads,
     target_names,
+    with_extras,
 )
 from .errors import DataError, UsageError, one_line
 from .tables import (
@@ -50,10 +53,11 @@ def cmd_predict(args) -> int:
     if args.keep:
         tab.require(args.keep, "--keep")
     X = model_inputs(est, tab, schema)
+    extras = extra_arrays(tab, schema, PREDICTION_EXTRAS)  # an offset or trials column of the new rows
     predicted: dict = {}
     try:
         with torch.no_grad(), collect_warnings(args):
-            _predict_columns(args, est, schema, X, predicted)
+            _predict_columns(args, with_extras(est, extras), schema, X, predicted)
     except (ValueError, TypeError) as e:
         raise DataError(f"prediction failed: {one_line(e)}") from None
     cols = _kept_columns(args, tab, predicted)

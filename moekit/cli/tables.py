@@ -26,6 +26,7 @@ __all__ = [
     "encode_targets",
     "is_numeric_type",
     "is_text_type",
+    "limit_column",
     "numeric_column",
     "out_kind",
     "read_table",
@@ -128,8 +129,9 @@ def as_text(col) -> np.ndarray:
     return out
 
 
-def numeric_column(tab: Table, name: str, role: str) -> np.ndarray:
-    """One column as float64, with clear errors for missing and non-numeric values."""
+def numeric_column(tab: Table, name: str, role: str, missing_ok: bool = False) -> np.ndarray:
+    """One column as float64, with clear errors for missing and non-numeric values (``missing_ok``: a missing value
+    is NaN, for inputs of ``--missing drop`` and the coordinates of several targets)."""
     col = tab.column(name)
     if is_numeric_type(col.type):
         vals = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(float)
@@ -152,15 +154,39 @@ def numeric_column(tab: Table, name: str, role: str) -> np.ndarray:
         raise DataError(f"{role} column '{name}' of {tab.path} has type {col.type}, which moekit cannot use; "
                         "convert it to numbers or text")
     bad = np.flatnonzero(np.isnan(vals))
-    if len(bad):
+    if len(bad) and not missing_ok:
         raise DataError(
             f"{role} column '{name}' of {tab.path} has {len(bad)} missing value(s) (first in {tab.where(int(bad[0]))}); "
             "remove those rows or fill them in"
         )
-    bad = np.flatnonzero(~np.isfinite(vals))
+    bad = np.flatnonzero(np.isinf(vals))
     if len(bad):
         raise DataError(f"{role} column '{name}' of {tab.path} holds an infinite value in {tab.where(int(bad[0]))}")
     return vals
+
+
+def limit_column(tab: Table, name: str, side: str) -> np.ndarray:
+    """A column of censoring limits (``side`` "lower" or "upper") as float64: an empty cell is no limit (-inf for a
+    lower limit, +inf for an upper one), and so is an infinite value of the right sign."""
+    col = tab.column(name)
+    if is_text_type(col.type):  # 'inf' and '-inf' written as text
+        vals = np.array([np.nan if v is None or str(v).strip() == "" else parse_float(v) for v in as_text(col)],
+                        dtype=object)
+        bad = [i for i, v in enumerate(vals) if v is None]
+        if bad:
+            raise DataError(f"--{side} column '{name}' of {tab.path} holds the non-numeric value "
+                            f"{str(as_text(col)[bad[0]])[:40]!r} in {tab.where(bad[0])}; a censoring limit is a number, "
+                            "or an empty cell for no limit")
+        vals = vals.astype(float)
+    else:
+        vals = numeric_column(tab, name, f"--{side}", missing_ok=True) if is_numeric_type(col.type) else \
+            numeric_column(tab, name, f"--{side}")
+    none = -np.inf if side == "lower" else np.inf
+    wrong = np.flatnonzero(vals == -none)
+    if len(wrong):
+        raise DataError(f"--{side} column '{name}' of {tab.path} holds {vals[wrong[0]]} in {tab.where(int(wrong[0]))}; "
+                        f"a {side} limit of {vals[wrong[0]]} censors nothing sensible: leave the cell empty for no limit")
+    return np.where(np.isnan(vals), none, vals)
 
 
 def text_column(tab: Table, name: str, role: str) -> np.ndarray:
@@ -176,13 +202,16 @@ def text_column(tab: Table, name: str, role: str) -> np.ndarray:
 _DROP_HINT = "leave it out: list the input columns with --features"
 
 
-def build_schema(tab: Table, targets, features, categorical, task: str) -> dict:
-    """How to turn a table into X and y: the columns, their kinds and categorical levels."""
+def build_schema(tab: Table, targets, features, categorical, task: str, exclude=(), missing_ok: bool = False) -> dict:
+    """How to turn a table into X and y: the columns, their kinds and categorical levels.
+
+    ``exclude``: columns that are neither inputs nor targets (offsets, trials, censoring limits), left out of the
+    default inputs; ``missing_ok``: numeric inputs may have missing values (``--missing drop``)."""
     tab.require(targets, "target")
     if len(set(targets)) != len(targets):
         raise UsageError(f"--target lists a column twice: {targets}")
     if features is None:
-        features = [c for c in tab.names if c not in targets]
+        features = [c for c in tab.names if c not in targets and c not in exclude]
         if not features:
             raise DataError(f"{tab.path} has no column left for inputs once the target column(s) {targets} are taken")
     else:
@@ -201,7 +230,7 @@ def build_schema(tab: Table, targets, features, categorical, task: str) -> dict:
         if not is_cat and is_text_type(col.type):
             text = as_text(col)
             if text_numeric_share(text) >= 0.5:
-                numeric_column(tab, c, "input")  # raises on the first non-numeric value
+                numeric_column(tab, c, "input", missing_ok)  # raises on the first non-numeric value
             else:
                 is_cat = True
         if is_cat:
@@ -211,7 +240,7 @@ def build_schema(tab: Table, targets, features, categorical, task: str) -> dict:
             except ValueError as e:
                 raise DataError(str(e)) from None
         else:
-            numeric_column(tab, c, "input")
+            numeric_column(tab, c, "input", missing_ok)
             feats.append({"name": c, "kind": "numeric"})
     encoded = encoded_names(feats)
     if not encoded:
@@ -220,7 +249,7 @@ def build_schema(tab: Table, targets, features, categorical, task: str) -> dict:
     return {"features": feats, "encoded_features": encoded, "targets": list(targets), "task": task}
 
 
-def encode_features(tab: Table, schema: dict) -> np.ndarray:
+def encode_features(tab: Table, schema: dict, missing_ok: bool = False) -> np.ndarray:
     """X as the model saw it in training: numeric columns as they are, categories one-hot (reference = first level).
 
     Model files written before the encoder was shared name the encoded columns ``column=level``; the
@@ -230,7 +259,7 @@ def encode_features(tab: Table, schema: dict) -> np.ndarray:
     cols = []
     for f in schema["features"]:
         if f["kind"] == "numeric":
-            cols.append(numeric_column(tab, f["name"], "input")[:, None])
+            cols.append(numeric_column(tab, f["name"], "input", missing_ok)[:, None])
             continue
         vals = text_column(tab, f["name"], "input")
         try:
@@ -241,7 +270,10 @@ def encode_features(tab: Table, schema: dict) -> np.ndarray:
 
 
 def encode_targets(tab: Table, schema: dict, classes=None) -> np.ndarray:
-    """y as the model saw it: class labels (typed like ``classes`` when given) or numbers, one column per target."""
+    """y as the model saw it: class labels (typed like ``classes`` when given) or numbers, one column per target.
+
+    Several numeric targets may have missing coordinates (NaN: the model marginalises them), and so may one
+    censored target (``schema["extras"]`` holds censoring limits: NaN between finite limits is interval-censored)."""
     targets = schema["targets"]
     tab.require(targets, "target")
     if schema["task"] == "classification":
@@ -266,7 +298,8 @@ def encode_targets(tab: Table, schema: dict, classes=None) -> np.ndarray:
             ex = next((v for v in as_text(col) if v is not None), None)
             raise DataError(f"target column '{t}' of {tab.path} holds text (e.g. {str(ex)[:40]!r}); regression needs "
                             "numbers: fix the column, or pass --task classification to predict it as a class label")
-        ys.append(numeric_column(tab, t, "target"))
+        holes = len(targets) > 1 or bool({"lower", "upper"} & set(schema.get("extras") or {}))
+        ys.append(numeric_column(tab, t, "target", holes))
     return ys[0] if len(ys) == 1 else np.column_stack(ys)
 
 
@@ -275,9 +308,7 @@ def summarize(tab: Table, schema: dict) -> dict:
     cols = {}
     for f in schema["features"]:
         if f["kind"] == "numeric":
-            v = numeric_column(tab, f["name"], "input")
-            cols[f["name"]] = {"kind": "numeric", "min": float(v.min()), "max": float(v.max()),
-                               "mean": float(v.mean()), "std": float(v.std())}
+            cols[f["name"]] = dict(kind="numeric", **_numeric_brief(numeric_column(tab, f["name"], "input", True)))
         else:
             v = text_column(tab, f["name"], "input")
             lv, cnt = np.unique(v, return_counts=True)
@@ -288,10 +319,18 @@ def summarize(tab: Table, schema: dict) -> dict:
             lv, cnt = np.unique(v, return_counts=True)
             cols[t] = {"kind": "target (classes)", "counts": {str(a): int(b) for a, b in zip(lv, cnt)}}
         else:
-            v = numeric_column(tab, t, "target")
-            cols[t] = {"kind": "target", "min": float(v.min()), "max": float(v.max()),
-                       "mean": float(v.mean()), "std": float(v.std())}
+            cols[t] = dict(kind="target", **_numeric_brief(numeric_column(tab, t, "target", True)))
     return {"file": os.path.basename(tab.path), "rows": int(tab.n), "columns": cols}
+
+
+def _numeric_brief(v: np.ndarray) -> dict:
+    """Range, mean and sd of the values present (and how many are missing, if any)."""
+    ok = v[~np.isnan(v)]
+    out = {"min": None, "max": None, "mean": None, "std": None} if not len(ok) else \
+        {"min": float(ok.min()), "max": float(ok.max()), "mean": float(ok.mean()), "std": float(ok.std())}
+    if len(ok) < len(v):
+        out["missing"] = int(len(v) - len(ok))
+    return out
 
 
 def write_table(columns: dict, path: str) -> None:
