@@ -41,6 +41,10 @@ class _HMEMixin:
 
     # ------------------------------------------------------------ checking
     def _check_param_combinations(self) -> None:
+        if isinstance(self.expert, (list, tuple)):
+            raise ValueError(f"expert={list(self.expert)!r}: a list of families (one per expert) is an option of "
+                             f"MoERegressor and MoEClassifier; the leaves of {type(self).__name__} share one family: "
+                             "give one name")
         if self.expert_features is not None and not isinstance(self.expert_features, (str, numbers.Integral)) \
                 and len(list(self.expert_features)) == 0:
             raise ValueError(f"expert_features=[] (leaves without inputs) is not available for {type(self).__name__} "
