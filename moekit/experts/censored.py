@@ -25,15 +25,14 @@ from torch import nn
 from torch.distributions import Normal
 
 from .._linalg import add_intercept, affine, chunk_rows, solve_spd, weighted_grams
-from .._mstep import maximize
 from ..stats import SuffStats
 from .base import Expert
 
 __all__ = ["CensoredGaussianExpert", "LatentNormal", "censored_log_prob", "check_censored_y", "point_values"]
 
-#: Most EM steps of ``fit_weighted`` (a weighted fit of its own, or the initial fit); it stops earlier once
-#: a step no longer raises the objective.  Inside EM of a mixture the M-step takes ``max_m_steps``.
-FIT_STEPS = 1000
+#: Most SQUAREM cycles (of three EM steps) of ``fit_weighted`` (a weighted fit of its own, or the initial fit);
+#: it stops earlier once converged.  Inside EM of a mixture the M-step takes ``max_m_steps`` plain EM steps.
+FIT_CYCLES = 300
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _LN2 = math.log(2.0)
@@ -398,7 +397,7 @@ class CensoredGaussianExpert(Expert):
     max_m_steps : int
         EM steps per M-step inside a mixture's EM (default 5; each is a pass over the expert's weighted
         data, stopping early once converged); ``fit_weighted`` on its own (and the initial fit) iterates
-        to convergence (at most 1000 steps).
+        to convergence, EM accelerated by SQUAREM (at most ``FIT_CYCLES`` = 300 cycles of three steps).
 
     Attributes
     ----------
@@ -581,9 +580,12 @@ class CensoredGaussianExpert(Expert):
         self.log_scale.data[keep] = 0.5 * var[keep].log().to(self.coef.dtype)
 
     def fit_weighted(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
-        """Weighted fit: EM steps until a step no longer raises ``sum_ik w_ik log p_k(y_i | x_i)`` (at most 1000).
+        """Weighted fit to convergence: EM accelerated by SQUAREM; never lowers ``sum_ik w_ik log p_k(y_i | x_i)``.
 
-        Never lowers the objective.
+        Plain EM converges slowly when most rows are censored (about 900 steps at 90 %); SQUAREM
+        (Varadhan & Roland 2008) extrapolates along two EM steps and keeps the extrapolated point only where
+        one EM step from it beats the plain steps, so every cycle still raises the objective.  At most
+        ``FIT_CYCLES`` cycles of three EM steps.
 
         Shapes
         ------
@@ -592,8 +594,51 @@ class CensoredGaussianExpert(Expert):
         xx = self._prepare_x(x)
         y3 = self._prepare_y(y, xx.shape[0])
         w = self._weight_nk(weight, xx.shape[0], xx)
-        maximize(self, lambda: self.suff_stats(xx, y3, w), max_steps=max(self.max_m_steps, FIT_STEPS), tol=0.0)
+        self._squarem(lambda: self.suff_stats(xx, y3, w), lambda: float(self.weighted_log_likelihood(xx, y3, w)))
         return self
+
+    @torch.no_grad()
+    def _squarem(self, stats_fn, objective_fn, cycles: int | None = None) -> None:
+        """SQUAREM-accelerated EM (scheme S3, step length at least one), monotone by a check at every cycle."""
+        coef, log_scale = self.coef.data, self.log_scale.data
+        nc = coef.numel()
+
+        def get():
+            return torch.cat([coef.reshape(-1), log_scale.reshape(-1)])
+
+        def put(v):
+            coef.copy_(v[:nc].reshape(coef.shape))
+            log_scale.copy_(v[nc:].reshape(log_scale.shape))
+
+        def em() -> float:  # one EM step; the objective before it
+            stats = stats_fn()
+            self.m_step(stats)
+            return float(stats["objective"])
+
+        for _ in range(FIT_CYCLES if cycles is None else cycles):
+            t0 = get()
+            f0 = em()
+            t1 = get()
+            f1 = em()
+            t2 = get()
+            f2 = objective_fn()
+            if not f2 >= f1 - 1e-12 * (1 + abs(f1)):  # rounding only: EM never lowers the objective
+                put(t1)
+                break
+            best, f_best = t2, f2
+            r, v = t1 - t0, t2 - 2 * t1 + t0
+            nr, nv = float(r.norm()), float(v.norm())
+            if nv > 0 and math.isfinite(nr) and math.isfinite(nv):
+                alpha = -max(1.0, nr / nv)
+                put(t0 - 2 * alpha * r + alpha * alpha * v)
+                f_ext = em()
+                f3 = objective_fn()
+                if math.isfinite(f_ext) and f3 == f3 and f3 > f2:
+                    best, f_best = get(), f3
+            put(best)
+            still = float((best - t0).abs().max()) <= 1e-13 * (1.0 + float(t0.abs().max()))
+            if still or not f_best > f0:  # converged: the parameters stay, or the objective no longer rises
+                break
 
     @torch.no_grad()
     def init_from_responsibilities(self, x, y, weight):
