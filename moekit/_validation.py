@@ -326,7 +326,7 @@ def check_real(value, name: str, low: float, high: float = math.inf, low_open: b
 
 
 # ------------------------------------------------------------ per-row extras and family targets
-def _first_rows(mask: np.ndarray, limit: int = 5) -> str:
+def first_rows(mask: np.ndarray, limit: int = 5) -> str:
     """The first row numbers where ``mask`` holds, as text (``[3, 7, 9]`` or ``[3, 7, 9, ...] (12 rows)``)."""
     rows = np.flatnonzero(mask)
     head = ", ".join(str(int(i)) for i in rows[:limit])
@@ -373,7 +373,7 @@ def check_offset(offset: np.ndarray, name: str = "offset") -> None:
     """ValueError naming ``offset`` where it is not finite (NaN rows are the caller's: missing values)."""
     bad = np.isinf(offset)
     if bad.any():
-        raise ValueError(f"{name} holds infinite values in rows {_first_rows(bad)}; an offset is a finite number added "
+        raise ValueError(f"{name} holds infinite values in rows {first_rows(bad)}; an offset is a finite number added "
                          "to the linear predictor (e.g. np.log(exposure) with every exposure > 0): drop those rows or "
                          "fix their exposure")
 
@@ -384,7 +384,7 @@ def check_trials(trials: np.ndarray, name: str = "trials") -> None:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"{name} must hold positive integers (the number of trials of each row), got {trials[i]:g} in "
-                         f"rows {_first_rows(bad)}; pass the counts of trials (n >= 1) for a binomial expert")
+                         f"rows {first_rows(bad)}; pass the counts of trials (n >= 1) for a binomial expert")
 
 
 def check_family_y(family: str, y: np.ndarray, trials: np.ndarray | None = None, exempt: np.ndarray | None = None) -> None:
@@ -412,7 +412,7 @@ def check_family_y(family: str, y: np.ndarray, trials: np.ndarray | None = None,
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         extra = f" with trials {trials[i]:g}" if family == "binomial" and trials is not None else ""
-        raise ValueError(f"expert={family!r}: y is {yy[i]:g}{extra} in rows {_first_rows(bad)}; {fix}")
+        raise ValueError(f"expert={family!r}: y is {yy[i]:g}{extra} in rows {first_rows(bad)}; {fix}")
 
 
 def check_censoring(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
@@ -422,22 +422,22 @@ def check_censoring(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None
     """
     for name, lim in (("lower", lower), ("upper", upper)):
         if np.isnan(lim).any():
-            raise ValueError(f"{name} holds NaN in rows {_first_rows(np.isnan(lim))}; use -np.inf (lower) or np.inf "
+            raise ValueError(f"{name} holds NaN in rows {first_rows(np.isnan(lim))}; use -np.inf (lower) or np.inf "
                              f"(upper) for a row without that limit")
     bad = ~(lower < upper)
     if bad.any():
-        raise ValueError(f"lower must be below upper in every row, but lower >= upper in rows {_first_rows(bad)}; "
+        raise ValueError(f"lower must be below upper in every row, but lower >= upper in rows {first_rows(bad)}; "
                          "give an observed row the limits (-inf, inf) or the censoring limits that bracket it")
     obs = ~np.isnan(y)
     bad = obs & ((y < lower) | (y > upper))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"the censoring limits do not bracket y in rows {_first_rows(bad)} (row {i}: y = {y[i]:g}, "
+        raise ValueError(f"the censoring limits do not bracket y in rows {first_rows(bad)} (row {i}: y = {y[i]:g}, "
                          f"lower = {lower[i]:g}, upper = {upper[i]:g}); a left-censored row has y equal to its lower "
                          "limit, a right-censored row y equal to its upper limit: fix y, lower or upper")
     gap = ~obs & ~(np.isfinite(lower) & np.isfinite(upper))
     if gap.any():
-        raise ValueError(f"y is NaN in rows {_first_rows(gap)} without two finite limits; a NaN y is interval-censored "
+        raise ValueError(f"y is NaN in rows {first_rows(gap)} without two finite limits; a NaN y is interval-censored "
                          "between finite lower and upper: give both limits, or drop those rows")
 
 

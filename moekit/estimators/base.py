@@ -28,12 +28,12 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .._validation import (
-    _first_rows,
     as_tensor,
     check_offset,
     check_params,
     check_sample_weight,
     check_trials,
+    first_rows,
     row_values,
     torch_dtype,
 )
@@ -241,7 +241,7 @@ class ConditionalMixtureMixin:
                                      f"{name}: pass {name}= here too ({how})")
                 v = np.zeros(n) if name == "offset" else np.ones(n)
             if np.isnan(v).any():
-                raise ValueError(f"{name} holds NaN in rows {_first_rows(np.isnan(v))}; a prediction needs every input "
+                raise ValueError(f"{name} holds NaN in rows {first_rows(np.isnan(v))}; a prediction needs every input "
                                  "of its row: drop or impute those rows")
             (check_offset if name == "offset" else check_trials)(v, name)
             out.append(v)
@@ -582,7 +582,7 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
             for name, a in (("X", X), ("y", y)):
                 if a.dtype.kind == "f" and np.isinf(a).any():
                     raise ValueError(f"Input {name} contains infinity or a value too large for dtype('float64') "
-                                     f"(rows {_first_rows(np.isinf(a.reshape(len(a), -1)).any(1))})")
+                                     f"(rows {first_rows(np.isinf(a.reshape(len(a), -1)).any(1))})")
         if encoding is not None:  # the model's inputs are the encoded columns; feature_encoding_ maps X to them
             self.feature_encoding_ = encoding
             self.feature_names_in_ = np.asarray(encoding["encoded_features"], dtype=object)
@@ -642,7 +642,7 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
             return None
         if missing != "drop":
             name, m = next((nm, m) for nm, m in parts if m.any())
-            where = f"rows {_first_rows(m)}"
+            where = f"rows {first_rows(m)}"
             if name == "X":
                 cols = np.flatnonzero(nan_x.any(0))
                 names = getattr(self, "feature_names_in_", None)
@@ -656,7 +656,7 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
             raise ValueError(f"missing='drop' would drop every row: all {k} rows have missing values (NaN in X, the "
                              "extras or y); impute them instead")
         self.n_rows_dropped_ = k
-        warnings.warn(f"missing='drop': dropped {k} of {len(rows)} rows with missing values (rows {_first_rows(rows)}); "
+        warnings.warn(f"missing='drop': dropped {k} of {len(rows)} rows with missing values (rows {first_rows(rows)}); "
                       "n_rows_dropped_ records the number", UserWarning, stacklevel=4)
         return ~rows
 
@@ -853,7 +853,7 @@ def _with_nan_rows(err: ValueError, X, missing_option: bool = False) -> ValueErr
     names = [str(c) for c in X.columns] if is_dataframe(X) else None
     shown = [names[j] if names else int(j) for j in cols[:5]]
     option = ", or fit with missing='drop' to drop those rows" if missing_option else ""
-    return ValueError(f"Input X contains NaN in rows {_first_rows(nan.any(1))}, columns {shown}"
+    return ValueError(f"Input X contains NaN in rows {first_rows(nan.any(1))}, columns {shown}"
                       f"{' ...' if len(cols) > 5 else ''}; a prediction or fit needs every input: impute them "
                       f"(e.g. sklearn.impute.SimpleImputer) or drop those rows{option}")
 
