@@ -8,9 +8,11 @@ batched call (see :class:`~moekit.experts.base.Expert`).
 from .base import Expert
 from .binomial import BinomialExpert
 from .censored import CensoredGaussianExpert
+from .gamma import GammaExpert
 from .gaussian import LinearGaussianExpert
 from .logistic import LogisticExpert, SoftmaxExpert
 from .mlp import MLPExpert
+from .negative_binomial import NegativeBinomialExpert
 from .point_mass import PointMassExpert
 from .poisson import PoissonExpert
 from .sklearn import SklearnExpert
@@ -20,9 +22,11 @@ __all__ = [
     "BinomialExpert",
     "CensoredGaussianExpert",
     "Expert",
+    "GammaExpert",
     "LinearGaussianExpert",
     "LogisticExpert",
     "MLPExpert",
+    "NegativeBinomialExpert",
     "PointMassExpert",
     "PoissonExpert",
     "SklearnExpert",
