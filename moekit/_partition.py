@@ -91,8 +91,9 @@ def distinct_rows(x, y, sample_weight) -> DistinctRows:
     Starts are drawn on the distinct rows (identical rows start in the same
     expert, their weights summed), so that integer weights and repeated rows
     give exactly the same start, and zero-weight rows change nothing.
-    Integer labels y are one-hot encoded.  Missing (NaN) coordinates of y
-    take their column's weighted mean, for the start only.
+    Integer labels y are one-hot encoded.  Missing (NaN) coordinates of y and
+    absent (±inf) censoring limits take their column's weighted mean, for the
+    start only.
 
     Shapes
     ------
@@ -119,13 +120,16 @@ def distinct_rows(x, y, sample_weight) -> DistinctRows:
 
 
 def _impute_missing(z: np.ndarray, sw: np.ndarray, pos: np.ndarray) -> None:
-    """Replace NaN entries of ``z`` (in place) by their column's weighted mean over the positive-weight rows that have it.
+    """Replace non-finite entries of ``z`` (in place) by their column's weighted mean over the positive-weight rows that have a finite one.
+
+    NaN marks a missing target coordinate (or an interval-censored value),
+    ±inf an absent censoring limit: neither may enter a start's arithmetic.
 
     Shapes
     ------
     z (n, d); sw (n,); pos (n,) bool.
     """
-    nan = np.isnan(z)
+    nan = ~np.isfinite(z)
     if not nan.any():
         return
     for j in np.flatnonzero(nan.any(0)):
