@@ -10,6 +10,7 @@ from torch import nn
 from .._linalg import weighted_grams
 from ..distributions import Gamma
 from ..stats import SuffStats
+from ._support import RestrictedSupport
 from .newton import NewtonExpert
 
 __all__ = ["GammaExpert", "SHAPE_BOUNDS"]
@@ -65,7 +66,7 @@ def solve_shape(c: torch.Tensor) -> torch.Tensor:
     return 0.5 * (lo + hi)
 
 
-class GammaExpert(NewtonExpert):
+class GammaExpert(RestrictedSupport, NewtonExpert):
     """Gamma regression with log link: ``y | x ~ Gamma(shape nu, mean exp(beta^T [1, x]))``.
 
     The variance is ``mu^2 / nu``: the dispersion ``phi = 1 / nu`` (the
@@ -105,7 +106,11 @@ class GammaExpert(NewtonExpert):
 
     Shapes
     ------
-    x : (n, d_x) or (n, d_x + 1) with an offset; y : (n,) positive.
+    x : (n, d_x) or (n, d_x + 1) with an offset; y : (n,) positive.  A row
+    with y <= 0 has log-density ``-inf`` (another expert, e.g. a point mass
+    at 0, may explain it: a hurdle model), gets no weight in the initial
+    fit and must have zero weight in a weighted fit (else ``ValueError``);
+    NaN or infinite y is a ``ValueError``.
     ``forward(x)``: a :class:`moekit.distributions.Gamma` (with a ``cdf``)
     with batch shape (n,) [single] or (n, K) [stacked]; ``log_prob(x, y)``:
     (n,) or (n, K).
@@ -175,6 +180,10 @@ class GammaExpert(NewtonExpert):
     def n_parameters(self) -> int:
         return self.n_features + 2
 
+    _support_text = "positive (> 0)"
+    _support_fix = ("Remove or correct those rows, give them zero weight, or let another expert explain them "
+                    "(e.g. a mixture with a PointMassExpert at 0 for zeros)")
+
     def _prepare_y(self, y: torch.Tensor, n: int) -> torch.Tensor:
         y = torch.as_tensor(y, device=self.coef.device)
         if y.dim() == 2 and y.shape[1] == 1:
@@ -182,15 +191,17 @@ class GammaExpert(NewtonExpert):
         if y.shape != (n,):
             raise ValueError(f"y must have shape ({n},) of positive values for a GammaExpert, got {tuple(y.shape)}")
         y = y.to(dtype=self.coef.dtype, device=self.coef.device)
-        bad = ~((y > 0) & torch.isfinite(y))
+        bad = ~torch.isfinite(y)
         if n and bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
             raise ValueError(
-                f"y must be positive and finite for a GammaExpert (Gamma responses live on y > 0); "
-                f"got {int(bad.sum())} value(s) that are not, the first y[{i}] = {float(y[i])!r}. "
-                "Remove or correct those rows (zeros call for another family, e.g. a mixture with a point mass at 0)"
+                f"y must be finite and positive (> 0) for a GammaExpert; got {int(bad.sum())} non-finite value(s), "
+                f"the first y[{i}] = {float(y[i])!r}. Remove those rows or fill in their values"
             )
         return y
+
+    def _in_support(self, y: torch.Tensor) -> torch.Tensor:
+        return y > 0
 
     # ----------------------------------------------------------- likelihood
     def _terms(self, eta_raw: torch.Tensor, y: torch.Tensor, log_shape: torch.Tensor):
@@ -214,10 +225,11 @@ class GammaExpert(NewtonExpert):
         return Gamma(concentration=self._out(nu), rate=self._out(nu * torch.exp(-eta)), validate_args=False)
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``nu log nu - lgamma(nu) + nu (log t - t) - log y`` with ``t = y / mu``: (n,) single or (n, K) stacked."""
+        """``nu log nu - lgamma(nu) + nu (log t - t) - log y`` with ``t = y / mu``; ``-inf`` for y <= 0: (n,) or (n, K)."""
         eta = self._eta_x(x)
-        yy = self._prepare_y(y, eta.shape[0])
-        return self._out(self._terms(eta, yy, self.log_shape)[1])
+        yy, inside = self._y_and_support(y, eta.shape[0])
+        lp = self._terms(eta, yy, self.log_shape)[1]
+        return self._out(torch.where(inside[:, None], lp, torch.full_like(lp, -math.inf)))
 
     # --------------------------------------------------------------- M-step
     def _stats_chunk(self, xd, ex, y, w, coef) -> SuffStats:

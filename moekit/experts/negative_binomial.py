@@ -10,6 +10,7 @@ from torch import nn
 from .._linalg import weighted_grams
 from ..distributions import SERIES_MIN, NegativeBinomial, inv_pow_diffs, nb2_log_prob
 from ..stats import SuffStats
+from ._support import RestrictedSupport
 from .newton import NewtonExpert
 
 __all__ = ["ALPHA_BOUNDS", "NegativeBinomialExpert"]
@@ -54,7 +55,7 @@ def digamma_diffs(y: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch
     return torch.where(big, d1, direct1), torch.where(big, d2, direct2)
 
 
-class NegativeBinomialExpert(NewtonExpert):
+class NegativeBinomialExpert(RestrictedSupport, NewtonExpert):
     """NB2 regression with log link: ``E[y | x] = mu = exp(beta^T [1, x])``, ``Var[y | x] = mu + alpha mu^2``.
 
     The dispersion ``alpha`` is estimated per expert by maximum likelihood,
@@ -95,7 +96,11 @@ class NegativeBinomialExpert(NewtonExpert):
     Shapes
     ------
     x : (n, d_x) or (n, d_x + 1) with an offset; y : (n,) non-negative
-    integer counts (integer or float dtype).  ``forward(x)``: a
+    integer counts (integer or float dtype); a row with a negative or
+    fractional y has log-probability ``-inf`` (another expert may explain
+    it), gets no weight in the initial fit and must have zero weight in a
+    weighted fit (else ``ValueError``); NaN or infinite y is a
+    ``ValueError``.  ``forward(x)``: a
     :class:`moekit.distributions.NegativeBinomial` (with a ``cdf``) with
     batch shape (n,) [single] or (n, K) [stacked], ``total_count = 1 /
     alpha`` and ``logits = log(alpha mu)``; ``log_prob(x, y)``: (n,) or
@@ -162,6 +167,11 @@ class NegativeBinomialExpert(NewtonExpert):
     def n_parameters(self) -> int:
         return self.n_features + 2
 
+    _support_text = "a non-negative integer count (0, 1, 2, ...)"
+    _support_fix = ("Remove or correct those rows, give them zero weight, or let another expert explain them "
+                    "(e.g. a PointMassExpert at that value)")
+    _safe_y = 0.0
+
     def _prepare_y(self, y: torch.Tensor, n: int) -> torch.Tensor:
         y = torch.as_tensor(y, device=self.coef.device)
         if y.dim() == 2 and y.shape[1] == 1:
@@ -169,15 +179,17 @@ class NegativeBinomialExpert(NewtonExpert):
         if y.shape != (n,):
             raise ValueError(f"y must have shape ({n},) of counts for a NegativeBinomialExpert, got {tuple(y.shape)}")
         y = y.to(dtype=self.coef.dtype, device=self.coef.device)
-        bad = ~((y >= 0) & torch.isfinite(y) & (y == torch.floor(y)))
+        bad = ~torch.isfinite(y)
         if n and bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
             raise ValueError(
-                f"y must hold non-negative integer counts (0, 1, 2, ...) for a NegativeBinomialExpert; got "
-                f"{int(bad.sum())} value(s) that are not, the first y[{i}] = {float(y[i])!r}. "
-                "Remove or correct those rows (continuous or negative targets call for another family)"
+                f"y must hold finite non-negative integer counts for a NegativeBinomialExpert; got {int(bad.sum())} "
+                f"non-finite value(s), the first y[{i}] = {float(y[i])!r}. Remove those rows or fill in their counts"
             )
         return y
+
+    def _in_support(self, y: torch.Tensor) -> torch.Tensor:
+        return (y >= 0) & (y == torch.floor(y))
 
     # ----------------------------------------------------------- likelihood
     def log_mean(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,10 +202,11 @@ class NegativeBinomialExpert(NewtonExpert):
         return NegativeBinomial(total_count=self._out(r), logits=self._out(eta + self.log_alpha), validate_args=False)
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The exact NB2 log pmf: (n,) single or (n, K) stacked."""
+        """The exact NB2 log pmf, ``-inf`` off the counts: (n,) single or (n, K) stacked."""
         eta = self._eta_x(x).clamp(*eta_bounds(self.coef.dtype))
-        yy = self._prepare_y(y, eta.shape[0])[:, None]
-        return self._out(nb2_log_prob(yy, torch.exp(-self.log_alpha), eta + self.log_alpha))
+        yy, inside = self._y_and_support(y, eta.shape[0])
+        lp = nb2_log_prob(yy[:, None], torch.exp(-self.log_alpha), eta + self.log_alpha)
+        return self._out(torch.where(inside[:, None], lp, torch.full_like(lp, -math.inf)))
 
     # --------------------------------------------------------------- M-step
     def _stats_chunk(self, xd, ex, y, w, coef) -> SuffStats:

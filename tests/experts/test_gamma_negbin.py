@@ -13,7 +13,15 @@ from scipy import stats as sps
 from scipy.optimize import minimize_scalar
 from statsmodels.discrete.discrete_model import NegativeBinomial as DiscreteNB
 
-from moekit import GammaExpert, MixtureOfExperts, NegativeBinomialExpert, PoissonExpert, SoftmaxGate, fit_em
+from moekit import (
+    GammaExpert,
+    MixtureOfExperts,
+    NegativeBinomialExpert,
+    PointMassExpert,
+    PoissonExpert,
+    SoftmaxGate,
+    fit_em,
+)
 from moekit.distributions import Gamma, MixtureDistribution, NegativeBinomial
 from moekit.experts.gamma import SHAPE_BOUNDS
 from moekit.experts.negative_binomial import ALPHA_BOUNDS
@@ -305,28 +313,73 @@ def test_extreme_inputs_stay_finite():
 
 
 # ---------------------------------------------------------------- bad input
-@pytest.mark.parametrize(
-    "fam, bad, what",
-    [
-        ("gamma", 0.0, "positive"),
-        ("gamma", -1.0, "positive"),
-        ("gamma", float("nan"), "positive"),
-        ("gamma", float("inf"), "positive"),
-        ("negative_binomial", -1.0, "non-negative integer"),
-        ("negative_binomial", 2.5, "non-negative integer"),
-        ("negative_binomial", float("nan"), "non-negative integer"),
-    ],
-)
-def test_bad_y_is_named(fam, bad, what):
+@family
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_y_is_named(fam, bad):
     x, y = data(fam)
     y = y.clone()
     y[5] = bad
     kept = y.clone()
     e = make(fam, 2)
-    for call in (lambda: e.init_from_responsibilities(x, y, None), lambda: e.log_prob(x, y), lambda: e.suff_stats(x, y)):
-        with pytest.raises(ValueError, match=rf"y must .*{what}.*y\[5\]"):
+    calls = (lambda: e.init_from_responsibilities(x, y, None), lambda: e.log_prob(x, y), lambda: e.suff_stats(x, y),
+             lambda: e.fit_weighted(x, y))
+    for call in calls:
+        with pytest.raises(ValueError, match=r"y must .*finite.*y\[5\]"):
             call()
     assert torch.equal(y.nan_to_num(123.0), kept.nan_to_num(123.0))  # the caller's data is unchanged
+
+
+@pytest.mark.parametrize(
+    "fam, bad, what",
+    [
+        ("gamma", 0.0, "positive"),
+        ("gamma", -1.0, "positive"),
+        ("negative_binomial", -1.0, "non-negative integer"),
+        ("negative_binomial", 2.5, "non-negative integer"),
+    ],
+)
+def test_y_outside_the_support(fam, bad, what):
+    """Outside the support: log-density -inf (a point mass may explain the row), no weight at the start, and a
+    ValueError naming y when a weighted fit gives the row weight."""
+    x, y = data(fam)
+    y = y.clone()
+    y[5] = bad
+    kept = y.clone()
+    e = make(fam, 2)
+    for call in (lambda: e.suff_stats(x, y), lambda: e.fit_weighted(x, y)):
+        with pytest.raises(ValueError, match=rf"y must be .*{what}.*y\[5\]"):
+            call()
+    others = torch.arange(60) != 5
+    e.init_from_responsibilities(x, y, None)  # the start ignores the row
+    ref = make(fam, 2)
+    ref.init_from_responsibilities(x[others], y[others], None)
+    for pa, pb in zip(e.parameters(), ref.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        lp = e.log_prob(x, y)
+    assert lp[5] == -np.inf and torch.isfinite(lp[others]).all()
+    w = others.to(D)  # zero weight on the row: a valid fit, equal to the fit without it
+    e.fit_weighted(x, y, w)
+    ref.fit_weighted(x[others], y[others])
+    for pa, pb in zip(e.parameters(), ref.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12)
+    assert torch.equal(y, kept)
+
+
+def test_hurdle_gamma_with_a_point_mass_at_zero():
+    """A point mass at 0 beside a Gamma expert (zeros and positive amounts): EM is monotone, the Gamma expert takes
+    no responsibility for the zeros, and its fit equals the K = 1 fit on the positive rows."""
+    rng = np.random.default_rng(11)
+    x = torch.as_tensor(rng.uniform(-1, 1, size=(500, 1)))
+    zero = rng.random(500) < 1 / (1 + np.exp(-(-0.5 + 2 * x[:, 0].numpy())))
+    y = torch.as_tensor(np.where(zero, 0.0, rng.gamma(3.0, np.exp(1.0 + 0.5 * x[:, 0].numpy()) / 3.0)))
+    moe = MixtureOfExperts(SoftmaxGate(1, 2), [PointMassExpert(0.0), GammaExpert(1)])
+    res = fit_em(moe, x, y, random_state=0, max_iter=50)
+    assert _nondecreasing(res.history) and np.isfinite(res.history).all()
+    pos = y > 0
+    ref = fitted("gamma", x[pos], y[pos])
+    for pa, pb in zip(moe.experts[1].parameters(), ref.parameters()):
+        torch.testing.assert_close(pa.detach(), pb.detach(), rtol=1e-6, atol=1e-6)
 
 
 @family
