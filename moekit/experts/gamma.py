@@ -13,14 +13,26 @@ from ..stats import SuffStats
 from ._support import RestrictedSupport
 from .newton import NewtonExpert
 
-__all__ = ["GammaExpert", "SHAPE_BOUNDS"]
+__all__ = ["GammaExpert", "SHAPE_BOUNDS", "eta_bounds", "log_ratio_max"]
 
 #: Interval in which the shape nu = 1 / dispersion of every expert is kept (its log is the parameter).
 SHAPE_BOUNDS = (1e-6, 1e10)
-#: The linear predictor (log mean) is clamped to this interval, so that the mean and variance stay finite.
-ETA_BOUNDS = (-250.0, 250.0)
-#: ``log(y / mu)`` is capped here, so that ``y / mu`` never overflows however far the mean is from y.
-_LOG_RATIO_MAX = 300.0
+
+
+def eta_bounds(dtype: torch.dtype) -> tuple[float, float]:
+    """Range of the linear predictor (log mean): float64 [-250, 250], float32 about [-35, 35].
+
+    The mean, and the variance ``mu^2 / nu`` for any shape in ``SHAPE_BOUNDS``, stay finite.
+    """
+    b = min(250.0, 0.4 * math.log(torch.finfo(dtype).max))
+    return -b, b
+
+
+def log_ratio_max(dtype: torch.dtype) -> float:
+    """Cap of ``log(y / mu)`` (float64 300, float32 about 40): ``nu y / mu`` never overflows however far mu is from y."""
+    return min(300.0, 0.45 * math.log(torch.finfo(dtype).max))
+
+
 #: From this shape on, ``nu log nu - nu - lgamma(nu)`` and ``log nu - digamma(nu)`` come from their series.
 _SERIES_MIN = 100.0
 _BISECTIONS = 80
@@ -128,8 +140,8 @@ class GammaExpert(RestrictedSupport, NewtonExpert):
     Both moves are ascent directions, so their combination is one:
     :func:`~moekit._mstep.maximize` halves the joint step until the weighted
     log-likelihood does not decrease, so an M-step never lowers it.  The
-    linear predictor is clamped to ``ETA_BOUNDS`` = [-250, 250] and
-    ``log(y / mu)`` to at most 300, so nothing overflows; the model,
+    linear predictor is clamped to :func:`eta_bounds` (float64: [-250, 250]) and
+    ``log(y / mu)`` to at most :func:`log_ratio_max` (float64: 300), so nothing overflows; the model,
     ``log_prob`` and the statistics use the same clamps.
 
     Examples
@@ -206,21 +218,22 @@ class GammaExpert(RestrictedSupport, NewtonExpert):
     # ----------------------------------------------------------- likelihood
     def _terms(self, eta_raw: torch.Tensor, y: torch.Tensor, log_shape: torch.Tensor):
         """Clamped ``log(y / mu)`` (n, K), the per-row log-densities (n, K) and the clamps' derivative (n, K)."""
-        lo, hi = ETA_BOUNDS
+        lo, hi = eta_bounds(eta_raw.dtype)
+        cap = log_ratio_max(eta_raw.dtype)
         eta = eta_raw.clamp(lo, hi)
         lt_raw = torch.log(y)[:, None] - eta
-        lt = lt_raw.clamp_max(_LOG_RATIO_MAX)
+        lt = lt_raw.clamp_max(cap)
         nu = log_shape.exp()
         lp = shape_normaliser(nu) + nu * (lt - torch.expm1(lt)) - torch.log(y)[:, None]
-        moving = ((eta_raw > lo) & (eta_raw < hi) & (lt_raw < _LOG_RATIO_MAX)).to(eta.dtype)
+        moving = ((eta_raw > lo) & (eta_raw < hi) & (lt_raw < cap)).to(eta.dtype)
         return lt, lp, moving
 
     def log_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Clamped linear predictor ``log E[y | x]``: (n,) single or (n, K) stacked."""
-        return self._out(self._eta_x(x).clamp(*ETA_BOUNDS))
+        return self._out(self._eta_x(x).clamp(*eta_bounds(self.coef.dtype)))
 
     def forward(self, x: torch.Tensor) -> Gamma:
-        eta = self._eta_x(x).clamp(*ETA_BOUNDS)  # (n, K)
+        eta = self._eta_x(x).clamp(*eta_bounds(self.coef.dtype))  # (n, K)
         nu = self.shape.expand_as(eta)
         return Gamma(concentration=self._out(nu), rate=self._out(nu * torch.exp(-eta)), validate_args=False)
 
@@ -265,8 +278,9 @@ class GammaExpert(RestrictedSupport, NewtonExpert):
 
     def _set_intercept_only(self, y, w) -> None:
         ybar = self._weighted_mean_y(y, w)
-        self.coef.data[:, 0] = ybar.clamp_min(torch.finfo(ybar.dtype).tiny).log().clamp(*ETA_BOUNDS)
-        lt = (torch.log(y)[:, None] - self.coef.data[:, 0]).clamp_max(_LOG_RATIO_MAX)
+        dt = self.coef.dtype
+        self.coef.data[:, 0] = ybar.clamp_min(torch.finfo(ybar.dtype).tiny).log().clamp(*eta_bounds(dt))
+        lt = (torch.log(y)[:, None] - self.coef.data[:, 0]).clamp_max(log_ratio_max(dt))
         self._update_shape(w.sum(0), (w * (lt - torch.expm1(lt))).sum(0))
 
     def extra_repr(self) -> str:
