@@ -293,7 +293,11 @@ _PARAMS_DOC = """
     gate_features, expert_features, hidden_layer_sizes, learning_rate, batch_size, alpha,
     optimizer, formula, gate_formula, compute_se, and for the regressor covariance and var_floor
         As for the flat estimator (here per leaf and per gate; gate_formula
-        is every gate's).
+        is every gate's).  The regressor's leaves are "linear", "poisson",
+        "gamma", "negative_binomial", "student_t" or "mlp" (one family for
+        every leaf; lists of families, ``expert_features=[]``, shared
+        features, offsets, trials, censoring limits and ``missing`` are
+        options of the flat estimators only).
 """
 
 

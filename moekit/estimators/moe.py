@@ -446,14 +446,24 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
     ----------
     n_experts : int, default=2
         K.
-    expert : {"linear", "poisson", "student_t", "mlp"} or instance, default="linear"
-        Expert family; an instance may be a moekit expert module (single:
-        copied K times; stacked with ``n_experts=K``: used as is) or any
-        scikit-learn regressor supporting ``sample_weight`` (refitted by
-        weighted least squares in every M-step).
+    expert : str, list of str or instance, default="linear"
+        Expert family: "linear", "poisson", "binomial" (successes out of
+        ``trials``, logit link), "gamma" (log link), "negative_binomial"
+        (NB2, log link), "point_mass" (y equal to ``point_mass_value``),
+        "student_t" or "mlp"; or a list of K of them, one per expert (e.g.
+        ``["point_mass", "poisson"]``: a zero-inflated Poisson whose
+        inflation depends on x through the gate).  An instance may be a
+        moekit expert module (single: copied K times; stacked with
+        ``n_experts=K``: used as is) or any scikit-learn regressor
+        supporting ``sample_weight`` (refitted by weighted least squares in
+        every M-step).  ``expert="linear"`` fitted with ``lower``/``upper``
+        gives censored Gaussian (Tobit) experts.
     gate : {"softmax", "mlp", "constant"} or Gate, default="softmax"
-    covariance : {"full", "diag", "spherical"}, default="full"
-        Noise covariance of linear-Gaussian experts for vector y.
+    covariance : {"full", "diag", "spherical", "tied", "tied_diag", "tied_spherical"}, default="full"
+        Noise covariance of linear-Gaussian experts for vector y; the
+        "tied" forms are one covariance (full, diagonal, spherical) for all
+        experts (flexmix's ``varFix``); for a scalar y any "tied" form is
+        one noise variance for all experts.
     fit_method : {"em", "gradient"}, default="em"
     max_iter : int, default=200
         EM iterations or gradient epochs.
@@ -518,6 +528,22 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
         it where rows times parameters are at most 5e6 (statistical models
         of tables) and skips it above; then ``summary(X=..., y=...)``
         computes it from the data.
+    shared_features : list of int or str, optional
+        Expert inputs whose coefficient is common to all experts (flexmix's
+        ``FLXMRglmfix(fixed=)``), for "linear" and the GLM families; they are
+        taken out of each expert's own coefficients.  With
+        ``expert_features=[]`` every expert is its intercept plus the shared
+        slopes.  A column that is not an expert input (gate-only) or not in
+        X is a ValueError.
+    point_mass_value : float, default=0.0
+        The value of "point_mass" experts; it must occur in y.
+    missing : {"error", "drop"}, default="error"
+        Rows with NaN in X (or in ``offset``/``trials``, or a missing target)
+        raise a ValueError naming the first rows and columns ("error"), or
+        are dropped with a warning ("drop"; ``n_rows_dropped_`` counts
+        them).  NaN coordinates of a vector y are not missing rows for
+        linear experts: they are marginalised exactly.  Predictions need
+        every input of a row.
 
     Attributes
     ----------
@@ -546,10 +572,22 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
     gate_coef_, expert_coef_ : pandas.DataFrame
         The gate's coefficients (against component 0) and the experts'
         coefficients and noise scales, named (see ``summary()``).
+    extras_ : tuple of str
+        The per-row columns the model's x holds after X's: "offset" (fitted
+        with one), then "trials" (binomial experts; ones where ``fit`` had
+        no trials).  The gate never sees them.
+    extras_required_ : tuple of str
+        Those given to ``fit``: predictions and scores need them again (a
+        ValueError otherwise); trials not given default to one.
+    censored_ : bool
+        Fitted with ``lower``/``upper`` (censored Gaussian experts).
+    n_rows_dropped_ : int
+        Rows dropped for missing values (``missing="drop"``).
 
     Shapes
     ------
-    X (n, d_x); y (n,) or (n, d_y); ``predict`` returns (n,) or (n, d_y);
+    X (n, d_x); y (n,) or (n, d_y); ``offset``, ``trials``, ``lower``,
+    ``upper`` (n,); ``predict`` returns (n,) or (n, d_y);
     ``predict_gate`` and ``responsibilities`` (n, K); ``predict_quantiles``
     (n, len(q)); ``score_samples`` (n,).
 
@@ -577,6 +615,21 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
     (2, 2)
     >>> round(float(est.score_samples(d.data, d.target).sum()), 2)
     145.65
+
+    A Poisson rate per unit exposure (an offset the gate never sees), and a zero-inflated Poisson:
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(500, 1))
+    >>> exposure = rng.uniform(1, 3, 500)
+    >>> y = rng.poisson(exposure * np.exp(0.5 + 0.3 * X[:, 0])).astype(float)
+    >>> est = MoERegressor(n_experts=1, expert="poisson").fit(X, y, offset=np.log(exposure))
+    >>> est.predict(X[:2], offset=np.log(exposure[:2])).shape
+    (2,)
+    >>> zip_y = np.where(rng.random(500) < 0.3, 0.0, y)
+    >>> zip_est = MoERegressor(n_experts=2, expert=["point_mass", "poisson"], random_state=0).fit(X, zip_y)
+    >>> zip_est.predict_gate(X[:1]).shape
+    (1, 2)
     """
 
     _parameter_specs = {"expert": expert_lists(*REGRESSOR_FAMILIES), "gate": GATES,
@@ -846,9 +899,12 @@ class MoEClassifier(ClassifierTargets, ClassifierMixin, _MoEBase):
     Experts are logistic (two classes) or softmax (more classes) regressions,
     or neural networks with a categorical head; the gate is as in
     :class:`MoERegressor`.  Parameters are those of :class:`MoERegressor`
-    but ``covariance`` and ``var_floor`` (which class labels do not have),
-    with ``expert`` in {"logistic", "mlp"} or an expert module instance
-    (``formula``, ``gate_formula`` and ``compute_se`` included).
+    but ``covariance``, ``var_floor``, ``shared_features`` and
+    ``point_mass_value`` (which class labels do not have), with ``expert``
+    in {"logistic", "mlp"}, a list of them (one per expert) or an expert
+    module instance (``formula``, ``gate_formula``, ``compute_se`` and
+    ``missing`` included); ``fit`` takes no offsets, trials or censoring
+    limits.
 
     Shapes
     ------
