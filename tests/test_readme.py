@@ -25,7 +25,11 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 # what a block must print (by a line of code it holds), beyond running cleanly
 EXPECTED = {"print(moe.score_samples(d.data, d.target).sum())": "145.65",  # the quickstart
-            'formula="yn ~ x + I(x**2)"': "Log-likelihood: -642.06"}  # statistics
+            'formula="yn ~ x + I(x**2)"': "Log-likelihood: -642.06",  # statistics
+            # model structure: a covariate gate over intercept-only experts beats the best constant-weight mixture
+            "expert_features=[], random_state=0).fit(f.data, f.target)": "-869.51",
+            'shared_features=[1], covariance="tied"': "Shared by all experts:",
+            'expert=["point_mass", "poisson"]': "0: point_mass, 1: poisson"}
 
 
 def _env():
