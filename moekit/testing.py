@@ -127,7 +127,9 @@ def _not_worse_nearby(
     """No small random move of the free parameters raises the objective (the M-step's point is a local maximum).
 
     With ``reference_row``, the last row of a (K, p) ``coef`` is the softmax
-    reference, held at zero by the M-step: it is not moved.
+    reference, held at zero by the M-step: it is not moved.  A stack with
+    ``shared`` coefficients (feature j is ``coef[:, 1 + j]``) moves them
+    together, as one coefficient, so that the move stays in the model.
     """
     base = objective()
     params = [p for p in module.parameters() if p.requires_grad]
@@ -140,6 +142,9 @@ def _not_worse_nearby(
                     step = scale * torch.randn(s.shape, generator=g, dtype=s.dtype).to(s.device)
                     if reference_row and p is getattr(module, "coef", None) and p.dim() == 2:
                         step[-1] = 0.0
+                    if p is getattr(module, "coef", None) and _shared_rows(module):
+                        rows = _shared_rows(module)
+                        step[:, rows] = step[:1, rows]  # one move of each shared coefficient, the same in every expert
                     p.copy_(s + step)
             moved = objective()
             if moved > base + 1e-9 * (1 + abs(base)):
@@ -149,6 +154,13 @@ def _not_worse_nearby(
         with torch.no_grad():
             for p, s in zip(params, saved):
                 p.copy_(s)
+
+
+def _shared_rows(module) -> list[int]:
+    """Rows of a stack's ``coef`` (intercept first) whose coefficient all experts share."""
+    if not getattr(module, "stacked", False) or getattr(module, "n_experts", 1) < 2:
+        return []
+    return [1 + int(j) for j in getattr(module, "shared", ())]
 
 
 def _gradcheck(module, fn: Callable[[], torch.Tensor], what: str) -> None:

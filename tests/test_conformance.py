@@ -9,12 +9,17 @@ import torch
 from sklearn.linear_model import LinearRegression
 
 from moekit import (
+    BinomialExpert,
+    CensoredGaussianExpert,
     ConstantGate,
+    GammaExpert,
     LinearGaussianExpert,
     LogisticExpert,
     MixtureOfExperts,
     MLPExpert,
     MLPGate,
+    NegativeBinomialExpert,
+    PointMassExpert,
     PoissonExpert,
     SklearnExpert,
     SoftmaxExpert,
@@ -30,6 +35,13 @@ BINARY = class_data(60, 2, 2, seed=3)
 THREE = class_data(60, 2, 3, seed=4)
 # heavy tails, so that the Student-t degrees of freedom have an interior maximum (Gaussian data push them to the cap)
 HEAVY = (REG[0], REG[1] + torch.tensor([(-1) ** i * (1.5 if i % 9 == 0 else 0.0) for i in range(60)], dtype=torch.float64))
+# issue 15's families and constraints: per-row extras are trailing x columns (offset, then trials), censoring is y's
+OFFSET = torch.linspace(-0.5, 0.5, 60, dtype=torch.float64)[:, None]
+TRIALS = (torch.arange(60, dtype=torch.float64) % 5 + 1)[:, None]
+SUCCESSES = torch.floor(TRIALS[:, 0] * torch.sigmoid(REG[0][:, 0]) + 0.5)
+POSITIVE = (REG[0], (0.3 * REG[1]).exp())
+LIMITED = (REG[0], torch.stack([REG[1].clamp(-0.5, 0.8), torch.full((60,), -0.5, dtype=torch.float64),
+                                torch.full((60,), 0.8, dtype=torch.float64)], 1))
 
 
 def _gen():
@@ -58,6 +70,27 @@ EXPERTS = {
         THREE,
         {},
     ),
+    "gaussian-tied-stacked": (lambda: LinearGaussianExpert(2, n_experts=2, covariance="tied"), REG, {}),
+    "gaussian-vector-tied-stacked": (lambda: LinearGaussianExpert(2, 2, n_experts=2, covariance="tied"), VEC, {}),
+    "gaussian-shared-stacked": (lambda: LinearGaussianExpert(2, n_experts=2, shared=[1]), REG, {}),
+    "gaussian-offset": (lambda: LinearGaussianExpert(2, offset=True), (torch.cat([REG[0], OFFSET], 1), REG[1]), {}),
+    "gaussian-intercept-only-stacked": (lambda: LinearGaussianExpert(0, n_experts=2), (REG[0][:, :0], REG[1]), {}),
+    "poisson-offset-shared-stacked": (
+        lambda: PoissonExpert(2, n_experts=2, offset=True, shared=[0]), (torch.cat([COUNTS[0], OFFSET], 1), COUNTS[1]), {}
+    ),
+    "binomial-trials": (lambda: BinomialExpert(2), (torch.cat([REG[0], TRIALS], 1), SUCCESSES), {}),
+    "binomial-offset-stacked": (
+        lambda: BinomialExpert(2, n_experts=2, offset=True), (torch.cat([REG[0], OFFSET, TRIALS], 1), SUCCESSES), {}
+    ),
+    "gamma": (lambda: GammaExpert(2), POSITIVE, {}),
+    "gamma-stacked-shared": (lambda: GammaExpert(2, n_experts=2, shared=[0]), POSITIVE, {}),
+    "negative-binomial": (lambda: NegativeBinomialExpert(2), COUNTS, {}),
+    "negative-binomial-offset-stacked": (
+        lambda: NegativeBinomialExpert(2, n_experts=2, offset=True), (torch.cat([COUNTS[0], OFFSET], 1), COUNTS[1]), {}
+    ),
+    "point-mass": (lambda: PointMassExpert(0.0), (COUNTS[0], COUNTS[1] * 0), {}),
+    "censored-gaussian": (lambda: CensoredGaussianExpert(2), LIMITED, {}),
+    "censored-gaussian-stacked": (lambda: CensoredGaussianExpert(2, n_experts=2), LIMITED, {}),
     "sklearn-linear": (lambda: SklearnExpert(LinearRegression(), 2), REG, {"exact_m_step": True}),
     "mixture-as-expert": (
         lambda: MixtureOfExperts(ConstantGate(2), LinearGaussianExpert(2, n_experts=2)),
