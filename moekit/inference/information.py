@@ -19,8 +19,15 @@ Three estimates of the covariance of the estimates:
 * the bootstrap lives with the estimators, which can refit.
 
 Only families with a likelihood Hessian are supported (linear-Gaussian, Student-t, logistic,
-softmax and Poisson experts under softmax or constant gates, to any depth); neural gates and
-experts and scikit-learn experts get a :class:`NoLikelihoodHessianError`.
+softmax, Poisson, binomial, Gamma, negative-binomial, censored-Gaussian and point-mass experts
+under softmax or constant gates, to any depth); neural gates and experts and scikit-learn experts
+get a :class:`NoLikelihoodHessianError`.
+
+Model structure (issue 15): offsets and binomial trials are known columns of x, not parameters;
+coefficients shared by all experts of a stack (``shared``) and a tied noise variance or covariance
+are one parameter each, reported once with block "shared" and no component; a Gamma shape and a
+negative-binomial alpha are estimated through their logarithms (delta method); a point-mass expert
+has no parameters (its weight is the gate's).
 """
 
 from __future__ import annotations
@@ -33,10 +40,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .. import experts as _experts
+from ..experts.censored import CensoredGaussianExpert
 from ..experts.gaussian import LinearGaussianExpert
 from ..experts.logistic import SoftmaxExpert
 from ..experts.newton import NewtonExpert
+from ..experts.point_mass import PointMassExpert
 from ..experts.student_t import StudentTExpert
 from ..gates import ConstantGate, SoftmaxGate
 from ..mixture import MixtureOfExperts
@@ -141,7 +149,7 @@ def _leaf(node: tuple, c: int, stacked: bool) -> tuple:
 
 def _expert_blocks(e, prefix: str, node: tuple, first: int, cols, stacked: bool, strict: bool = True) -> list:
     """Blocks of one expert module holding experts ``first, first + 1, ...``."""
-    if _is_point_mass(e):
+    if isinstance(e, PointMassExpert):
         return []  # y equal to a constant: nothing estimated (its weight is the gate's)
     if isinstance(e, (LinearGaussianExpert, StudentTExpert)):
         coef = e.coef.detach()
@@ -169,7 +177,7 @@ def _expert_blocks(e, prefix: str, node: tuple, first: int, cols, stacked: bool,
         infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, o, j, cols)
                  for c in range(k) for o in range(1, c_) for j in range(p)]
         return [_Block(prefix + "coef", free.numel(), to_full, _identity, infos, free)]
-    if isinstance(e, NewtonExpert) or _is_censored(e):
+    if isinstance(e, (NewtonExpert, CensoredGaussianExpert)):
         # GLM experts (logistic, Poisson, binomial, Gamma, negative binomial) and censored Gaussians: coef (k, p),
         # then their positive parameters (a Gamma shape, a negative-binomial alpha, a censored Gaussian's sigma)
         blocks = [_coef_block(e, prefix, node, first, cols, stacked, None)]
@@ -188,16 +196,6 @@ def _expert_blocks(e, prefix: str, node: tuple, first: int, cols, stacked: bool,
 #: Positive parameters of GLM-type experts, kept as logarithms: (attribute, reported term); errors by the delta method.
 _POSITIVE = (("log_shape", "shape"), ("log_alpha", "alpha"), ("log_dispersion", "dispersion"),
              ("log_scale", "sigma"))
-
-
-def _is_point_mass(e) -> bool:
-    cls = getattr(_experts, "PointMassExpert", None)
-    return cls is not None and isinstance(e, cls)
-
-
-def _is_censored(e) -> bool:
-    cls = getattr(_experts, "CensoredGaussianExpert", None)
-    return cls is not None and isinstance(e, cls)
 
 
 def _tied(e, k: int, param: torch.Tensor) -> bool:

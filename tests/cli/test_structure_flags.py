@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import run_main
 
 from moekit import experts, load
 from moekit.cli.fit import _estimator_for
 from moekit.cli.parser import build_parser
-
-from cli_helpers import run_main  # noqa: I001 - tests/cli on the path
 
 N = 300
 
