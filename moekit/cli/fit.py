@@ -258,6 +258,8 @@ def cmd_fit(args) -> int:
         missing_ok = getattr(args, "missing", None) == "drop"
         schema = build_schema(tab, args.target, args.features, args.categorical, task,
                               exclude=set(_extra_columns(args).values()), missing_ok=missing_ok)
+        if _extra_columns(args):  # before y is read: censoring limits allow an empty target between them
+            schema["extras"] = _extra_columns(args)
         # fitted on the encoded columns with their names, so that the model's coefficients carry them (summary)
         X = Xd = _named(encode_features(tab, schema, missing_ok), schema["encoded_features"])
         y = encode_targets(tab, schema)
@@ -266,7 +268,6 @@ def cmd_fit(args) -> int:
     if extras:
         schema = dict(schema, extras=extras)
         summary_schema = dict(summary_schema, extras=extras)
-        y = _targets_again(tab, schema, y)
     fit_params = extra_arrays(tab, schema, fitting=True)
     if getattr(args, "shared", None):
         args.shared = _shared_columns(args.shared, schema)
@@ -315,13 +316,6 @@ def _fitted_log_likelihood(est, Xd, y, fit_params) -> tuple:
     sub = {k: v[keep] for k, v in fit_params.items()}
     ll = with_extras(est, sub).score_samples(predict_frame(est, np.asarray(Xd)[keep]), np.asarray(y)[keep])
     return ll.sum(), int(keep.sum())
-
-
-def _targets_again(tab, schema, y):
-    """y read again once the schema records censoring limits (an empty target between limits is then allowed)."""
-    if schema["task"] == "classification" or "formula" in schema:
-        return y
-    return encode_targets(tab, schema)
 
 
 def _shared_columns(names, schema) -> list:

@@ -147,6 +147,19 @@ def test_censored_target(tables, capsys):
     data = pd.read_csv(tables["counts"])
     ll = load(model).score_samples(data[["x"]], data.cy, lower=data.floor.to_numpy()).sum()
     assert json.loads(got)["log_likelihood"] == pytest.approx(ll, rel=1e-10)
+    # interval censoring: an empty target between two limits; an empty limit is no limit
+    rng = np.random.default_rng(1)
+    exact = rng.uniform(size=N) < 0.5
+    lo = np.floor(data.cy.to_numpy())
+    table = _write(tables["dir"] / "interval.csv", {"x": data.x, "y": np.where(exact, data.cy, np.nan),
+                                                     "lo": np.where(exact, np.nan, lo),
+                                                     "hi": np.where(exact, np.nan, lo + 1)})
+    model = str(tables["dir"] / "interval.moekit")
+    rc, out, err = run_main(["fit", table, "-t", "y", "--features", "x", "--lower", "lo", "--upper", "hi", "-o",
+                             model], capsys)
+    assert rc == 0, err
+    rc, got, err = run_main(["evaluate", model, table, "--json"], capsys)
+    assert rc == 0 and np.isfinite(json.loads(got)["log_likelihood"]), err
 
 
 BAD = [
