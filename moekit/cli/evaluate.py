@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from ..report import compute_metrics, make_report, metrics_text
@@ -54,11 +55,22 @@ def cmd_evaluate(args) -> int:
     except (ValueError, TypeError) as e:
         raise DataError(f"evaluation failed: {one_line(e)}") from None
     if args.json:
-        print(json.dumps(m, indent=2))
+        print(json.dumps(_json_ready(m), indent=2, allow_nan=False))
         return 0
     print(f"{type(est).__name__} on {tab.path} ({tab.n} rows)")
     print(metrics_text(m, None if schema["task"] == "classification" else target_names(schema)))
     return 0
+
+
+def _json_ready(v):
+    """Metrics as strict JSON: a NaN or infinite number (a metric undefined on these rows) becomes null."""
+    if isinstance(v, dict):
+        return {k: _json_ready(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_ready(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def cmd_report(args) -> int:

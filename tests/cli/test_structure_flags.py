@@ -136,6 +136,11 @@ def test_missing_inputs_dropped_and_missing_target_coordinates(tables, capsys):
     assert load(model).n_rows_dropped_ == 5
     rc, _, err = run_main(["predict", model, tables["holes"], "-o", "-"], capsys)  # predictions need every input
     assert rc == 1 and "input column 'x'" in err and err.count("\n") == 1
+    complete = _write(tables["dir"] / "complete.csv", pd.read_csv(tables["holes"]).dropna(subset=["x"]).to_dict("list"))
+    rc, got, err = run_main(["evaluate", model, complete, "--json"], capsys)  # holes in the targets: strict JSON
+    assert rc == 0, err
+    m = json.loads(got, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert m["n"] == N - 5 and np.isfinite(m["log_likelihood"])
 
 
 def test_censored_target(tables, capsys):
