@@ -249,3 +249,20 @@ def test_summary_names_the_dispersion(expert, term):
     t = MoERegressor(expert=expert, random_state=0).fit(X, y).summary().table
     rows = t[t.term == term]
     assert len(rows) == 2 and rows.z.isna().all() and (rows.std_error > 0).all()  # positive: no test against 0
+
+
+def test_missing_target_coordinates_are_marginalised_in_the_hessian():
+    g, x, right = _data()
+    mean = torch.where(right[:, None], torch.stack([x[:, 0], torch.ones(600, dtype=F64)], 1),
+                       torch.stack([-x[:, 0], -torch.ones(600, dtype=F64)], 1))
+    y = mean + 0.3 * torch.randn(600, 2, dtype=F64, generator=g)
+    holes = torch.rand(600, 2, dtype=F64, generator=g) < 0.25
+    holes[holes.all(1), 0] = False
+    y_missing = torch.where(holes, torch.full_like(y, float("nan")), y)
+    m = MixtureOfExperts(SoftmaxGate(1, 2), LinearGaussianExpert(1, 2, n_experts=2), gate_features=[0],
+                         expert_features=[0])
+    with incomplete_targets():
+        fit_em(m, x, y_missing, random_state=0)
+        info = observed_information(m, x, y_missing)
+    _finite(info)
+    assert len(info.parameters) == 2 + 2 * (2 * 2 + 3)  # gate; per expert 2 x 2 coefficients and 3 covariance entries
