@@ -13,9 +13,11 @@ import math
 from .. import __version__
 from .errors import UsageError
 
-__all__ = ["COVARIANCES", "EXPERTS", "WHATS", "build_parser", "finite_float", "k_candidates", "nonnegative_float", "positive_int", "unit_interval"]
+__all__ = ["COVARIANCES", "EXPERTS", "WHATS", "build_parser", "finite_float", "k_candidates", "nonnegative_float",
+           "positive_int", "unit_interval"]
 
-EXPERTS = ("linear", "poisson", "binomial", "gamma", "negative_binomial", "point_mass", "student_t", "mlp", "logistic")
+EXPERTS = ("linear", "poisson", "binomial", "gamma", "negative_binomial", "point_mass", "student_t", "mlp",
+           "logistic")
 COVARIANCES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
 WHATS = ("mean", "modes", "quantiles", "interval", "samples", "gate")
 
