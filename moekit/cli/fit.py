@@ -189,6 +189,9 @@ def _check_formula_options(args) -> None:
         return
     if args.model == "mdn":
         raise UsageError("--formula applies to --model moe and hme (an MDN takes its input columns with --features)")
+    if getattr(args, "missing", None) == "drop":
+        raise UsageError("--missing drop works with --target and --features (a formula's terms need every value); "
+                         "with --formula, remove the rows with missing inputs from the table first")
     for option, value in (("--target", args.target), ("--features", args.features),
                           ("--categorical", args.categorical)):
         if value:

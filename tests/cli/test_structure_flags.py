@@ -186,6 +186,7 @@ BAD = [
     (["-t", "y", "--expert", "student_t", "--offset", "logexpo"], 1, "offset"),
     (["-t", "y", "--covariance", "banded"], 2, "invalid choice: 'banded'"),
     (["-t", "y", "--missing", "impute"], 2, "invalid choice: 'impute'"),
+    (["--formula", "y ~ x", "--missing", "drop"], 2, "with --formula, remove the rows"),
     (["-t", "y", "--expert", "poisson", "tobit"], 2, "invalid choice: 'tobit'"),
     (["-t", "y", "--expert", "point_mass", "poisson", "--point-mass-value", "inf"], 2, "expected a finite number"),
 ]
