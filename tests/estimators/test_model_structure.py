@@ -100,6 +100,32 @@ def test_k1_binomial_with_trials_equals_statsmodels():
     np.testing.assert_allclose(est.predict(X, trials=np.ones(800)), p, rtol=1e-6)
 
 
+@pytest.mark.skipif(not hasattr(moekit.experts, "GammaExpert"), reason="GammaExpert has not landed")
+def test_k1_gamma_with_offset_equals_statsmodels():
+    rng = np.random.default_rng(12)
+    X = rng.normal(size=(600, 1))
+    off = 0.3 * rng.normal(size=600)
+    y = rng.gamma(3.0, np.exp(0.5 + 0.4 * X[:, 0] + off) / 3.0)
+    est = MoERegressor(n_experts=1, expert="gamma", random_state=0, tol=1e-13, max_iter=500).fit(X, y, offset=off)
+    ref = sm.GLM(y, sm.add_constant(X), family=sm.families.Gamma(sm.families.links.Log()), offset=off).fit(tol=1e-13)
+    np.testing.assert_allclose(est.model_.experts.coef.detach().numpy()[0], ref.params, atol=1e-6)
+    np.testing.assert_allclose(est.predict(X, offset=off), ref.predict(sm.add_constant(X), offset=off), rtol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(moekit.experts, "NegativeBinomialExpert"), reason="NegativeBinomialExpert has not landed")
+def test_k1_negative_binomial_equals_statsmodels_nb2():
+    rng = np.random.default_rng(13)
+    X = rng.normal(size=(800, 1))
+    mu = np.exp(1.0 + 0.5 * X[:, 0])
+    y = rng.negative_binomial(2.0, 2.0 / (2.0 + mu)).astype(float)  # NB2 with alpha = 0.5
+    est = MoERegressor(n_experts=1, expert="negative_binomial", random_state=0, tol=1e-13, max_iter=1000).fit(X, y)
+    ref = sm.NegativeBinomial(y, sm.add_constant(X), loglike_method="nb2").fit(method="bfgs", gtol=1e-10, maxiter=500,
+                                                                              disp=False)
+    np.testing.assert_allclose(est.model_.experts.coef.detach().numpy()[0], ref.params[:2], atol=1e-5)
+    assert float(est.model_.experts.alpha[0]) == pytest.approx(ref.params[2], abs=1e-5)
+    assert est.log_likelihood_ == pytest.approx(ref.llf, abs=1e-6)
+
+
 def test_zero_inflated_poisson_with_a_covariate_gate_fits_and_predicts():
     X, y = _zip()
     est = MoERegressor(n_experts=2, expert=["point_mass", "poisson"], random_state=0, compute_se=False).fit(X, y)
