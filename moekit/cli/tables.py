@@ -234,7 +234,7 @@ def build_schema(tab: Table, targets, features, categorical, task: str, exclude=
             else:
                 is_cat = True
         if is_cat:
-            vals = text_column(tab, c, "input")
+            vals = _present(as_text(col)) if missing_ok else text_column(tab, c, "input")
             try:
                 feats.append(categorical_feature(c, vals.tolist(), where=f" of {tab.path}", drop_hint=_DROP_HINT))
             except ValueError as e:
@@ -261,11 +261,19 @@ def encode_features(tab: Table, schema: dict, missing_ok: bool = False) -> np.nd
         if f["kind"] == "numeric":
             cols.append(numeric_column(tab, f["name"], "input", missing_ok)[:, None])
             continue
-        vals = text_column(tab, f["name"], "input")
+        if missing_ok:  # a missing category: NaN in each of its columns (the row is dropped)
+            vals = as_text(tab.column(f["name"]))
+            gap = np.array([v is None or str(v).strip() == "" for v in vals], dtype=bool)
+            vals = np.where(gap, f["levels"][0], vals)
+        else:
+            vals, gap = text_column(tab, f["name"], "input"), None
         try:
-            cols.append(one_hot(f, vals.tolist(), where=f" of {tab.path}", row_name=tab.where))
+            code = one_hot(f, vals.tolist(), where=f" of {tab.path}", row_name=tab.where)
         except ValueError as e:
             raise DataError(str(e)) from None
+        if gap is not None and gap.any():
+            code[gap] = np.nan
+        cols.append(code)
     return np.hstack(cols)
 
 
@@ -310,8 +318,8 @@ def summarize(tab: Table, schema: dict) -> dict:
         if f["kind"] == "numeric":
             cols[f["name"]] = dict(kind="numeric", **_numeric_brief(numeric_column(tab, f["name"], "input", True)))
         else:
-            v = text_column(tab, f["name"], "input")
-            lv, cnt = np.unique(v, return_counts=True)
+            v = _present(as_text(tab.column(f["name"])))
+            lv, cnt = np.unique(v.astype(str), return_counts=True)
             cols[f["name"]] = {"kind": "categorical", "counts": {str(a): int(b) for a, b in zip(lv, cnt)}}
     for t in schema["targets"]:
         if schema["task"] == "classification":
@@ -321,6 +329,11 @@ def summarize(tab: Table, schema: dict) -> dict:
         else:
             cols[t] = dict(kind="target", **_numeric_brief(numeric_column(tab, t, "target", True)))
     return {"file": os.path.basename(tab.path), "rows": int(tab.n), "columns": cols}
+
+
+def _present(text: np.ndarray) -> np.ndarray:
+    """The values of a text column that are there (not None, not blank)."""
+    return np.asarray([v for v in text if v is not None and str(v).strip() != ""], dtype=object)
 
 
 def _numeric_brief(v: np.ndarray) -> dict:

@@ -52,7 +52,7 @@ def tables(tmp_path_factory):
 
 def _fit(tables, capsys, name, *flags, data="counts"):
     path = str(tables["dir"] / f"{name}.moekit")
-    rc, out, err = run_main(["fit", tables[data], *flags, "-o", path], capsys)
+    rc, out, err = run_main(["fit", tables.get(data, str(tables["dir"] / f"{data}.csv")), *flags, "-o", path], capsys)
     assert rc == 0, err
     return path, out
 
@@ -141,6 +141,11 @@ def test_missing_inputs_dropped_and_missing_target_coordinates(tables, capsys):
     assert rc == 0, err
     m = json.loads(got, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
     assert m["n"] == N - 5 and np.isfinite(m["log_likelihood"])
+    holes = pd.read_csv(tables["holes"]).fillna({"x": 0.0})
+    holes["g"] = np.where(np.arange(N) % 50 == 7, None, np.where(holes.x > 0, "up", "down"))  # 6 categories missing
+    _write(tables["dir"] / "categories.csv", holes.to_dict("list"))
+    model, out = _fit(tables, capsys, "categories", "-t", "a", "b", "--missing", "drop", data="categories")
+    assert f"on {N - 6} of {N} rows" in out and "2 input column(s)" in out
 
 
 def test_censored_target(tables, capsys):
