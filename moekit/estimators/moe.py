@@ -174,16 +174,17 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
             return list(self.expert)
         return None
 
-    def _build_experts(self, d: int, k, y_info, dtype, gen, shared=(), names=None):
+    def _build_experts(self, d: int, k, y_info, dtype, gen, shared=(), names=None, as_list=False):
         """K experts (one unstacked expert for ``k=None``): by family name(s), or copies of the given instance.
 
-        One family for all K: one stacked module; a list of different families: K single experts.
+        One family for all K: one stacked module; a list of different families: K single experts
+        (``as_list``: single experts whatever the families, as a model file's list of survivors).
         """
         fams = self._family_names(k, names)
         if fams is not None:
             if k is None:
                 return self._family_expert(fams[0], d, None, y_info, dtype, gen, shared)
-            if len(set(fams)) == 1:
+            if len(set(fams)) == 1 and not as_list:
                 return self._family_expert(fams[0], d, len(fams), y_info, dtype, gen, shared)
             if shared:
                 raise ValueError(f"shared_features ties coefficients across experts of one family, but expert={fams!r} "
@@ -249,11 +250,11 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
             gcols = list(range(d))
         return gcols, ecols, len(feats), shared_pos
 
-    def _build_flat(self, d: int, k: int, y_info, dtype, gen, names=None) -> MixtureOfExperts:
+    def _build_flat(self, d: int, k: int, y_info, dtype, gen, names=None, as_list=False) -> MixtureOfExperts:
         gcols, ecols, de, shared = self._layout(d)
         dg = d if gcols is None else len(gcols)
         gate = self._build_gate(dg, k, dtype, gen)
-        experts = self._build_experts(de, k, y_info, dtype, gen, shared=shared, names=names)
+        experts = self._build_experts(de, k, y_info, dtype, gen, shared=shared, names=names, as_list=as_list)
         return MixtureOfExperts(gate, experts, gate_features=gcols, expert_features=ecols)
 
     def build_model(self, n_features, y_info, dtype, generator) -> MixtureOfExperts:
@@ -393,6 +394,7 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
         gen = torch.Generator().manual_seed(0)  # initial values are overwritten by the stored tensors
         dtype = torch_dtype(self.dtype)
         names = structure.get("experts")
+        as_list = names is not None
         if names is not None:
             allowed = set(FAMILY_CLASSES) - {"censored"}
             if not (isinstance(names, list) and len(names) == int(structure["n_experts"]) and set(names) <= allowed):
@@ -400,7 +402,7 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
         if names is None and isinstance(self.expert, (list, tuple)) and len(set(self.expert)) == 1:
             names = [self.expert[0]] * int(structure["n_experts"])
         return self._build_flat(int(self.n_features_in_), int(structure["n_experts"]), structure["y_info"], dtype, gen,
-                                names=names)
+                                names=names, as_list=as_list)
 
     def _x(self, X) -> torch.Tensor:
         x = super()._x(X)

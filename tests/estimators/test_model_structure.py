@@ -364,3 +364,15 @@ def test_every_option_round_trips_through_model_files(name, tmp_path):
     if est.extras_required_:  # a loaded offset (trials) model still asks for its offset (trials)
         with pytest.raises(ValueError, match="pass .* here too"):
             again.predict(X)
+
+
+def test_a_list_of_families_whose_experts_were_pruned_round_trips(tmp_path):
+    X, y = _zip(300)
+    est = MoERegressor(n_experts=3, expert=["poisson", "point_mass", "poisson"], random_state=0,
+                       compute_se=False).fit(X, y)
+    est.model_.prune([0, 2])  # as EM prunes a vanishing expert: the survivors are two single Poisson experts
+    assert est.model_structure()["experts"] == ["poisson", "poisson"]
+    path = os.path.join(tmp_path, "pruned.moekit")
+    est.save(path)
+    again = moekit.load(path)
+    np.testing.assert_array_equal(again.predict(X), est.predict(X))
