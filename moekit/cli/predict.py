@@ -53,7 +53,8 @@ def cmd_predict(args) -> int:
     if args.keep:
         tab.require(args.keep, "--keep")
     X = model_inputs(est, tab, schema)
-    extras = extra_arrays(tab, schema, PREDICTION_EXTRAS)  # an offset or trials column of the new rows
+    # an offset or trials column of the new rows (the gate never sees them)
+    extras = {} if args.what == "gate" else extra_arrays(tab, schema, PREDICTION_EXTRAS)
     predicted: dict = {}
     try:
         with torch.no_grad(), collect_warnings(args):
@@ -83,6 +84,11 @@ def _kept_columns(args, tab, predicted: dict) -> dict:
 
 
 def _predict_columns(args, est, schema, X, cols) -> None:
+    if args.what == "gate" and getattr(est, "extras_required_", ()):  # the gate needs no offsets or trials
+        w = np.asarray(est.predict_gate(X))
+        for k in range(w.shape[1]):
+            cols[f"leaf{k}" if hasattr(est, "n_leaves_") else f"gate{k}"] = w[:, k]
+        return
     dist = est.predict_distribution(X)
     clf = schema["task"] == "classification"
     tnames = target_names(schema, dist)

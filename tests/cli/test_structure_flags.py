@@ -92,6 +92,8 @@ def test_offset_column_is_read_again_by_predict_and_evaluate(tables, capsys):
     rc, got, err = run_main(["predict", model, tables["bare"], "-o", "-"], capsys)
     assert rc == 1 and err.count("\n") == 1
     assert "fitted with --offset logexpo" in err and "'logexpo'" in err
+    rc, got, err = run_main(["predict", model, tables["bare"], "--what", "gate", "-o", "-"], capsys)
+    assert rc == 0 and got.startswith('"gate0","gate1"'), err  # the gate needs no offset
     rc, got, err = run_main(["summary", model, "--csv"], capsys)
     t = pd.read_csv(pd.io.common.StringIO(got))
     assert rc == 0 and t[t.block == "shared"].term.tolist() == ["x"]
