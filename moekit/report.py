@@ -116,11 +116,13 @@ def compute_metrics(estimator, X, y, *, level: float = 0.9) -> dict:
     mean = dist.mean.cpu().numpy()
     yf = ya.astype(float).reshape(mean.shape)
     err = (mean - yf).reshape(n, -1)
-    out["rmse_mean"] = float(np.sqrt(np.mean(err**2)))
+    seen = ~np.isnan(err)  # missing target coordinates (NaN in y) are left out of every error and coverage
+    out["rmse_mean"] = float(np.sqrt(np.mean(err[seen] ** 2))) if seen.any() else None
     out["rmse_top_mode"] = None
     try:
         modes = find_modes(dist, max_modes=1).numpy().modes[:, 0]
-        out["rmse_top_mode"] = _finite(np.sqrt(np.mean((modes.reshape(n, -1) - yf.reshape(n, -1)) ** 2)))
+        merr = modes.reshape(n, -1) - yf.reshape(n, -1)
+        out["rmse_top_mode"] = _finite(np.sqrt(np.mean(merr[seen] ** 2))) if seen.any() else None
     except TypeError:  # discrete families have no modes in this sense
         pass
     cov, cov50 = [], []
@@ -135,8 +137,14 @@ def compute_metrics(estimator, X, y, *, level: float = 0.9) -> dict:
             cov50.append(None)
             continue
         yj = yf if yf.ndim == 1 else yf[:, j]
-        cov.append(float(np.mean((yj >= q[:, 0]) & (yj <= q[:, 1]))))
-        cov50.append(float(np.mean((yj >= q[:, 2]) & (yj <= q[:, 3]))))
+        ok = ~np.isnan(yj)
+        if not ok.any():
+            cov.append(None)
+            cov50.append(None)
+            continue
+        yj, qj = yj[ok], q[ok]
+        cov.append(float(np.mean((yj >= qj[:, 0]) & (yj <= qj[:, 1]))))
+        cov50.append(float(np.mean((yj >= qj[:, 2]) & (yj <= qj[:, 3]))))
     out["coverage"] = cov
     out["interval_level"] = float(level)
     out["coverage_50"] = cov50

@@ -259,3 +259,25 @@ def test_the_checker_sees_errors_and_broken_images(browser, tmp_path):
     assert any("boom" in e for e in errors)
     assert any(e.startswith("exception") for e in errors)
     assert [i["alt"] for i in images if i["w"] == 0] == ["broken"]
+
+
+def test_metrics_leave_missing_target_coordinates_out():
+    """With NaN coordinates in a vector y, errors and coverages use the observed coordinates only (never NaN)."""
+    import numpy as np
+
+    from moekit import MoERegressor
+    from moekit.report import compute_metrics
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 1))
+    Y = np.column_stack([X[:, 0] + 0.3 * rng.normal(size=300), -X[:, 0] + 0.3 * rng.normal(size=300)])
+    full = MoERegressor(n_experts=2, random_state=0).fit(X, Y)
+    holes = Y.copy()
+    holes[rng.random(Y.shape) < 0.3] = np.nan
+    holes[np.isnan(holes).all(1), 0] = Y[np.isnan(holes).all(1), 0]
+    m = compute_metrics(full, X, holes)
+    seen = ~np.isnan(holes)
+    err = full.predict(X) - Y
+    assert np.isclose(m["rmse_mean"], np.sqrt(np.mean(err[seen] ** 2)))
+    assert all(0.8 < c <= 1.0 for c in m["coverage"]) and all(0.3 < c < 0.7 for c in m["coverage_50"])
+    assert np.isfinite(m["rmse_top_mode"])
