@@ -263,11 +263,6 @@ def test_the_checker_sees_errors_and_broken_images(browser, tmp_path):
 
 def test_metrics_leave_missing_target_coordinates_out():
     """With NaN coordinates in a vector y, errors and coverages use the observed coordinates only (never NaN)."""
-    import numpy as np
-
-    from moekit import MoERegressor
-    from moekit.report import compute_metrics
-
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 1))
     Y = np.column_stack([X[:, 0] + 0.3 * rng.normal(size=300), -X[:, 0] + 0.3 * rng.normal(size=300)])
