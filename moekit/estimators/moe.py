@@ -19,30 +19,22 @@ import torch
 from sklearn.base import ClassifierMixin, RegressorMixin, clone, is_classifier, is_regressor
 
 from .._linalg import ldexp
-from .. import experts as expert_families
 from .._validation import (
-    Families,
     OneOf,
-    check_censoring,
     check_family_y,
     check_not_constant,
-    check_offset,
     check_representable,
     check_scale,
-    check_trials,
     incomplete_targets,
-    row_values,
     model_dtype,
     torch_dtype,
     variance_floor,
 )
 from ..experts import (
-    LinearGaussianExpert,
     LogisticExpert,
     MLPExpert,
     SklearnExpert,
     SoftmaxExpert,
-    StudentTExpert,
 )
 from ..gates import ConstantGate, Gate, MLPGate, SoftmaxGate
 from ..mixture import MixtureOfExperts
@@ -53,16 +45,21 @@ from .base import (
     ClassifierTargets,
     ConditionalMixtureEstimator,
     RegressorTargets,
-    numeric_target,
     storable,
-    weighted_variance,
+)
+from .families import (
+    COUNT_FAMILIES,
+    FAMILY_CLASSES,
+    GLM_FAMILIES,
+    REGRESSOR_FAMILIES,
+    RegressionFamilies,
+    expert_lists,
+    family_of,
+    observed_variance,
 )
 from .summary import SummaryMixin
 
 __all__ = ["MoERegressor", "MoEClassifier"]
-
-#: The family names of regression experts (``expert=`` a name or a list of them).
-REGRESSOR_FAMILIES = ("linear", "poisson", "binomial", "gamma", "negative_binomial", "point_mass", "student_t", "mlp")
 
 GATES = OneOf("softmax", "mlp", "constant", other="a moekit Gate instance", instances=(Gate,))
 
@@ -70,54 +67,6 @@ GATES = OneOf("softmax", "mlp", "constant", other="a moekit Gate instance", inst
 def expert_names(*names) -> OneOf:
     """The ``expert`` parameter: one of these family names, or an instance (checked when the model is built)."""
     return OneOf(*names, other="an expert instance", instances=(object,))
-
-
-def expert_lists(*names) -> Families:
-    """The ``expert`` parameter of the flat estimators: a family name, a list of K names, or an instance."""
-    return Families(*names, other="a list of them (one per expert) or an expert instance", instances=(object,))
-
-
-#: Family name -> expert class name in :mod:`moekit.experts` (looked up when a model is built, so that a
-#: family whose component is not in this build gives a clear error naming it).
-FAMILY_CLASSES = {
-    "linear": "LinearGaussianExpert", "poisson": "PoissonExpert", "binomial": "BinomialExpert",
-    "gamma": "GammaExpert", "negative_binomial": "NegativeBinomialExpert", "point_mass": "PointMassExpert",
-    "student_t": "StudentTExpert", "mlp": "MLPExpert", "logistic": "LogisticExpert", "censored": "CensoredGaussianExpert",
-}
-#: GLM families: a linear predictor with a log or logit link, counts or positive y, offsets and shared coefficients.
-GLM_FAMILIES = ("poisson", "binomial", "gamma", "negative_binomial")
-#: Families whose linear predictor takes an offset (a point mass ignores x, offsets included).
-OFFSET_FAMILIES = ("linear", *GLM_FAMILIES, "point_mass")
-#: Families that model counts (no continuous density: a constant y is a valid rate).
-COUNT_FAMILIES = ("poisson", "binomial", "negative_binomial", "point_mass")
-
-
-def family_class(name: str, option: str):
-    """The expert class of a family, or a ValueError naming the option where this build lacks it."""
-    cls = getattr(expert_families, FAMILY_CLASSES[name], None)
-    if cls is None:
-        raise ValueError(f"{option} needs moekit.experts.{FAMILY_CLASSES[name]}, which this moekit build does not "
-                         "have yet; choose another family or update moekit")
-    return cls
-
-
-def construct(cls, option: str, *args, **kwargs):
-    """``cls(*args, **kwargs)``; a component that does not take an option yet is a ValueError naming the option."""
-    try:
-        return cls(*args, **kwargs)
-    except TypeError as e:
-        if "unexpected keyword" not in str(e):
-            raise
-        raise ValueError(f"{option} is not available in this moekit build ({cls.__name__} does not take it yet: {e})") from None
-
-
-_CLASS_FAMILIES = {**{c: f for f, c in FAMILY_CLASSES.items() if f != "censored"}, "SoftmaxExpert": "logistic",
-                   "CensoredGaussianExpert": "linear"}
-
-
-def _family_of(module) -> str | None:
-    """The family name of a built expert module (None for an instance of another class)."""
-    return _CLASS_FAMILIES.get(type(module).__name__)
 
 
 class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
@@ -386,7 +335,7 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
             y_info = None if not ev else int(ev[0])
         out = {"n_experts": int(self.model_.n_experts), "y_info": y_info}
         if isinstance(self.expert, (list, tuple)) and not self.model_.is_stacked:
-            out["experts"] = [_family_of(e) for e in self.model_.experts]  # the families that survived pruning
+            out["experts"] = [family_of(e) for e in self.model_.experts]  # the families that survived pruning
         return out
 
     def rebuild_model(self, structure: dict) -> MixtureOfExperts:
@@ -438,7 +387,7 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
 
 
 @storable
-class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
+class MoERegressor(RegressionFamilies, RegressorTargets, RegressorMixin, _MoEBase):
     """Mixture-of-experts regression (scikit-learn estimator).
 
     ``p(y | x) = sum_k g_k(x) p_k(y | x)`` with a softmax (or constant, or
@@ -696,83 +645,6 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
         self.point_mass_value = point_mass_value
         self.missing = missing
 
-    # ------------------------------------------------- families and extras
-    def _named_families(self) -> list:
-        """The experts' family names (one per expert; empty for an expert instance)."""
-        if isinstance(self.expert, str):
-            return [self.expert]
-        return list(self.expert) if isinstance(self.expert, (list, tuple)) else []
-
-    def _censoring(self, given: set) -> bool:
-        return bool({"lower", "upper"} & set(given))
-
-    def _nan_y_allowed(self, y_ndim: int, given: set) -> bool:
-        fams = self._named_families()
-        if self._censoring(given):
-            return True  # NaN y: interval-censored rows
-        return y_ndim == 2 and bool(fams) and set(fams) == {"linear"} and _linear_takes_missing_y()
-
-    def _missing_targets(self, y, extras):
-        if y.dtype.kind != "f":
-            return np.zeros(len(y), dtype=bool)
-        given = {k for k, v in extras.items() if v is not None}
-        if self._censoring(given) and y.ndim == 1:
-            lo = extras.get("lower")
-            hi = extras.get("upper")
-            both = np.ones(len(y), dtype=bool)
-            for lim in (lo, hi):
-                if lim is not None:
-                    both &= np.isfinite(lim)
-                else:
-                    both &= False
-            return np.isnan(y) & ~both  # NaN between two finite limits is an interval-censored row
-        if y.ndim == 2 and self._nan_y_allowed(2, given):
-            return np.isnan(y).all(1)  # missing coordinates are marginalised; a row missing every one is missing
-        return super()._missing_targets(y, extras)
-
-    def _set_extras(self, extras, y, w):
-        super()._set_extras(extras, y, w)
-        given = {k for k, v in extras.items() if v is not None}
-        fams = self._named_families()
-        self.censored_ = self._censoring(given)
-        if given and not fams:
-            raise ValueError(f"{', '.join(sorted(given))} need experts named by family (expert='linear', 'poisson', ...); "
-                             "an expert instance does not read them")
-        if "offset" in given:
-            bad = [f for f in fams if f not in OFFSET_FAMILIES]
-            if bad:
-                raise ValueError(f"offset is given, but expert={bad[0]!r} has no linear predictor to add it to; offsets "
-                                 f"work with {', '.join(repr(f) for f in OFFSET_FAMILIES[:-1])} experts")
-            if y.ndim == 2 and "linear" in fams:
-                raise ValueError("offset with linear experts needs a scalar (1-D) y; subtract the offset from each "
-                                 "column of y yourself")
-            check_offset(extras["offset"])
-        if "trials" in given:
-            if "binomial" not in fams or set(fams) - {"binomial", "point_mass"}:
-                raise ValueError(f"trials is given, but expert={self.expert!r}; trials are the numbers of trials of "
-                                 "binomial experts: use expert='binomial' (or leave trials=None)")
-            check_trials(extras["trials"])
-        if self.censored_:
-            if set(fams) != {"linear"}:
-                raise ValueError(f"lower/upper (censoring limits) need expert='linear' (censored Gaussian experts), got "
-                                 f"expert={self.expert!r}; leave lower and upper None for other families")
-            if y.ndim != 1:
-                raise ValueError("lower/upper (censoring limits) need a scalar (1-D) y; censored experts model one "
-                                 "response")
-            n = len(y)
-            lower = np.full(n, -np.inf) if extras.get("lower") is None else extras["lower"]
-            upper = np.full(n, np.inf) if extras.get("upper") is None else extras["upper"]
-            check_censoring(y, lower, upper)
-            self._fit_extras = {**extras, "lower": lower, "upper": upper}
-        layout = (["offset"] if "offset" in given else []) + (["trials"] if "binomial" in fams else [])
-        self.extras_ = tuple(layout)
-        self.extras_required_ = tuple(k for k in layout if k in given)
-        cols = []
-        for name in layout:
-            v = extras.get(name)
-            cols.append(np.ones(len(y)) if v is None else v)
-        return np.column_stack(cols) if cols else None
-
     def _fit_targets(self, y, w):
         fams = self._named_families()
         extras = getattr(self, "_fit_extras", {}) or {}
@@ -798,76 +670,13 @@ class MoERegressor(RegressorTargets, RegressorMixin, _MoEBase):
             check_not_constant(y, w, "y")
         # relative to the *weighted* variance of y, so that integer weights and repeated rows give
         # the same floor (and the same fit); never below the dtype's absolute floor
-        var_y = _observed_variance(y, w)
+        var_y = observed_variance(y, w)
         self._var_floor_abs = variance_floor(self.var_floor, var_y if var_y > 0 else 1.0, dtype)
         yt, y_info = super()._fit_targets(y, w)
         if getattr(self, "censored_", False):
             y3 = np.column_stack([y, extras["lower"], extras["upper"]])
             yt = torch.as_tensor(y3, dtype=torch_dtype(self.dtype), device=self.device)
         return yt, y_info
-
-    def _target_tensor(self, y, n, lower=None, upper=None):
-        if getattr(self, "censored_", False):
-            numeric_target(y)
-            yy = np.array(y.to_numpy() if hasattr(y, "to_numpy") else y, dtype=np.float64)
-            if yy.ndim != 1 or yy.shape[0] != n:
-                raise ValueError(f"y must have shape ({n},) like the training y, got {yy.shape}")
-            lo = row_values(lower, "lower", n)
-            hi = row_values(upper, "upper", n)
-            lo = np.full(n, -np.inf) if lo is None else lo
-            hi = np.full(n, np.inf) if hi is None else hi
-            if np.isinf(yy).any():
-                raise ValueError("y contains infinite values; a censored row has y equal to its (finite) limit")
-            check_censoring(yy, lo, hi)
-            return torch.as_tensor(np.column_stack([yy, lo, hi]), dtype=torch_dtype(self.dtype), device=self.device)
-        if self._y_ndim == 2 and set(self._named_families()) == {"linear"} and lower is None and upper is None \
-                and _linear_takes_missing_y():
-            yy = np.array(y.to_numpy() if hasattr(y, "to_numpy") else y, dtype=np.float64)
-            if yy.ndim == 2 and yy.shape[0] == n and np.isnan(yy).any() and not np.isinf(yy).any():
-                return torch.as_tensor(yy, dtype=torch_dtype(self.dtype), device=self.device)  # missing coordinates
-        return super()._target_tensor(y, n, lower, upper)
-
-    def _family_expert(self, name, d, k, y_info, dtype, gen, shared=()):
-        floor = self._var_floor_abs
-        opt = f"expert={name!r}"
-        kw = {}
-        if "offset" in getattr(self, "extras_", ()) and name != "point_mass":
-            kw["offset"] = True
-        if shared:
-            kw["shared"] = list(shared)
-            if name not in ("linear", *GLM_FAMILIES) or getattr(self, "censored_", False):
-                raise ValueError(f"shared_features is not available with {opt}{' and censoring' if name == 'linear' else ''}; "
-                                 f"shared coefficients work with 'linear' and GLM experts ({', '.join(GLM_FAMILIES)})")
-        if name in GLM_FAMILIES and y_info is not None:
-            raise ValueError(f"{opt} needs a 1-D y (one count or positive value per row)")
-        if name == "linear":
-            if getattr(self, "censored_", False):
-                cls = family_class("censored", "lower/upper (censored Gaussian experts)")
-                return construct(cls, "offset with censoring", d, n_experts=k, var_floor=floor, dtype=dtype, **kw)
-            option = (f"covariance={self.covariance!r}" if self.covariance.startswith("tied") else
-                      "offset" if "offset" in kw else "shared_features" if shared else opt)
-            try:
-                return construct(LinearGaussianExpert, option, d, y_info, self.covariance, n_experts=k, var_floor=floor,
-                                 alpha=float(self.alpha), dtype=dtype, **kw)
-            except ValueError as e:
-                if self.covariance.startswith("tied") and "covariance" in str(e):
-                    raise ValueError(f"covariance={self.covariance!r} is not available in this moekit build "
-                                     f"(LinearGaussianExpert: {e})") from None
-                raise
-        if name in GLM_FAMILIES:
-            cls = family_class(name, opt)
-            return construct(cls, "offset" if "offset" in kw else "shared_features" if shared else opt, d, n_experts=k,
-                             l2=float(self.alpha), dtype=dtype, **kw)
-        if name == "point_mass":
-            cls = family_class(name, opt)
-            return cls(value=float(self.point_mass_value), n_experts=k, dtype=dtype)
-        if name == "student_t":
-            return StudentTExpert(d, y_info, n_experts=k, var_floor=floor, dtype=dtype)
-        lr = 1e-2 if self.learning_rate is None else self.learning_rate
-        return MLPExpert(
-            d, y_info, head="gaussian", hidden_layer_sizes=self.hidden_layer_sizes, n_experts=k,
-            learning_rate=lr, var_floor=floor, dtype=dtype, generator=gen,
-        )
 
     def predict(self, X, *, offset=None, trials=None) -> np.ndarray:
         """Conditional mean E[y | x]: (n,) or (n, d_y).
@@ -1007,33 +816,3 @@ class MoEClassifier(ClassifierTargets, ClassifierMixin, _MoEBase):
         """Most probable class: (n,)."""
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
-
-
-def _observed_variance(y: np.ndarray, w: np.ndarray) -> float:
-    """The weighted variance of y over its observed (finite) entries, averaged over its columns."""
-    y2 = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
-    if np.isfinite(y2).all():
-        return weighted_variance(y, w)
-    out = []
-    for j in range(y2.shape[1]):
-        ok = np.isfinite(y2[:, j]) & (w > 0)
-        if ok.sum() > 1:
-            out.append(weighted_variance(y2[ok, j], w[ok]))
-    return float(np.mean(out)) if out else 0.0
-
-
-_MISSING_Y_PROBE: list = []
-
-
-def _linear_takes_missing_y() -> bool:
-    """Whether this build's LinearGaussianExpert marginalises NaN coordinates of a vector y (a finite log-density)."""
-    if not _MISSING_Y_PROBE:
-        e = LinearGaussianExpert(0, 2, "full")
-        y = torch.tensor([[1.0, float("nan")]], dtype=torch.float64)
-        try:
-            with torch.no_grad():
-                ok = bool(torch.isfinite(e.log_prob(torch.zeros(1, 0, dtype=torch.float64), y)).all())
-        except (ValueError, RuntimeError):
-            ok = False
-        _MISSING_Y_PROBE.append(ok)
-    return _MISSING_Y_PROBE[0]
