@@ -376,3 +376,23 @@ def test_a_list_of_families_whose_experts_were_pruned_round_trips(tmp_path):
     est.save(path)
     again = moekit.load(path)
     np.testing.assert_array_equal(again.predict(X), est.predict(X))
+
+
+@pytest.mark.skipif(not HAS_CENSORED, reason="CensoredGaussianExpert has not landed")
+def test_interval_censored_rows_score_the_probability_of_their_interval():
+    rng = np.random.default_rng(14)
+    X = rng.normal(size=(300, 1))
+    y = 1.0 + X[:, 0] + 0.5 * rng.normal(size=300)
+    lower, upper = np.full(300, -np.inf), np.full(300, np.inf)
+    hidden = np.arange(300) % 5 == 0  # every fifth row is only known to lie in a unit interval around it
+    lower[hidden], upper[hidden] = np.floor(y[hidden]), np.floor(y[hidden]) + 1
+    yy = np.where(hidden, np.nan, y)
+    saved = yy.copy()
+    est = MoERegressor(n_experts=1, random_state=0, compute_se=False).fit(X, yy, lower=lower, upper=upper)
+    np.testing.assert_array_equal(yy, saved)
+    assert est.censored_ and np.isfinite(est.log_likelihood_)
+    mu, sd = est.predict(X), np.sqrt(est.predict_distribution(X).variance.numpy())
+    ll = est.score_samples(X, yy, lower=lower, upper=upper)
+    direct = np.log(stats.norm.cdf(upper, mu, sd) - stats.norm.cdf(lower, mu, sd))
+    np.testing.assert_allclose(ll[hidden], direct[hidden], rtol=1e-8)
+    np.testing.assert_allclose(ll[~hidden], stats.norm.logpdf(y, mu, sd)[~hidden], rtol=1e-8)
