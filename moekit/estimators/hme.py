@@ -58,6 +58,9 @@ class _HMEMixin:
         else:
             as_branching(self.depth, self.branching)
 
+    def _nan_y_allowed(self, y_ndim: int, given: set) -> bool:
+        return False  # the tree's trainers take complete targets (missing coordinates: MoERegressor)
+
     def _fit_targets(self, y, w):
         self._n_positive_rows = int((np.asarray(w) > 0).sum())  # for the size check before building
         return super()._fit_targets(y, w)

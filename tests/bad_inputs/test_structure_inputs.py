@@ -176,6 +176,8 @@ CASES = [
     ("vector y infinite with NaN", _fit(MoERegressor(), y=np.c_[np.where(np.arange(N) == 1, np.inf, Y),
                                                            np.where(np.arange(N) == 7, np.nan, Y)]), V,
      r"Input y contains infinity .*rows \[1\]"),
+    ("hierarchy vector y with missing coordinates", _fit(HMERegressor(depth=1), y=np.c_[Y, NAN_ROW + Y]), V,
+     r"Input y contains NaN"),
     ("predict with missing inputs", lambda m: m.linear.predict(np.c_[X[:, 0], NAN_ROW]), V,
      r"Input X contains NaN in rows \[4\], columns \[1\]; a prediction or fit needs every input"),
 ]
