@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from scipy.stats import norm
 from sklearn.base import is_classifier
 from sklearn.utils.validation import check_is_fitted
 
-from .._validation import check_sample_weight
+from .._validation import check_sample_weight, incomplete_targets
 from ..inference.information import NoLikelihoodHessianError, ParameterInfo, observed_informations, reported_estimates
 from ..training.em import fit_em
 
@@ -235,7 +236,8 @@ class SummaryMixin:
         return state
 
     def summary(self, se: str = "hessian", level: float = 0.95, X=None, y=None, sample_weight=None,
-                n_boot: int = 200, random_state=None) -> Summary:
+                n_boot: int = 200, random_state=None, *, offset=None, trials=None, lower=None,
+                upper=None) -> Summary:
         """Every coefficient with its name, standard error, z test and confidence interval.
 
         Parameters
@@ -255,6 +257,8 @@ class SummaryMixin:
             Bootstrap replicates (at least 2).
         random_state : int, optional
             Seed of the bootstrap's resampling.
+        offset, trials, lower, upper : array (n,), optional
+            The per-row extras the model was fitted with (as for ``fit``), with X and y.
 
         Returns
         -------
@@ -291,7 +295,12 @@ class SummaryMixin:
                 raise ValueError(f"n_boot must be an integer >= 2, got {n_boot!r}")
         if (X is None) != (y is None):
             raise ValueError("pass both X and y (the training data) to recompute standard errors, or neither")
-        data = None if X is None else self._tensors(X, y, sample_weight)
+        extras = {"offset": offset, "trials": trials, "lower": lower, "upper": upper}
+        if X is None and any(v is not None for v in extras.values()):
+            given = ", ".join(k for k, v in extras.items() if v is not None)
+            raise ValueError(f"{given} given without X and y: the per-row extras belong to the data; pass them "
+                             "with X and y, or leave them out")
+        data = None if X is None else self._tensors(X, y, sample_weight, **extras)
         if se == "bootstrap":
             params, estimate = reported_estimates(self.model_, strict=False)
             if not params:
@@ -311,10 +320,11 @@ class SummaryMixin:
             cov = np.asarray(state["cov_" + se], dtype=np.float64)
         return self._make_summary(params, estimate, cov, state, se, float(level))
 
-    def _tensors(self, X, y, sample_weight) -> tuple:
-        """The data as the model takes them: ``(x, y, weight)`` tensors."""
-        x = self._x(X)
-        return x, self._y_tensor(y, x.shape[0]), check_sample_weight(sample_weight, x.shape[0], x.dtype, x.device)
+    def _tensors(self, X, y, sample_weight, offset=None, trials=None, lower=None, upper=None) -> tuple:
+        """The data as the model takes them: ``(x, y, weight)`` tensors, the per-row extras in x and y."""
+        x = self._model_x(X, offset, trials)
+        yt = self._target_tensor(y, x.shape[0], lower, upper)
+        return x, yt, check_sample_weight(sample_weight, x.shape[0], x.dtype, x.device)
 
     def _fit_statistics(self, x, y, w) -> dict:
         """Log-likelihood, weight and the responsibilities' entropy on the data (for the footer of a bootstrap)."""
@@ -366,14 +376,17 @@ class SummaryMixin:
     def _bootstrap_cov(self, x, yt, w, n_boot, random_state) -> np.ndarray:
         rng = np.random.default_rng(random_state)
         n = x.shape[0]
+        # censored rows ([y, lower, upper], ±inf limits) and missing coordinates reach the experts as in fit
+        context = incomplete_targets if bool(yt.is_floating_point() and not torch.isfinite(yt).all()) else nullcontext
         p0 = w.cpu().numpy() / float(w.sum())
         draws = []
         for _ in range(n_boot):
             counts = rng.multinomial(n, p0)  # n rows drawn with replacement, in proportion to their weights
             wb = torch.as_tensor(counts, dtype=x.dtype, device=x.device) * (float(w.sum()) / n)
             m = copy.deepcopy(self.model_)
-            fit_em(m, x, yt, wb, init=None, max_iter=int(getattr(self, "max_iter", 200)),
-                   tol=float(getattr(self, "tol", 1e-6)))
+            with context():
+                fit_em(m, x, yt, wb, init=None, max_iter=int(getattr(self, "max_iter", 200)),
+                       tol=float(getattr(self, "tol", 1e-6)))
             _match_components(m, self.model_)
             draws.append(reported_estimates(m, strict=False)[1])
         draws = np.asarray(draws)

@@ -202,3 +202,21 @@ def test_formulas_are_data_not_code(npreg, tmp_path):
     with pytest.raises(ModelFileError):
         load(path)
     assert not marker.exists()
+
+
+def test_summary_from_data_takes_the_per_row_extras():
+    """summary(X=..., y=..., offset=...) recomputes the standard errors with the model's own x (offset column)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 1))
+    log_expo = np.log(rng.uniform(0.5, 3, size=600))
+    y = rng.poisson(np.exp(log_expo + 0.5 + 0.3 * X[:, 0]))
+    est = MoERegressor(n_experts=1, expert="poisson", random_state=0).fit(X, y, offset=log_expo)
+    at_fit = est.summary().table
+    again = est.summary(X=X, y=y, offset=log_expo).table
+    np.testing.assert_allclose(again["std_error"], at_fit["std_error"], rtol=1e-10)
+    boot = est.summary(X=X, y=y, offset=log_expo, se="bootstrap", n_boot=10, random_state=0).table
+    assert np.isfinite(boot["std_error"]).all()
+    with pytest.raises(ValueError, match="offset given without X and y"):
+        est.summary(offset=log_expo)
+    with pytest.raises(ValueError, match="pass offset= here too"):
+        est.summary(X=X, y=y)
