@@ -346,15 +346,10 @@ def describe_model(estimator, feature_names=None, target_names=None, *, explain:
     if _is_classifier(estimator):
         outputs = f"{len(estimator.classes_)} classes ({', '.join(map(str, estimator.classes_[:10]))})"
     else:
-        try:
-            with torch.no_grad():
-                p = next(q for q in model.parameters() if q.is_floating_point())
-                ev = tuple(model(torch.zeros(1, d, dtype=p.dtype, device=p.device)).event_shape)
-            outputs = "a scalar target" if not ev else f"a {ev[0]}-dimensional target"
-            if target_names is not None:
-                outputs += f" ({', '.join(map(str, target_names))})"
-        except StopIteration:  # pragma: no cover
-            outputs = "a target"
+        ev = estimator.target_shape()  # the estimator probes its model with its own x (offset and trials columns too)
+        outputs = "a scalar target" if not ev else f"a {ev[0]}-dimensional target"
+        if target_names is not None:
+            outputs += f" ({', '.join(map(str, target_names))})"
     lines.append(f"  inputs: {inputs}; outputs: {outputs}")
     try:
         lines.append(f"  free parameters: {model.n_parameters()}; dtype {getattr(estimator, 'dtype', '?')}; "

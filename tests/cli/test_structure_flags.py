@@ -99,9 +99,6 @@ def test_offset_column_is_read_again_by_predict_and_evaluate(tables, capsys):
     assert rc == 0 and t[t.block == "shared"].term.tolist() == ["x"]
 
 
-@pytest.mark.xfail(reason="moekit.report.describe_model probes the model with n_features_in_ zeros, without the "
-                          "offset/trials columns (extras_) that the model's x carries", raises=AssertionError,
-                   strict=False)
 def test_info_names_the_offset_column(tables, capsys):
     model, _ = _fit(tables, capsys, "offset_info", "-t", "y", "--features", "x", "z", "--expert", "poisson",
                     "--offset", "logexpo")
