@@ -4,7 +4,6 @@
 :class:`~moekit.estimators.MoERegressor`) builds each family's expert module, checks y against the
 families' supports, and turns the per-row keywords of ``fit`` (``offset``, ``trials``, ``lower``,
 ``upper``) into trailing columns of the model's x (offsets, trials) or of its y (censoring limits).
-A family whose component this build lacks is a ValueError naming the option.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import experts as expert_families
 from .._validation import (
     Families,
     check_censoring,
@@ -21,7 +19,19 @@ from .._validation import (
     row_values,
     torch_dtype,
 )
-from ..experts import LinearGaussianExpert, MLPExpert, StudentTExpert
+from ..experts import (
+    BinomialExpert,
+    CensoredGaussianExpert,
+    GammaExpert,
+    LinearGaussianExpert,
+    LogisticExpert,
+    MLPExpert,
+    NegativeBinomialExpert,
+    PointMassExpert,
+    PoissonExpert,
+    SoftmaxExpert,
+    StudentTExpert,
+)
 from .base import numeric_target, weighted_variance
 
 __all__ = [
@@ -31,9 +41,7 @@ __all__ = [
     "OFFSET_FAMILIES",
     "REGRESSOR_FAMILIES",
     "RegressionFamilies",
-    "construct",
     "expert_lists",
-    "family_class",
     "family_of",
     "observed_variance",
 ]
@@ -47,12 +55,11 @@ def expert_lists(*names) -> Families:
     return Families(*names, other="a list of them (one per expert) or an expert instance", instances=(object,))
 
 
-#: Family name -> expert class name in :mod:`moekit.experts` (looked up when a model is built, so that a
-#: family whose component is not in this build gives a clear error naming it).
+#: Family name -> expert class ("censored": the linear family fitted with censoring limits).
 FAMILY_CLASSES = {
-    "linear": "LinearGaussianExpert", "poisson": "PoissonExpert", "binomial": "BinomialExpert",
-    "gamma": "GammaExpert", "negative_binomial": "NegativeBinomialExpert", "point_mass": "PointMassExpert",
-    "student_t": "StudentTExpert", "mlp": "MLPExpert", "logistic": "LogisticExpert", "censored": "CensoredGaussianExpert",
+    "linear": LinearGaussianExpert, "poisson": PoissonExpert, "binomial": BinomialExpert, "gamma": GammaExpert,
+    "negative_binomial": NegativeBinomialExpert, "point_mass": PointMassExpert, "student_t": StudentTExpert,
+    "mlp": MLPExpert, "logistic": LogisticExpert, "censored": CensoredGaussianExpert,
 }
 #: GLM families: a linear predictor with a log or logit link, counts or positive y, offsets and shared coefficients.
 GLM_FAMILIES = ("poisson", "binomial", "gamma", "negative_binomial")
@@ -62,32 +69,13 @@ OFFSET_FAMILIES = ("linear", *GLM_FAMILIES, "point_mass")
 COUNT_FAMILIES = ("poisson", "binomial", "negative_binomial", "point_mass")
 
 
-def family_class(name: str, option: str):
-    """The expert class of a family, or a ValueError naming the option where this build lacks it."""
-    cls = getattr(expert_families, FAMILY_CLASSES[name], None)
-    if cls is None:
-        raise ValueError(f"{option} needs moekit.experts.{FAMILY_CLASSES[name]}, which this moekit build does not "
-                         "have yet; choose another family or update moekit")
-    return cls
-
-
-def construct(cls, option: str, *args, **kwargs):
-    """``cls(*args, **kwargs)``; a component that does not take an option yet is a ValueError naming the option."""
-    try:
-        return cls(*args, **kwargs)
-    except TypeError as e:
-        if "unexpected keyword" not in str(e):
-            raise
-        raise ValueError(f"{option} is not available in this moekit build ({cls.__name__} does not take it yet: {e})") from None
-
-
-_CLASS_FAMILIES = {**{c: f for f, c in FAMILY_CLASSES.items() if f != "censored"}, "SoftmaxExpert": "logistic",
-                   "CensoredGaussianExpert": "linear"}
+_CLASS_FAMILIES = {**{c: f for f, c in FAMILY_CLASSES.items() if f != "censored"}, SoftmaxExpert: "logistic",
+                   CensoredGaussianExpert: "linear"}
 
 
 def family_of(module) -> str | None:
     """The family name of a built expert module (None for an instance of another class)."""
-    return _CLASS_FAMILIES.get(type(module).__name__)
+    return _CLASS_FAMILIES.get(type(module))
 
 
 class RegressionFamilies:
@@ -107,7 +95,7 @@ class RegressionFamilies:
         fams = self._named_families()
         if self._censoring(given):
             return True  # NaN y: interval-censored rows
-        return y_ndim == 2 and bool(fams) and set(fams) == {"linear"} and _linear_takes_missing_y()
+        return y_ndim == 2 and bool(fams) and set(fams) == {"linear"}
 
     def _missing_targets(self, y, extras):
         if y.dtype.kind != "f":
@@ -184,8 +172,7 @@ class RegressionFamilies:
                 raise ValueError("y contains infinite values; a censored row has y equal to its (finite) limit")
             check_censoring(yy, lo, hi)
             return torch.as_tensor(np.column_stack([yy, lo, hi]), dtype=torch_dtype(self.dtype), device=self.device)
-        if self._y_ndim == 2 and set(self._named_families()) == {"linear"} and lower is None and upper is None \
-                and _linear_takes_missing_y():
+        if self._y_ndim == 2 and set(self._named_families()) == {"linear"} and lower is None and upper is None:
             yy = np.array(y.to_numpy() if hasattr(y, "to_numpy") else y, dtype=np.float64)
             if yy.ndim == 2 and yy.shape[0] == n and np.isnan(yy).any() and not np.isinf(yy).any():
                 return torch.as_tensor(yy, dtype=torch_dtype(self.dtype), device=self.device)  # missing coordinates
@@ -206,25 +193,13 @@ class RegressionFamilies:
             raise ValueError(f"{opt} needs a 1-D y (one count or positive value per row)")
         if name == "linear":
             if getattr(self, "censored_", False):
-                cls = family_class("censored", "lower/upper (censored Gaussian experts)")
-                return construct(cls, "offset with censoring", d, n_experts=k, var_floor=floor, dtype=dtype, **kw)
-            option = (f"covariance={self.covariance!r}" if self.covariance.startswith("tied") else
-                      "offset" if "offset" in kw else "shared_features" if shared else opt)
-            try:
-                return construct(LinearGaussianExpert, option, d, y_info, self.covariance, n_experts=k, var_floor=floor,
-                                 alpha=float(self.alpha), dtype=dtype, **kw)
-            except ValueError as e:
-                if self.covariance.startswith("tied") and "covariance" in str(e):
-                    raise ValueError(f"covariance={self.covariance!r} is not available in this moekit build "
-                                     f"(LinearGaussianExpert: {e})") from None
-                raise
+                return CensoredGaussianExpert(d, n_experts=k, var_floor=floor, dtype=dtype, **kw)
+            return LinearGaussianExpert(d, y_info, self.covariance, n_experts=k, var_floor=floor,
+                                        alpha=float(self.alpha), dtype=dtype, **kw)
         if name in GLM_FAMILIES:
-            cls = family_class(name, opt)
-            return construct(cls, "offset" if "offset" in kw else "shared_features" if shared else opt, d, n_experts=k,
-                             l2=float(self.alpha), dtype=dtype, **kw)
+            return FAMILY_CLASSES[name](d, n_experts=k, l2=float(self.alpha), dtype=dtype, **kw)
         if name == "point_mass":
-            cls = family_class(name, opt)
-            return cls(value=float(self.point_mass_value), n_experts=k, dtype=dtype)
+            return PointMassExpert(value=float(self.point_mass_value), n_experts=k, dtype=dtype)
         if name == "student_t":
             return StudentTExpert(d, y_info, n_experts=k, var_floor=floor, dtype=dtype)
         lr = 1e-2 if self.learning_rate is None else self.learning_rate
@@ -245,20 +220,3 @@ def observed_variance(y: np.ndarray, w: np.ndarray) -> float:
         if ok.sum() > 1:
             out.append(weighted_variance(y2[ok, j], w[ok]))
     return float(np.mean(out)) if out else 0.0
-
-
-_MISSING_Y_PROBE: list = []
-
-
-def _linear_takes_missing_y() -> bool:
-    """Whether this build's LinearGaussianExpert marginalises NaN coordinates of a vector y (a finite log-density)."""
-    if not _MISSING_Y_PROBE:
-        e = LinearGaussianExpert(0, 2, "full")
-        y = torch.tensor([[1.0, float("nan")]], dtype=torch.float64)
-        try:
-            with torch.no_grad():
-                ok = bool(torch.isfinite(e.log_prob(torch.zeros(1, 0, dtype=torch.float64), y)).all())
-        except (ValueError, RuntimeError):
-            ok = False
-        _MISSING_Y_PROBE.append(ok)
-    return _MISSING_Y_PROBE[0]
