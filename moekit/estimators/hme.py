@@ -15,12 +15,13 @@ L leaves.
 from __future__ import annotations
 
 import numbers
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from .._validation import OneOf, Real, torch_dtype
+from .._validation import OneOf, Real, incomplete_targets, torch_dtype
 from ..gates import ConstantGate
 from ..mixture import MixtureOfExperts
 from ..training.grow import grow_tree
@@ -45,11 +46,6 @@ class _HMEMixin:
             raise ValueError(f"expert={list(self.expert)!r}: a list of families (one per expert) is an option of "
                              f"MoERegressor and MoEClassifier; the leaves of {type(self).__name__} share one family: "
                              "give one name")
-        if self.expert_features is not None and not isinstance(self.expert_features, (str, numbers.Integral)) \
-                and len(list(self.expert_features)) == 0:
-            raise ValueError(f"expert_features=[] (leaves without inputs) is not available for {type(self).__name__} "
-                             "(moekit.tree.build_tree needs at least one column); use MoERegressor(expert_features=[]) "
-                             "for a covariate gate over intercept-only experts, or give the leaves a column")
         if self.grow:
             if not (isinstance(self.branching, numbers.Integral) and self.branching >= 2):
                 raise ValueError(f"with grow=True, branching must be an int >= 2 (children per split), got {self.branching!r}")
@@ -57,9 +53,6 @@ class _HMEMixin:
                 raise ValueError("grow=True fits every candidate tree by EM; use fit_method='em' (or grow=False)")
         else:
             as_branching(self.depth, self.branching)
-
-    def _nan_y_allowed(self, y_ndim: int, given: set) -> bool:
-        return False  # the tree's trainers take complete targets (missing coordinates: MoERegressor)
 
     def _fit_targets(self, y, w):
         self._n_positive_rows = int((np.asarray(w) > 0).sum())  # for the size check before building
@@ -93,11 +86,19 @@ class _HMEMixin:
 
         return leaves, gate
 
+    def _n_extras(self) -> int:
+        """Trailing columns of the model's x after X's own: the per-row extras (offset, trials)."""
+        return len(getattr(self, "extras_", ()))
+
     def build_model(self, n_features, y_info, dtype, generator):
-        """A new tree of ``depth`` levels and ``branching`` children (a single leaf when ``grow``)."""
-        gcols = self._feature_index(self.gate_features, "gate_features", n_features)
-        ecols = self._feature_index(self.expert_features, "expert_features", n_features)
-        de = n_features if ecols is None else len(ecols)
+        """A new tree of ``depth`` levels and ``branching`` children (a single leaf when ``grow``).
+
+        The model's x is X's ``n_features`` columns, then the extras (offset, trials): every gate,
+        at any depth, sees ``gate_features`` (never the extras); inner nodes pass every column
+        down, and the leaves see ``expert_features`` (possibly none: intercept-only leaves) and
+        then the extras (the columns of :meth:`MoERegressor._layout`).
+        """
+        gcols, ecols, de, _ = self._layout(n_features)
         leaves, gate = self._factories(de, y_info, dtype, generator)
         if self.grow:
             depth, branching = 1, 1  # a single leaf: growth decides the rest
@@ -108,7 +109,7 @@ class _HMEMixin:
         self._check_leaves(as_branching(depth, branching), n_features)
         pt = None if self.prune_threshold is None else float(self.prune_threshold)
         return build_tree(
-            n_features, depth, branching, leaf=leaves, gate=gate, dtype=dtype, gate_features=gcols,
+            n_features + self._n_extras(), depth, branching, leaf=leaves, gate=gate, dtype=dtype, gate_features=gcols,
             expert_features=ecols, prune_threshold=pt,
         )
 
@@ -131,7 +132,13 @@ class _HMEMixin:
         return self._unscaled(self._train_tree(model, x, y, w, seed, rng, generator), e)
 
     def _train_tree(self, model, x, y, w, seed, rng, generator):
-        self._check_size(model, w, x.shape[1])
+        self._check_size(model, w, x.shape[1] - self._n_extras())
+        # censored rows ([y, lower, upper] with infinite limits) and missing coordinates of y reach the leaves
+        context = incomplete_targets() if bool(y.is_floating_point() and not torch.isfinite(y).all()) else nullcontext()
+        with context:
+            return self._train_tree_on(model, x, y, w, seed, rng, generator)
+
+    def _train_tree_on(self, model, x, y, w, seed, rng, generator):
         self.grow_result_ = None
         if self.grow:
             _, gate = self._factories(0, None, torch_dtype(self.dtype), generator)
@@ -174,10 +181,13 @@ class _HMEMixin:
         gen = torch.Generator().manual_seed(0)  # initial values are overwritten by the stored tensors
         y_info = structure.get("y_info")
 
+        n_extras = self._n_extras()
+
         def cols(v, d, what):
             if v is None:
                 return None
-            if not (isinstance(v, list) and v and all(isinstance(i, int) and 0 <= i < d for i in v)):
+            if not (isinstance(v, list) and (v or what == "expert_features")
+                    and all(isinstance(i, int) and 0 <= i < d for i in v)):
                 raise ValueError(f"bad {what} {v!r} in the tree")
             return v
 
@@ -190,27 +200,31 @@ class _HMEMixin:
             gf = cols(spec.get("gate_features"), d_in, "gate_features")
             ef = cols(spec.get("expert_features"), d_in, "expert_features")
             dg = d_in if gf is None else len(gf)
-            de = d_in if ef is None else len(ef)
+            de = d_in if ef is None else len(ef)  # a child node's input width
+            dl = de - n_extras  # a leaf's features: its inputs less the extras (the leaf reads them itself)
+            if dl < 0:
+                raise ValueError("bad expert_features in the tree: fewer columns than the extras")
             gate = ConstantGate(k, dtype=dtype) if spec.get("gate") == "ConstantGate" else self._build_gate(dg, k, dtype, gen)
             ch = spec.get("children")
             if ch == "stacked":
-                experts = self._build_named_experts(de, k, y_info, dtype, gen)
+                experts = self._build_named_experts(dl, k, y_info, dtype, gen)
             elif isinstance(ch, list) and len(ch) == k:
                 experts = [build(c, de, depth + 1) if isinstance(c, dict)
-                           else self._build_named_experts(de, None, y_info, dtype, gen) for c in ch]
+                           else self._build_named_experts(dl, None, y_info, dtype, gen) for c in ch]
             else:
                 raise ValueError("bad children in the tree")
             pt = spec.get("prune_threshold")
             return MixtureOfExperts(gate, experts, gate_features=gf, expert_features=ef,
                                     prune_threshold=None if pt is None else float(pt))
 
-        return build(structure.get("tree"), int(self.n_features_in_), 0)
+        return build(structure.get("tree"), int(self.n_features_in_) + n_extras, 0)
 
     # --------------------------------------------------------- tree views
     def predict_distribution(self, X, *, offset=None, trials=None):
         """The predictive mixture p(y | x) over the L leaves, weighted by the path probabilities.
 
-        ``offset``, ``trials``: not taken by hierarchies (a ValueError if given; see MoERegressor).
+        ``offset``, ``trials``: each row's offset and number of trials, for a model fitted with
+        them (the leaves read them; the gates never do).
 
         Returns
         -------
@@ -222,30 +236,56 @@ class _HMEMixin:
         with torch.no_grad():
             return leaf_mixture(self.model_, x)
 
-    def predict_gate(self, X) -> np.ndarray:
-        """Path probabilities of the leaves (the product of gates along each path): (n, L), rows summing to one."""
+    def _gate_x(self, X, offset=None, trials=None) -> torch.Tensor:
+        """The model's x for the gates alone: the extras (checked where given) or placeholders the gates never read."""
         x = self._x(X)
+        if offset is not None or trials is not None:
+            self._extra_columns(x.shape[0], offset, trials)  # checked, as for a prediction
+        n_extras = self._n_extras()
+        if not n_extras:
+            return x
+        fill = self._origin_x()[:, x.shape[1]:].to(device=x.device, dtype=x.dtype)  # offset 0, one trial
+        return torch.cat([x, fill.expand(x.shape[0], n_extras)], dim=1)
+
+    def predict_gate(self, X, *, offset=None, trials=None) -> np.ndarray:
+        """Path probabilities of the leaves (the product of gates along each path): (n, L), rows summing to one.
+
+        The gates never see offsets or trials: they are not needed here (checked where given).
+        """
+        x = self._gate_x(X, offset, trials)
         with torch.no_grad():
             return path_probabilities(self.model_, x).cpu().numpy()
 
-    def responsibilities(self, X, y) -> np.ndarray:
-        """Path posteriors P(leaf | x, y): (n, L), rows summing to one."""
-        x = self._x(X)
-        yt = self._y_tensor(y, x.shape[0])
+    def responsibilities(self, X, y, *, offset=None, trials=None, lower=None, upper=None) -> np.ndarray:
+        """Path posteriors P(leaf | x, y): (n, L), rows summing to one.
+
+        ``offset``, ``trials``, ``lower``, ``upper``: as for ``score_samples``.
+        """
+        x = self._model_x(X, offset, trials)
+        yt = self._target_tensor(y, x.shape[0], lower, upper)
         with torch.no_grad():
             return path_posteriors(self.model_, x, yt).cpu().numpy()
 
-    def predict_node_gates(self, X) -> dict:
+    def predict_node_gates(self, X, *, offset=None, trials=None) -> dict:
         """Every inner node's own gate probabilities: ``{path: (n, K_node) array}``, the root at ``()``."""
-        x = self._x(X)
+        x = self._gate_x(X, offset, trials)
         with torch.no_grad():
             return {p: g.cpu().numpy() for p, g in node_gate_probabilities(self.model_, x).items()}
 
-    def render_tree(self, X=None, y=None, sample_weight=None) -> str:
-        """A text picture of the fitted tree; with X (and y), the share of the data (posterior weight) per node and leaf."""
+    def render_tree(self, X=None, y=None, sample_weight=None, *, offset=None, trials=None, lower=None,
+                    upper=None) -> str:
+        """A text picture of the fitted tree; with X (and y), the share of the data (posterior weight) per node and leaf.
+
+        ``offset``, ``trials``, ``lower``, ``upper``: as for ``score_samples`` (with y; without y
+        the shares are path probabilities, which need no extras).
+        """
         check_is_fitted(self, "model_")
-        x = None if X is None else self._x(X)
-        yt = None if y is None else self._y_tensor(y, x.shape[0])
+        if X is None:
+            return render_tree(self.model_, None, None, sample_weight)
+        if y is None:
+            return render_tree(self.model_, self._gate_x(X, offset, trials), None, sample_weight)
+        x = self._model_x(X, offset, trials)
+        yt = self._target_tensor(y, x.shape[0], lower, upper)
         return render_tree(self.model_, x, yt, sample_weight)
 
 
@@ -297,10 +337,15 @@ _PARAMS_DOC = """
     optimizer, formula, gate_formula, compute_se, and for the regressor covariance and var_floor
         As for the flat estimator (here per leaf and per gate; gate_formula
         is every gate's).  The regressor's leaves are "linear", "poisson",
-        "gamma", "negative_binomial", "student_t" or "mlp" (one family for
-        every leaf; lists of families, ``expert_features=[]``, shared
-        features, offsets, trials, censoring limits and ``missing`` are
-        options of the flat estimators only).
+        "binomial", "gamma", "negative_binomial", "student_t" or "mlp" (one
+        family for every leaf; lists of families, shared features and
+        ``missing`` are options of the flat estimators only).
+        ``expert_features=[]`` gives intercept-only leaves under the tree of
+        gates.  The regressor's ``fit`` takes ``offset``, ``trials``,
+        ``lower`` and ``upper`` as :class:`~moekit.MoERegressor`'s does
+        (trailing columns of the model's x that only the leaves read, and
+        censored Gaussian leaves), and a vector y may hold NaN coordinates
+        under linear leaves (marginalised exactly).
 """
 
 
@@ -347,8 +392,9 @@ class HMERegressor(_HMEMixin, MoERegressor):
     True
     """
 
-    _accepts_extras = frozenset()  # offsets, trials and censoring limits: MoERegressor's
-    _parameter_specs = {"expert": expert_names("linear", "poisson", "gamma", "negative_binomial", "student_t", "mlp"),
+    _accepts_extras = frozenset({"offset", "trials", "lower", "upper"})  # read by the leaves, never by the gates
+    _parameter_specs = {"expert": expert_names("linear", "poisson", "binomial", "gamma", "negative_binomial", "student_t",
+                                               "mlp"),
                         "gate": GATES, "init": _INIT,
                         "validation_fraction": Real(0.0, 1.0, low_open=True, high_open=True)}
 

@@ -21,12 +21,13 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
-from .._validation import check_fit_inputs, model_device, model_dtype
+from .._validation import model_device, model_dtype
 from ..gates import ConstantGate
 from ..mixture import MixtureOfExperts
 from ..tree.build import check_children, check_tree, gate_factory, leaf_copies, n_leaves, tree_leaves
 from ..tree.routing import path_posteriors
 from .em import fit_em
+from .inputs import check_model_inputs
 from .tree import fit_tree_em
 
 __all__ = ["GrowResult", "grow_tree", "split_leaf"]
@@ -119,7 +120,7 @@ def split_leaf(
     if not (isinstance(branching, numbers.Integral) and not isinstance(branching, bool) and branching >= 2):
         raise ValueError(f"branching must be an int >= 2 to split a leaf, got {branching!r}")
     dev = model_device(tree)
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=model_dtype(tree), device=dev)
+    x, y, w = check_model_inputs(tree, x, y, sample_weight)
     path = tuple(int(k) for k in path)
     leaves = tree_leaves(tree)
     idx = [i for i, lf in enumerate(leaves) if lf.path == path]
@@ -344,7 +345,7 @@ def grow_tree(
     """
     t0 = time.perf_counter()
     check_tree(tree)
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=model_dtype(tree), device=model_device(tree))
+    x, y, w = check_model_inputs(tree, x, y, sample_weight)  # NaN / censored y where the leaves read them
     if not (isinstance(branching, numbers.Integral) and not isinstance(branching, bool) and branching >= 2):
         raise ValueError(f"branching must be an int >= 2, got {branching!r}")
     if not (isinstance(max_leaves, numbers.Integral) and not isinstance(max_leaves, bool) and max_leaves >= 1):

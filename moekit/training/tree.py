@@ -17,11 +17,11 @@ from typing import Callable
 
 import numpy as np
 
-from .._validation import check_fit_inputs, model_device, model_dtype
 from ..mixture import MixtureOfExperts
 from ..tree.build import check_tree
 from .em import fit_em
 from .init import initial_responsibilities, nested_seed
+from .inputs import check_model_inputs
 
 __all__ = ["fit_tree_em", "init_tree"]
 
@@ -48,7 +48,10 @@ def init_tree(tree: MixtureOfExperts, x, y, sample_weight=None, *, init="kmeans"
     ----------
     tree : MixtureOfExperts
     x, y, sample_weight
-        Data as for :func:`~moekit.fit_em`.
+        Data as for :func:`~moekit.fit_em`: y may hold NaN coordinates where
+        the leaves marginalise them, and censored ``[y, lower, upper]`` rows
+        inside :func:`~moekit._validation.incomplete_targets` (the starts
+        impute them, for the split only).
     init : {"kmeans", "kmeans_x", "random"} or array (n, K)
         ``"kmeans"``: weighted k-means (k-means++ seeding) on the
         standardised joint ``[x, y]`` of each node's rows, the usual start
@@ -90,7 +93,7 @@ def init_tree(tree: MixtureOfExperts, x, y, sample_weight=None, *, init="kmeans"
     _check_init(init)
     if init is None:
         raise ValueError("init must be 'kmeans', 'kmeans_x', 'random' or an (n, K) array; None means no initialisation")
-    x, y, w = check_fit_inputs(x, y, sample_weight, dtype=model_dtype(tree), device=model_device(tree))
+    x, y, w = check_model_inputs(tree, x, y, sample_weight)  # NaN / censored y where the leaves read them
     seed = int(np.random.default_rng(random_state).integers(0, 2**31 - 1)) if random_state is None or not isinstance(
         random_state, numbers.Integral
     ) else int(random_state)

@@ -231,7 +231,11 @@ def build_tree(
     generator : torch.Generator, optional
         Initial weights of neural gates.
     gate_features, expert_features : sequence of int, optional
-        Columns of x seen by every gate and by every leaf.
+        Columns of x seen by every gate and by every leaf (None: all of
+        them).  ``expert_features=[]`` gives intercept-only leaves (no
+        inputs).  Columns that only the leaves read, such as an offset, are
+        in ``expert_features`` and left out of ``gate_features``: inner
+        nodes pass every column down, so no gate at any depth sees them.
     prune_threshold : float or None
         Inner nodes remove, with a warning, a child whose share of the data
         falls below this fraction during EM (see
@@ -273,7 +277,8 @@ def build_tree(
     gcols = None if gate_features is None else [int(i) for i in gate_features]
     ecols = None if expert_features is None else [int(i) for i in expert_features]
     for name, cols in (("gate_features", gcols), ("expert_features", ecols)):
-        if cols is not None and (not cols or any(not -n_features <= c < n_features for c in cols)):
+        if cols is not None and ((not cols and name == "gate_features")
+                                 or any(not -n_features <= c < n_features for c in cols)):
             raise ValueError(f"{name} must hold column indices in [0, {n_features}), got {cols!r}")
     dg = n_features if gcols is None else len(gcols)
     de = n_features if ecols is None else len(ecols)

@@ -39,8 +39,8 @@ __all__ = [
 
 def _path_log_prior(node: MixtureOfExperts, x: torch.Tensor) -> torch.Tensor:
     lg = node.log_gate(x)
-    if node.is_stacked:
-        return lg
+    if node.is_stacked or not any(isinstance(e, MixtureOfExperts) for e in node.experts):
+        return lg  # leaves only: their inputs (expert_features, e.g. an offset column) are not needed
     xe = node.expert_input(x)
     cols = []
     for k, e in enumerate(node.experts):
@@ -247,7 +247,7 @@ def node_gate_probabilities(tree: MixtureOfExperts, x) -> dict:
 
     def visit(node, xx, path):
         out[path] = node.log_gate(xx).exp()
-        if not node.is_stacked:
+        if not node.is_stacked and any(isinstance(e, MixtureOfExperts) for e in node.experts):
             xe = node.expert_input(xx)
             for k, e in enumerate(node.experts):
                 if isinstance(e, MixtureOfExperts):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moekit import HMERegressor, LinearGaussianExpert, MoEClassifier, MoERegressor
+from moekit import HMEClassifier, HMERegressor, LinearGaussianExpert, MoEClassifier, MoERegressor
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -38,6 +38,7 @@ def m():
         trials=MoERegressor(n_experts=1, expert="binomial", random_state=0).fit(X, COUNTS, trials=TRIALS),
         linear=MoERegressor(n_experts=1, random_state=0).fit(X, Y),
         hme=HMERegressor(depth=1, random_state=0, max_iter=5).fit(X, Y),
+        hme_offset=HMERegressor(depth=1, expert="poisson", random_state=0, max_iter=5).fit(X, COUNTS, offset=OFF),
     )
 
 
@@ -68,7 +69,10 @@ CASES = [
      r"offset with linear experts needs a scalar \(1-D\) y"),
     ("offset for a classifier", _fit(MoEClassifier(), y=(Y > 0).astype(int), offset=OFF), V,
      r"MoEClassifier takes no offset=.*MoERegressor"),
-    ("offset for a hierarchy", _fit(HMERegressor(depth=1), offset=OFF), V, r"HMERegressor takes no offset="),
+    ("offset for a hierarchy of Student-t leaves", _fit(HMERegressor(depth=1, expert="student_t"), offset=OFF), V,
+     r"offset is given, but expert='student_t' has no linear predictor"),
+    ("offset for a hierarchical classifier", _fit(HMEClassifier(depth=1), y=(Y > 0).astype(int), offset=OFF), V,
+     r"HMEClassifier takes no offset=.*MoERegressor"),
     ("offset with an expert instance", _fit(MoERegressor(n_experts=1, expert=LinearGaussianExpert(2)), offset=OFF),
      V, r"offset need experts named by family \(expert='linear', 'poisson', \.\.\.\)"),
     ("predict without the fitted offset", lambda m: m.offset.predict(X), V,
@@ -80,7 +84,9 @@ CASES = [
     ("predict offset NaN", lambda m: m.offset.predict(X, offset=NAN_ROW), V,
      r"offset holds NaN in rows \[4\]; a prediction needs every input"),
     ("hierarchy predict with offset", lambda m: m.hme.predict(X, offset=OFF), V,
-     r"offset is given, but HMERegressor takes no offset"),
+     r"offset is given, but this HMERegressor was fitted without offset"),
+    ("hierarchy predict without the fitted offset", lambda m: m.hme_offset.predict(X), V,
+     r"fitted with offset=.*pass offset= here too"),
     # ------------------------------------------------------------------ trials
     ("trials not integers", _fit(MoERegressor(expert="binomial"), y=COUNTS, trials=np.full(N, 2.5)), V,
      r"trials must hold positive integers .*got 2\.5"),
@@ -152,8 +158,9 @@ CASES = [
     ("covariance unknown", _fit(MoERegressor(covariance="tied_full")), V,
      r"covariance must be one of 'full', 'diag', 'spherical', 'tied', 'tied_diag' or 'tied_spherical'"),
     ("point_mass_value not a number", _fit(MoERegressor(point_mass_value="0")), V, r"point_mass_value must be a number"),
-    ("hierarchy intercept-only leaves", _fit(HMERegressor(depth=1, expert_features=[])), V,
-     r"expert_features=\[\] \(leaves without inputs\) is not available for HMERegressor.*MoERegressor"),
+    ("hierarchy censoring for Poisson leaves", _fit(HMERegressor(depth=1, expert="poisson"), y=COUNTS,
+                                                    lower=np.zeros(N)), V,
+     r"lower/upper \(censoring limits\) need expert='linear'"),
     ("hierarchy expert list", _fit(HMERegressor(expert=["linear", "poisson"])), V,
      r"a list of families \(one per expert\) is an option of MoERegressor and MoEClassifier"),
     # ------------------------------------------------------------------ missing values
@@ -176,8 +183,8 @@ CASES = [
     ("vector y infinite with NaN", _fit(MoERegressor(), y=np.c_[np.where(np.arange(N) == 1, np.inf, Y),
                                                            np.where(np.arange(N) == 7, np.nan, Y)]), V,
      r"Input y contains infinity .*rows \[1\]"),
-    ("hierarchy vector y with missing coordinates", _fit(HMERegressor(depth=1), y=np.c_[Y, NAN_ROW + Y]), V,
-     r"Input y contains NaN"),
+    ("hierarchy vector y with missing coordinates under Student-t leaves",
+     _fit(HMERegressor(depth=1, expert="student_t"), y=np.c_[Y, NAN_ROW + Y]), V, r"Input y contains NaN"),
     ("predict with missing inputs", lambda m: m.linear.predict(np.c_[X[:, 0], NAN_ROW]), V,
      r"Input X contains NaN in rows \[4\], columns \[1\]; a prediction or fit needs every input"),
 ]
