@@ -367,6 +367,11 @@ class HMERegressor(_HMEMixin, MoERegressor):
         Gates on the longest root-to-leaf path.
     grow_result_ : GrowResult or None
         The growth history when ``grow=True``.
+    extras_, extras_required_, censored_
+        The per-row extras the leaves read (trailing columns of the model's
+        x: ``("offset",)``, ``("trials",)``, ...), those that predictions
+        need, and whether the leaves are censored Gaussian (Tobit) leaves,
+        as for :class:`~moekit.MoERegressor`.
     log_likelihood_, mean_log_likelihood_, log_likelihood_history_, mean_log_likelihood_history_
         Total and mean (per unit weight) training log-likelihood, as for
         :class:`~moekit.MoERegressor`.
@@ -390,6 +395,15 @@ class HMERegressor(_HMEMixin, MoERegressor):
     (4, (2, 4))
     >>> bool(np.allclose(hme.predict_gate(X).sum(1), 1))
     True
+
+    Poisson leaves with a log-exposure offset (read by the leaves, never by the gates):
+
+    >>> exposure = rng.uniform(0.5, 2.0, size=300)
+    >>> counts = rng.poisson(np.exp(0.5 + X[:, 0]) * exposure)
+    >>> pois = HMERegressor(depth=1, expert="poisson", random_state=0, tol=1e-5).fit(
+    ...     X, counts, offset=np.log(exposure))
+    >>> pois.extras_, pois.predict(X[:2], offset=np.log([1.0, 1.0])).shape
+    (('offset',), (2,))
     """
 
     _accepts_extras = frozenset({"offset", "trials", "lower", "upper"})  # read by the leaves, never by the gates

@@ -27,6 +27,7 @@ from ..mixture import MixtureOfExperts
 from ..tree.build import check_children, check_tree, gate_factory, leaf_copies, n_leaves, tree_leaves
 from ..tree.routing import path_posteriors
 from .em import fit_em
+from .init import initial_responsibilities
 from .inputs import check_model_inputs
 from .tree import fit_tree_em
 
@@ -73,7 +74,9 @@ def split_leaf(
     The new leaves start as copies of the old one; the new node is then
     initialised on the rows the old leaf was responsible for (its path
     posteriors times ``sample_weight``): a seeded weighted k-means split of
-    those rows, the new gate fitted to the split, each new leaf to its part.
+    those rows (on the joint [x, y], less the columns the leaves read as
+    known terms such as an offset or the trials), the new gate fitted to
+    the split, each new leaf to its part.
     The rest of the tree is unchanged, so before any further fitting the new
     node takes exactly the old leaf's share of every x.
 
@@ -149,6 +152,8 @@ def split_leaf(
         new_gate = gate_factory(gate, dtype, None)(dg, int(branching)).to(dev)
     leaf = _single_leaf(parent, k)
     new_leaves = check_children(leaf_copies(leaf, int(branching)), int(branching), "splitting")
+    n_extra = len(getattr(leaf, "extras", ()))  # trailing leaf columns read as known terms (offset, trials)
+    extra_cols = [] if not n_extra or parent.expert_features is None else list(parent.expert_features[-n_extra:])
     seed = int(np.random.default_rng(random_state).integers(0, 2**31 - 1))
     if parent.n_experts == 1:
         # the leaf is its node's only child: give that node the new gate and leaves
@@ -182,8 +187,31 @@ def split_leaf(
             expert_features=None if ecols is None else list(ecols), prune_threshold=parent.prune_threshold,
         )
         parent.experts[k] = new
-    new.init_from_responsibilities(x_parent, y, w_leaf, random_state=seed)
+    if extra_cols:
+        new.init_from_responsibilities(x_parent, y, w_leaf[:, None] * _split_without(x_parent, y, w_leaf, extra_cols,
+                                                                                      int(branching), seed),
+                                       random_state=seed)
+    else:
+        new.init_from_responsibilities(x_parent, y, w_leaf, random_state=seed)
     return new
+
+
+def _split_without(x, y, w, extra_cols, k, seed):
+    """The k-means split of a node's rows on the joint [x, y] less the leaves' extras (offsets, trials: known terms, not inputs).
+
+    The seed and the fallback of :meth:`~moekit.MixtureOfExperts.init_from_responsibilities`'s own split.
+
+    Shapes
+    ------
+    x (n, d_x); y (n,) or (n, d_y); w (n,) -> (n, k), rows summing to one.
+    """
+    sub_seed = int(np.random.default_rng(seed).integers(0, 2**31 - 1))
+    drop = set(extra_cols)
+    keep = [j for j in range(x.shape[1]) if j not in drop]
+    try:
+        return initial_responsibilities(x[:, keep], y, k, "kmeans", sub_seed, w)
+    except ValueError:  # fewer distinct weighted rows than children
+        return torch.full((x.shape[0], k), 1.0 / k, dtype=x.dtype, device=x.device)
 
 
 @dataclass
