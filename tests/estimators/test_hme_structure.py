@@ -12,8 +12,11 @@ import pytest
 import torch
 
 import moekit
-from moekit import HMEClassifier, HMERegressor, MoEClassifier, MoERegressor
-from moekit.tree import tree_leaves, tree_nodes
+from moekit import CensoredGaussianExpert, HMEClassifier, HMERegressor, MoEClassifier, MoERegressor
+from moekit._validation import incomplete_targets
+from moekit.training.grow import grow_tree
+from moekit.training.tree import fit_tree_em, init_tree
+from moekit.tree import build_tree, tree_leaves, tree_nodes
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -274,3 +277,26 @@ def test_hme_classifier_intercept_only_leaves(tmp_path):
     a = MoEClassifier(n_experts=2, expert_features=[], init="kmeans", random_state=0, max_iter=40).fit(X, labels)
     b = HMEClassifier(depth=1, branching=2, expert_features=[], init="kmeans", random_state=0, max_iter=40).fit(X, labels)
     assert b.log_likelihood_ == pytest.approx(a.log_likelihood_, rel=1e-10)
+
+
+# ------------------------------------------------------------------ the tree trainers on incomplete targets
+def test_tree_trainers_take_missing_coordinates_and_censored_rows_as_fit_em_does():
+    _, y = _vector_y(0.3, seed=4)
+    x = torch.as_tensor(X)
+    yt = torch.as_tensor(y)
+    tree = build_tree(2, depth=2, branching=2, n_outputs=2)
+    res = fit_tree_em(tree, x, yt, init="kmeans_x", random_state=0, max_iter=15)  # NaN coordinates: marginalised
+    assert np.all(np.diff(res.history) >= -1e-12) and np.isfinite(res.log_likelihood)
+    grown = grow_tree(build_tree(2, depth=1, branching=1, n_outputs=2), x, yt, max_leaves=3, random_state=0, max_iter=15)
+    assert np.isfinite(grown.fit_result.log_likelihood)
+    # censored rows [y, lower, upper]: inside incomplete_targets (as the estimators call them), an error outside
+    y3 = torch.as_tensor(np.c_[CENSORED, LOWER, np.full(N, np.inf)])
+    cens = build_tree(2, depth=2, branching=2, leaf=lambda k: CensoredGaussianExpert(2, n_experts=k))
+    with pytest.raises(ValueError, match=r"infinit"):
+        init_tree(cens, x, y3, random_state=0)
+    with incomplete_targets():
+        res = fit_tree_em(cens, x, y3, init="kmeans_x", random_state=0, max_iter=15)
+    assert np.all(np.diff(res.history) >= -1e-12) and np.isfinite(res.log_likelihood)
+    # a family that cannot marginalise NaN coordinates is named
+    with pytest.raises(ValueError, match=r"StudentTExpert"):
+        init_tree(build_tree(2, depth=1, branching=2, leaf="student_t", n_outputs=2), x, yt, random_state=0)
