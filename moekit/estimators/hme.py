@@ -9,7 +9,11 @@ Every gate and leaf is fitted by EM (path posteriors, IRLS at every gate) or
 by gradient.  What is per expert in the flat estimators is per *leaf* here:
 ``predict_gate`` gives the path probabilities (n, L), ``responsibilities``
 the path posteriors (n, L), and ``predict_distribution`` a mixture over the
-L leaves.
+L leaves.  Offsets and binomial trials are trailing columns of the model's x
+that only the leaves read (no gate at any depth sees them); censoring limits
+make the leaves censored Gaussian; NaN coordinates of a vector y are
+marginalised by linear leaves; ``expert_features=[]`` gives intercept-only
+leaves.
 """
 
 from __future__ import annotations
