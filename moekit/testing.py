@@ -128,8 +128,9 @@ def _not_worse_nearby(
 
     With ``reference_row``, the last row of a (K, p) ``coef`` is the softmax
     reference, held at zero by the M-step: it is not moved.  A stack with
-    ``shared`` coefficients (feature j is ``coef[:, 1 + j]``) moves them
-    together, as one coefficient, so that the move stays in the model.
+    ``shared`` coefficients moves them
+    together (its ``shared_mask()``), as one coefficient, so that the move
+    stays in the model.
     """
     base = objective()
     params = [p for p in module.parameters() if p.requires_grad]
@@ -142,9 +143,9 @@ def _not_worse_nearby(
                     step = scale * torch.randn(s.shape, generator=g, dtype=s.dtype).to(s.device)
                     if reference_row and p is getattr(module, "coef", None) and p.dim() == 2:
                         step[-1] = 0.0
-                    if p is getattr(module, "coef", None) and _shared_rows(module):
-                        rows = _shared_rows(module)
-                        step[:, rows] = step[:1, rows]  # one move of each shared coefficient, the same in every expert
+                    tied = _shared_mask(module) if p is getattr(module, "coef", None) else None
+                    if tied is not None:  # one move of each shared coefficient, the same in every expert
+                        step[:, tied] = step[:1, tied]
                     p.copy_(s + step)
             moved = objective()
             if moved > base + 1e-9 * (1 + abs(base)):
@@ -156,11 +157,11 @@ def _not_worse_nearby(
                 p.copy_(s)
 
 
-def _shared_rows(module) -> list[int]:
-    """Rows of a stack's ``coef`` (intercept first) whose coefficient all experts share."""
-    if not getattr(module, "stacked", False) or getattr(module, "n_experts", 1) < 2:
-        return []
-    return [1 + int(j) for j in getattr(module, "shared", ())]
+def _shared_mask(module):
+    """Which entries of one expert's ``coef`` all experts of the stack share (``shared_mask()``), or None."""
+    if not getattr(module, "stacked", False) or getattr(module, "n_experts", 1) < 2 or not getattr(module, "shared", ()):
+        return None
+    return module.shared_mask()
 
 
 def _gradcheck(module, fn: Callable[[], torch.Tensor], what: str) -> None:

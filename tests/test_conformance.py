@@ -78,6 +78,8 @@ EXPERTS = {
     "poisson-offset-shared-stacked": (
         lambda: PoissonExpert(2, n_experts=2, offset=True, shared=[0]), (torch.cat([COUNTS[0], OFFSET], 1), COUNTS[1]), {}
     ),
+    "logistic-shared-stacked": (lambda: LogisticExpert(2, n_experts=2, shared=[0]), BINARY, {}),
+    "softmax-shared-stacked": (lambda: SoftmaxExpert(2, 3, n_experts=2, shared=[1]), THREE, {}),
     "binomial-trials": (lambda: BinomialExpert(2), (torch.cat([REG[0], TRIALS], 1), SUCCESSES), {}),
     "binomial-offset-stacked": (
         lambda: BinomialExpert(2, n_experts=2, offset=True), (torch.cat([REG[0], OFFSET, TRIALS], 1), SUCCESSES), {}

@@ -710,12 +710,13 @@ class MoEClassifier(ClassifierTargets, ClassifierMixin, _MoEBase):
     Experts are logistic (two classes) or softmax (more classes) regressions,
     or neural networks with a categorical head; the gate is as in
     :class:`MoERegressor`.  Parameters are those of :class:`MoERegressor`
-    but ``covariance``, ``var_floor``, ``shared_features`` and
-    ``point_mass_value`` (which class labels do not have), with ``expert``
-    in {"logistic", "mlp"}, a list of them (one per expert) or an expert
-    module instance (``formula``, ``gate_formula``, ``compute_se`` and
-    ``missing`` included); ``fit`` takes no offsets, trials or censoring
-    limits.
+    but ``covariance``, ``var_floor`` and ``point_mass_value`` (which class
+    labels do not have), with ``expert`` in {"logistic", "mlp"}, a list of
+    them (one per expert) or an expert module instance (``formula``,
+    ``gate_formula``, ``compute_se``, ``missing`` and ``shared_features``
+    included: with logistic experts, one coefficient per shared feature and
+    free class, common to all experts, fitted by a joint Newton step);
+    ``fit`` takes no offsets, trials or censoring limits.
 
     Shapes
     ------
@@ -762,6 +763,7 @@ class MoEClassifier(ClassifierTargets, ClassifierMixin, _MoEBase):
         gate_formula=None,
         compute_se="auto",
         missing="error",
+        shared_features=None,
     ):
         self.n_experts = n_experts
         self.expert = expert
@@ -786,12 +788,16 @@ class MoEClassifier(ClassifierTargets, ClassifierMixin, _MoEBase):
         self.gate_formula = gate_formula
         self.compute_se = compute_se
         self.missing = missing
+        self.shared_features = shared_features
 
     def _family_expert(self, name, d, k, n_classes, dtype, gen, shared=()):
+        if shared and name != "logistic":
+            raise ValueError(f"shared_features ties coefficients of logistic experts; expert={name!r} has none to "
+                             "share: use expert='logistic', or leave shared_features=None")
         if name == "logistic":
             if n_classes == 2:
-                return LogisticExpert(d, n_experts=k, l2=float(self.alpha), dtype=dtype)
-            return SoftmaxExpert(d, n_classes, n_experts=k, l2=float(self.alpha), dtype=dtype)
+                return LogisticExpert(d, n_experts=k, l2=float(self.alpha), dtype=dtype, shared=list(shared))
+            return SoftmaxExpert(d, n_classes, n_experts=k, l2=float(self.alpha), dtype=dtype, shared=list(shared))
         lr = 1e-2 if self.learning_rate is None else self.learning_rate
         return MLPExpert(
             d, None, head="categorical", n_classes=n_classes, hidden_layer_sizes=self.hidden_layer_sizes,

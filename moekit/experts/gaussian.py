@@ -188,6 +188,12 @@ class LinearGaussianExpert(Expert):
         """The coefficients of x: ``coef[:, 1:, :]`` (row 0 holds the intercepts; an offset has none)."""
         return self.coef.data[:, 1:, :]
 
+    def shared_mask(self) -> torch.Tensor:
+        """Which entries of one expert's ``coef`` (p, d) the stack shares: the rows ``1 + j`` of the shared features."""
+        mask = torch.zeros(self.coef.shape[1:], dtype=torch.bool, device=self.coef.device)
+        mask[[1 + j for j in self.shared]] = True
+        return mask
+
     def _coef(self) -> torch.Tensor:
         """The coefficients the model uses (K, p, d): the rows of shared features are their mean over the stack."""
         coef = self.coef

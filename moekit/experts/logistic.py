@@ -59,6 +59,9 @@ class LogisticExpert(NewtonExpert):
         takes up to ``max(max_m_steps, 10)``, stopping early once converged.
     dtype : torch.dtype
         Parameter dtype (float64 by default, as EM wants).
+    shared : sequence of int
+        Feature indices whose coefficients are common to all experts of the
+        stack (one joint Newton step; flexmix's ``FLXMRglmfix(fixed=)``).
 
     Attributes
     ----------
@@ -102,8 +105,9 @@ class LogisticExpert(NewtonExpert):
         l2: float = 0.0,
         max_m_steps: int = 1,
         dtype: torch.dtype = torch.float64,
+        shared=(),
     ):
-        super().__init__(n_features, n_experts, l2, max_m_steps)
+        super().__init__(n_features, n_experts, l2, max_m_steps, shared=shared)
         self.coef = nn.Parameter(torch.zeros(self._k, n_features + 1, dtype=dtype))
 
     def n_parameters(self) -> int:
@@ -173,6 +177,9 @@ class SoftmaxExpert(NewtonExpert):
         takes up to ``max(max_m_steps, 10)``, stopping early once converged.
     dtype : torch.dtype
         Parameter dtype.
+    shared : sequence of int
+        Feature indices whose coefficients (one per free class, against the
+        last class) are common to all experts of the stack.
 
     Attributes
     ----------
@@ -215,15 +222,17 @@ class SoftmaxExpert(NewtonExpert):
         l2: float = 0.0,
         max_m_steps: int = 1,
         dtype: torch.dtype = torch.float64,
+        shared=(),
     ):
-        super().__init__(n_features, n_experts, l2, max_m_steps)
+        super().__init__(n_features, n_experts, l2, max_m_steps, shared=shared)
         if not (isinstance(n_classes, int) and n_classes >= 2):
             raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
         self.n_classes = n_classes
         self.coef = nn.Parameter(torch.zeros(self._k, n_classes, n_features + 1, dtype=dtype))
 
     def extra_repr(self) -> str:
-        return f"n_features={self.n_features}, n_classes={self.n_classes}, n_experts={self.n_experts}, l2={self.l2}"
+        more = f", shared={self.shared}" if self.shared else ""
+        return f"n_features={self.n_features}, n_classes={self.n_classes}, n_experts={self.n_experts}, l2={self.l2}{more}"
 
     def n_parameters(self) -> int:
         return (self.n_classes - 1) * (self.n_features + 1)
@@ -266,6 +275,11 @@ class SoftmaxExpert(NewtonExpert):
         return self._out(logp.gather(-1, idx)[..., 0])
 
     # ------------------------------------------------- free coefficients
+    def _shared_free_positions(self) -> list[int]:
+        """The shared features' coefficients of every free class in the (C-1) p free layout."""
+        p = self.n_features + 1
+        return [c * p + 1 + j for c in range(self.n_classes - 1) for j in self.shared]
+
     def _normalise(self, coef: torch.Tensor) -> None:
         coef -= coef[:, -1:, :].clone()
 

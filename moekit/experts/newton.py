@@ -108,8 +108,9 @@ class NewtonExpert(Expert):
     Shared coefficients.  ``shared`` lists feature indices whose
     coefficients are common to all K experts of a stack (flexmix's
     ``FLXMRglmfix(fixed = ...)``): the Newton step is then solved jointly by
-    :func:`~moekit._linalg.solve_shared` (families whose free coefficients are
-    ``coef`` itself, one row per expert).
+    :func:`~moekit._linalg.solve_shared`; ``_shared_free_positions`` says where
+    the shared coefficients sit among an expert's free coefficients (a softmax
+    expert has one per free class).
     """
 
     m_step_exact = False
@@ -204,7 +205,20 @@ class NewtonExpert(Expert):
 
     def n_parameters_total(self) -> int:
         """Free parameters of the whole stack, the ``shared`` coefficients counted once (what BIC counts)."""
-        return self.n_parameters() * self._k - (self._k - 1) * len(self.shared)
+        return self.n_parameters() * self._k - (self._k - 1) * len(self._shared_free_positions())
+
+    def _shared_free_positions(self) -> list[int]:
+        """Positions of the shared coefficients among an expert's free coefficients (``_free``): ``1 + j``."""
+        return [1 + j for j in self.shared]
+
+    def shared_mask(self) -> torch.Tensor:
+        """Which entries of one expert's ``coef`` (``coef.shape[1:]``) hold a coefficient shared by the stack.
+
+        The shared features' coefficients, ``coef[k, ..., 1 + j]``: their values are one value for all K.
+        """
+        mask = torch.zeros(self.coef.shape[1:], dtype=torch.bool, device=self.coef.device)
+        mask[..., [1 + j for j in self.shared]] = True
+        return mask
 
     def _n_free(self) -> int:
         return self._penalty_mask().numel()
@@ -249,11 +263,12 @@ class NewtonExpert(Expert):
         sw = stats["sw"].to(coef.dtype)
         keep = sw > 1e-12 * sw.sum().clamp_min(torch.finfo(sw.dtype).tiny)
         if self.shared and self._k > 1:  # one joint step: the shared coordinates stay tied across the experts
-            cols = torch.zeros(step_width := grad.shape[-1], dtype=torch.bool, device=grad.device)
-            cols[[1 + j for j in self.shared]] = True
-            step = solve_shared(info, grad[..., None], [1 + j for j in self.shared])[..., 0]
+            tied = self._shared_free_positions()
+            cols = torch.zeros(grad.shape[-1], dtype=torch.bool, device=grad.device)
+            cols[tied] = True
+            step = solve_shared(info, grad[..., None], tied)[..., 0]
             # an expert without weight keeps its own coefficients but moves the shared ones with the others
-            movable = keep[:, None] | cols[None, :step_width]
+            movable = keep[:, None] | cols[None, :]
         else:
             step = solve_spd(info, grad[..., None])[..., 0]
             movable = keep[:, None]

@@ -168,14 +168,24 @@ def _expert_blocks(e, prefix: str, node: tuple, first: int, cols, stacked: bool,
     if isinstance(e, SoftmaxExpert):
         coef = e.coef.detach()  # (k, C, p)
         k, c_, p = coef.shape
-        free = (coef[:, 1:] - coef[:, :1]).reshape(-1)
+        diff = coef[:, 1:] - coef[:, :1]  # (k, C-1, p): against class 0
+        tied = sorted({1 + int(j) for j in (getattr(e, "shared", None) or ())}) if k > 1 else []
+        own = [j for j in range(p) if j not in tied]
+        own_i = torch.as_tensor(own, dtype=torch.long, device=coef.device)
+        tied_i = torch.as_tensor(tied, dtype=torch.long, device=coef.device)
+        free = torch.cat([diff[:, :, own_i].reshape(-1), diff[0][:, tied_i].reshape(-1)])
+        n_own = k * (c_ - 1) * len(own)
 
-        def to_full(f, k=k, p=p):
-            f = f.reshape(k, -1, p)
-            return torch.cat([f.new_zeros(k, 1, p), f], dim=1)
+        def to_full(f, k=k, c_=c_, p=p, own_i=own_i, tied_i=tied_i, n_own=n_own):
+            d = f.new_zeros(k, c_ - 1, p)
+            d = d.index_copy(2, own_i, f[:n_own].reshape(k, c_ - 1, len(own_i)))
+            if len(tied_i):  # a shared feature: one coefficient per free class, the same in every expert
+                d = d.index_copy(2, tied_i, f[n_own:].reshape(1, c_ - 1, len(tied_i)).expand(k, -1, -1))
+            return torch.cat([d.new_zeros(k, 1, p), d], dim=1)
 
         infos = [ParameterInfo("expert", _leaf(node, c, stacked), first + c, o, j, cols)
-                 for c in range(k) for o in range(1, c_) for j in range(p)]
+                 for c in range(k) for o in range(1, c_) for j in own]
+        infos += [ParameterInfo("shared", node, None, o, j, cols) for o in range(1, c_) for j in tied]
         return [_Block(prefix + "coef", free.numel(), to_full, _identity, infos, free)]
     if isinstance(e, (NewtonExpert, CensoredGaussianExpert)):
         # GLM experts (logistic, Poisson, binomial, Gamma, negative binomial) and censored Gaussians: coef (k, p),

@@ -285,17 +285,19 @@ def test_k1_censored_gaussian_equals_a_direct_tobit_fit():
 
 
 # ------------------------------------------------------------------ other estimators
-def test_hierarchies_take_new_families_and_refuse_extras():
+def test_hierarchies_take_new_families_and_extras():
+    """Trees take the new families, offsets and intercept-only leaves (tests/estimators/test_hme_structure.py has
+    the details); an offset the tree was not fitted with is refused."""
     rng = np.random.default_rng(8)
     X = rng.normal(size=(300, 1))
     y = rng.gamma(2.0, np.exp(0.3 * X[:, 0]) / 2.0)
     hme = HMERegressor(depth=1, expert="gamma", random_state=0, max_iter=30, compute_se=False).fit(X, y)
     assert np.isfinite(hme.predict(X)).all()
-    with pytest.raises(ValueError, match=r"HMERegressor takes no offset=.*MoERegressor"):
-        HMERegressor(depth=1).fit(X, y, offset=np.zeros(300))
-    with pytest.raises(ValueError, match=r"expert_features=\[\] .* not available for HMERegressor"):
-        HMERegressor(depth=1, expert_features=[]).fit(X, y)
-    with pytest.raises(ValueError, match=r"offset is given, but HMERegressor takes no offset"):
+    with_offset = HMERegressor(depth=1, expert="gamma", random_state=0, max_iter=30, compute_se=False)
+    assert np.isfinite(with_offset.fit(X, y, offset=np.zeros(300)).predict(X, offset=np.zeros(300))).all()
+    flat_leaves = HMERegressor(depth=1, expert_features=[], random_state=0, max_iter=30, compute_se=False).fit(X, y)
+    assert np.isfinite(flat_leaves.predict(X)).all()
+    with pytest.raises(ValueError, match=r"offset is given, but this HMERegressor was fitted without offset"):
         hme.predict(X, offset=np.zeros(300))
 
 
@@ -396,3 +398,34 @@ def test_interval_censored_rows_score_the_probability_of_their_interval():
     direct = np.log(stats.norm.cdf(upper, mu, sd) - stats.norm.cdf(lower, mu, sd))
     np.testing.assert_allclose(ll[hidden], direct[hidden], rtol=1e-8)
     np.testing.assert_allclose(ll[~hidden], stats.norm.logpdf(y, mu, sd)[~hidden], rtol=1e-8)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_classifier_shared_features_are_one_coefficient_for_all_experts(n_classes, tmp_path):
+    """MoEClassifier(shared_features=[...]): logistic/softmax experts share the named slope (per free class), EM is
+    monotone, the joint Newton fixed point is the tied optimum (a tied move lowers nothing), model files keep it."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(800, 2))
+    half = rng.uniform(size=800) < 1 / (1 + np.exp(-2 * X[:, 0]))  # a soft gate on x0
+    score = np.where(half, 1.0 + 1.5 * X[:, 0], -1.0 - 1.5 * X[:, 0]) + 1.0 * X[:, 1]
+    if n_classes == 2:
+        y = (score + rng.logistic(size=800) > 0).astype(int)
+    else:
+        y = np.digitize(score + rng.logistic(size=800), [-1.0, 1.0])
+    clf = MoEClassifier(n_experts=2, shared_features=[1], random_state=0, max_iter=3000, tol=1e-12).fit(X, y)
+    assert clf.converged_
+    coef = clf.model_.experts.coef.detach()
+    assert torch.equal(coef[0, ..., 2], coef[1, ..., 2])  # x1's slope: one value for both experts
+    assert np.all(np.diff(clf.log_likelihood_history_) >= -1e-9)
+    table = clf.summary().table
+    shared = table[table.block == "shared"]
+    assert len(shared) == n_classes - 1 and set(shared.term) == {"x1"} and np.isfinite(shared.std_error).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a short fit: only its parameter count matters
+        free = MoEClassifier(n_experts=2, random_state=0, max_iter=5, compute_se=False).fit(X, y)
+    assert clf.model_.n_parameters() == free.model_.n_parameters() - (n_classes - 1)
+    path = str(tmp_path / "shared.moekit")
+    clf.save(path)
+    np.testing.assert_array_equal(moekit.load(path).predict_proba(X), clf.predict_proba(X))
+    with pytest.raises(ValueError, match="shared_features"):
+        MoEClassifier(expert="mlp", shared_features=[1], max_iter=2).fit(X, y)
