@@ -338,12 +338,14 @@ _PARAMS_DOC = """
         split by class, which no gate of X can follow), or random.
     expert, gate, fit_method, max_iter, tol, n_init, random_state, device, dtype, verbose,
     gate_features, expert_features, hidden_layer_sizes, learning_rate, batch_size, alpha,
-    optimizer, formula, gate_formula, compute_se, and for the regressor covariance and var_floor
+    optimizer, formula, gate_formula, compute_se, missing, and for the regressor covariance and var_floor
         As for the flat estimator (here per leaf and per gate; gate_formula
         is every gate's).  The regressor's leaves are "linear", "poisson",
         "binomial", "gamma", "negative_binomial", "student_t" or "mlp" (one
-        family for every leaf; lists of families, shared features and
-        ``missing`` are options of the flat estimators only).
+        family for every leaf; lists of families and shared features are
+        options of the flat estimators only).  ``missing``: rows with a
+        missing input (NaN in X) are an error naming them ("error") or are
+        dropped with a warning ("drop", counted in ``n_rows_dropped_``).
         ``expert_features=[]`` gives intercept-only leaves under the tree of
         gates.  The regressor's ``fit`` takes ``offset``, ``trials``,
         ``lower`` and ``upper`` as :class:`~moekit.MoERegressor`'s does
@@ -448,6 +450,7 @@ class HMERegressor(_HMEMixin, MoERegressor):
         formula=None,
         gate_formula=None,
         compute_se="auto",
+        missing="error",
     ):
         self.depth = depth
         self.branching = branching
@@ -479,9 +482,7 @@ class HMERegressor(_HMEMixin, MoERegressor):
         self.validation_fraction = validation_fraction
         self.min_gain = min_gain
         self.prune_threshold = prune_threshold
-        self.formula = formula
-        self.gate_formula = gate_formula
-        self.compute_se = compute_se
+        self.missing = missing
 
 
 @storable
@@ -554,6 +555,7 @@ class HMEClassifier(_HMEMixin, MoEClassifier):
         formula=None,
         gate_formula=None,
         compute_se="auto",
+        missing="error",
     ):
         self.depth = depth
         self.branching = branching
@@ -583,6 +585,4 @@ class HMEClassifier(_HMEMixin, MoEClassifier):
         self.validation_fraction = validation_fraction
         self.min_gain = min_gain
         self.prune_threshold = prune_threshold
-        self.formula = formula
-        self.gate_formula = gate_formula
-        self.compute_se = compute_se
+        self.missing = missing

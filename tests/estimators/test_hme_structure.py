@@ -300,3 +300,24 @@ def test_tree_trainers_take_missing_coordinates_and_censored_rows_as_fit_em_does
     # a family that cannot marginalise NaN coordinates is named
     with pytest.raises(ValueError, match=r"StudentTExpert"):
         init_tree(build_tree(2, depth=1, branching=2, leaf="student_t", n_outputs=2), x, yt, random_state=0)
+
+
+@pytest.mark.parametrize("cls", [HMERegressor, HMEClassifier])
+def test_missing_inputs_are_named_or_dropped(cls):
+    """missing='error' names the rows and columns with NaN inputs; missing='drop' fits on the others, as the flat
+    estimators do, and equals the fit on the complete rows."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 2))
+    y = X[:, 0] + 0.3 * rng.normal(size=300)
+    if cls is HMEClassifier:
+        y = (y > 0).astype(int)
+    holes = X.copy()
+    holes[[3, 7], 1] = np.nan
+    with pytest.raises(ValueError, match=r"rows \[3, 7\], columns \[1\].*missing='drop'"):
+        cls(depth=1, random_state=0).fit(holes, y)
+    with pytest.warns(UserWarning, match="dropped 2 of 300"):
+        dropped = cls(depth=1, missing="drop", random_state=0, compute_se=False).fit(holes, y)
+    keep = ~np.isnan(holes).any(axis=1)
+    complete = cls(depth=1, random_state=0, compute_se=False).fit(X[keep], y[keep])
+    assert dropped.n_rows_dropped_ == 2
+    np.testing.assert_allclose(dropped.log_likelihood_, complete.log_likelihood_, rtol=1e-10)
