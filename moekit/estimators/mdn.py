@@ -87,6 +87,9 @@ class MDNRegressor(RegressorTargets, RegressorMixin, ConditionalMixtureEstimator
     dtype : {"float32", "float64"}, default="float32"
     verbose : int, default=0
         Progress bar while training.
+    missing : {"error", "drop"}, default="error"
+        Rows with a missing input or target (NaN): an error naming the first
+        rows and columns, or dropped with a warning (``n_rows_dropped_``).
 
     Attributes
     ----------
@@ -153,6 +156,7 @@ class MDNRegressor(RegressorTargets, RegressorMixin, ConditionalMixtureEstimator
         device="cpu",
         dtype="float32",
         verbose=0,
+        missing="error",
     ):
         self.n_components = n_components
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -174,6 +178,7 @@ class MDNRegressor(RegressorTargets, RegressorMixin, ConditionalMixtureEstimator
         self.device = device
         self.dtype = dtype
         self.verbose = verbose
+        self.missing = missing
 
     _parameter_specs = {"activation": OneOf(*ACTIVATIONS), "learning_rate": Real(0.0, low_open=True),
                         "validation_fraction": Real(0.0, 0.9)}

@@ -539,3 +539,17 @@ def test_verbose_training_reports_progress(capsys):
     out = capsys.readouterr()
     assert len(res.history) >= 4
     assert "MDN" in out.err  # a tqdm bar
+
+
+def test_missing_inputs_are_named_or_dropped():
+    """MDNRegressor(missing='drop') drops rows with NaN inputs (counted, with a warning); the default names them."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 2))
+    y = X[:, 0] + 0.3 * rng.normal(size=200)
+    holes = X.copy()
+    holes[5, 0] = np.nan
+    with pytest.raises(ValueError, match=r"rows \[5\], columns \[0\]"):
+        MDNRegressor(max_epochs=2).fit(holes, y)
+    with pytest.warns(UserWarning, match="dropped 1 of 200"):
+        m = MDNRegressor(max_epochs=2, missing="drop", random_state=0).fit(holes, y)
+    assert m.n_rows_dropped_ == 1 and np.isfinite(m.predict(X)).all()
