@@ -351,7 +351,9 @@ _PARAMS_DOC = """
         ``lower`` and ``upper`` as :class:`~moekit.MoERegressor`'s does
         (trailing columns of the model's x that only the leaves read, and
         censored Gaussian leaves), and a vector y may hold NaN coordinates
-        under linear leaves (marginalised exactly).
+        under linear leaves (marginalised exactly).  ``covariance="tied*"``
+        ties the noise of the leaves under each gate (one stack), not across
+        the whole tree.
 """
 
 
