@@ -7,6 +7,7 @@ import time
 import warnings
 from typing import Callable
 
+import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from .._mstep import Passes
@@ -35,6 +36,7 @@ def fit_em(
     prune_threshold: float = 1e-4,
     verbose: int = 0,
     callback: Callable | None = None,
+    accelerate: str | None = None,
 ) -> FitResult:
     """Fit a :class:`~moekit.MixtureOfExperts` by EM, in place.
 
@@ -87,6 +89,27 @@ def fit_em(
         Print the log-likelihood every ``verbose`` iterations.
     callback : callable, optional
         ``callback(iteration, mean_loglik, model)`` after each E-step.
+    accelerate : {None, "squarem"}
+        ``None`` (default): plain EM.  ``"squarem"``: SQUAREM (Varadhan &
+        Roland 2008, step length SqS3 ``alpha = -||r|| / ||v||`` clamped to
+        ``alpha <= -1``) over every parameter of the model (as stored:
+        log scales, log-diagonal Cholesky factors, gate rows with the
+        reference row at zero, so every extrapolated point is a valid model).
+        Each cycle takes two EM steps theta0 -> theta1 -> theta2, jumps to
+        ``theta0 - 2 alpha r + alpha^2 v`` (``r = theta1 - theta0``,
+        ``v = theta2 - 2 theta1 + theta0``) and takes one EM step from there;
+        that point is kept only if its log-likelihood is at least theta2's
+        (and it is finite and prunes no expert), else the fit goes on from
+        theta2: the log-likelihood still never decreases.  Convergence is
+        judged, as in plain EM, on the change over one plain EM step.
+        ``n_iter`` then counts M-steps (EM map evaluations, three per cycle,
+        rejected ones included) and ``history`` holds the mean
+        log-likelihood of every point the fit kept (the extrapolated point
+        and rejected steps are not recorded).  Models with components
+        without statistics (neural networks, scikit-learn experts) are
+        fitted by plain EM, and acceleration stops for the rest of a start
+        once an expert is pruned.  Measured in ``benchmarks/em_accel.py``
+        (``benchmarks/RESULTS.md``).
 
     Returns
     -------
@@ -114,13 +137,16 @@ def fit_em(
         raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
+    if accelerate not in (None, "squarem"):
+        raise ValueError(f"accelerate must be None or 'squarem', got {accelerate!r}")
+    loop = _squarem_loop if accelerate == "squarem" and getattr(model, "has_suff_stats", False) else _em_loop
     source = ArrayBatches(x, y, w)
     total = source.total_weight
 
     def run_one(m, seed: int) -> dict:
         if isinstance(init, str) and init == "auto":
             race = small_em(m, x, y, w, random_state=seed, max_iter=max_iter, tol=tol)
-            out = _em_loop(m, source, total, max_iter - race.n_iter, tol, prune_threshold, verbose, callback,
+            out = loop(m, source, total, max_iter - race.n_iter, tol, prune_threshold, verbose, callback,
                            history=race.history)
             out["n_iter"] += race.n_iter
             return out
@@ -130,7 +156,7 @@ def fit_em(
             r = initial_responsibilities(x, y, m.n_experts, init, seed, w)
             # nested mixtures split their rows with a seed of their own, drawn from this start's
             m.init_from_responsibilities(x, y, w[:, None] * r, random_state=nested_seed(seed))
-        return _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback)
+        return loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback)
 
     i_best, run, finals = best_of(model, n_init, random_state, run_one, score=lambda r: r["history"][-1])
     if not run["converged"] and max_iter > 0:
@@ -228,3 +254,150 @@ def _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback
         m.m_step(stats, passes)
         n_iter += 1
     return {"history": history, "n_iter": n_iter, "converged": converged, "pruned": pruned}
+
+
+# ------------------------------------------------------------------ SQUAREM
+def _snapshot(m) -> dict:
+    """Every floating-point parameter of ``m`` by name, cloned."""
+    return {n: p.detach().clone() for n, p in m.named_parameters() if p.is_floating_point()}
+
+
+def _load(m, theta: dict) -> None:
+    params = dict(m.named_parameters())
+    with torch.no_grad():
+        for n, t in theta.items():
+            params[n].data.copy_(t)
+
+
+def _would_prune(m, stats, total: float, root_threshold: float, root: bool = True) -> bool:
+    """Whether :func:`_em_loop`'s root pruning or ``m.prune_vanishing`` would remove an expert at ``stats``."""
+    thr = root_threshold if root else m.prune_threshold
+    if thr and m.n_experts > 1 and total > 0 and bool(((stats["weight"] / total) < thr).any()):
+        return True
+    if not m.is_stacked:
+        for k, e in enumerate(m.experts):
+            if hasattr(e, "prune_vanishing") and _would_prune(e, stats["experts"][str(k)], total, 0.0, root=False):
+                return True
+    return False
+
+
+def _squarem_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback, history=()) -> dict:
+    """:func:`_em_loop` with SQUAREM cycles (see ``fit_em(accelerate="squarem")``).
+
+    ``n_iter`` counts M-steps (three per cycle, rejected ones included);
+    ``history`` the mean log-likelihoods of the points kept.
+    """
+    history = list(history)
+    pruned: list[int] = []
+    alive = list(range(m.n_experts))
+    state = {"n_iter": 0, "accelerate": True}
+
+    def e_step():
+        """The E-step at the current parameters, with :func:`_em_loop`'s pruning; returns (stats, passes, mean_ll)."""
+        nonlocal alive
+        stats, passes = e_step_pass(m, source)
+        if m.n_experts > 1 and prune_threshold > 0:
+            share = stats["weight"] / total
+            dead = (share < prune_threshold).nonzero().flatten().tolist()
+            if dead and len(dead) < m.n_experts:
+                keep = [k for k in range(m.n_experts) if k not in dead]
+                gone = [alive[k] for k in dead]
+                warnings.warn(
+                    f"pruned expert(s) {gone}: their share of the data fell below "
+                    f"prune_threshold={prune_threshold:g}; {len(keep)} expert(s) remain. "
+                    "Use fewer experts or another init if this happens often.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                pruned.extend(gone)
+                alive = [alive[k] for k in keep]
+                m.prune(keep)
+                state["accelerate"] = False
+                stats, passes = e_step_pass(m, source)
+        mean_ll = float(stats["loglik"]) / total
+        if not math.isfinite(mean_ll):
+            raise DivergenceError(
+                f"the log-likelihood became {mean_ll} at EM iteration {state['n_iter']}; "
+                "check the data scale or raise the variance floor (var_floor)"
+            )
+        return stats, passes, mean_ll
+
+    def record(mean_ll: float) -> None:
+        history.append(mean_ll)
+        if callback is not None:
+            callback(state["n_iter"], mean_ll, m)
+        if verbose and state["n_iter"] % verbose == 0:
+            print(f"EM iter {state['n_iter']:4d}  mean log-likelihood {mean_ll:.8f}")
+
+    def done() -> bool:
+        return len(history) > 1 and abs(history[-1] - history[-2]) < tol
+
+    def em_map(stats, passes):
+        """One plain EM step from the current parameters (whose E-step is ``stats, passes``); records it."""
+        while m.prune_vanishing(stats, float(stats["weight"].sum())):
+            state["accelerate"] = False
+            stats, passes = e_step_pass(m, source)
+        m.m_step(stats, passes)
+        state["n_iter"] += 1
+        stats, passes, mean_ll = e_step()
+        record(mean_ll)
+        return stats, passes
+
+    stats, passes, mean_ll = e_step()
+    record(mean_ll)
+    converged = done()
+    while not converged and state["n_iter"] < max_iter:
+        if not state["accelerate"]:
+            stats, passes = em_map(stats, passes)
+            converged = done()
+            continue
+        theta0 = _snapshot(m)
+        stats, passes = em_map(stats, passes)
+        converged = done()
+        if converged or state["n_iter"] >= max_iter or not state["accelerate"]:
+            continue
+        theta1 = _snapshot(m)
+        stats, passes = em_map(stats, passes)
+        converged = done()
+        if converged or state["n_iter"] >= max_iter or not state["accelerate"]:
+            continue
+        ll2 = history[-1]
+        theta2 = _snapshot(m)
+        stats, passes = _squarem_jump(m, source, total, prune_threshold, theta0, theta1, theta2, ll2, stats, passes,
+                                      state, record)
+    return {"history": history, "n_iter": state["n_iter"], "converged": converged, "pruned": pruned}
+
+
+def _squarem_jump(m, source, total, prune_threshold, theta0, theta1, theta2, ll2, stats2, passes2, state, record):
+    """The extrapolation of one SQUAREM cycle and its stabilising EM step, kept only if it does not lower the
+    log-likelihood below ``ll2`` (else the model is put back at ``theta2``).  Returns the E-step of the point kept."""
+    r = {n: theta1[n] - theta0[n] for n in theta2}
+    v = {n: theta2[n] - theta1[n] - r[n] for n in theta2}
+    nr = math.sqrt(sum(float((t * t).sum()) for t in r.values()))
+    nv = math.sqrt(sum(float((t * t).sum()) for t in v.values()))
+    if not (nv > 0 and math.isfinite(nr) and math.isfinite(nv)):
+        return stats2, passes2
+    alpha = min(-nr / nv, -1.0)
+    if alpha == -1.0:  # the extrapolated point is theta2 itself
+        return stats2, passes2
+    _load(m, {n: theta0[n] - 2.0 * alpha * r[n] + alpha * alpha * v[n] for n in theta2})
+    ok, stepped = False, False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s, p = e_step_pass(m, source)
+            if math.isfinite(float(s["loglik"])) and not _would_prune(m, s, total, prune_threshold):
+                m.m_step(s, p)
+                stepped = True
+                s, p = e_step_pass(m, source)
+                ll3 = float(s["loglik"]) / total
+                ok = math.isfinite(ll3) and ll3 >= ll2 and not _would_prune(m, s, total, prune_threshold)
+    except (RuntimeError, ValueError, ArithmeticError, DivergenceError):  # e.g. a failed factorisation far out
+        ok = False
+    if stepped:
+        state["n_iter"] += 1  # the stabilising M-step's work counts, kept or not
+    if ok:
+        record(ll3)
+        return s, p
+    _load(m, theta2)
+    return stats2, passes2
