@@ -12,6 +12,7 @@ from ..distributions import SERIES_MIN, NegativeBinomial, inv_pow_diffs, nb2_log
 from ..stats import SuffStats
 from ._support import RestrictedSupport
 from .newton import NewtonExpert
+from .poisson import eta_bounds
 
 __all__ = ["ALPHA_BOUNDS", "NegativeBinomialExpert"]
 
@@ -22,12 +23,6 @@ ALPHA_BOUNDS = (1e-8, 1e6)
 MAX_LOG_ALPHA_STEP = 2.0
 #: Bounds of the starting alpha (method of moments).
 _ALPHA_START = (1e-2, 1e2)
-
-
-def eta_bounds(dtype: torch.dtype) -> tuple[float, float]:
-    """Range of the linear predictor (PoissonExpert's): exp(eta) neither overflows nor underflows to zero."""
-    fi = torch.finfo(dtype)
-    return 0.9 * math.log(fi.tiny), min(30.0, 0.5 * math.log(fi.max))
 
 
 def digamma_diffs(y: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

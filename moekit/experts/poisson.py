@@ -12,11 +12,12 @@ from ..distributions import Poisson
 from ..stats import SuffStats
 from .newton import NewtonExpert
 
-__all__ = ["PoissonExpert"]
+__all__ = ["PoissonExpert", "eta_bounds"]
 
 
-def _eta_bounds(dtype: torch.dtype) -> tuple[float, float]:
-    """Range of the linear predictor: exp(eta) neither overflows nor underflows to zero."""
+def eta_bounds(dtype: torch.dtype) -> tuple[float, float]:
+    """Range of a log link's linear predictor (Poisson, negative binomial): exp(eta) neither overflows nor
+    underflows to zero."""
     fi = torch.finfo(dtype)
     return 0.9 * math.log(fi.tiny), min(30.0, 0.5 * math.log(fi.max))
 
@@ -117,7 +118,7 @@ class PoissonExpert(NewtonExpert):
 
     def log_rate(self, x: torch.Tensor) -> torch.Tensor:
         """Clamped linear predictor ``log E[y | x]``: (n,) single or (n, K) stacked."""
-        lo, hi = _eta_bounds(self.coef.dtype)
+        lo, hi = eta_bounds(self.coef.dtype)
         return self._out(self._eta_x(x).clamp(lo, hi))
 
     def forward(self, x: torch.Tensor) -> Poisson:
@@ -125,13 +126,13 @@ class PoissonExpert(NewtonExpert):
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``y * eta - exp(eta) - lgamma(y + 1)``: (n,) single or (n, K) stacked."""
-        lo, hi = _eta_bounds(self.coef.dtype)
+        lo, hi = eta_bounds(self.coef.dtype)
         eta = self._eta_x(x).clamp(lo, hi)  # (n, K)
         yy = self._prepare_y(y, eta.shape[0])[:, None]
         return self._out(yy * eta - eta.exp() - torch.lgamma(yy + 1))
 
     def _stats_chunk(self, xd, ex, y, w, coef) -> SuffStats:
-        lo, hi = _eta_bounds(coef.dtype)
+        lo, hi = eta_bounds(coef.dtype)
         raw = self._eta(xd, coef, ex)  # (n, K)
         eta = raw.clamp(lo, hi)
         inside = ((raw > lo) & (raw < hi)).to(raw.dtype)  # the clamp's derivative
@@ -143,6 +144,6 @@ class PoissonExpert(NewtonExpert):
         return SuffStats(objective=objective, grad=grad, info=info, sw=w.sum(0))
 
     def _set_intercept_only(self, y, w) -> None:
-        lo, hi = _eta_bounds(self.coef.dtype)
+        lo, hi = eta_bounds(self.coef.dtype)
         ybar = self._weighted_mean_y(y, w)
         self.coef.data[:, 0] = ybar.clamp_min(1e-6).log().clamp(lo, hi)
