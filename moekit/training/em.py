@@ -206,6 +206,39 @@ def e_step_pass(model, source):
     return stats, Passes(data)
 
 
+def _pruned_e_step(m, source, total, prune_threshold, alive: list, pruned: list, n_iter: int, stacklevel: int):
+    """The E-step at the current parameters, after pruning the root's experts whose share of the data fell below
+    ``prune_threshold`` (with a warning; ``alive`` and ``pruned`` are updated in place, the original indices).
+
+    Returns ``(stats, passes, mean_ll)``; a non-finite log-likelihood is a :class:`DivergenceError`.
+    """
+    stats, passes = e_step_pass(m, source)
+    if m.n_experts > 1 and prune_threshold > 0:
+        share = stats["weight"] / total
+        dead = (share < prune_threshold).nonzero().flatten().tolist()
+        if dead and len(dead) < m.n_experts:
+            keep = [k for k in range(m.n_experts) if k not in dead]
+            gone = [alive[k] for k in dead]
+            warnings.warn(
+                f"pruned expert(s) {gone}: their share of the data fell below "
+                f"prune_threshold={prune_threshold:g}; {len(keep)} expert(s) remain. "
+                "Use fewer experts or another init if this happens often.",
+                RuntimeWarning,
+                stacklevel=stacklevel,
+            )
+            pruned.extend(gone)
+            alive[:] = [alive[k] for k in keep]
+            m.prune(keep)
+            stats, passes = e_step_pass(m, source)
+    mean_ll = float(stats["loglik"]) / total
+    if not math.isfinite(mean_ll):
+        raise DivergenceError(
+            f"the log-likelihood became {mean_ll} at EM iteration {n_iter}; "
+            "check the data scale or raise the variance floor (var_floor)"
+        )
+    return stats, passes, mean_ll
+
+
 def _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback, history=()) -> dict:
     """EM iterations from the model's current parameters; ``history`` holds the mean log-likelihoods of
     iterations already taken (a start race's), so that convergence is judged across the join."""
@@ -215,30 +248,7 @@ def _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback
     converged = False
     n_iter = 0
     while True:
-        stats, passes = e_step_pass(m, source)
-        if m.n_experts > 1 and prune_threshold > 0:
-            share = stats["weight"] / total
-            dead = (share < prune_threshold).nonzero().flatten().tolist()
-            if dead and len(dead) < m.n_experts:
-                keep = [k for k in range(m.n_experts) if k not in dead]
-                gone = [alive[k] for k in dead]
-                warnings.warn(
-                    f"pruned expert(s) {gone}: their share of the data fell below "
-                    f"prune_threshold={prune_threshold:g}; {len(keep)} expert(s) remain. "
-                    "Use fewer experts or another init if this happens often.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                pruned.extend(gone)
-                alive = [alive[k] for k in keep]
-                m.prune(keep)
-                stats, passes = e_step_pass(m, source)
-        mean_ll = float(stats["loglik"]) / total
-        if not math.isfinite(mean_ll):
-            raise DivergenceError(
-                f"the log-likelihood became {mean_ll} at EM iteration {n_iter}; "
-                "check the data scale or raise the variance floor (var_floor)"
-            )
+        stats, passes, mean_ll = _pruned_e_step(m, source, total, prune_threshold, alive, pruned, n_iter, stacklevel=4)
         history.append(mean_ll)
         if callback is not None:
             callback(n_iter, mean_ll, m)
@@ -293,34 +303,12 @@ def _squarem_loop(m, source, total, max_iter, tol, prune_threshold, verbose, cal
     state = {"n_iter": 0, "accelerate": True}
 
     def e_step():
-        """The E-step at the current parameters, with :func:`_em_loop`'s pruning; returns (stats, passes, mean_ll)."""
-        nonlocal alive
-        stats, passes = e_step_pass(m, source)
-        if m.n_experts > 1 and prune_threshold > 0:
-            share = stats["weight"] / total
-            dead = (share < prune_threshold).nonzero().flatten().tolist()
-            if dead and len(dead) < m.n_experts:
-                keep = [k for k in range(m.n_experts) if k not in dead]
-                gone = [alive[k] for k in dead]
-                warnings.warn(
-                    f"pruned expert(s) {gone}: their share of the data fell below "
-                    f"prune_threshold={prune_threshold:g}; {len(keep)} expert(s) remain. "
-                    "Use fewer experts or another init if this happens often.",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-                pruned.extend(gone)
-                alive = [alive[k] for k in keep]
-                m.prune(keep)
-                state["accelerate"] = False
-                stats, passes = e_step_pass(m, source)
-        mean_ll = float(stats["loglik"]) / total
-        if not math.isfinite(mean_ll):
-            raise DivergenceError(
-                f"the log-likelihood became {mean_ll} at EM iteration {state['n_iter']}; "
-                "check the data scale or raise the variance floor (var_floor)"
-            )
-        return stats, passes, mean_ll
+        """The E-step at the current parameters, with :func:`_em_loop`'s pruning (which ends the acceleration)."""
+        before = len(pruned)
+        out = _pruned_e_step(m, source, total, prune_threshold, alive, pruned, state["n_iter"], stacklevel=5)
+        if len(pruned) > before:
+            state["accelerate"] = False
+        return out
 
     def record(mean_ll: float) -> None:
         history.append(mean_ll)
