@@ -157,25 +157,33 @@ class Passes:
     ----------
     data : list of dict
         One dict per batch.
+    reduce : callable, optional
+        Applied to every sum over the batches (an all-reduce across the ranks
+        of a distributed fit, each holding its own batches).
     """
 
-    def __init__(self, data: list[dict]):
+    def __init__(self, data: list[dict], reduce: Callable | None = None):
         self.data = data
+        self.reduce = reduce
+
+    def _sum(self, values):
+        total = sum(values)
+        return total if self.reduce is None else self.reduce(total)
 
     def stats_fn(self, path: tuple) -> Callable[[], SuffStats]:
         """Statistics of the component at ``path`` at its current parameters, summed over batches."""
-        return lambda: sum(comp.suff_stats(*args) for comp, args in (d[path] for d in self.data))
+        return lambda: self._sum(comp.suff_stats(*args) for comp, args in (d[path] for d in self.data))
 
     def objective_fn(self, path: tuple) -> Callable[[], torch.Tensor] | None:
         """Its objective alone, where step-halving can use it (else None)."""
         comp = self.data[0][path][0]
         if not uses_trial_objective(comp):
             return None
-        return lambda: sum(c.objective(*args) for c, args in (d[path] for d in self.data))
+        return lambda: self._sum(c.objective(*args) for c, args in (d[path] for d in self.data))
 
     def fit_weighted(self, path: tuple) -> None:
         """Generalised M-step of a component without statistics on its weighted data (one batch only)."""
-        if len(self.data) != 1:
+        if len(self.data) != 1 or self.reduce is not None:
             comp = self.data[0][path][0]
             raise TypeError(
                 f"{type(comp).__name__} has no sufficient statistics, so it can be fitted only on data held "

@@ -346,7 +346,22 @@ class MixtureOfExperts(nn.Module):
         """
         return self._stats_from_joint(x, y, weight, *self._joint_tree(x, y), data, ())
 
-    def _stats_from_joint(self, x, y, weight, log_gate, joint, records, data, path) -> SuffStats:
+    @torch.no_grad()
+    def weighted_data(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> dict:
+        """What one E-step hands each component, without computing any component's statistics.
+
+        Returns the ``data`` dict that :meth:`suff_stats` fills (``path -> (component, weighted data)``):
+        a streamed Newton step re-reads its batch's weighted data this way, at the E-step's parameters.
+
+        Shapes
+        ------
+        x (n, d_x); y (n,) or (n, d_y); weight (n,).
+        """
+        data: dict = {}
+        self._stats_from_joint(x, y, weight, *self._joint_tree(x, y), data, (), compute=False)
+        return data
+
+    def _stats_from_joint(self, x, y, weight, log_gate, joint, records, data, path, compute: bool = True) -> SuffStats:
         lse = torch.logsumexp(joint, dim=1, keepdim=True)
         r = (joint - lse).exp()
         if weight is None:
@@ -354,17 +369,19 @@ class MixtureOfExperts(nn.Module):
         else:
             targets, ll = weight[:, None] * r, (weight * lse[:, 0]).sum()
         xe = self.expert_input(x)
-        gate = _component_stats(self.gate, path + ("gate",), data, self.gate_input(x), targets, log_gate=log_gate)
+        gate = _component_stats(self.gate, path + ("gate",), data, self.gate_input(x), targets, log_gate=log_gate,
+                                compute=compute)
         if self.is_stacked:
-            experts = SuffStats(stacked=_component_stats(self.experts, path + ("experts", "stacked"), data, xe, y, targets))
+            experts = SuffStats(stacked=_component_stats(self.experts, path + ("experts", "stacked"), data, xe, y, targets,
+                                                         compute=compute))
         else:
             parts = {}
             for k, e in enumerate(self.experts):
                 where = path + ("experts", str(k))
                 if isinstance(e, MixtureOfExperts):
-                    parts[str(k)] = e._stats_from_joint(xe, y, targets[:, k], *records[k], data, where)
+                    parts[str(k)] = e._stats_from_joint(xe, y, targets[:, k], *records[k], data, where, compute=compute)
                 else:
-                    parts[str(k)] = _component_stats(e, where, data, xe, y, targets[:, k])
+                    parts[str(k)] = _component_stats(e, where, data, xe, y, targets[:, k], compute=compute)
             experts = SuffStats(parts)
         return SuffStats(loglik=ll, weight=targets.sum(0), gate=gate, experts=experts)
 
@@ -448,15 +465,16 @@ class MixtureOfExperts(nn.Module):
             self.experts = nn.ModuleList([self.experts[k] for k in keep])
 
 
-def _component_stats(comp, path: tuple, data: dict | None, *args, log_gate=None) -> SuffStats:
+def _component_stats(comp, path: tuple, data: dict | None, *args, log_gate=None, compute: bool = True) -> SuffStats:
     """``comp``'s statistics on its weighted data ``args`` (recorded in ``data`` under ``path``).
 
     A gate that can reuse the E-step's log mixing weights ``log_gate`` (its
-    ``reuses_log_gate``) is handed them instead of recomputing them.
+    ``reuses_log_gate``) is handed them instead of recomputing them.  With
+    ``compute=False`` only the weighted data are recorded (empty statistics).
     """
     if data is not None:
         data[path] = (comp, args)
-    if not _has_stats(comp):
+    if not compute or not _has_stats(comp):
         return SuffStats()
     if log_gate is not None and getattr(comp, "reuses_log_gate", False):
         return comp.suff_stats(*args, log_gate=log_gate)

@@ -10,11 +10,14 @@ from typing import Callable
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from .._mstep import Passes
+import torch.distributed as dist
+
 from .._validation import DivergenceError
 from ..data import ArrayBatches
+from ..stats import SuffStats
 from .init import initial_responsibilities, nested_seed
 from .inputs import check_model_inputs
+from .passes import CheckedSource, e_step_pass, is_source
 from .restarts import best_of
 from .result import FitResult
 from .starts import small_em
@@ -25,7 +28,7 @@ __all__ = ["fit_em", "e_step_pass"]
 def fit_em(
     model,
     x,
-    y,
+    y=None,
     sample_weight=None,
     *,
     max_iter: int = 200,
@@ -37,6 +40,8 @@ def fit_em(
     verbose: int = 0,
     callback: Callable | None = None,
     accelerate: str | None = None,
+    process_group=None,
+    init_sample_rows: int = 1_000_000,
 ) -> FitResult:
     """Fit a :class:`~moekit.MixtureOfExperts` by EM, in place.
 
@@ -132,31 +137,60 @@ def fit_em(
     (True, True)
     """
     t0 = time.perf_counter()
-    x, y, w = check_model_inputs(model, x, y, sample_weight)
     if not (isinstance(max_iter, int) and max_iter >= 0):
         raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
     if accelerate not in (None, "squarem"):
         raise ValueError(f"accelerate must be None or 'squarem', got {accelerate!r}")
+    if not (isinstance(init_sample_rows, int) and init_sample_rows >= 1):
+        raise ValueError(f"init_sample_rows must be a positive int, got {init_sample_rows!r}")
+    rank, world = _world(process_group)
+    if is_source(x):
+        if y is not None or sample_weight is not None:
+            raise ValueError("x is a source of batches, which carries y and the row weights: leave y and "
+                             "sample_weight None")
+        full = CheckedSource(x, model)
+    else:
+        if y is None:
+            raise ValueError("y is required when x is an array (or pass a source of batches as x)")
+        if process_group is not None:
+            raise ValueError("process_group needs the whole data set as a source (e.g. moekit.data.ArrayBatches(x, y, w) "
+                             "or a ParquetSource), which every rank shards for itself; got arrays")
+        x, y, w = check_model_inputs(model, x, y, sample_weight)
+        full = ArrayBatches(x, y, w)
+    batches = full.shard(rank, world) if world > 1 else full
+    reduce = _all_reduce(process_group) if world > 1 else None
+    total = float(batches.total_weight)
+    if reduce is not None:
+        total = float(reduce(torch.tensor(total, dtype=torch.float64)))
+    if not total > 0:
+        raise ValueError(f"the row weights of the source sum to {total}; at least one row needs a positive weight")
+    data = _Data(batches, reduce)
     loop = _squarem_loop if accelerate == "squarem" and getattr(model, "has_suff_stats", False) else _em_loop
-    source = ArrayBatches(x, y, w)
-    total = source.total_weight
 
     def run_one(m, seed: int) -> dict:
-        if isinstance(init, str) and init == "auto":
-            race = small_em(m, x, y, w, random_state=seed, max_iter=max_iter, tol=tol)
-            out = loop(m, source, total, max_iter - race.n_iter, tol, prune_threshold, verbose, callback,
-                           history=race.history)
-            out["n_iter"] += race.n_iter
-            return out
-        if callable(init):
-            init(m, x, y, w, seed)
-        elif init is not None:
-            r = initial_responsibilities(x, y, m.n_experts, init, seed, w)
-            # nested mixtures split their rows with a seed of their own, drawn from this start's
-            m.init_from_responsibilities(x, y, w[:, None] * r, random_state=nested_seed(seed))
-        return loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback)
+        """One start: initialised on the start sample (every row when they fit), then EM over the data."""
+        history: list = []
+        n_start = 0
+        if init is not None:
+            xs, ys, ws = _start_sample(full, init_sample_rows, seed)
+            whole = xs.shape[0] == _n_rows(full)  # the sample is the data: a start race's history carries on
+            if isinstance(init, str) and init == "auto":
+                race = small_em(m, xs, ys, ws, random_state=seed, max_iter=max_iter, tol=tol)
+                if whole:
+                    history, n_start = list(race.history), race.n_iter
+            elif callable(init):
+                init(m, xs, ys, ws, seed)
+            else:
+                r = initial_responsibilities(xs, ys, m.n_experts, init, seed, ws)
+                # nested mixtures split their rows with a seed of their own, drawn from this start's
+                m.init_from_responsibilities(xs, ys, ws[:, None] * r, random_state=nested_seed(seed))
+            if world > 1:
+                _broadcast_parameters(m, process_group)
+        out = loop(m, data, total, max_iter - n_start, tol, prune_threshold, verbose, callback, history=history)
+        out["n_iter"] += n_start
+        return out
 
     i_best, run, finals = best_of(model, n_init, random_state, run_one, score=lambda r: r["history"][-1])
     if not run["converged"] and max_iter > 0:
@@ -186,24 +220,60 @@ def fit_em(
     )
 
 
-def e_step_pass(model, source):
-    """One E-step over every batch of ``source``: the summed statistics and the passes for the M-step.
+class _Data:
+    """The batches a process reads in every pass, and how its sums are reduced across ranks."""
 
-    Returns
-    -------
-    stats : SuffStats
-        ``model.suff_stats`` summed over the batches (an all-reduce across
-        machines would go here).
-    passes : Passes
-        The weighted data each component received, for the Newton steps.
-    """
-    data: list[dict] = []
-    stats = 0
-    for xb, yb, wb in source:
-        d: dict = {}
-        stats = stats + model.suff_stats(xb, yb, wb, data=d)
-        data.append(d)
-    return stats, Passes(data)
+    def __init__(self, batches, reduce):
+        self.batches, self.reduce = batches, reduce
+
+
+def _world(group) -> tuple[int, int]:
+    """``(rank, world_size)`` of a torch.distributed process group (``(0, 1)`` for None)."""
+    if group is None:
+        return 0, 1
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("process_group is given but torch.distributed is not initialised: call "
+                         "torch.distributed.init_process_group (torchrun does) first, or leave process_group None")
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _all_reduce(group) -> Callable:
+    """Sums across the ranks of ``group``: statistics in one flat all-reduce, scalar tensors in another."""
+    def reduce(value):
+        if isinstance(value, SuffStats):
+            return value.all_reduce(group)
+        t = torch.as_tensor(value).detach().clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+        return t
+    return reduce
+
+
+def _broadcast_parameters(m, group) -> None:
+    """Every rank takes rank 0's parameters and buffers (a start computed alike everywhere, made identical)."""
+    tensors = [t for t in list(m.parameters()) + list(m.buffers())]
+    sizes = torch.tensor([float(sum(t.numel() for t in tensors))], dtype=torch.float64)
+    top = sizes.clone()
+    dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+    if float(top) != float(sizes):
+        raise RuntimeError("the ranks' starts have different structures (a start pruned an expert on some ranks only); "
+                           "raise prune_threshold's margin or use another seed")
+    src = dist.get_global_rank(group, 0) if group is not dist.group.WORLD else 0
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t.data, src=src, group=group)
+
+
+def _n_rows(source) -> int:
+    n = getattr(source, "n_rows", None)
+    if n is None:
+        n = sum(len(b) for b in source)
+    return int(n)
+
+
+def _start_sample(source, max_rows: int, seed: int):
+    """x, y, weight of the start sample: every row when there are at most ``max_rows``, else a seeded sample."""
+    b = source.sample(max_rows, seed)
+    return b.x, b.y, b.weight
 
 
 def _pruned_e_step(m, source, total, prune_threshold, alive: list, pruned: list, n_iter: int, stacklevel: int):
@@ -212,7 +282,7 @@ def _pruned_e_step(m, source, total, prune_threshold, alive: list, pruned: list,
 
     Returns ``(stats, passes, mean_ll)``; a non-finite log-likelihood is a :class:`DivergenceError`.
     """
-    stats, passes = e_step_pass(m, source)
+    stats, passes = e_step_pass(m, source.batches, source.reduce)
     if m.n_experts > 1 and prune_threshold > 0:
         share = stats["weight"] / total
         dead = (share < prune_threshold).nonzero().flatten().tolist()
@@ -229,7 +299,7 @@ def _pruned_e_step(m, source, total, prune_threshold, alive: list, pruned: list,
             pruned.extend(gone)
             alive[:] = [alive[k] for k in keep]
             m.prune(keep)
-            stats, passes = e_step_pass(m, source)
+            stats, passes = e_step_pass(m, source.batches, source.reduce)
     mean_ll = float(stats["loglik"]) / total
     if not math.isfinite(mean_ll):
         raise DivergenceError(
@@ -260,7 +330,7 @@ def _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback
         if n_iter >= max_iter:
             break
         while m.prune_vanishing(stats, float(stats["weight"].sum())):
-            stats, passes = e_step_pass(m, source)
+            stats, passes = e_step_pass(m, source.batches, source.reduce)
         m.m_step(stats, passes)
         n_iter += 1
     return {"history": history, "n_iter": n_iter, "converged": converged, "pruned": pruned}
@@ -324,7 +394,7 @@ def _squarem_loop(m, source, total, max_iter, tol, prune_threshold, verbose, cal
         """One plain EM step from the current parameters (whose E-step is ``stats, passes``); records it."""
         while m.prune_vanishing(stats, float(stats["weight"].sum())):
             state["accelerate"] = False
-            stats, passes = e_step_pass(m, source)
+            stats, passes = e_step_pass(m, source.batches, source.reduce)
         m.m_step(stats, passes)
         state["n_iter"] += 1
         stats, passes, mean_ll = e_step()
@@ -373,11 +443,11 @@ def _squarem_jump(m, source, total, prune_threshold, theta0, theta1, theta2, ll2
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            s, p = e_step_pass(m, source)
+            s, p = e_step_pass(m, source.batches, source.reduce)
             if math.isfinite(float(s["loglik"])) and not _would_prune(m, s, total, prune_threshold):
                 m.m_step(s, p)
                 stepped = True
-                s, p = e_step_pass(m, source)
+                s, p = e_step_pass(m, source.batches, source.reduce)
                 ll3 = float(s["loglik"]) / total
                 ok = math.isfinite(ll3) and ll3 >= ll2 and not _would_prune(m, s, total, prune_threshold)
     except (RuntimeError, ValueError, ArithmeticError, DivergenceError):  # e.g. a failed factorisation far out

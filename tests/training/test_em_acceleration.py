@@ -112,7 +112,7 @@ def test_overshooting_extrapolation_falls_back_to_the_plain_step(scale, m_steps)
     t0 = {n: t2[n] - 2 * scale * torch.ones_like(t2[n]) for n in t2}
     t1 = {n: t2[n] - scale * torch.ones_like(t2[n]) + 1e-3 for n in t2}
     recorded, state = [], {"n_iter": 5, "accelerate": True}
-    s, p = em_mod._squarem_jump(moe, source, x.shape[0], 1e-4, t0, t1, t2, ll2, stats, passes, state, recorded.append)
+    s, p = em_mod._squarem_jump(moe, em_mod._Data(source, None), x.shape[0], 1e-4, t0, t1, t2, ll2, stats, passes, state, recorded.append)
     assert s is stats and p is passes and recorded == []  # rejected: nothing recorded
     assert state["n_iter"] == 5 + m_steps  # the stabilising M-step's work is counted when it was done
     for n, v in em_mod._snapshot(moe).items():
@@ -124,7 +124,7 @@ def test_good_extrapolation_is_kept_and_not_below_theta2():
     moe, x, y = _linear()
     source, (t0, t1, t2), stats, passes, ll2 = _three_points(moe, x, y)
     recorded, state = [], {"n_iter": 2, "accelerate": True}
-    em_mod._squarem_jump(moe, source, x.shape[0], 1e-4, t0, t1, t2, ll2, stats, passes, state, recorded.append)
+    em_mod._squarem_jump(moe, em_mod._Data(source, None), x.shape[0], 1e-4, t0, t1, t2, ll2, stats, passes, state, recorded.append)
     assert state["n_iter"] == 3  # the stabilising M-step counts
     if recorded:  # kept: its log-likelihood is at least theta2's and it is the model's
         assert recorded[0] >= ll2

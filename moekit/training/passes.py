@@ -1,0 +1,195 @@
+"""Passes over a source of batches: the E-step's summed statistics, and the M-step's further passes.
+
+Every EM iteration is one pass of :meth:`~moekit.MixtureOfExperts.suff_stats`
+over the batches of a source, summed (and all-reduced across ranks).  A Newton
+/ IRLS / ECM component needs more passes within its M-step: its statistics at
+the next point, or its objective at a step-halving trial point, over the
+weighted data of the same E-step.  For a source held in memory those weighted
+data are kept from the E-step (:class:`moekit._mstep.Passes`); for a source
+read from files they are made again, batch by batch, by a frozen copy of the
+model at the E-step's parameters (:class:`SourcePasses`), so the numbers are
+the same and peak memory stays bounded by the batch size.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterator
+
+import torch
+
+from .._mstep import Passes, uses_trial_objective
+from .._validation import model_device, model_dtype
+from ..data import Batch
+from ..stats import SuffStats
+from .inputs import check_model_inputs
+
+__all__ = ["CheckedSource", "SourcePasses", "e_step_pass", "is_source"]
+
+
+def is_source(obj) -> bool:
+    """Whether ``obj`` follows the source protocol of :mod:`moekit.data.batch` (iterable of batches, shard, sample)."""
+    return (not isinstance(obj, torch.Tensor) and hasattr(obj, "__iter__") and callable(getattr(obj, "shard", None))
+            and callable(getattr(obj, "sample", None)))
+
+
+def _reduced(reduce: Callable | None, value):
+    return value if reduce is None else reduce(value)
+
+
+def e_step_pass(model, source, reduce: Callable | None = None):
+    """One E-step over every batch of ``source``: the summed statistics and the passes for the M-step.
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+    source : source of model-level batches (see :mod:`moekit.data.batch`)
+    reduce : callable, optional
+        Applied to every sum over this process's batches (an all-reduce
+        across ranks: ``lambda s: s.all_reduce(group)``); statistics and
+        scalar objective tensors are passed to it.
+
+    Returns
+    -------
+    stats : SuffStats
+        ``model.suff_stats`` summed over the batches (and reduced).
+    passes : Passes or SourcePasses
+        The M-step's further passes: the weighted data kept, for a source in
+        memory; the source read again at the frozen E-step parameters,
+        otherwise.
+
+    Shapes
+    ------
+    Each batch: x (b, d_x), y (b,) or (b, d_y), weight (b,).
+    """
+    keep = bool(getattr(source, "in_memory", False))
+    data: list[dict] = []
+    stats = 0
+    for batch in source:
+        d: dict | None = {} if keep else None
+        stats = stats + model.suff_stats(batch.x, batch.y, batch.weight, data=d)
+        if keep:
+            data.append(d)
+    if isinstance(stats, int):
+        raise ValueError("the source yielded no batches: there are no rows to fit (an empty file, folder or shard)")
+    stats = _reduced(reduce, stats)
+    if keep:
+        return stats, Passes(data, reduce=reduce)
+    return stats, SourcePasses(model, source, reduce=reduce)
+
+
+class SourcePasses:
+    """The M-step's passes over a source not kept in memory (see :class:`moekit._mstep.Passes`).
+
+    A frozen copy of the model at the E-step's parameters hands every batch's
+    weighted data (:meth:`~moekit.MixtureOfExperts.weighted_data`) to the
+    live component being maximised, whose statistics or objective are summed
+    over the batches (and reduced across ranks): each call is one more pass
+    over the source.
+
+    Parameters
+    ----------
+    model : MixtureOfExperts
+        The live model, at the E-step's parameters (copied now).
+    source : source of model-level batches
+    reduce : callable, optional
+        As for :func:`e_step_pass`.
+    """
+
+    def __init__(self, model, source, reduce: Callable | None = None):
+        self.frozen = copy.deepcopy(model)
+        self.live = dict(model.components())
+        self.source = source
+        self.reduce = reduce
+
+    def _weighted(self, path: tuple) -> Iterator[tuple]:
+        for batch in self.source:
+            yield self.frozen.weighted_data(batch.x, batch.y, batch.weight)[path][1]
+
+    def stats_fn(self, path: tuple) -> Callable[[], SuffStats]:
+        """Statistics of the live component at ``path``, at its current parameters, summed over a pass."""
+        comp = self.live[path]
+        return lambda: _reduced(self.reduce, sum(comp.suff_stats(*args) for args in self._weighted(path)))
+
+    def objective_fn(self, path: tuple) -> Callable[[], torch.Tensor] | None:
+        """Its objective alone, summed over a pass, where step-halving can use it (else None)."""
+        comp = self.live[path]
+        if not uses_trial_objective(comp):
+            return None
+        return lambda: _reduced(self.reduce, sum(comp.objective(*args) for args in self._weighted(path)))
+
+    def fit_weighted(self, path: tuple) -> None:
+        """Components without statistics need their weighted data in memory: refused for a streamed source."""
+        comp = self.live[path]
+        raise TypeError(
+            f"{type(comp).__name__} has no sufficient statistics, so it can be fitted only on data held "
+            "in memory (one batch), not streamed"
+        )
+
+
+class CheckedSource:
+    """A source whose batches are checked (and cast to the model's dtype and device) as they are read.
+
+    Each batch is held to the checks of :func:`~moekit.training.inputs.check_model_inputs`
+    (shapes, finite inputs, supported magnitudes, targets the experts can read), with weights
+    finite and non-negative, and its width must match the model's.  Batches are checked on
+    every pass (the checks cost a small fraction of an E-step) so a file changed between
+    passes is caught too.  Per-row extras must already be folded into x and y (model-level
+    batches).
+
+    Parameters
+    ----------
+    source : source of batches
+    model : MixtureOfExperts
+        Gives the dtype and device.
+    """
+
+    def __init__(self, source, model):
+        self.source = source
+        self.dtype, self.device = model_dtype(model), model_device(model)
+        self.model = model
+        self.in_memory = bool(getattr(source, "in_memory", False))
+        self._width: int | None = None
+
+    @property
+    def n_rows(self):
+        return getattr(self.source, "n_rows", None)
+
+    def check(self, batch: Batch) -> Batch:
+        """One batch checked and cast."""
+        if batch.has_extras:
+            raise ValueError(
+                "fit_em reads model-level batches: offsets and trials as trailing columns of x, censoring limits "
+                "as columns of y; fit with an estimator (e.g. MoERegressor().fit(source)), which folds the "
+                "source's offset/trials/lower/upper columns in, or build x and y that way"
+            )
+        w = batch.weight
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError("a batch of the source has negative or non-finite row weights; weights must be finite "
+                             "and >= 0")
+        x, y, _ = check_model_inputs(self.model, batch.x, batch.y, None)
+        if self._width is None:
+            self._width = x.shape[1]
+        elif x.shape[1] != self._width:
+            raise ValueError(f"a batch of the source has {x.shape[1]} columns of x, an earlier one had {self._width}; "
+                             "every batch must have the same columns")
+        return Batch(x, y, w.to(dtype=self.dtype, device=self.device))
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.source:
+            yield self.check(batch)
+
+    def sample(self, max_rows: int, seed: int) -> Batch:
+        """The source's start sample, checked."""
+        return self.check(self.source.sample(max_rows, seed))
+
+    def shard(self, rank: int, world_size: int) -> "CheckedSource":
+        return CheckedSource(self.source.shard(rank, world_size), self.model)
+
+    @property
+    def total_weight(self) -> float:
+        """The sum of the row weights (the source's own, or one pass over it)."""
+        t = getattr(self.source, "total_weight", None)
+        if t is not None:
+            return float(t)
+        return float(sum(float(b.weight.sum()) for b in self.source))
