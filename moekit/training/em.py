@@ -15,6 +15,7 @@ import torch.distributed as dist
 from .._validation import DivergenceError
 from ..data import ArrayBatches
 from ..stats import SuffStats
+from .checkpoint import load_em_checkpoint, save_em_checkpoint
 from .init import initial_responsibilities, nested_seed
 from .inputs import check_model_inputs
 from .passes import CheckedSource, e_step_pass, is_source
@@ -42,6 +43,8 @@ def fit_em(
     accelerate: str | None = None,
     process_group=None,
     init_sample_rows: int = 1_000_000,
+    checkpoint=None,
+    resume: bool = False,
 ) -> FitResult:
     """Fit a :class:`~moekit.MixtureOfExperts` by EM, in place.
 
@@ -62,8 +65,17 @@ def fit_em(
     model : MixtureOfExperts
         Fitted in place (its initial parameters are overwritten by the
         initialisation).  With ``n_init > 1`` the best start is kept.
-    x : Tensor (n, d_x)
+    x : Tensor (n, d_x), or a source of batches
+        The inputs; or a source (:mod:`moekit.data`: in-memory
+        :class:`~moekit.data.ArrayBatches`, files read by
+        :class:`~moekit.data.ParquetSource`, ...) of model-level batches,
+        which carries y and the weights.  Each EM pass then sums the
+        statistics batch by batch, so peak memory is bounded by the batch
+        size; a Newton step's statistics and trial objectives re-read a
+        source that is not in memory, at the E-step's parameters, so the
+        fit equals the in-memory one.
     y : Tensor (n,) or (n, d_y); integer labels for classification experts.
+        None when x is a source.
     sample_weight : Tensor (n,), optional
         Non-negative row weights; integer weights are equivalent to repeated rows.
     max_iter : int
@@ -115,6 +127,30 @@ def fit_em(
         fitted by plain EM, and acceleration stops for the rest of a start
         once an expert is pruned.  Measured in ``benchmarks/em_accel.py``
         (``benchmarks/RESULTS.md``).
+    process_group : torch.distributed ProcessGroup, optional
+        Distributed EM (e.g. ``torch.distributed.group.WORLD`` under
+        torchrun).  x must then be a source of the whole data set: each
+        rank reads only its ``source.shard(rank, world_size)``, every sum of
+        statistics (and every Newton trial objective) is all-reduced, and
+        every rank takes the same M-step, so all ranks end with the same
+        parameters as one process would.  The start is computed alike on
+        every rank and made identical by a broadcast from rank 0.
+    init_sample_rows : int
+        The start (``init``) is computed on ``source.sample(init_sample_rows,
+        seed)``: every row when there are at most this many, else a seeded
+        sample chosen by row index, so in memory, streamed and distributed
+        fits start alike.  When the sample is the data, a start race's
+        iterations count in the history; otherwise EM starts afresh from
+        the sample's fit.
+    checkpoint : str or path, optional
+        Write the model and the EM state after every iteration (atomically:
+        a temporary file, then a rename; only rank 0 writes).  One start of
+        plain EM only (``n_init=1``, ``accelerate=None``).
+    resume : bool
+        Continue the fit whose checkpoint is at ``checkpoint`` (the model
+        built as for that fit; its pruning is replayed): the result equals
+        an uninterrupted fit.  A checkpoint of a finished fit returns its
+        result at once.
 
     Returns
     -------
@@ -168,9 +204,25 @@ def fit_em(
         raise ValueError(f"the row weights of the source sum to {total}; at least one row needs a positive weight")
     data = _Data(batches, reduce)
     loop = _squarem_loop if accelerate == "squarem" and getattr(model, "has_suff_stats", False) else _em_loop
+    saver = None
+    if checkpoint is not None or resume:
+        if checkpoint is None:
+            raise ValueError("resume=True needs checkpoint=PATH, the file the interrupted fit wrote")
+        if n_init != 1 or loop is not _em_loop:
+            raise ValueError(f"checkpoint= supports one start of plain EM (n_init=1, accelerate=None), got "
+                             f"n_init={n_init!r}, accelerate={accelerate!r}; checkpoint each start as a fit of its own")
+        fingerprint = {"total_weight": total, "max_iter": max_iter, "tol": float(tol)}
+        saver = _saver(checkpoint, fingerprint) if rank == 0 else (lambda *a, **k: None)
 
     def run_one(m, seed: int) -> dict:
         """One start: initialised on the start sample (every row when they fit), then EM over the data."""
+        if resume:
+            state = load_em_checkpoint(checkpoint, m)
+            _check_fingerprint(checkpoint, state, fingerprint)
+            if state["done"]:
+                return {k: state[k] for k in ("history", "n_iter", "converged", "pruned")}
+            return _em_loop(m, data, total, max_iter, tol, prune_threshold, verbose, callback, history=state["history"],
+                            n_iter=state["n_iter"], alive=state["alive"], pruned=state["pruned"], saver=saver)
         history: list = []
         n_start = 0
         if init is not None:
@@ -188,6 +240,9 @@ def fit_em(
                 m.init_from_responsibilities(xs, ys, ws[:, None] * r, random_state=nested_seed(seed))
             if world > 1:
                 _broadcast_parameters(m, process_group)
+        if saver is not None:
+            return _em_loop(m, data, total, max_iter, tol, prune_threshold, verbose, callback, history=history,
+                            n_iter=n_start, saver=saver)
         out = loop(m, data, total, max_iter - n_start, tol, prune_threshold, verbose, callback, history=history)
         out["n_iter"] += n_start
         return out
@@ -309,14 +364,17 @@ def _pruned_e_step(m, source, total, prune_threshold, alive: list, pruned: list,
     return stats, passes, mean_ll
 
 
-def _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback, history=()) -> dict:
+def _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback, history=(), *, n_iter=0,
+             alive=None, pruned=(), saver=None) -> dict:
     """EM iterations from the model's current parameters; ``history`` holds the mean log-likelihoods of
-    iterations already taken (a start race's), so that convergence is judged across the join."""
+    iterations already taken (a start race's, or a checkpoint's: ``n_iter`` of them counted against
+    ``max_iter``, ``alive``/``pruned`` the root's experts then), so that convergence is judged across the join.
+    ``saver(m, state)`` writes a checkpoint after every M-step and at the end."""
     history = list(history)
-    pruned: list[int] = []
-    alive = list(range(m.n_experts))
+    pruned = list(pruned)
+    alive = list(range(m.n_experts)) if alive is None else list(alive)
     converged = False
-    n_iter = 0
+    n_iter = int(n_iter)
     while True:
         stats, passes, mean_ll = _pruned_e_step(m, source, total, prune_threshold, alive, pruned, n_iter, stacklevel=4)
         history.append(mean_ll)
@@ -333,7 +391,31 @@ def _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback
             stats, passes = e_step_pass(m, source.batches, source.reduce)
         m.m_step(stats, passes)
         n_iter += 1
-    return {"history": history, "n_iter": n_iter, "converged": converged, "pruned": pruned}
+        if saver is not None:
+            saver(m, {"history": history, "n_iter": n_iter, "converged": False, "pruned": pruned, "alive": alive,
+                      "done": False})
+    out = {"history": history, "n_iter": n_iter, "converged": converged, "pruned": pruned}
+    if saver is not None:
+        saver(m, {**out, "alive": alive, "done": True})
+    return out
+
+
+def _saver(path, fingerprint: dict) -> Callable:
+    """``saver(model, state)``: an atomic checkpoint of the model and the EM state (with the fit's fingerprint)."""
+    def save(m, state: dict) -> None:
+        save_em_checkpoint(path, m, {**state, "history": [float(h) for h in state["history"]],
+                                     "pruned": [int(k) for k in state["pruned"]],
+                                     "alive": [int(k) for k in state["alive"]], "fingerprint": fingerprint})
+    return save
+
+
+def _check_fingerprint(path, state: dict, fingerprint: dict) -> None:
+    """A checkpoint resumes only the fit that wrote it: same data (total weight), max_iter and tol."""
+    old = state.get("fingerprint", {})
+    for key, value in fingerprint.items():
+        if old.get(key) != value:
+            raise ValueError(f"checkpoint {path!r} was written by a fit with {key}={old.get(key)!r}, this fit has "
+                             f"{key}={value!r}: resume with the same data and settings, or start afresh without resume")
 
 
 # ------------------------------------------------------------------ SQUAREM
