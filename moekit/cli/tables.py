@@ -1,6 +1,6 @@
 """Data tables for the command line: CSV and Parquet files read and written with pyarrow, and the column
 schema that turns a table into X and y (numeric columns as they are, text columns one-hot encoded by
-:mod:`moekit.estimators.encoding`, the encoder the estimators use for DataFrames: the same rules and the
+:mod:`moekit._encoding`, the encoder the estimators use for DataFrames: the same rules and the
 same column names, ``column[T.level]``)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from ..estimators.encoding import categorical_feature, encoded_names, one_hot, parse_float, text_numeric_share
+from .._encoding import categorical_feature, encoded_names, one_hot, parse_float, text_numeric_share
 from .errors import DataError, UsageError, one_line
 
 __all__ = [

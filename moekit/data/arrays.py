@@ -56,8 +56,8 @@ class ArrayBatches:
     [2, 2, 1]
     >>> float(ArrayBatches(x, y, w).total_weight)
     5.0
-    >>> [len(b) for b in ArrayBatches(x, y, w, batch_size=2).shard(1, 2)]
-    [2]
+    >>> [len(b) for b in ArrayBatches(x, y, w, batch_size=2).shard(1, 2)]  # rows 2, 3, 4
+    [2, 1]
     """
 
     in_memory = True

@@ -1,7 +1,7 @@
 """scikit-learn estimators: one base, one fit template, one module per family.
 
 Importing this package registers every estimator class with :mod:`moekit.io`, so ``load`` here
-(:func:`moekit.load`) reads any moekit model file.  :mod:`~moekit.estimators.encoding` one-hot encodes
+(:func:`moekit.load`) reads any moekit model file.  :mod:`~moekit._encoding` one-hot encodes
 the text and ``category`` columns of DataFrames, for the estimators and the command line alike.
 """
 

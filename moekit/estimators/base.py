@@ -40,7 +40,7 @@ from .._validation import (
 from ..inference import branches, central_interval, find_modes, hdr
 from ..io import register_estimator
 from ..io import save as save_model
-from .encoding import encode_frame, fit_frame_encoding, is_dataframe, needs_encoding
+from .._encoding import encode_frame, fit_frame_encoding, is_dataframe, needs_encoding
 from .formula import FormulaDesign
 
 __all__ = [

@@ -28,7 +28,7 @@ import re
 import numpy as np
 
 from .._validation import PARAMETERS
-from .encoding import is_dataframe
+from .._encoding import is_dataframe
 
 __all__ = ["SAFE_FUNCTIONS", "FormulaDesign", "check_safe_formula"]
 

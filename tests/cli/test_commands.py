@@ -80,7 +80,7 @@ def test_fit_selects_k_by_bic_and_records_the_encoding(pipeline):
     assert re.search(r"fitted MoERegressor \(\d experts\) on 150 rows, 3 input column\(s\) -> tuned", out)
     info = moekit.io.read_info(tmp / "model.moekit")
     cli = info["metadata"]["cli"]
-    # one column per level but the reference 'a', named by the shared encoder's scheme (moekit.estimators.encoding)
+    # one column per level but the reference 'a', named by the shared encoder's scheme (moekit._encoding)
     enc = cli["encoded_features"]
     assert len(enc) == 3 and enc[0] == "stretch" and all(e.startswith("group") and lv in e[5:] for e, lv in
                                                           zip(enc[1:], "bc", strict=True)), enc

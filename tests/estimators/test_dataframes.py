@@ -1,6 +1,6 @@
 """pandas DataFrames in Python behave as tables in the command line: one encoder, one naming scheme.
 
-Text and ``category`` columns are one-hot encoded by :mod:`moekit.estimators.encoding` (the command
+Text and ``category`` columns are one-hot encoded by :mod:`moekit._encoding` (the command
 line's ``build_schema`` / ``encode_features`` call the same functions), the encoding is recorded on
 the estimator and applied to every later X, and model files keep it.
 """
@@ -17,7 +17,7 @@ import moekit
 from moekit import HMEClassifier, MDNRegressor, MoEClassifier, MoERegressor
 from moekit.cli import main
 from moekit.cli.tables import build_schema, encode_features, read_table
-from moekit.estimators.encoding import MAX_LEVELS, encode_frame, fit_frame_encoding
+from moekit._encoding import MAX_LEVELS, encode_frame, fit_frame_encoding
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 

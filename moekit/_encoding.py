@@ -21,7 +21,9 @@ Two checks guard the inputs: a categorical column with a different value in ever
 such as a country in a table of countries) and one with more than :data:`MAX_LEVELS` levels are
 errors naming the column and the fix (leave it out of the inputs).
 
-This module needs NumPy only; DataFrames are recognised by their attributes (pandas is not imported).
+This module needs NumPy only; DataFrames are recognised by their attributes (pandas is not imported).  It
+sits in the base layer so that the file sources of :mod:`moekit.data` encode a table by the same rules
+as the estimators and the command line.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "MAX_LEVELS",
     "PYTHON_DROP_HINT",
     "categorical_feature",
+    "categorical_feature_of_levels",
     "encode_frame",
     "encoded_name",
     "encoded_names",
@@ -119,9 +122,26 @@ def categorical_feature(column: str, values, declared=None, *, where: str = "",
         A different value in every row (an identifier), or more than :data:`MAX_LEVELS` levels.
     """
     values = [str(v) for v in values]
-    observed = set(values)
+    return categorical_feature_of_levels(column, len(values), set(values), declared, where=where,
+                                         drop_hint=drop_hint)
+
+
+def categorical_feature_of_levels(column: str, n_values: int, observed, declared=None, *, where: str = "",
+                                  drop_hint: str = PYTHON_DROP_HINT) -> dict:
+    """:func:`categorical_feature` from a column's distinct values and their number of rows.
+
+    For columns read in pieces (files streamed batch by batch), where the values are never held at once:
+    ``n_values`` is the number of (present) values, ``observed`` the set of distinct ones as text.  The
+    checks and the record are those of :func:`categorical_feature`.
+
+    Examples
+    --------
+    >>> categorical_feature_of_levels("c", 5, {"b", "a"})
+    {'name': 'c', 'kind': 'categorical', 'levels': ['a', 'b']}
+    """
+    observed = {str(v) for v in observed}
     hint = drop_hint.format(name=column)
-    n = len(values)
+    n = int(n_values)
     if n >= 2 and len(observed) == n:
         raise ValueError(
             f"input column '{column}'{where} has a different value in every row ({n} levels in {n} rows): it looks "
