@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Iterator
 
 import numpy as np
@@ -101,7 +102,9 @@ class ArrayBatches:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         bounds = np.linspace(0, self.n_rows, world_size + 1).round().astype(int)
         lo, hi = int(bounds[rank]), int(bounds[rank + 1])
-        return ArrayBatches(self.x[lo:hi], self.y[lo:hi], self.weight[lo:hi], batch_size=self.batch_size)
+        part = copy.copy(self)  # a subclass keeps its kind (e.g. in_memory)
+        part.x, part.y, part.weight = self.x[lo:hi], self.y[lo:hi], self.weight[lo:hi]
+        return part
 
     def sample(self, max_rows: int, seed: int) -> Batch:
         """Every row (one batch) when there are at most ``max_rows``, else a seeded sample by row index."""

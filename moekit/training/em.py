@@ -10,11 +10,10 @@ from typing import Callable
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-import torch.distributed as dist
-
 from .._validation import DivergenceError
 from ..data import ArrayBatches
 from ..stats import SuffStats
+from . import distributed
 from .checkpoint import load_em_checkpoint, save_em_checkpoint
 from .init import initial_responsibilities, nested_seed
 from .inputs import check_model_inputs
@@ -181,7 +180,7 @@ def fit_em(
         raise ValueError(f"accelerate must be None or 'squarem', got {accelerate!r}")
     if not (isinstance(init_sample_rows, int) and init_sample_rows >= 1):
         raise ValueError(f"init_sample_rows must be a positive int, got {init_sample_rows!r}")
-    rank, world = _world(process_group)
+    rank, world = distributed.world(process_group)
     if is_source(x):
         if y is not None or sample_weight is not None:
             raise ValueError("x is a source of batches, which carries y and the row weights: leave y and "
@@ -199,10 +198,11 @@ def fit_em(
     reduce = _all_reduce(process_group) if world > 1 else None
     total = float(batches.total_weight)
     if reduce is not None:
-        total = float(reduce(torch.tensor(total, dtype=torch.float64)))
+        total = distributed.all_reduce_sum(total, process_group)
     if not total > 0:
         raise ValueError(f"the row weights of the source sum to {total}; at least one row needs a positive weight")
     data = _Data(batches, reduce)
+    verbose = verbose if rank == 0 else 0  # one rank reports
     loop = _squarem_loop if accelerate == "squarem" and getattr(model, "has_suff_stats", False) else _em_loop
     saver = None
     if checkpoint is not None or resume:
@@ -227,7 +227,7 @@ def fit_em(
         n_start = 0
         if init is not None:
             xs, ys, ws = _start_sample(full, init_sample_rows, seed)
-            whole = xs.shape[0] == _n_rows(full)  # the sample is the data: a start race's history carries on
+            whole = _whole(full, xs.shape[0], init_sample_rows)  # the sample is the data: a race's history carries on
             if isinstance(init, str) and init == "auto":
                 race = small_em(m, xs, ys, ws, random_state=seed, max_iter=max_iter, tol=tol)
                 if whole:
@@ -239,7 +239,7 @@ def fit_em(
                 # nested mixtures split their rows with a seed of their own, drawn from this start's
                 m.init_from_responsibilities(xs, ys, ws[:, None] * r, random_state=nested_seed(seed))
             if world > 1:
-                _broadcast_parameters(m, process_group)
+                distributed.broadcast_module(m, 0, process_group)
         if saver is not None:
             return _em_loop(m, data, total, max_iter, tol, prune_threshold, verbose, callback, history=history,
                             n_iter=n_start, saver=saver)
@@ -248,7 +248,7 @@ def fit_em(
         return out
 
     i_best, run, finals = best_of(model, n_init, random_state, run_one, score=lambda r: r["history"][-1])
-    if not run["converged"] and max_iter > 0:
+    if not run["converged"] and max_iter > 0 and rank == 0:
         h = run["history"]
         delta = abs(h[-1] - h[-2]) if len(h) > 1 else float("nan")
         warnings.warn(
@@ -282,47 +282,21 @@ class _Data:
         self.batches, self.reduce = batches, reduce
 
 
-def _world(group) -> tuple[int, int]:
-    """``(rank, world_size)`` of a torch.distributed process group (``(0, 1)`` for None)."""
-    if group is None:
-        return 0, 1
-    if not (dist.is_available() and dist.is_initialized()):
-        raise ValueError("process_group is given but torch.distributed is not initialised: call "
-                         "torch.distributed.init_process_group (torchrun does) first, or leave process_group None")
-    return dist.get_rank(group), dist.get_world_size(group)
-
-
 def _all_reduce(group) -> Callable:
-    """Sums across the ranks of ``group``: statistics in one flat all-reduce, scalar tensors in another."""
+    """Sums across the ranks of ``group``: statistics in one flat all-reduce, scalar objectives in another."""
     def reduce(value):
         if isinstance(value, SuffStats):
             return value.all_reduce(group)
-        t = torch.as_tensor(value).detach().clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-        return t
+        return distributed.all_reduce_sum(torch.as_tensor(value), group)
     return reduce
 
 
-def _broadcast_parameters(m, group) -> None:
-    """Every rank takes rank 0's parameters and buffers (a start computed alike everywhere, made identical)."""
-    tensors = [t for t in list(m.parameters()) + list(m.buffers())]
-    sizes = torch.tensor([float(sum(t.numel() for t in tensors))], dtype=torch.float64)
-    top = sizes.clone()
-    dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
-    if float(top) != float(sizes):
-        raise RuntimeError("the ranks' starts have different structures (a start pruned an expert on some ranks only); "
-                           "raise prune_threshold's margin or use another seed")
-    src = dist.get_global_rank(group, 0) if group is not dist.group.WORLD else 0
-    with torch.no_grad():
-        for t in tensors:
-            dist.broadcast(t.data, src=src, group=group)
-
-
-def _n_rows(source) -> int:
+def _whole(source, n_sample: int, max_rows: int) -> bool:
+    """Whether a start sample of ``n_sample`` rows is the whole data set (which has at most ``max_rows`` rows)."""
     n = getattr(source, "n_rows", None)
-    if n is None:
-        n = sum(len(b) for b in source)
-    return int(n)
+    if n is not None:
+        return int(n) <= max_rows
+    return n_sample < max_rows or n_sample == sum(len(b) for b in source)
 
 
 def _start_sample(source, max_rows: int, seed: int):

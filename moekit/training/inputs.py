@@ -42,7 +42,7 @@ def _nan_mask(y) -> torch.Tensor | None:
     return nan.cpu() if bool(nan.any()) else None
 
 
-def check_model_inputs(model, x, y, sample_weight):
+def check_model_inputs(model, x, y, sample_weight, *, every_column_seen: bool = True):
     """:func:`~moekit._validation.check_fit_inputs` in ``model``'s dtype and on its device, NaN targets allowed where modelled.
 
     A model whose experts marginalise missing coordinates of a vector y
@@ -53,7 +53,9 @@ def check_model_inputs(model, x, y, sample_weight):
     ``ValueError`` naming its experts (unless the caller allowed incomplete
     targets, e.g. censored ones, with
     ``moekit._validation.incomplete_targets``).  The caller's arrays are not
-    modified.
+    modified.  ``every_column_seen=False`` skips the rule that every column be
+    observed (a batch of a source: the rule holds for the whole data, which
+    :class:`~moekit.training.passes.CheckedSource` checks over a pass).
 
     Shapes
     ------
@@ -94,7 +96,7 @@ def check_model_inputs(model, x, y, sample_weight):
         )
     y_c = y_c.masked_fill(nan.to(y_c.device), float("nan"))
     seen = (~torch.isnan(y_c) & (w > 0)[:, None]).any(0)
-    if not bool(seen.all()):
+    if every_column_seen and not bool(seen.all()):
         j = int(torch.nonzero(~seen)[0])
         raise ValueError(
             f"y column {j} is missing (NaN) on every row with positive weight: its distribution cannot be "

@@ -14,6 +14,7 @@ the same and peak memory stays bounded by the batch size.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable, Iterator
 
 import torch
@@ -132,9 +133,10 @@ class CheckedSource:
 
     Each batch is held to the checks of :func:`~moekit.training.inputs.check_model_inputs`
     (shapes, finite inputs, supported magnitudes, targets the experts can read), with weights
-    finite and non-negative, and its width must match the model's.  Batches are checked on
-    every pass (the checks cost a small fraction of an E-step) so a file changed between
-    passes is caught too.  Per-row extras must already be folded into x and y (model-level
+    finite and non-negative, and its width must match the model's; a column of a vector y with
+    missing (NaN) entries must be observed in some batch (checked at the end of each pass).
+    Batches are checked on every pass (the checks cost a small fraction of an E-step) so a
+    file changed between passes is caught too.  Per-row extras must already be folded into x and y (model-level
     batches).
 
     Parameters
@@ -142,14 +144,25 @@ class CheckedSource:
     source : source of batches
     model : MixtureOfExperts
         Gives the dtype and device.
+    whole : bool
+        Whether this is the whole data set (not one rank's shard, which may
+        hold no rows): then a source without rows is refused.
+    parent : CheckedSource, optional
+        The whole data set this shard was cut from.  A shard that yields no
+        batch (a rank given no file) yields one batch of no rows with the
+        data's columns instead, so that its rank still contributes (zero) sums
+        to every all-reduce of the fit.
     """
 
-    def __init__(self, source, model):
+    def __init__(self, source, model, whole: bool = True, parent: "CheckedSource | None" = None):
         self.source = source
         self.dtype, self.device = model_dtype(model), model_device(model)
         self.model = model
+        self.whole = whole
+        self.parent = parent
         self.in_memory = bool(getattr(source, "in_memory", False))
         self._width: int | None = None
+        self._empty: Batch | None = None  # no rows, the data's columns (from the start sample)
 
     @property
     def n_rows(self):
@@ -167,7 +180,7 @@ class CheckedSource:
         if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
             raise ValueError("a batch of the source has negative or non-finite row weights; weights must be finite "
                              "and >= 0")
-        x, y, _ = check_model_inputs(self.model, batch.x, batch.y, None)
+        x, y, _ = check_model_inputs(self.model, batch.x, batch.y, None, every_column_seen=False)
         if self._width is None:
             self._width = x.shape[1]
         elif x.shape[1] != self._width:
@@ -176,20 +189,55 @@ class CheckedSource:
         return Batch(x, y, w.to(dtype=self.dtype, device=self.device))
 
     def __iter__(self) -> Iterator[Batch]:
+        seen = None  # the columns of a vector y observed (not NaN) on a row of positive weight, so far
+        any_batch = False
         for batch in self.source:
-            yield self.check(batch)
+            b = self.check(batch)
+            any_batch = True
+            if b.y.dim() == 2 and b.y.is_floating_point():
+                s = (~torch.isnan(b.y) & (b.weight > 0)[:, None]).any(0)
+                seen = s if seen is None else seen | s
+            yield b
+        if not any_batch and self.parent is not None:
+            yield self.parent.empty_batch()
+        if self.whole and seen is not None and not bool(seen.all()):
+            j = int(torch.nonzero(~seen)[0])
+            raise ValueError(
+                f"y column {j} is missing (NaN) on every row with positive weight: its distribution cannot be "
+                "estimated; drop that column of y"
+            )
 
     def sample(self, max_rows: int, seed: int) -> Batch:
         """The source's start sample, checked."""
-        return self.check(self.source.sample(max_rows, seed))
+        b = self.check(self.source.sample(max_rows, seed))
+        if self._empty is None:
+            self._empty = b.rows(slice(0, 0))
+        return b
+
+    def empty_batch(self) -> Batch:
+        """A batch of no rows with the data's columns (those of the start sample, or of one sampled row)."""
+        if self._empty is None:
+            self.sample(1, 0)
+        return self._empty
 
     def shard(self, rank: int, world_size: int) -> "CheckedSource":
-        return CheckedSource(self.source.shard(rank, world_size), self.model)
+        return CheckedSource(self.source.shard(rank, world_size), self.model, whole=False, parent=self)
 
     @property
     def total_weight(self) -> float:
-        """The sum of the row weights (the source's own, or one pass over it)."""
-        t = getattr(self.source, "total_weight", None)
-        if t is not None:
-            return float(t)
-        return float(sum(float(b.weight.sum()) for b in self.source))
+        """The sum of the row weights (the source's own, or one pass over it).
+
+        The whole data set must hold a row: an empty source is a ``ValueError``.
+        """
+        t, n = getattr(self.source, "total_weight", None), getattr(self.source, "n_rows", None)
+        if t is None:
+            t, n = 0.0, 0
+            for b in self.source:
+                t, n = t + float(b.weight.sum()), n + len(b)
+        if self.whole and n is not None and int(n) == 0:
+            raise ValueError("the source has no rows: there is nothing to fit (an empty array, file, folder or "
+                             "filter); give fit_em a source with at least one row")
+        if not math.isfinite(float(t)):
+            raise ValueError(f"the row weights of the source sum to {float(t)}: a batch of the source has negative or "
+                             "non-finite row weights; weights must be finite and >= 0")
+        return float(t)

@@ -114,7 +114,7 @@ def init_tree(tree: MixtureOfExperts, x, y, sample_weight=None, *, init="kmeans"
 def fit_tree_em(
     tree: MixtureOfExperts,
     x,
-    y,
+    y=None,
     sample_weight=None,
     *,
     init="kmeans",
@@ -125,6 +125,8 @@ def fit_tree_em(
     prune_threshold: float = 1e-4,
     verbose: int = 0,
     callback: Callable | None = None,
+    process_group=None,
+    init_sample_rows: int = 1_000_000,
 ):
     """Fit a tree by EM from ``n_init`` tree-aware starts and keep the best, in place.
 
@@ -142,7 +144,10 @@ def fit_tree_em(
     ----------
     tree : MixtureOfExperts
     x, y, sample_weight
-        As for :func:`~moekit.fit_em`.
+        As for :func:`~moekit.fit_em`: arrays, or x a source of model-level
+        batches (:mod:`moekit.data`) with y and sample_weight None; each start
+        then initialises the tree on the source's start sample (every row
+        when they fit, see ``init_sample_rows``) and EM streams over it.
     init : {"kmeans", "kmeans_x", "random"}, array (n, K) or None
         See :func:`init_tree`; ``None`` keeps the current parameters (one start).
     n_init : int
@@ -151,6 +156,9 @@ def fit_tree_em(
     max_iter, tol, prune_threshold, verbose, callback
         As for :func:`~moekit.fit_em` (the top level is pruned by
         ``prune_threshold``; inner nodes by their own ``prune_threshold``).
+    process_group, init_sample_rows
+        As for :func:`~moekit.fit_em` (a distributed fit over a source that
+        every rank shards for itself; the rows the starts are made on).
 
     Returns
     -------
@@ -185,5 +193,5 @@ def fit_tree_em(
     return fit_em(
         tree, x, y, sample_weight, init=None if init is None else start, n_init=1 if init is None else int(n_init),
         random_state=random_state, max_iter=max_iter, tol=tol, prune_threshold=prune_threshold, verbose=verbose,
-        callback=callback,
+        callback=callback, process_group=process_group, init_sample_rows=init_sample_rows,
     )
