@@ -127,6 +127,8 @@ def fit_tree_em(
     callback: Callable | None = None,
     process_group=None,
     init_sample_rows: int = 1_000_000,
+    checkpoint=None,
+    resume: bool = False,
 ):
     """Fit a tree by EM from ``n_init`` tree-aware starts and keep the best, in place.
 
@@ -159,6 +161,10 @@ def fit_tree_em(
     process_group, init_sample_rows
         As for :func:`~moekit.fit_em` (a distributed fit over a source that
         every rank shards for itself; the rows the starts are made on).
+    checkpoint, resume
+        As for :func:`~moekit.fit_em`: the tree and the EM state after every
+        iteration, and resuming a killed fit (one start, ``n_init=1``; the
+        tree's pruning is replayed).
 
     Returns
     -------
@@ -193,5 +199,6 @@ def fit_tree_em(
     return fit_em(
         tree, x, y, sample_weight, init=None if init is None else start, n_init=1 if init is None else int(n_init),
         random_state=random_state, max_iter=max_iter, tol=tol, prune_threshold=prune_threshold, verbose=verbose,
-        callback=callback, process_group=process_group, init_sample_rows=init_sample_rows,
+        callback=callback, process_group=process_group, init_sample_rows=init_sample_rows, checkpoint=checkpoint,
+        resume=resume,
     )

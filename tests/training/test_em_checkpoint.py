@@ -148,3 +148,19 @@ def test_checkpoint_bad_inputs(tmp_path):
         fit_em(_flat(), x, y, 2 * w, random_state=0, max_iter=3, checkpoint=tmp_path / "c", resume=True)
     with pytest.raises(ValueError, match="cannot be pruned to"):  # another model
         fit_em(_tree(), x, y, w, random_state=0, max_iter=3, checkpoint=tmp_path / "c", resume=True)
+
+
+def test_a_tree_fit_resumes_through_fit_tree_em(tmp_path):
+    from moekit import fit_tree_em
+
+    x, y, w = _data()
+    kw = dict(random_state=0, max_iter=40, tol=1e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = _tree()
+        ra = fit_tree_em(a, x, y, w, **kw)
+        with pytest.raises(_Kill):
+            fit_tree_em(_tree(), x, y, w, checkpoint=tmp_path / "t", callback=_kill_at(5), **kw)
+        b = _tree()
+        rb = fit_tree_em(b, x, y, w, checkpoint=tmp_path / "t", resume=True, **kw)
+    _same(a, b, ra, rb)
