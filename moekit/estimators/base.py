@@ -57,7 +57,7 @@ __all__ = [
 
 # Public methods that work on an unfitted estimator: fitting, the parameters, and the model builders
 # (``fit`` calls ``build_model``, loading a model file calls ``rebuild_model``).
-UNFITTED_METHODS = frozenset({"fit", "get_params", "set_params", "build_model", "rebuild_model",
+UNFITTED_METHODS = frozenset({"fit", "partial_fit", "get_params", "set_params", "build_model", "rebuild_model",
                               "count_parameters", "get_metadata_routing"})
 
 

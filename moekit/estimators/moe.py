@@ -57,6 +57,7 @@ from .families import (
     family_of,
     observed_variance,
 )
+from .online import OnlineClassifierMixin, OnlineRegressorMixin
 from .summary import SummaryMixin
 
 __all__ = ["MoERegressor", "MoEClassifier"]
@@ -387,7 +388,7 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
 
 
 @storable
-class MoERegressor(RegressionFamilies, RegressorTargets, RegressorMixin, _MoEBase):
+class MoERegressor(OnlineRegressorMixin, RegressionFamilies, RegressorTargets, RegressorMixin, _MoEBase):
     """Mixture-of-experts regression (scikit-learn estimator).
 
     ``p(y | x) = sum_k g_k(x) p_k(y | x)`` with a softmax (or constant, or
@@ -704,7 +705,7 @@ class MoERegressor(RegressionFamilies, RegressorTargets, RegressorMixin, _MoEBas
 
 
 @storable
-class MoEClassifier(ClassifierTargets, ClassifierMixin, _MoEBase):
+class MoEClassifier(OnlineClassifierMixin, ClassifierTargets, ClassifierMixin, _MoEBase):
     """Mixture-of-experts classification (scikit-learn estimator).
 
     Experts are logistic (two classes) or softmax (more classes) regressions,
