@@ -726,6 +726,7 @@ PARAMETERS: dict[str, Spec] = {
     "fit_method": OneOf("em", "gradient"),
     "optimizer": OneOf("adam", "lbfgs"),
     "grow": Bool(),
+    "warm_start": Bool(),
     "max_iter": Int(1),
     "max_epochs": Int(1),
     "n_init": Int(1),

@@ -105,6 +105,10 @@ def refuse_overwriting_inputs(out: str, inputs: dict) -> None:
     for name, path in inputs.items():
         if path is None or path == "-":
             continue
+        if os.path.isdir(path) and os.path.splitext(out)[1].lower() in (".csv", ".tsv", ".parquet", ".pq") and \
+                real.startswith(os.path.join(os.path.realpath(path), "")):
+            raise UsageError(f"-o {out} is inside the input {name} folder '{path}', whose data files are all read as "
+                             "parts of the data set: write it elsewhere")
         same = os.path.realpath(path) == real
         if not same and os.path.exists(out) and os.path.exists(path):
             with contextlib.suppress(OSError):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shlex
 import time
 
 import numpy as np
+import torch
+import torch.distributed as dist
 
 from ..estimators import HMEClassifier, HMERegressor, MDNRegressor, MoEClassifier, MoERegressor
+from ..data import CSVSource, ParquetSource
 from ..estimators.formula import FormulaDesign
 from ..io import ModelFileError, save
 from ..selection import parse_n_experts, select_n_experts
@@ -25,12 +30,15 @@ from .common import (
 )
 from .errors import DataError, UsageError, one_line
 from .formulas import formula_columns, formula_frame, formula_inputs, formula_schema, formula_targets
+from .streaming import ProgressSource, distributed, memory_budget, rank_of_env, shows_progress
 from .tables import (
     as_text,
     build_schema,
     check_out_folder,
+    data_files,
     encode_features,
     encode_targets,
+    estimated_bytes,
     is_text_type,
     read_table,
     summarize,
@@ -233,6 +241,11 @@ def cmd_fit(args) -> int:
     if args.criterion is not None and args.select_k is None:
         raise UsageError("--criterion chooses among the K of --select-k RANGE; give --select-k too")
     out = args.output
+    _check_source_options(args)
+    files, kind = data_files(args.data)
+    budget = memory_budget(args)
+    if _streams(args, files, kind, budget):
+        return _fit_source(args, files, kind, budget)
     check_out_folder(out, "model file")
     refuse_overwriting_inputs(out, {"DATA": args.data})
     tab = read_table(args.data)
@@ -434,3 +447,199 @@ def _select_k(args, task, X, y, ks, design=None, frame=None):
     skipped = {str(k): int(p) for k, p in getattr(res, "skipped", {}).items()}
     return est, {"criterion": res.description, "scores": scores, "chosen": int(res.n_experts), "skipped": skipped,
                  "rows": len(X)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bigger than memory, bigger than one machine: the fit over a source of batches (moekit.data), streamed when the
+# data exceed --memory-budget, as one process of a torchrun job (--distributed), with --checkpoint / --resume.
+
+def _check_source_options(args) -> None:
+    """The options of streamed and distributed fits, checked before any data is read (the same on every rank)."""
+    if args.resume and args.checkpoint is None:
+        raise UsageError("--resume continues the fit whose --checkpoint PATH a killed run left; give --checkpoint "
+                         "PATH too (the same as that run's)")
+    world = os.environ.get("WORLD_SIZE")
+    if not args.distributed and world is not None and world.isdigit() and int(world) > 1:
+        raise UsageError(f"this process is one of WORLD_SIZE={world} processes of a torchrun job, but --distributed is "
+                         "not given (each would fit alone and write MODEL): add --distributed")
+    if args.checkpoint is not None:
+        if args.checkpoint in (args.output, args.data) or os.path.realpath(args.checkpoint) in \
+                (os.path.realpath(args.output), os.path.realpath(args.data)):
+            raise UsageError(f"--checkpoint {args.checkpoint} is the model file or DATA; give the checkpoint a file of "
+                             "its own, e.g. model.ckpt")
+        if args.resume and not os.path.exists(args.checkpoint):
+            raise DataError(f"--resume: the checkpoint '{args.checkpoint}' does not exist (the killed run had not "
+                            "finished an iteration, or the path differs); run again without --resume")
+        if not args.resume:
+            check_out_folder(args.checkpoint, "checkpoint")
+
+
+def _streams(args, files: list, kind: str, budget: int) -> bool:
+    """Whether the fit reads DATA as a source of batches: its data exceed the memory budget, or --distributed,
+    --checkpoint or --on-bad-rows skip is given (those work on sources)."""
+    if args.distributed or args.checkpoint is not None or args.on_bad_rows == "skip":
+        return True
+    return estimated_bytes(files, kind) > budget
+
+
+def _refuse_for_sources(args, why: str) -> None:
+    """Options that need the whole table in memory, refused for a fit over a source (``why`` says which)."""
+    if args.formula is not None:
+        raise UsageError(f"--formula reads the whole table in memory, but {why}; give --target and --features (text "
+                         "columns are one-hot encoded), or a larger --memory-budget")
+    if args.select_k is not None:
+        raise UsageError(f"--select-k fits every K on the table in memory, but {why}; fit each K with --experts K "
+                         "and compare them with 'moekit summary' (BIC)")
+    if args.categorical:
+        raise UsageError(f"--categorical works on a table read in memory, but {why}; write those columns as text "
+                         "(they are then categories)")
+    if args.missing == "drop":
+        raise UsageError(f"--missing drop works on a table read in memory, but {why}; use --on-bad-rows skip, which "
+                         "skips rows with missing or non-finite inputs and reports how many")
+    if args.model == "mdn":
+        raise UsageError(f"--model mdn trains on the table in memory, but {why}; give a larger --memory-budget (and "
+                         "--missing drop for rows with missing inputs), or fit --model moe or hme, which EM fits over "
+                         "a source")
+    if args.model == "hme" and args.checkpoint is not None:
+        raise UsageError("--checkpoint follows the EM of --model moe; a hierarchy's fit (--model hme) cannot be "
+                         "checkpointed yet")
+    if args.checkpoint is not None and args.n_init not in (None, 1):
+        raise UsageError(f"--checkpoint follows one start of EM; --n-init {args.n_init} runs {args.n_init}: leave out "
+                         "--n-init (or fit each start with its own --seed and --checkpoint)")
+
+
+def _why_source(args, budget: int) -> str:
+    if args.distributed:
+        return "--distributed reads DATA in shares, batch by batch"
+    if args.checkpoint is not None:
+        return "--checkpoint fits DATA as a source of batches"
+    if args.on_bad_rows == "skip":
+        return "--on-bad-rows skip reads DATA batch by batch"
+    return f"DATA exceeds --memory-budget ({budget} bytes) and is streamed"
+
+
+def _source_of(args, files: list, kind: str):
+    """The source of batches of DATA (moekit.data.ParquetSource or CSVSource) with the columns the options name."""
+
+
+    tsv = [f for f in files if f.lower().endswith(".tsv")]
+    if tsv:
+        raise DataError(f"a streamed fit reads Parquet files and comma-separated .csv files, but {tsv[0]} is "
+                        "tab-separated; convert it to Parquet (or .csv), or fit it in memory (a larger --memory-budget)")
+    cls = ParquetSource if kind == "parquet" else CSVSource
+    extras = _extra_columns(args)
+    try:
+        return cls(files if os.path.isdir(args.data) else files[0], features=args.features, target=list(args.target),
+                   batch_rows=args.batch_rows, dtype=torch.float64, device=args.device or "cpu",
+                   on_bad_rows=args.on_bad_rows, **extras)
+    except ValueError as e:
+        raise DataError(one_line(e)) from None
+
+
+_SOURCE_OPTIONS = (("on_bad_rows='skip'", "--on-bad-rows skip"), ("memory_budget", "--memory-budget"),
+                   ("n_init=", "--n-init "), ("max_iter=", "--max-iter "))
+
+
+def _in_source_options(msg: str) -> str:
+    """A message of the estimators or the sources with their parameters named as the options that set them."""
+    for param, option in _SOURCE_OPTIONS:
+        msg = msg.replace(param, option)
+    return msg
+
+
+def _fit_source(args, files: list, kind: str, budget: int) -> int:
+    """moekit fit over a source of batches: streamed when the data exceed --memory-budget, in shares under torchrun
+    (--distributed: rank 0 writes MODEL and prints), with --checkpoint / --resume."""
+    _refuse_for_sources(args, _why_source(args, budget))
+    if args.target is None:  # --formula is refused above, so --target is required
+        raise UsageError("the following arguments are required: --target (see 'moekit fit --help')")
+    if args.distributed:
+
+        rank = rank_of_env()[0]
+    else:
+        rank = 0
+    if rank == 0:
+        check_out_folder(args.output, "model file")
+        refuse_overwriting_inputs(args.output, {"DATA": args.data})
+    with (distributed(args) if args.distributed else contextlib.nullcontext()) as group:
+        if rank != 0:
+            args.quiet = True  # other ranks print nothing but their errors
+        return _fit_source_in(args, files, kind, budget, group)
+
+
+def _fit_source_in(args, files: list, kind: str, budget: int, group) -> int:
+    """:func:`_fit_source` once the process group (if any) is joined: the source, the schema, the fit, MODEL."""
+    rank = getattr(args, "rank", 0)
+    source = _source_of(args, files, kind)
+    task = args.task
+    if task == "auto":
+        task = "classification" if source.target_levels is not None or "logistic" in (args.expert or []) \
+            else "regression"
+    if task == "classification" and source.target_levels is not None and len(source.target_levels) < 2:
+        raise DataError(f"target column '{source.target_names[0]}' of {args.data} has a single class; a classifier "
+                        "needs two or more")
+    if task == "regression" and source.target_levels is not None:
+        raise DataError(f"target column '{source.target_names[0]}' of {args.data} holds text (class labels); "
+                        "regression needs numbers: fix the column, or pass --task classification")
+    _check_fit_options(args, task, len(source.target_names))
+    schema = {"features": [dict(f) for f in source.encoding["features"]],
+              "encoded_features": list(source.feature_names), "targets": list(source.target_names), "task": task}
+    extras = _extra_columns(args)
+    if extras:
+        schema["extras"] = extras
+    if getattr(args, "shared", None):
+        args.shared = _shared_columns(args.shared, schema)
+    set_threads(args, source.n_rows)
+    k = args.branching if args.model == "hme" and args.branching is not None else args.experts
+    est = _estimator_for(args, task, k)
+    data = ProgressSource(source, shows_progress(args))
+    kw = {"memory_budget": budget}
+    if group is not None:
+        kw["process_group"] = group
+    if args.checkpoint is not None:
+        kw.update(checkpoint=args.checkpoint, resume=bool(args.resume))
+    t0 = time.perf_counter()
+    with collect_warnings(args):
+        try:
+            est.fit(data, **kw)
+        except (ValueError, TypeError, FloatingPointError) as e:
+            raise DataError(f"fitting the model failed: {_in_source_options(one_line(e))}") from None
+        except RuntimeError as e:
+            if group is not None:
+                raise  # the distributed context tells a failure of another process from one of this process
+            raise DataError(f"fitting the model failed: {_in_source_options(one_line(e))}") from None
+    seconds = time.perf_counter() - t0
+    skipped = data.skipped
+    if group is not None:
+
+        on = args.device if args.device and str(args.device).startswith("cuda") else "cpu"  # NCCL sums on the GPU
+        t = torch.tensor([float(skipped)], dtype=torch.float64, device=on)
+        dist.all_reduce(t, group=group)
+        skipped = int(t.item())
+    n_used = int(source.n_rows) - skipped
+    if rank == 0:
+        name = os.path.basename(os.path.normpath(args.data))
+        meta = {"cli": dict(schema, training_data={"file": name, "rows": n_used, "columns": {}},
+                            command="moekit " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["fit"])),
+                            fit_seconds=round(seconds, 3))}
+        try:
+            save(est, args.output, metadata=meta)
+        except ModelFileError as e:
+            raise DataError(one_line(e)) from None
+        except OSError as e:
+            raise DataError(f"cannot write the model file '{args.output}': {one_line(e)}") from None
+    if group is not None:
+
+        dist.barrier(group=group)  # every rank ends (exit code 0) only once rank 0 has written MODEL
+    if not args.quiet:
+        how = f"{'streamed' if data.passes else 'read in memory'}"
+        if group is not None:
+            how += f" by {args.world_size} processes"
+        rows = f"{n_used} rows" + (f" ({skipped} bad rows skipped: --on-bad-rows skip)" if skipped else "")
+        parts = f" of {len(files)} files" if len(files) > 1 else ""
+        ll = float(getattr(est, "log_likelihood_", float("nan")))
+        print(f"fitted {type(est).__name__} ({_size_text(est)}) on {rows}{parts}, {how}, "
+              f"{len(schema['encoded_features'])} input column(s) -> "
+              f"{'classes of ' if task == 'classification' else ''}{', '.join(schema['targets'])}: "
+              f"log-likelihood {ll:.6g}, {seconds:.1f} s; saved to {args.output}")
+    return 0

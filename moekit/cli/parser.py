@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
 from .. import __version__
 from .errors import UsageError
 
-__all__ = ["COVARIANCES", "EXPERTS", "WHATS", "build_parser", "finite_float", "k_candidates", "nonnegative_float",
-           "positive_int", "unit_interval"]
+__all__ = ["COVARIANCES", "EXPERTS", "WHATS", "build_parser", "finite_float", "k_candidates", "memory_size",
+           "nonnegative_float", "positive_float", "positive_int", "unit_interval"]
 
 EXPERTS = ("linear", "poisson", "binomial", "gamma", "negative_binomial", "point_mass", "student_t", "mlp",
            "logistic")
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="CPU threads for torch (default: 1 for tables under 50000 rows, where more threads "
                              "cost more than they save; torch's default above)")
+    common.add_argument("--progress", action="store_true",
+                        help="show progress bars even when stderr is not a terminal (a log file); without it they "
+                             "show on a terminal only")
 
     p = _Parser(prog="moekit", description="Fit, inspect and use mixtures of experts on tables of data.",
                 epilog="Exit codes: 0 ok, 1 data error, 2 usage error, 3 internal error. Standard output carries "
@@ -53,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", parents=[common], help="fit a model to a CSV or Parquet file",
                        description="Fit a conditional mixture p(y | x) to a table and save it to a model file.")
-    f.add_argument("data", help="CSV (.csv, .tsv) or Parquet (.parquet, .pq) file with a header row")
+    f.add_argument("data", help="CSV (.csv, .tsv) or Parquet (.parquet, .pq) file with a header row, or a folder of "
+                                "such files (the parts of one data set: the same columns in each, read in the order of "
+                                "their sorted paths)")
     f.add_argument("--target", "-t", nargs="+", metavar="COL",
                    help="target column(s) y (required unless --formula names the target)")
     f.add_argument("--features", nargs="+", metavar="COL", help="input columns x (default: every other column)")
@@ -119,6 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="EM iterations (default 200) or, for --model mdn, epochs (default 1000)")
     f.add_argument("-o", "--output", required=True, metavar="MODEL",
                    help="model file to write (an existing file of that name is replaced; never the input DATA)")
+    big = f.add_argument_group("bigger than memory, bigger than one machine")
+    _memory_options(big)
+    big.add_argument("--on-bad-rows", choices=["error", "skip"], default="error",
+                     help="a row with a missing or non-finite input (or an infinite target): error (default), naming "
+                          "the file and the row; or skip such rows and report how many (the fit then streams)")
+    big.add_argument("--checkpoint", metavar="PATH", default=None,
+                     help="MoE, HME: write the model and the EM state to PATH after every iteration (atomically: a "
+                          "temporary file, then a rename), so that --resume can continue a killed fit; the file is "
+                          "kept after the fit (the fit then streams)")
+    big.add_argument("--resume", action="store_true",
+                     help="continue the fit whose --checkpoint PATH a killed run left (the same DATA and options); it "
+                          "ends at the same parameters as an uninterrupted fit")
+    big.add_argument("--distributed", action="store_true",
+                     help="MoE, HME: one process of a torchrun job: each reads its share of DATA, statistics are summed "
+                          "over the processes every pass (gloo on CPU, NCCL with --device cuda), rank 0 writes MODEL "
+                          "and prints the result; e.g. 'torchrun --nproc-per-node 4 -m moekit fit DATA --target y "
+                          "--distributed -o model.moekit'")
+    big.add_argument("--timeout", type=positive_float, default=600.0, metavar="SECONDS",
+                     help="--distributed: how long a process waits for the others (to join, or in a sum over the "
+                          "processes) before the job fails with an error on every process (default 600)")
     f.set_defaults(command_module="fit")
     # Every model option defaults to None, "the estimator's own default", so that the command and Python agree
     # (tests/cli/test_defaults.py compares them); only --seed differs: 0, so that runs repeat.
@@ -127,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Write one output row per input row: means, modes, quantiles, intervals, "
                                     "samples or gate probabilities. Rows with fewer modes than columns get empty cells.")
     pr.add_argument("model", help="model file written by 'moekit fit'")
-    pr.add_argument("data", help="CSV or Parquet file with the model's input columns")
+    pr.add_argument("data", help="CSV or Parquet file with the model's input columns, or a folder of them")
     pr.add_argument("-o", "--output", required=True, metavar="OUT",
                     help="output .csv, .tsv or .parquet ('-': CSV on stdout); an existing file of that name is "
                          "replaced, but never the MODEL or DATA file")
@@ -144,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="copy these input columns (e.g. an id) to the output; a kept column with the name of an "
                          "output column (e.g. y_mean) is an error, never overwritten")
     pr.add_argument("--features", nargs="+", metavar="COL", help="input columns, for models saved from Python")
+    _memory_options(pr, streams="DATA is read and predicted batch by batch and OUT written as it goes")
     pr.set_defaults(command_module="predict")
 
     ev = sub.add_parser("evaluate", parents=[common], help="goodness of fit on a data file",
@@ -195,6 +222,54 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--csv", action="store_true", help="print the table as CSV")
     sm.set_defaults(command_module="summary")
     return p
+
+
+def _memory_options(group, streams: str = "the fit streams: every EM pass reads DATA batch by batch, so memory "
+                                              "is bounded by the batch, not by DATA") -> None:
+    """--memory-budget and --batch-rows (fit, predict)."""
+    group.add_argument("--memory-budget", type=memory_size, default=None, metavar="SIZE",
+                       help="memory DATA may take: when reading it whole would take more (rows x columns x 8 bytes; a "
+                            f"CSV file: its size), {streams}; sizes such as 512MB, 2GB, 1.5GiB (default: a quarter of "
+                            "this machine's memory)")
+    group.add_argument("--batch-rows", type=positive_int, default=65536, metavar="N",
+                       help="rows per batch when streaming (default 65536)")
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtp]?i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "t": 1000**4, "tb": 1000**4, "p": 1000**5, "pb": 1000**5, "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+          "tib": 1024**4, "pib": 1024**5}
+
+
+def memory_size(s: str) -> int:
+    """argparse type: a size in bytes such as ``512MB``, ``2GB``, ``1.5GiB``, ``64KB`` or ``1000`` (bytes).
+
+    KB, MB, GB, TB are powers of 1000, KiB, MiB, GiB, TiB powers of 1024 (case does not matter).
+
+    Examples
+    --------
+    >>> memory_size("512MB"), memory_size("1.5GiB"), memory_size("1kb")
+    (512000000, 1610612736, 1000)
+    """
+    m = _SIZE.match(s)
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512MB, 2GB or 1.5GiB, got {s!r}")
+    v = int(float(m.group(1)) * _UNITS[unit])
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a size of at least 1 byte (e.g. 512MB), got {s!r}")
+    return v
+
+
+def positive_float(s: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {s}")
+    return v
 
 
 def positive_int(s: str) -> int:

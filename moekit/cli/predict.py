@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import sys
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 import torch
+from tqdm.auto import tqdm
 
 from ..distributions import flatten_leaves, marginal
 from ..inference import find_modes
@@ -22,12 +29,17 @@ from .common import (
     with_extras,
 )
 from .errors import DataError, UsageError, one_line
+from .streaming import memory_budget, shows_progress
 from .tables import (
     as_text,
     check_out_folder,
     is_numeric_type,
     numeric_column,
     out_kind,
+    ChunkTable,
+    TableWriter,
+    data_files,
+    estimated_bytes,
     read_table,
     write_table,
 )
@@ -48,6 +60,9 @@ def cmd_predict(args) -> int:
     if clf and args.what in ("modes", "quantiles", "interval"):
         raise UsageError(f"--what {args.what} is for regression models; this model classifies "
                          "(use --what mean for labels and probabilities, samples or gate)")
+    files, kind = data_files(args.data)
+    if estimated_bytes(files, kind) > memory_budget(args):
+        return _predict_streamed(args, est, schema, files, kind)
     tab = read_table(args.data)
     set_threads(args, tab.n)
     if args.keep:
@@ -66,6 +81,84 @@ def cmd_predict(args) -> int:
     write_table(cols, args.output)
     if args.output != "-":
         say(args, f"wrote {tab.n} rows x {len(cols)} columns ({args.what}) to {args.output}")
+    return 0
+
+
+def _record_batches(files: list, kind: str, schema: dict, batch_rows: int):
+    """``(file, first row in the file, record batch)`` of every file in order, at most ``batch_rows`` rows each.
+
+    CSV files are read block by block with the model's numeric inputs (and offsets, trials) as numbers and its
+    categorical inputs as text, so that a block's guess of a type never differs from another's.
+    """
+    types = {}
+    for f in schema.get("features", []):
+        types[f["name"]] = pa.float64() if f["kind"] == "numeric" else pa.string()
+    for col in (schema.get("extras") or {}).values():
+        types[col] = pa.float64()
+    for path in files:
+        first = 0
+        try:
+            if kind == "parquet":
+                reader = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+            else:
+                delim = "\t" if path.lower().endswith(".tsv") else ","
+                reader = pcsv.open_csv(path, parse_options=pcsv.ParseOptions(delimiter=delim),
+                                       convert_options=pcsv.ConvertOptions(column_types=types))
+            for rb in reader:
+                for lo in range(0, rb.num_rows, batch_rows):
+                    part = rb.slice(lo, batch_rows)
+                    yield path, first, part
+                    first += part.num_rows
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
+            msg = one_line(e)
+            if "Empty CSV file" in msg:
+                raise DataError(f"data file '{path}' is empty; it needs a header row and at least one data row") from None
+            raise DataError(f"cannot read '{path}' as {kind.upper() if kind == 'csv' else 'Parquet'} (near row "
+                            f"{first + 1}): {msg[:300]}") from None
+
+
+def _n_rows(files: list, kind: str):
+    """The rows of Parquet files (from their metadata), None for CSV (unknown until read)."""
+    if kind != "parquet":
+        return None
+    return int(sum(pq.read_metadata(f).num_rows for f in files))
+
+
+def _predict_streamed(args, est, schema: dict, files: list, kind: str) -> int:
+    """moekit predict over DATA larger than --memory-budget: read and predicted batch by batch, OUT written as it
+    goes (a Parquet file with pyarrow's ParquetWriter), renamed into place only when every row is done."""
+
+    set_threads(args, args.batch_rows)
+    bar = tqdm(total=_n_rows(files, kind), desc="predicting", unit="rows", unit_scale=True,
+               disable=not shows_progress(args), file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=0.5)
+    n = 0
+    try:
+        with TableWriter(args.output) as out, torch.no_grad(), collect_warnings(args):
+            for i, (path, first, rb) in enumerate(_record_batches(files, kind, schema, args.batch_rows)):
+                tab = ChunkTable(pa.Table.from_batches([rb]), path, kind, first)
+                if args.keep:
+                    tab.require(args.keep, "--keep")
+                X = model_inputs(est, tab, schema)
+                extras = {} if args.what == "gate" else extra_arrays(tab, schema, PREDICTION_EXTRAS)
+                piece = args
+                if i and args.what == "samples":  # each batch its own draws (the first's are the in-memory ones)
+                    piece = copy.copy(args)
+                    piece.seed = int(np.random.SeedSequence([args.seed, i]).generate_state(1)[0]) % (2**31 - 1)
+                predicted: dict = {}
+                try:
+                    _predict_columns(piece, with_extras(est, extras), schema, X, predicted)
+                except (ValueError, TypeError) as e:
+                    raise DataError(f"prediction failed on rows {first + 1} to {first + tab.n} of {path}: "
+                                    f"{one_line(e)}") from None
+                cols = _kept_columns(args, tab, predicted)
+                cols.update(predicted)
+                out.write(cols)
+                n += tab.n
+                bar.update(tab.n)
+    finally:
+        bar.close()
+    if args.output != "-":
+        say(args, f"wrote {n} rows ({args.what}), predicted batch by batch, to {args.output}")
     return 0
 
 

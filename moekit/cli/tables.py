@@ -5,8 +5,10 @@ same column names, ``column[T.level]``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
 
 import numpy as np
 import pyarrow as pa
@@ -18,12 +20,18 @@ from .._encoding import categorical_feature, encoded_names, one_hot, parse_float
 from .errors import DataError, UsageError, one_line
 
 __all__ = [
+    "ChunkTable",
+    "FolderTable",
     "Table",
+    "TableWriter",
+    "arrow_table",
     "as_text",
     "build_schema",
     "check_out_folder",
+    "data_files",
     "encode_features",
     "encode_targets",
+    "estimated_bytes",
     "is_numeric_type",
     "is_text_type",
     "limit_column",
@@ -77,15 +85,52 @@ def _kind_of(path: str) -> str:
     return "parquet" if head == b"PAR1" else "csv"
 
 
-def read_table(path: str) -> Table:
-    """Read a CSV or Parquet file (DataError for anything a user can fix)."""
+def data_files(path: str) -> tuple[list[str], str]:
+    """The data files of DATA and their kind (``"csv"`` or ``"parquet"``): the file itself, or every CSV
+    (``.csv``, ``.tsv``) or Parquet (``.parquet``, ``.pq``) file below a folder (names starting with ``.`` or
+    ``_`` left out), sorted by path.  DataError for a path that does not exist, a folder without data files, or
+    a folder that mixes CSV and Parquet files."""
     if not os.path.exists(path):
         raise DataError(f"data file '{path}' does not exist; check the path")
-    if os.path.isdir(path):
-        raise DataError(f"'{path}' is a folder; give a CSV or Parquet file")
+    if not os.path.isdir(path):
+        return [path], _kind_of(path)
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+        files += [os.path.join(root, f) for f in names
+                  if os.path.splitext(f)[1].lower() in (*_CSV, *_PARQUET) and not f.startswith((".", "_"))]
+    files.sort()
+    if not files:
+        raise DataError(f"folder '{path}' holds no data files (.csv, .tsv, .parquet or .pq); put the parts of the data "
+                        "set there, or give a file")
+    kinds = {f: ("parquet" if os.path.splitext(f)[1].lower() in _PARQUET else "csv") for f in files}
+    if len(set(kinds.values())) > 1:
+        csv = next(f for f in files if kinds[f] == "csv")
+        par = next(f for f in files if kinds[f] == "parquet")
+        raise DataError(f"folder '{path}' mixes CSV and Parquet files ({csv}, {par}); the parts of a data set are "
+                        "in one format: convert or move one kind")
+    return files, kinds[files[0]]
+
+
+def estimated_bytes(files: list[str], kind: str) -> int:
+    """The memory that reading the files whole takes, roughly: rows x columns x 8 bytes for Parquet (from the
+    files' metadata, reading no data), the files' size for CSV."""
+    if kind == "csv":
+        return int(sum(os.path.getsize(f) for f in files))
+    total = 0
+    for f in files:
+        try:
+            md = pq.read_metadata(f)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"cannot read '{f}' as Parquet: {one_line(e)[:300]}") from None
+        total += md.num_rows * md.num_columns * 8
+    return int(total)
+
+
+def _read_file(path: str, kind: str):
+    """One CSV or Parquet file as a pyarrow table (DataError naming the file for anything a user can fix)."""
     if os.path.getsize(path) == 0:
         raise DataError(f"data file '{path}' is empty; it needs a header row and at least one data row")
-    kind = _kind_of(path)
     try:
         if kind == "csv":
             delim = _CSV.get(os.path.splitext(path)[1].lower(), ",")
@@ -100,12 +145,107 @@ def read_table(path: str) -> Table:
         raise DataError(f"cannot read '{path}' as {what}: {msg[:300]}") from None
     if table.num_columns == 0:
         raise DataError(f"data file '{path}' has no columns")
-    if table.num_rows == 0:
-        raise DataError(f"data file '{path}' has a header but no data rows")
     dup = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
     if dup:
         raise DataError(f"data file '{path}' has duplicate column names {dup}; rename them")
-    return Table(table, path, kind)
+    return table
+
+
+def read_table(path: str) -> Table:
+    """Read a CSV or Parquet file, or a folder of them (one table; DataError for anything a user can fix)."""
+    if os.path.isdir(path):
+        return _read_folder(path)
+    if not os.path.exists(path):
+        raise DataError(f"data file '{path}' does not exist; check the path")
+    table = _read_file(path, _kind_of(path))
+    if table.num_rows == 0:
+        raise DataError(f"data file '{path}' has a header but no data rows")
+    return Table(table, path, _kind_of(path))
+
+
+class FolderTable(Table):
+    """The files of a folder as one table; rows are named by their file (``row 3 of data/part-1.parquet``)."""
+
+    def __init__(self, table, path: str, kind: str, files: list[str], rows: list[int]):
+        super().__init__(table, path, kind)
+        self.files = files
+        self.starts = np.cumsum([0, *rows])
+
+    def where(self, i: int) -> str:
+        f = int(np.searchsorted(self.starts, i, side="right")) - 1
+        local = i - int(self.starts[f])
+        line = f" (line {local + 2})" if self.kind == "csv" else ""
+        return f"row {local + 1}{line} of {self.files[f]}"
+
+
+class ChunkTable(Table):
+    """Some consecutive rows of one file (a batch of a streamed file), named by their row in the file."""
+
+    def __init__(self, table, path: str, kind: str, first_row: int):
+        super().__init__(table, path, kind)
+        self.first_row = int(first_row)
+
+    def where(self, i: int) -> str:
+        return super().where(self.first_row + i)
+
+
+def _type_class(t) -> str:
+    if pa.types.is_null(t):
+        return "null"
+    if is_numeric_type(t):
+        return "numeric"
+    if is_text_type(t):
+        return "text"
+    return str(t)
+
+
+def _read_folder(path: str) -> Table:
+    """Every data file of a folder as one table: the same columns in each file (in any order) and the same kind of
+    type (numbers or text) in each column, else a DataError naming the file."""
+    files, kind = data_files(path)
+    tables = [_read_file(f, kind) for f in files]
+    first, names = files[0], tables[0].column_names
+    for f, t in zip(files[1:], tables[1:]):
+        missing = [c for c in names if c not in t.column_names]
+        extra = [c for c in t.column_names if c not in names]
+        if missing or extra:
+            what = "; ".join(x for x in (f"it lacks column(s) {missing}" if missing else "",
+                                          f"it has column(s) {extra} that {first} has not" if extra else "") if x)
+            raise DataError(f"{f} has other columns than {first}: {what}; every file of a data set needs the same "
+                            "columns")
+    tables = [t.select(names) for t in tables]
+    fields = []
+    for j, c in enumerate(names):
+        seen = None  # (class, type, file) of the first file where the column is not all empty
+        for f, t in zip(files, tables):
+            typ = t.schema.field(j).type
+            k = _type_class(typ)
+            if k not in ("null", "numeric", "text"):
+                raise DataError(f"column '{c}' of {f} has type {typ}, which moekit cannot use; convert it to numbers "
+                                "or text")
+            if k == "null":
+                continue
+            if seen is None:
+                seen = (k, typ, f)
+            elif k != seen[0]:
+                raise DataError(f"column '{c}' of {f} has type {typ}, but {seen[1]} in {seen[2]}: every file of a data "
+                                f"set needs the same columns and types; rewrite {f} with {seen[0]} values in '{c}'")
+        types = {t.schema.field(j).type for t in tables} - {pa.null()}
+        if seen is None:
+            typ = pa.null()
+        elif len(types) == 1:
+            typ = types.pop()
+        else:  # e.g. int64 in one file, double in another: numbers as float64, text as strings
+            typ = pa.float64() if seen[0] == "numeric" else pa.string()
+        fields.append(pa.field(c, typ))
+    schema = pa.schema(fields)
+    try:
+        table = pa.concat_tables([t.cast(schema) if t.schema != schema else t for t in tables])
+    except (pa.ArrowException, ValueError) as e:
+        raise DataError(f"the files of '{path}' do not make one table: {one_line(e)[:300]}") from None
+    if table.num_rows == 0:
+        raise DataError(f"the {len(files)} data file(s) of '{path}' have a header but no data rows")
+    return FolderTable(table, path, kind, files, [t.num_rows for t in tables])
 
 
 def is_numeric_type(t) -> bool:
@@ -346,8 +486,8 @@ def _numeric_brief(v: np.ndarray) -> dict:
     return out
 
 
-def write_table(columns: dict, path: str) -> None:
-    """Write named 1-D arrays as CSV (or to stdout with '-') or Parquet; NaN becomes an empty cell."""
+def arrow_table(columns: dict):
+    """Named 1-D arrays as a pyarrow table: numbers as they are (NaN an empty cell), anything else as text."""
     arrays = []
     for v in columns.values():
         v = np.asarray(v)
@@ -357,21 +497,111 @@ def write_table(columns: dict, path: str) -> None:
             arrays.append(pa.array(v))
         else:
             arrays.append(pa.array([None if x is None else str(x) for x in v], type=pa.string()))
-    table = pa.Table.from_arrays(arrays, names=list(columns))
-    if path == "-":
-        buf = pa.BufferOutputStream()
-        pcsv.write_csv(table, buf)
-        sys.stdout.write(buf.getvalue().to_pybytes().decode("utf-8"))
-        sys.stdout.flush()
-        return
-    try:
-        if out_kind(path) == "parquet":
-            pq.write_table(table, path)
+    return pa.Table.from_arrays(arrays, names=list(columns))
+
+
+def write_table(columns: dict, path: str) -> None:
+    """Write named 1-D arrays as CSV (or to stdout with '-') or Parquet; NaN becomes an empty cell."""
+    with TableWriter(path) as w:
+        w.write(columns)
+
+
+class TableWriter:
+    """Tables written piece by piece to one CSV (or stdout, ``'-'``) or Parquet file.
+
+    A file is written to a temporary file in the same folder and renamed to ``path`` when the writer closes
+    without an error (use it as a context manager): a failure leaves no output file (and an existing file of
+    that name as it was).  Every piece has the first piece's columns; a piece whose column is entirely empty
+    takes the first piece's type.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.kind = "csv" if path == "-" else out_kind(path)
+        self.schema = None
+        self.rows = 0
+        self._writer = None
+        self._tmp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
         else:
-            opts = pcsv.WriteOptions(delimiter=_CSV.get(os.path.splitext(path)[1].lower(), ","))
-            pcsv.write_csv(table, path, write_options=opts)
-    except OSError as e:
-        raise DataError(f"cannot write '{path}': {one_line(e)}") from None
+            self.abort()
+        return False
+
+    def write(self, columns: dict) -> None:
+        """Append the rows of named 1-D arrays."""
+        table = arrow_table(columns)
+        if self.schema is None:
+            self.schema = table.schema
+        else:
+            table = self._conform(table)
+        self.rows += table.num_rows
+        try:
+            self._write(table)
+        except OSError as e:
+            raise DataError(f"cannot write '{self.path}': {one_line(e)}") from None
+
+    def _conform(self, table):
+        if table.column_names != self.schema.names:
+            raise DataError(f"internal: a piece of '{self.path}' has the columns {table.column_names}, the first had "
+                            f"{self.schema.names}")
+        if table.schema == self.schema:
+            return table
+        try:
+            return table.cast(self.schema)
+        except (pa.ArrowException, ValueError) as e:
+            raise DataError(f"cannot write '{self.path}': a piece's columns have other types than the first's "
+                            f"({one_line(e)[:200]})") from None
+
+    def _write(self, table) -> None:
+        if self.path == "-":
+            buf = pa.BufferOutputStream()
+            pcsv.write_csv(table, buf, write_options=pcsv.WriteOptions(include_header=self._writer is None))
+            self._writer = True
+            sys.stdout.write(buf.getvalue().to_pybytes().decode("utf-8"))
+            sys.stdout.flush()
+            return
+        if self._writer is None:
+            folder = os.path.dirname(os.path.abspath(self.path))
+            fd, self._tmp = tempfile.mkstemp(prefix=".moekit-", suffix=".tmp", dir=folder)
+            os.close(fd)
+            if self.kind == "parquet":
+                self._writer = pq.ParquetWriter(self._tmp, self.schema)
+            else:
+                opts = pcsv.WriteOptions(delimiter=_CSV.get(os.path.splitext(self.path)[1].lower(), ","))
+                self._writer = pcsv.CSVWriter(self._tmp, self.schema, write_options=opts)
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        """Finish the file and rename it to ``path``."""
+        if self.path == "-":
+            return
+        if self._writer is None:  # nothing written: an empty table with no columns is no output
+            return
+        try:
+            self._writer.close()
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self._tmp, 0o666 & ~umask)  # as an ordinary new file (mkstemp makes it private)
+            os.replace(self._tmp, self.path)
+        except OSError as e:
+            self.abort()
+            raise DataError(f"cannot write '{self.path}': {one_line(e)}") from None
+        self._tmp = None
+
+    def abort(self) -> None:
+        """Drop what was written: no output file."""
+        if self._writer not in (None, True):
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        if self._tmp is not None and os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+        self._tmp = None
 
 
 def out_kind(path: str) -> str:

@@ -40,8 +40,10 @@ from .._validation import (
 from ..inference import branches, central_interval, find_modes, hdr
 from ..io import register_estimator
 from ..io import save as save_model
+from ..training.passes import is_source
 from .._encoding import encode_frame, fit_frame_encoding, is_dataframe, needs_encoding
 from .formula import FormulaDesign
+from .warm import WarmStartMixin
 
 __all__ = [
     "ConditionalMixtureEstimator",
@@ -259,6 +261,15 @@ class ConditionalMixtureMixin:
                 x[0, int(self.n_features_in_) + i] = 1.0
         return x
 
+    def _predict_source(self, what: str, source, **kwargs):
+        """``what`` over a source of batches (see :mod:`moekit.estimators.streaming`); refused by default."""
+        raise TypeError(f"{type(self).__name__}.{what} takes arrays, not a source of batches; read the source whole "
+                        "(source.read_all()) and pass its x (and y)")
+
+    def _score_source(self, source, y, sample_weight, **extras) -> float:
+        """``score`` over a source of batches; refused by default."""
+        return self._predict_source("score", source)
+
     def _x(self, X) -> torch.Tensor:
         """X's columns as the model's tensor (encoded, checked): (n, n_features_in_)."""
         check_is_fitted(self, "model_")
@@ -312,13 +323,17 @@ class ConditionalMixtureMixin:
                                  f"{name}=None (censoring limits are for MoERegressor(expert='linear') fitted with them)")
         return self._y_tensor(y, n)
 
-    def score_samples(self, X, y, *, offset=None, trials=None, lower=None, upper=None) -> np.ndarray:
+    def score_samples(self, X, y=None, *, offset=None, trials=None, lower=None, upper=None) -> np.ndarray:
         """Per-row log-density ``log p(y | x)``: (n,).
 
         ``offset``, ``trials``, ``lower``, ``upper``: as for ``fit`` (censored rows score the
         probability of their censoring interval); ``bic``, ``aic``, ``icl`` and
-        ``responsibilities`` take them too.
+        ``responsibilities`` take them too.  ``X`` may be a source of batches (``y`` None: the
+        source's targets and extras are used), read batch by batch (see ``iter_predict``).
         """
+        if is_source(X):
+            return self._predict_source("score_samples", X, y=y, offset=offset, trials=trials, lower=lower, upper=upper)
+        _require_y(y, "score_samples")
         x = self._model_x(X, offset, trials)
         yt = self._target_tensor(y, x.shape[0], lower, upper)
         with torch.no_grad():
@@ -394,8 +409,11 @@ class ConditionalMixtureMixin:
     def predict_quantiles(self, X, q, *, offset=None, trials=None) -> np.ndarray:
         """Quantiles of p(y | x) for scalar y: (n, len(q)).
 
-        ``q``: a level or a sequence of levels strictly between 0 and 1.
+        ``q``: a level or a sequence of levels strictly between 0 and 1.  ``X`` may be a source of
+        batches, read batch by batch (see ``iter_predict``).
         """
+        if is_source(X):
+            return self._predict_source("predict_quantiles", X, q=q, offset=offset, trials=trials)
         if self._y_ndim != 1:
             raise ValueError("predict_quantiles needs a scalar (1-D) y; this model was fitted on a 2-D y")
         qs = np.atleast_1d(np.asarray(q, dtype=float))
@@ -490,7 +508,7 @@ class ConditionalMixtureMixin:
         return iv.cpu().numpy()
 
 
-class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
+class ConditionalMixtureEstimator(WarmStartMixin, ConditionalMixtureMixin, BaseEstimator):
     """The fit template of every conditional-mixture estimator.
 
     ``fit`` runs: the parameter checks (:func:`moekit._validation.check_params`
@@ -606,13 +624,17 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
         if cols is not None:
             x = torch.cat([x, torch.as_tensor(cols, dtype=dtype, device=self.device)], dim=1)
         wt = torch.as_tensor(w, dtype=dtype, device=self.device)
+        model, seed, rng, gen = self._seeded_model(X.shape[1], y_info)
+        return model, x, yt, wt, seed, rng, gen
+
+    def _seeded_model(self, n_features: int, y_info):
+        """The unfitted model and its seeds: ``(model, seed, rng, generator)``, drawn from ``random_state``."""
         rng = np.random.default_rng(self.random_state)
         seed = int(rng.integers(0, 2**31 - 1))
         gen = torch.Generator().manual_seed(seed)
         with torch.device("cpu"):  # built and seeded on the CPU (the same start on every device), then moved
-            model = self.build_model(X.shape[1], y_info, dtype, gen)
-        model = model.to(self.device)
-        return model, x, yt, wt, seed, rng, gen
+            model = self.build_model(n_features, y_info, torch_dtype(self.dtype), gen)
+        return model.to(self.device), seed, rng, gen
 
     # ------------------------------------------------------ missing values
     def _nan_y_allowed(self, y_ndim: int, given: set) -> bool:
@@ -704,12 +726,13 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
         model = clone(self)._start(X, y, sample_weight, **extras)[0]
         return int(model.n_parameters())
 
-    def fit(self, X, y=None, sample_weight=None, *, offset=None, trials=None, lower=None, upper=None):
+    def fit(self, X, y=None, sample_weight=None, *, offset=None, trials=None, lower=None, upper=None,
+            memory_budget=None, process_group=None, checkpoint=None, resume=False):
         """Fit the model.
 
         Parameters
         ----------
-        X : array-like (n, d_x)
+        X : array-like (n, d_x), or a source of batches
             Numbers; or a pandas DataFrame, whose text and ``category`` columns are one-hot encoded
             as the command line encodes them (reference = the first level: the first in sorted order,
             a category's first declared one), the encoded columns named ``column[T.level]``.  The
@@ -717,8 +740,12 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
             names, the model's inputs) and applied to every X given later; a level not seen here,
             or a column with a different value in every row (an identifier), is a ValueError.
             With ``formula`` (mixtures of experts): the DataFrame holding the formulas' columns.
+            Or a source of batches (:mod:`moekit.data`: ``ParquetSource``, ``CSVSource``,
+            ``ArrayBatches``), which carries y, the row weights and the extras: then ``y``,
+            ``sample_weight`` and the extras are None, and a source larger than ``memory_budget``
+            is fitted by streaming EM (see :mod:`moekit.estimators.streaming`).
         y : array-like (n,) or (n, d_y); class labels (n,) for classifiers
-            None with ``formula``, whose left side names the target.
+            None with ``formula``, whose left side names the target, and with a source.
         sample_weight : array-like (n,), optional
             Non-negative weights; integer weights are equivalent to repeated
             rows, rows with weight 0 to dropped ones.
@@ -735,17 +762,62 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
             Censoring limits for ``expert="linear"`` (censored Gaussian experts, scalar y):
             ``y == lower``: left-censored; ``y == upper``: right-censored; y NaN with finite
             limits: interval-censored; ``-inf``/``inf``: no limit.
+        memory_budget : int, optional
+            With a source: the most bytes of model-level data read whole and fitted as arrays
+            (default :data:`moekit.estimators.streaming.MEMORY_BUDGET`); a larger source, or one
+            of unknown size, is streamed.  A source held in memory is always read whole.
+        process_group : torch.distributed process group, optional
+            With a source: distributed EM (:func:`~moekit.fit_em`'s ``process_group``): every
+            process of the group calls ``fit`` with the whole source, reads its own shard in the EM
+            passes, and ends with the same parameters as one process.
+        checkpoint : str or path, optional
+            With a source (mixtures of experts, one start of EM): write the model and the EM state
+            to this file after every iteration, atomically (:func:`~moekit.fit_em`'s ``checkpoint``).
+        resume : bool
+            With ``checkpoint``: continue the fit that wrote it (the same source and parameters); it
+            ends at the parameters of an uninterrupted fit.
 
         Returns
         -------
         self
         """
+        run = {k: v for k, v in (("process_group", process_group), ("checkpoint", checkpoint)) if v is not None}
+        if resume:
+            run["resume"] = True
+        if is_source(X):
+            return self._fit_source(X, y, sample_weight, memory_budget=memory_budget, offset=offset, trials=trials,
+                                    lower=lower, upper=upper, **run)
+        if run:
+            raise ValueError(f"{next(iter(run))} is given, but X is not a source of batches; distributed and "
+                             "checkpointed fits run over a source: wrap the arrays as moekit.data.ArrayBatches(x, y, "
+                             "weight) or read files with moekit.data.ParquetSource")
+        if memory_budget is not None:
+            raise ValueError("memory_budget is given, but X is not a source of batches; it says how much of a source "
+                             "(e.g. moekit.data.ParquetSource) to read whole: leave it None for arrays")
+        return self._fit_arrays(X, y, sample_weight, offset=offset, trials=trials, lower=lower, upper=upper)
+
+    def _fit_arrays(self, X, y, sample_weight, **extras):
+        """``fit`` on arrays (or a DataFrame): :meth:`_start`, :meth:`_train`, the fitted attributes."""
+        self.__dict__["_warm_previous"] = self._warm_signature()  # read by _warm_init (warm_start=True)
         try:
-            model, x, yt, wt, seed, rng, gen = self._start(X, y, sample_weight, offset=offset, trials=trials,
-                                                           lower=lower, upper=upper)
+            try:
+                model, x, yt, wt, seed, rng, gen = self._start(X, y, sample_weight, **extras)
+            finally:
+                self.__dict__.pop("_fit_extras", None)
+            result = self._train(model, x, yt, wt, seed, rng, gen)
         finally:
-            self.__dict__.pop("_fit_extras", None)
-        result = self._train(model, x, yt, wt, seed, rng, gen)
+            self.__dict__.pop("_warm_previous", None)
+        self._set_result(result)
+        self._fitted(x, yt, wt)
+        return self
+
+    def _fit_source(self, source, y, sample_weight, memory_budget=None, **extras):
+        """``fit`` on a source of batches: refused by estimators without streaming (overridden where they stream)."""
+        raise TypeError(f"{type(self).__name__} fits arrays, not a source of batches; read the source whole "
+                        "(source.read_all()) and pass its x and y")
+
+    def _set_result(self, result) -> None:
+        """The fitted attributes from a :class:`~moekit.training.FitResult`."""
         self.model_ = result.model
         self.fit_result_ = result
         self.n_iter_ = result.n_iter
@@ -755,8 +827,6 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
         self.mean_log_likelihood_history_ = np.asarray(result.history)
         self.log_likelihood_history_ = self.mean_log_likelihood_history_ * result.train_weight
         self._set_model_attributes(result)
-        self._fitted(x, yt, wt)
-        return self
 
     # ------------------------------------------------------- model files
     def model_structure(self) -> dict:  # pragma: no cover - every storable estimator overrides it
@@ -772,7 +842,7 @@ class ConditionalMixtureEstimator(ConditionalMixtureMixin, BaseEstimator):
 class RegressorTargets:
     """Real-valued y, scalar (n,) or vector (n, d_y): checked at fit and when scoring."""
 
-    def score(self, X, y, sample_weight=None, *, offset=None, trials=None) -> float:
+    def score(self, X, y=None, sample_weight=None, *, offset=None, trials=None) -> float:
         """R² of the conditional mean E[y | x], scikit-learn's regressor score.
 
         ``offset``, ``trials``: as for ``predict`` (for a model fitted with them).
@@ -781,7 +851,13 @@ class RegressorTargets:
         experts (on tonedata ``GridSearchCV`` over ``n_experts`` with it picks K = 1).  Choose K by
         held-out log-likelihood with ``scoring=moekit.selection.log_likelihood_scorer``, or by
         ``bic`` / ``aic`` / ``icl`` (``moekit.selection.select_n_experts``).
+
+        ``X`` may be a source of batches (``y`` and ``sample_weight`` None: the source's targets
+        and row weights are used).
         """
+        if is_source(X):
+            return self._score_source(X, y, sample_weight, offset=offset, trials=trials)
+        _require_y(y, "score")
         check_y(y, X, (1, 2))
         numeric_target(y)
         if offset is None and trials is None:
@@ -807,12 +883,17 @@ class RegressorTargets:
 class ClassifierTargets:
     """Class labels (n,): encoded as 0..C-1 in the order of ``classes_``."""
 
-    def score(self, X, y, sample_weight=None) -> float:
+    def score(self, X, y=None, sample_weight=None) -> float:
         """Accuracy of ``predict``, scikit-learn's classifier score.
 
         To choose the number of experts use the held-out log-likelihood
         (``scoring=moekit.selection.log_likelihood_scorer``) or ``bic`` / ``aic`` / ``icl``.
+        ``X`` may be a source of batches (``y`` and ``sample_weight`` None: the source's labels
+        and row weights are used).
         """
+        if is_source(X):
+            return self._score_source(X, y, sample_weight)
+        _require_y(y, "score")
         check_y(y, X, (1,))
         return super().score(X, y, sample_weight=sample_weight)
 
@@ -836,6 +917,13 @@ class ClassifierTargets:
         if unknown.any():
             raise ValueError(f"y holds labels not seen in fit: {sorted(set(y[unknown].tolist()))[:5]}; known: {list(self.classes_)}")
         return torch.as_tensor(idx, dtype=torch.long, device=self.device)
+
+
+def _require_y(y, method: str) -> None:
+    """ValueError when ``y`` is None for arrays (only a source of batches carries its own y)."""
+    if y is None:
+        raise ValueError(f"{method} needs y (the targets of X's rows): call {method}(X, y), or pass a source of "
+                         "batches, which carries y")
 
 
 def _with_nan_rows(err: ValueError, X, missing_option: bool = False) -> ValueError:

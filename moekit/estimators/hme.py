@@ -133,16 +133,19 @@ class _HMEMixin:
 
     def _train(self, model, x, y, w, seed, rng, generator):
         x, e = self._rescaled(model, x)
-        return self._unscaled(self._train_tree(model, x, y, w, seed, rng, generator), e)
+        start = self._warm_init(model, e)  # warm_start=True: from the fitted model_ (init None)
+        return self._unscaled(self._train_tree(model, x, y, w, seed, rng, generator, start), e)
 
-    def _train_tree(self, model, x, y, w, seed, rng, generator):
+    def _train_tree(self, model, x, y, w, seed, rng, generator, start=None):
         self._check_size(model, w, x.shape[1] - self._n_extras())
         # censored rows ([y, lower, upper] with infinite limits) and missing coordinates of y reach the leaves
         context = incomplete_targets() if bool(y.is_floating_point() and not torch.isfinite(y).all()) else nullcontext()
         with context:
-            return self._train_tree_on(model, x, y, w, seed, rng, generator)
+            return self._train_tree_on(model, x, y, w, seed, rng, generator, start)
 
-    def _train_tree_on(self, model, x, y, w, seed, rng, generator):
+    def _train_tree_on(self, model, x, y, w, seed, rng, generator, start=None):
+        """Grow or fit the tree; ``start``: ``(init, n_init)`` (default the estimator's; ``(None, 1)`` warm)."""
+        init, n_init = (self.init, int(self.n_init)) if start is None else start
         self.grow_result_ = None
         if self.grow:
             _, gate = self._factories(0, None, torch_dtype(self.dtype), generator)
@@ -158,14 +161,14 @@ class _HMEMixin:
         if self.fit_method == "em":
             pt = 0.0 if self.prune_threshold is None else float(self.prune_threshold)
             return fit_tree_em(
-                model, x, y, w, init=self.init, n_init=int(self.n_init), random_state=seed,
+                model, x, y, w, init=init, n_init=n_init, random_state=seed,
                 max_iter=int(self.max_iter), tol=float(self.tol), prune_threshold=pt, verbose=int(self.verbose),
             )
 
-        def start(m, s):
-            init_tree(m, x, y, w, init=self.init, random_state=s)
+        def first(m, s):
+            init_tree(m, x, y, w, init=init, random_state=s)
 
-        return self._gradient_restarts(model, x, y, w, rng, init=None, start=start)
+        return self._gradient_restarts(model, x, y, w, rng, init=None, start=None if init is None else first)
 
     def _set_model_attributes(self, result) -> None:
         self.n_leaves_ = n_leaves(self.model_)
@@ -338,7 +341,7 @@ _PARAMS_DOC = """
         split by class, which no gate of X can follow), or random.
     expert, gate, fit_method, max_iter, tol, n_init, random_state, device, dtype, verbose,
     gate_features, expert_features, hidden_layer_sizes, learning_rate, batch_size, alpha,
-    optimizer, formula, gate_formula, compute_se, missing, and for the regressor covariance and var_floor
+    optimizer, formula, gate_formula, compute_se, missing, warm_start, and for the regressor covariance and var_floor
         As for the flat estimator (here per leaf and per gate; gate_formula
         is every gate's).  The regressor's leaves are "linear", "poisson",
         "binomial", "gamma", "negative_binomial", "student_t" or "mlp" (one
@@ -453,6 +456,7 @@ class HMERegressor(_HMEMixin, MoERegressor):
         gate_formula=None,
         compute_se="auto",
         missing="error",
+        warm_start=False,
     ):
         self.depth = depth
         self.branching = branching
@@ -485,6 +489,7 @@ class HMERegressor(_HMEMixin, MoERegressor):
         self.min_gain = min_gain
         self.prune_threshold = prune_threshold
         self.missing = missing
+        self.warm_start = warm_start
 
 
 @storable
@@ -558,6 +563,7 @@ class HMEClassifier(_HMEMixin, MoEClassifier):
         gate_formula=None,
         compute_se="auto",
         missing="error",
+        warm_start=False,
     ):
         self.depth = depth
         self.branching = branching
@@ -588,3 +594,4 @@ class HMEClassifier(_HMEMixin, MoEClassifier):
         self.min_gain = min_gain
         self.prune_threshold = prune_threshold
         self.missing = missing
+        self.warm_start = warm_start

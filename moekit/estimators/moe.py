@@ -39,6 +39,7 @@ from ..experts import (
 from ..gates import ConstantGate, Gate, MLPGate, SoftmaxGate
 from ..mixture import MixtureOfExperts
 from ..training.em import fit_em
+from ..training.passes import is_source
 from ..training.gradient import fit_gradient
 from ..training.restarts import best_of
 from .base import (
@@ -58,6 +59,7 @@ from .families import (
     observed_variance,
 )
 from .online import OnlineClassifierMixin, OnlineRegressorMixin
+from .streaming import StreamingMixin
 from .summary import SummaryMixin
 
 __all__ = ["MoERegressor", "MoEClassifier"]
@@ -70,7 +72,7 @@ def expert_names(*names) -> OneOf:
     return OneOf(*names, other="an expert instance", instances=(object,))
 
 
-class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
+class _MoEBase(StreamingMixin, SummaryMixin, ConditionalMixtureEstimator):
     """Model building, training and gate views shared by the MoE estimators (and the HME ones)."""
 
     # ------------------------------------------------------------ building
@@ -219,8 +221,11 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
 
     # ------------------------------------------------------------- fitting
     def _check_size(self, model, w, n_features: int) -> None:
-        """Refuse a model with more free parameters than rows of positive weight (unless ridge-penalised)."""
-        n_eff = int((w > 0).sum())
+        """Refuse a model with more free parameters than rows of positive weight (unless ridge-penalised).
+
+        ``w``: the row weights, or the number of rows of positive weight (a streamed source's).
+        """
+        n_eff = int(w) if isinstance(w, numbers.Integral) else int((w > 0).sum())
         try:
             n_par = model.n_parameters()
         except (NotImplementedError, ValueError, AttributeError):
@@ -289,17 +294,18 @@ class _MoEBase(SummaryMixin, ConditionalMixtureEstimator):
 
     def _train(self, model, x, y, w, seed, rng, generator):
         x, e = self._rescaled(model, x)
+        init, n_init = self._warm_init(model, e)  # warm_start=True: from the fitted model_ (init None)
         self._check_size(model, w, x.shape[1] - len(getattr(self, "extras_", ())))
         # censored rows ([y, lower, upper] with infinite limits) and missing coordinates of y reach the experts
         context = incomplete_targets() if bool(y.is_floating_point() and not torch.isfinite(y).all()) else nullcontext()
         with context:
             if self.fit_method == "em":
                 result = fit_em(
-                    model, x, y, w, max_iter=int(self.max_iter), tol=float(self.tol), n_init=int(self.n_init),
-                    init=self.init, random_state=seed, verbose=int(self.verbose),
+                    model, x, y, w, max_iter=int(self.max_iter), tol=float(self.tol), n_init=n_init,
+                    init=init, random_state=seed, verbose=int(self.verbose),
                 )
             else:
-                result = self._gradient_restarts(model, x, y, w, rng, init=self.init)
+                result = self._gradient_restarts(model, x, y, w, rng, init=init)
         return self._unscaled(result, e)
 
     def _gradient_restarts(self, model, x, y, w, rng, init, start=None):
@@ -496,6 +502,15 @@ class MoERegressor(OnlineRegressorMixin, RegressionFamilies, RegressorTargets, R
         them).  NaN coordinates of a vector y are not missing rows for
         linear experts: they are marginalised exactly.  Predictions need
         every input of a row.
+    warm_start : bool, default=False
+        When True, ``fit`` on a fitted estimator starts from its ``model_``
+        (no initialisation, one start) and continues EM (or gradient
+        training) on the data given, arrays or a source: new data, or more
+        iterations.  The data must have the same columns, classes and
+        extras, and the parameters must build a model of the same structure
+        (``n_experts``, ``expert``, ``gate``, features); otherwise a
+        ValueError says what changed.  A fit whose experts were pruned
+        continues with ``n_experts`` set to the surviving number.
 
     Attributes
     ----------
@@ -617,6 +632,7 @@ class MoERegressor(OnlineRegressorMixin, RegressionFamilies, RegressorTargets, R
         shared_features=None,
         point_mass_value=0.0,
         missing="error",
+        warm_start=False,
     ):
         self.n_experts = n_experts
         self.expert = expert
@@ -645,6 +661,7 @@ class MoERegressor(OnlineRegressorMixin, RegressionFamilies, RegressorTargets, R
         self.shared_features = shared_features
         self.point_mass_value = point_mass_value
         self.missing = missing
+        self.warm_start = warm_start
 
     def _fit_targets(self, y, w):
         fams = self._named_families()
@@ -682,12 +699,17 @@ class MoERegressor(OnlineRegressorMixin, RegressionFamilies, RegressorTargets, R
     def predict(self, X, *, offset=None, trials=None) -> np.ndarray:
         """Conditional mean E[y | x]: (n,) or (n, d_y).
 
+        ``X`` may be a source of batches (its offsets and trials are used), read batch by batch;
+        ``iter_predict`` yields the batches' results one at a time.
+
         Raises
         ------
         ValueError
             Where the mean does not exist (a Student-t expert with df <= 1):
             use ``predict_quantiles(X, 0.5)`` (the median) instead.
         """
+        if is_source(X):
+            return self._predict_source("predict", X, offset=offset, trials=trials)
         mean = self.predict_distribution(X, offset=offset, trials=trials).mean.cpu().numpy()
         if not np.isfinite(mean).all():
             raise ValueError(
@@ -714,7 +736,7 @@ class MoEClassifier(OnlineClassifierMixin, ClassifierTargets, ClassifierMixin, _
     but ``covariance``, ``var_floor`` and ``point_mass_value`` (which class
     labels do not have), with ``expert`` in {"logistic", "mlp"}, a list of
     them (one per expert) or an expert module instance (``formula``,
-    ``gate_formula``, ``compute_se``, ``missing`` and ``shared_features``
+    ``gate_formula``, ``compute_se``, ``missing``, ``warm_start`` and ``shared_features``
     included: with logistic experts, one coefficient per shared feature and
     free class, common to all experts, fitted by a joint Newton step);
     ``fit`` takes no offsets, trials or censoring limits.
@@ -765,6 +787,7 @@ class MoEClassifier(OnlineClassifierMixin, ClassifierTargets, ClassifierMixin, _
         compute_se="auto",
         missing="error",
         shared_features=None,
+        warm_start=False,
     ):
         self.n_experts = n_experts
         self.expert = expert
@@ -790,6 +813,7 @@ class MoEClassifier(OnlineClassifierMixin, ClassifierTargets, ClassifierMixin, _
         self.compute_se = compute_se
         self.missing = missing
         self.shared_features = shared_features
+        self.warm_start = warm_start
 
     def _family_expert(self, name, d, k, n_classes, dtype, gen, shared=()):
         if shared and name != "logistic":
@@ -806,7 +830,9 @@ class MoEClassifier(OnlineClassifierMixin, ClassifierTargets, ClassifierMixin, _
         )
 
     def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities: (n, n_classes)."""
+        """Class probabilities: (n, n_classes).  ``X`` may be a source of batches, read batch by batch."""
+        if is_source(X):
+            return self._predict_source("predict_proba", X)
         p = self.predict_distribution(X).probs.cpu().numpy()
         if p.ndim == 1:  # Bernoulli experts: probability of the second class
             p = np.column_stack([1 - p, p])

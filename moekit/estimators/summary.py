@@ -35,19 +35,29 @@ _NO_TEST = ("sigma", "df", "shape", "alpha", "dispersion")  # positive quantitie
 AUTO_SE_BUDGET = 5e6
 
 
-def inference_state(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> dict:
+def inference_state(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, *, source=None, reduce=None) -> dict:
     """What ``summary()`` needs without the data, computed at the end of ``fit``: JSON-able values.
 
     Returns ``{"parameters", "estimate", "cov_hessian", "cov_sandwich", "warnings", "entropy",
     "log_likelihood", "n_samples"}``, or ``{"error": message}`` for a model without a likelihood
-    Hessian (neural or scikit-learn parts).
+    Hessian (neural or scikit-learn parts).  ``source``: a source of model-level batches instead
+    of ``x, y, w`` (then None), read once; every quantity is a sum over its batches.
 
     Shapes
     ------
     x : (n, d_x); y : (n,) or (n, d_y); w : (n,). ``estimate`` (P,), the covariances (P, P).
     """
+    entropy = [0.0]
+    batches = None
+    if source is not None:
+        def batches_with_entropy():
+            for b in source:
+                entropy[0] += _weighted_entropy(model, b.x, b.y, b.weight)
+                yield b.x, b.y, b.weight
+        batches = batches_with_entropy()
     try:
-        both = observed_informations(model, x, y, w, methods=("hessian", "sandwich"))  # one Hessian for both
+        # one Hessian for both
+        both = observed_informations(model, x, y, w, methods=("hessian", "sandwich"), batches=batches, reduce=reduce)
     except NoLikelihoodHessianError as err:
         return {"error": str(err)}
     except torch.linalg.LinAlgError as err:  # fit succeeded: its standard errors failing must not fail it
@@ -63,7 +73,8 @@ def inference_state(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) ->
         "warnings": list(hess.warnings),
         "worst": hess.worst,
         "condition": hess.condition,
-        "entropy": _weighted_entropy(model, x, y, w),
+        "entropy": _weighted_entropy(model, x, y, w) if source is None else
+        (entropy[0] if reduce is None else float(reduce(torch.tensor(entropy[0], dtype=torch.float64)))),
         "log_likelihood": float(hess.log_likelihood),
         "n_samples": float(hess.n_samples),
     }
@@ -169,13 +180,20 @@ class Summary:
 class SummaryMixin:
     """``summary()``, ``gate_coef_`` and ``expert_coef_`` for the mixture-of-experts estimators."""
 
-    def _fitted(self, x, y, w) -> None:
-        """At the end of ``fit``: the observed information and the sandwich, for ``summary()`` without data."""
+    def _fitted(self, x, y, w, *, source=None, reduce=None) -> None:
+        """At the end of ``fit``: the observed information and the sandwich, for ``summary()`` without data.
+
+        ``source``: the training data as a source of model-level batches (then ``x`` is its number
+        of rows and ``y``, ``w`` None): the information is summed over its batches.
+        ``reduce``: the sum across the ranks of a distributed fit, whose ``source`` is then this rank's shard.
+        """
         cs = getattr(self, "compute_se", False)
         if cs == "auto":
-            cs = x.shape[0] * self.model_.n_parameters() <= AUTO_SE_BUDGET
+            n = int(x) if source is not None else x.shape[0]
+            cs = n * self.model_.n_parameters() <= AUTO_SE_BUDGET
         if cs:
-            self.inference_ = inference_state(self.model_, x, y, w)
+            self.inference_ = inference_state(self.model_, None if source is not None else x, y, w, source=source,
+                                              reduce=reduce)
         elif hasattr(self, "inference_"):
             del self.inference_
 

@@ -409,11 +409,19 @@ def observed_information(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tens
 
 
 def observed_informations(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tensor, weight=None, *,
-                          methods=_METHODS, cond_limit: float = 1e12) -> dict:
+                          methods=_METHODS, cond_limit: float = 1e12, batches=None, reduce=None) -> dict:
     """:func:`observed_information` for several methods from one Hessian: ``{method: Information}``.
 
     The Hessian (one backward pass per free parameter), its eigen-decomposition and the delta
     method's Jacobian are shared; the sandwich adds the per-row scores.
+
+    ``batches``: an iterable of ``(x, y, weight)`` triples used instead of ``x, y, weight`` (which
+    are then None): the information and the sandwich's middle term are sums over rows, summed
+    batch by batch in one pass, so data read from files in batches give the numbers of the whole
+    data set (up to the order of the sums).  ``reduce``: a
+    sum across the ranks of a distributed fit (each rank's ``batches`` its own
+    rows), applied to the Hessian, the sandwich's middle term, the
+    log-likelihood and the weight before they are inverted.
 
     Shapes
     ------
@@ -429,27 +437,49 @@ def observed_informations(model: MixtureOfExperts, x: torch.Tensor, y: torch.Ten
     if missing:  # e.g. a fixed Student-t df is a buffer: it is not estimated
         raise NoLikelihoodHessianError(f"parameters {missing} are not parameters of the model")
     dtype = next(model.parameters()).dtype
-    w = torch.ones(x.shape[0], dtype=dtype, device=x.device) if weight is None else weight.to(dtype)
     wrapper = _LogProb(model)
     fixed = {f"m.{n}": p.detach() for n, p in model.named_parameters()}
     phi0 = torch.cat([b.free for b in blocks]).to(dtype).detach()
 
-    def rows(phi):
-        params = dict(fixed)
-        for b, f in zip(blocks, _split(phi, blocks)):
-            params[f"m.{b.name}"] = b.to_full(f)
-        return functional_call(wrapper, params, (x, y))
-
-    def total(phi):
-        return (w * rows(phi)).sum()
-
     def report(phi):
         return torch.cat([b.report(f) for b, f in zip(blocks, _split(phi, blocks))])
 
+    hess = meat = None
+    loglik = n_samples = 0.0
+    for xb, yb, wb in ([(x, y, weight)] if batches is None else batches):
+        w = torch.ones(xb.shape[0], dtype=dtype, device=xb.device) if wb is None else wb.to(dtype)
+
+        def rows(phi, xb=xb, yb=yb):
+            params = dict(fixed)
+            for b, f in zip(blocks, _split(phi, blocks)):
+                params[f"m.{b.name}"] = b.to_full(f)
+            return functional_call(wrapper, params, (xb, yb))
+
+        def total(phi, rows=rows, w=w):
+            return (w * rows(phi)).sum()
+
+        with torch.enable_grad():
+            h = torch.autograd.functional.hessian(total, phi0)
+            loglik += float(total(phi0))
+        hess = h if hess is None else hess + h
+        n_samples += float(w.sum())
+        if "sandwich" in methods:
+            scores = _row_scores(rows, phi0)  # (n, F)
+            m = scores.T @ (w[:, None] * scores)
+            meat = m if meat is None else meat + m
+    if reduce is not None:  # the sums of every rank's rows (a rank may hold none)
+        n_free = phi0.numel()
+        if hess is None:
+            hess = phi0.new_zeros(n_free, n_free)
+        hess = reduce(hess)
+        if "sandwich" in methods:
+            meat = reduce(phi0.new_zeros(n_free, n_free) if meat is None else meat)
+        loglik = float(reduce(torch.tensor(loglik, dtype=torch.float64)))
+        n_samples = float(reduce(torch.tensor(n_samples, dtype=torch.float64)))
+    if hess is None:
+        raise ValueError("batches yielded no rows: the observed information needs the data the model was fitted on")
     with torch.enable_grad():
-        hess = torch.autograd.functional.hessian(total, phi0)
         jac = torch.autograd.functional.jacobian(report, phi0)
-        loglik = float(total(phi0))
     info_matrix = -0.5 * (hess + hess.T)
     if not bool(torch.isfinite(info_matrix).all()):
         raise NoLikelihoodHessianError(
@@ -465,8 +495,6 @@ def observed_informations(model: MixtureOfExperts, x: torch.Tensor, y: torch.Ten
     for method in methods:
         free_cov = inv
         if method == "sandwich":
-            scores = _row_scores(rows, phi0)  # (n, F)
-            meat = scores.T @ (w[:, None] * scores)
             free_cov = inv @ meat @ inv
         cov = jac @ free_cov @ jac.T
         cov[unknown_out, :] = math.nan
@@ -474,7 +502,7 @@ def observed_informations(model: MixtureOfExperts, x: torch.Tensor, y: torch.Ten
         se = cov.diagonal().clamp_min(0).sqrt()
         out[method] = Information(parameters=infos, estimate=estimate, covariance=cov.detach(),
                                   std_error=se.detach(), information=info_matrix.detach(), method=method,
-                                  log_likelihood=loglik, n_samples=float(w.sum()), warnings=list(notes),
+                                  log_likelihood=loglik, n_samples=n_samples, warnings=list(notes),
                                   worst=worst, condition=condition)
     return out
 

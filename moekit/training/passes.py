@@ -45,6 +45,7 @@ def e_step_pass(model, source, reduce: Callable | None = None):
     ----------
     model : MixtureOfExperts
     source : source of model-level batches (see :mod:`moekit.data.batch`)
+        Or a list of ``(x, y, weight)`` triples (held in memory).
     reduce : callable, optional
         Applied to every sum over this process's batches (an all-reduce
         across ranks: ``lambda s: s.all_reduce(group)``); statistics and
@@ -63,10 +64,12 @@ def e_step_pass(model, source, reduce: Callable | None = None):
     ------
     Each batch: x (b, d_x), y (b,) or (b, d_y), weight (b,).
     """
-    keep = bool(getattr(source, "in_memory", False))
+    keep = bool(getattr(source, "in_memory", isinstance(source, (list, tuple))))  # a list of batches is in memory
     data: list[dict] = []
     stats = 0
     for batch in source:
+        if not isinstance(batch, Batch):  # an (x, y, weight) triple
+            batch = Batch(*batch)
         d: dict | None = {} if keep else None
         stats = stats + model.suff_stats(batch.x, batch.y, batch.weight, data=d)
         if keep:

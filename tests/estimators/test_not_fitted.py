@@ -8,9 +8,11 @@ import inspect
 
 import numpy as np
 import pytest
+import torch
 from sklearn.exceptions import NotFittedError
 
 from moekit import HMEClassifier, HMERegressor, MDNRegressor, MoEClassifier, MoERegressor
+from moekit.data import ArrayBatches
 from moekit.estimators.base import UNFITTED_METHODS
 
 ESTIMATORS = [MoERegressor, MoEClassifier, HMERegressor, HMEClassifier, MDNRegressor]
@@ -30,6 +32,7 @@ def _plausible(name: str, tmp_path, classifier: bool):
         "level": 0.9,
         "n_samples": 2,
         "sample_weight": np.ones(20),
+        "source": ArrayBatches(torch.as_tensor(X), torch.as_tensor(1.0 * (np.arange(20) % 2))),
     }
     if name not in values:
         pytest.fail(f"no plausible value for the required argument {name!r}: add one to _plausible")
