@@ -163,7 +163,7 @@ class _FileSource:
         """Bytes of the model-level data held in memory at once: rows x (x, y, weight and extra columns) x itemsize."""
         width = len(self.encoding["encoded_features"]) + len(self.target_names) + 1 + \
             len([r for r in self._extras if r != "weight"])
-        return int(self.n_rows * width * torch.empty((), dtype=self.dtype).element_size())
+        return int(self.n_rows * width * torch.empty((), dtype=self.dtype, device="cpu").element_size())
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({str(self.path)!r}, files={len(self.files)}, n_rows={self.n_rows}, "

@@ -32,7 +32,7 @@ def _params(model) -> torch.Tensor:
     """Every parameter of ``model``, flat, on the CPU: what the online state belongs to."""
     ps = list(model.parameters())
     if not ps:
-        return torch.zeros(0, dtype=torch.float64)
+        return torch.zeros(0, dtype=torch.float64, device="cpu")
     return parameters_to_vector([p.detach() for p in ps]).to("cpu").clone()
 
 

@@ -434,7 +434,7 @@ class _Scan:
             est.classes_ = names[codes[order]]
             lut = np.full(len(names), -1, dtype=np.int64)
             lut[codes[order]] = np.arange(len(codes))
-            self.lut = torch.as_tensor(lut)
+            self.lut = torch.as_tensor(lut, device="cpu")
             present = names[self.labels_pos.astype(np.int64)]
         else:
             est.classes_ = self.labels
@@ -455,7 +455,7 @@ class _Scan:
             raise ValueError(f"point_mass_value={value:g} never occurs in y (among rows with positive weight); a "
                              "point-mass expert explains the rows where y equals that value: set point_mass_value "
                              "to the value y piles up on (e.g. 0 for zero-inflated counts), or drop the point-mass expert")
-        top = torch.as_tensor(self.y_absmax, dtype=torch.float64)  # each column's largest |y| (1 column for 1-D y)
+        top = torch.as_tensor(self.y_absmax, dtype=torch.float64, device="cpu")  # each column's largest |y| (1 column for 1-D y)
         check_scale(top[None, :] if self.y_ndim == 2 else top, "y", dtype=dtype)
         if (not fams or not set(fams) & set(COUNT_FAMILIES)) and self.y_min is not None:
             spread = self.y_max - self.y_min
@@ -665,7 +665,7 @@ class StreamingMixin:
             plan = _Plan(est=self, extras=tuple(getattr(self, "extras_", ())),
                          censored=bool(getattr(self, "censored_", False)), lut=scan.lut,
                          classes=None if (scan.lut is not None or not is_classifier(self)) else
-                         torch.as_tensor(np.asarray(self.classes_, dtype=np.float64)),
+                         torch.as_tensor(np.asarray(self.classes_, dtype=np.float64), device="cpu"),
                          drop=scan.n_dropped > 0, dtype=model_dtype(model), device=model_device(model))
             data = ModelSource(source, plan, n_rows=scan.n_kept, total_weight=scan.total,
                                shards={(rank, world): local} if world > 1 else None)
