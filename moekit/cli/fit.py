@@ -496,10 +496,9 @@ def _refuse_for_sources(args, why: str) -> None:
     if args.missing == "drop":
         raise UsageError(f"--missing drop works on a table read in memory, but {why}; use --on-bad-rows skip, which "
                          "skips rows with missing or non-finite inputs and reports how many")
-    if args.model == "mdn":
-        raise UsageError(f"--model mdn trains on the table in memory, but {why}; give a larger --memory-budget (and "
-                         "--missing drop for rows with missing inputs), or fit --model moe or hme, which EM fits over "
-                         "a source")
+    if args.model == "mdn" and args.checkpoint is not None:
+        raise UsageError("--checkpoint follows the EM of --model moe; a mixture density network's training (--model "
+                         "mdn, minibatch gradients) cannot be checkpointed: leave out --checkpoint")
     if args.model == "hme" and args.checkpoint is not None:
         raise UsageError("--checkpoint follows the EM of --model moe; a hierarchy's fit (--model hme) cannot be "
                          "checkpointed yet")
@@ -553,6 +552,10 @@ def _fit_source(args, files: list, kind: str, budget: int) -> int:
     _refuse_for_sources(args, _why_source(args, budget))
     if args.target is None:  # --formula is refused above, so --target is required
         raise UsageError("the following arguments are required: --target (see 'moekit fit --help')")
+    if args.model == "mdn" and args.distributed and estimated_bytes(files, kind) > budget:
+        raise UsageError(f"--model mdn --distributed trains every process on the whole of DATA in memory "
+                         f"(DistributedDataParallel), but DATA exceeds --memory-budget ({budget} bytes); give a larger "
+                         "--memory-budget, or fit without --distributed (one process, streamed minibatches)")
     if args.distributed:
 
         rank = rank_of_env()[0]

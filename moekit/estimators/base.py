@@ -769,7 +769,11 @@ class ConditionalMixtureEstimator(WarmStartMixin, ConditionalMixtureMixin, BaseE
         process_group : torch.distributed process group, optional
             With a source: distributed EM (:func:`~moekit.fit_em`'s ``process_group``): every
             process of the group calls ``fit`` with the whole source, reads its own shard in the EM
-            passes, and ends with the same parameters as one process.
+            passes, and ends with the same parameters as one process.  Gradient training
+            (``fit_method="gradient"``, ``MDNRegressor``) reads the whole source on every process
+            (it must fit ``memory_budget``) and trains with DistributedDataParallel, each process
+            taking its share of every global minibatch: every process ends with the same parameters,
+            those of one process on the same global minibatches.
         checkpoint : str or path, optional
             With a source (mixtures of experts, one start of EM): write the model and the EM state
             to this file after every iteration, atomically (:func:`~moekit.fit_em`'s ``checkpoint``).

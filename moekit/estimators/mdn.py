@@ -11,7 +11,10 @@ from sklearn.base import RegressorMixin
 from .._validation import OneOf, Real, check_not_constant, check_representable, check_scale, torch_dtype
 from ..mdn import ACTIVATIONS, MixtureDensityNetwork
 from ..training.mdn import fit_mdn
+from ..training.passes import is_source
 from .base import ConditionalMixtureEstimator, RegressorTargets, storable
+from .mdn_streaming import fit_streamed
+from .streaming import StreamingMixin
 
 __all__ = ["MDNRegressor"]
 
@@ -20,7 +23,7 @@ _NETWORK_SETTINGS = {"n_features", "n_outputs", "n_components", "hidden_layer_si
 
 
 @storable
-class MDNRegressor(RegressorTargets, RegressorMixin, ConditionalMixtureEstimator):
+class MDNRegressor(StreamingMixin, RegressorTargets, RegressorMixin, ConditionalMixtureEstimator):
     """Mixture density network regression (scikit-learn estimator).
 
     Models the whole conditional density ``p(y | x)`` as a K-component
@@ -36,6 +39,17 @@ class MDNRegressor(RegressorTargets, RegressorMixin, ConditionalMixtureEstimator
     with ``power=1``); X beyond float32's range gives a ``ValueError`` naming
     X, in ``fit`` and in every prediction, instead of NaN (use
     ``dtype="float64"``).
+
+    ``fit`` also takes a source of batches (:mod:`moekit.data`, e.g.
+    :class:`~moekit.data.ParquetSource`): one within ``memory_budget`` is read
+    whole and fitted exactly as its arrays; a larger one trains on minibatches
+    streamed from it, its standardisation summed in a first pass and its
+    validation rows a seeded share of the rows
+    (:mod:`moekit.estimators.mdn_streaming`).  With ``process_group=`` every
+    process reads the whole source and trains with DistributedDataParallel (see
+    :func:`~moekit.training.mdn.fit_mdn`).  ``predict``, ``predict_gate``,
+    ``predict_quantiles``, ``score_samples``, ``responsibilities``,
+    ``sample_y`` and ``score`` read a source batch by batch (``iter_predict``).
 
     Parameters
     ----------
@@ -210,8 +224,15 @@ class MDNRegressor(RegressorTargets, RegressorMixin, ConditionalMixtureEstimator
             input_noise=float(self.input_noise), target_noise=float(self.target_noise),
             validation_fraction=float(self.validation_fraction), early_stopping=bool(self.early_stopping),
             patience=int(self.patience), keep=self.keep, reseed_dead=bool(self.reseed_dead), random_state=seed,
-            verbose=int(self.verbose),
+            verbose=int(self.verbose), process_group=self.__dict__.get("_process_group"),  # fit(source, process_group=)
         )
+
+    # ------------------------------------------------------------ sources
+    def _gradient_trained(self) -> bool:
+        return True  # minibatch training: a source is read whole, or streamed by fit_mdn; DDP with a process group
+
+    def _stream_by_gradient(self, source, budget):
+        return fit_streamed(self, source, budget)  # minibatches streamed from the source
 
     def _set_model_attributes(self, result) -> None:
         self.best_epoch_ = result.best_epoch
@@ -240,25 +261,55 @@ class MDNRegressor(RegressorTargets, RegressorMixin, ConditionalMixtureEstimator
         return super()._y_tensor(y, n)
 
     def predict(self, X) -> np.ndarray:
-        """Conditional mean E[y | x] over all output dimensions: (n,) or (n, d_y)."""
+        """Conditional mean E[y | x] over all output dimensions: (n,) or (n, d_y).
+
+        ``X`` may be a source of batches, read batch by batch (see ``iter_predict``).
+        """
+        if is_source(X):
+            return self._predict_source("predict", X)
         return self.predict_distribution(X).mean.cpu().numpy().astype(np.float64)
 
     def predict_gate(self, X) -> np.ndarray:
-        """Mixing weights pi(x): (n, K), rows summing to one."""
+        """Mixing weights pi(x): (n, K), rows summing to one (``X`` may be a source of batches)."""
+        if is_source(X):
+            return self._predict_source("predict_gate", X)
         x = self._x(X)
         with torch.no_grad():
             return self.model_.log_gate(x).exp().cpu().numpy().astype(np.float64)
 
-    def responsibilities(self, X, y) -> np.ndarray:
-        """Posterior probability of each component given x and y: (n, K)."""
+    def responsibilities(self, X, y=None) -> np.ndarray:
+        """Posterior probability of each component given x and y: (n, K).
+
+        ``X`` may be a source of batches (``y`` None: the source's targets are used).
+        """
+        if is_source(X):
+            return self._predict_source("responsibilities", X, y=y)
+        if y is None:
+            raise ValueError("responsibilities needs y (the targets of X's rows): call responsibilities(X, y), or "
+                             "pass a source of batches, which carries y")
         x = self._x(X)
         yt = self._y_tensor(y, x.shape[0])
         with torch.no_grad():
             return self.model_.log_responsibilities(x, yt).exp().cpu().numpy().astype(np.float64)
 
-    def score_samples(self, X, y) -> np.ndarray:
-        """Per-row log-density ``log p(y | x)`` in y's original units: (n,)."""
+    def score_samples(self, X, y=None) -> np.ndarray:
+        """Per-row log-density ``log p(y | x)`` in y's original units: (n,).
+
+        ``X`` may be a source of batches (``y`` None: the source's targets are used).
+        """
         return super().score_samples(X, y).astype(np.float64)
+
+    def sample_y(self, X, n_samples: int = 1, random_state=None, *, offset=None, trials=None) -> np.ndarray:
+        """Draw y ~ p(y | x) for every row: (n, n_samples) or (n, d_y, n_samples).
+
+        ``X`` may be a source of batches, read batch by batch: one random stream runs through the
+        batches (each batch draws afresh; a source of one batch draws as its arrays would).
+        """
+        if is_source(X):
+            rng = np.random.default_rng(random_state)  # passed on as it is: each batch advances it
+            return self._predict_source("sample_y", X, n_samples=n_samples, random_state=rng, offset=offset,
+                                        trials=trials)
+        return super().sample_y(X, n_samples, random_state, offset=offset, trials=trials)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

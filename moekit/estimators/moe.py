@@ -322,6 +322,7 @@ class _MoEBase(StreamingMixin, SummaryMixin, ConditionalMixtureEstimator):
                 m, x, y, w, optimizer=self.optimizer, learning_rate=self.learning_rate, max_epochs=int(self.max_iter),
                 batch_size=int(self.batch_size), tol=float(self.tol), init=init,
                 early_stopping=self.optimizer == "adam", random_state=s, verbose=int(self.verbose),
+                process_group=self.__dict__.get("_process_group"),  # fit(source, process_group=...): DDP
             )
             starts.append(r.init_mean_log_likelihoods[0])
             return r

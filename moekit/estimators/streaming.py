@@ -72,7 +72,7 @@ from ..training.em import fit_em
 from ..training.tree import fit_tree_em
 from .families import COUNT_FAMILIES, GLM_FAMILIES
 
-__all__ = ["MEMORY_BUDGET", "ModelSource", "StreamingMixin"]
+__all__ = ["MEMORY_BUDGET", "FirstPass", "ModelPlan", "ModelSource", "StreamingMixin", "source_names"]
 
 #: Bytes of model-level data (rows x columns x 8) up to which ``fit(source)`` reads a source whole
 #: and fits it as arrays; a larger source is streamed.  ``fit(source, memory_budget=...)`` overrides it.
@@ -99,7 +99,7 @@ def _concat(batches: list) -> Batch:
                     for f in dataclasses.fields(Batch)})
 
 
-def _source_names(source) -> list | None:
+def source_names(source) -> list | None:
     names = getattr(source, "feature_names", None)
     return None if names is None else [str(c) for c in names]
 
@@ -113,7 +113,7 @@ class _Rows:
 
 # ------------------------------------------------------------------ the model-level source
 @dataclasses.dataclass
-class _Plan:
+class ModelPlan:
     """How a raw batch becomes a model-level one; fixed by the first pass."""
 
     est: object
@@ -144,7 +144,7 @@ class ModelSource:
 
     in_memory = False
 
-    def __init__(self, raw, plan: _Plan, n_rows=None, total_weight=None, exponent: int = 0, shards: dict | None = None):
+    def __init__(self, raw, plan: ModelPlan, n_rows=None, total_weight=None, exponent: int = 0, shards: dict | None = None):
         self.raw, self.plan, self.exponent = raw, plan, int(exponent)
         self.n_rows, self.total_weight = n_rows, total_weight
         self.shards = shards or {}  # (rank, world_size) -> (rows, total weight) of a shard, when a first pass knows them
@@ -213,7 +213,7 @@ def _missing_parts(est, x: np.ndarray, y: np.ndarray, ex: dict):
 
 
 # ------------------------------------------------------------------ the first pass
-class _Scan:
+class FirstPass:
     """One pass over a raw source: every batch checked as ``fit(X, y)`` checks arrays, and the whole data's sums."""
 
     def __init__(self, est, names, levels):
@@ -232,7 +232,7 @@ class _Scan:
         self.incomplete = False  # y holds NaN or infinite entries the experts read (censored, missing coordinates)
         self.point_mass_seen = False
 
-    def run(self, source) -> "_Scan":
+    def run(self, source) -> "FirstPass":
         for i, b in enumerate(source):
             n = len(b)
             try:
@@ -304,10 +304,18 @@ class _Scan:
             self._regression_batch(y, w, ex)
         amax = np.abs(x).max(0)
         self.x_absmax = amax if self.x_absmax is None else np.maximum(self.x_absmax, amax)
+        self._rows_kept(x, y, w)
         self.n_kept += n
         self.n_pos += int(pos.sum())
         self.total += float(w.sum())
         self.w_max = max(self.w_max, float(w.max()))
+
+    def _rows_kept(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
+        """Hook: a batch's rows once checked (rows with missing values dropped), for scans that sum more."""
+
+    def _families(self) -> list:
+        """The experts' families whose checks y must pass."""
+        return self.est._named_families()
 
     def _labels(self, y: np.ndarray) -> np.ndarray:
         if y.ndim != 1:
@@ -358,7 +366,7 @@ class _Scan:
     def _regression_batch(self, y: np.ndarray, w: np.ndarray, ex: dict) -> None:
         """The checks of ``MoERegressor._fit_targets`` on one batch, and its sums."""
         est = self.est
-        fams = est._named_families()
+        fams = self._families()
         if fams and set(fams) & set(GLM_FAMILIES) and y.ndim != 1:
             fam = next(f for f in fams if f in GLM_FAMILIES)
             raise ValueError(f"expert={fam!r} needs a 1-D y (one count or positive value per row), got y of shape {y.shape}")
@@ -458,18 +466,7 @@ class _Scan:
         top = torch.as_tensor(self.y_absmax, dtype=torch.float64, device="cpu")  # each column's largest |y| (1 column for 1-D y)
         check_scale(top[None, :] if self.y_ndim == 2 else top, "y", dtype=dtype)
         if (not fams or not set(fams) & set(COUNT_FAMILIES)) and self.y_min is not None:
-            spread = self.y_max - self.y_min
-            const = spread <= 16 * np.finfo(np.float64).eps * self.y_pos_absmax
-            if const.any():
-                j = int(np.flatnonzero(const)[0])
-                col = f" column {j}" if self.y_ndim == 2 else ""
-                how = "" if spread[j] == 0 else " up to rounding"
-                raise ValueError(
-                    f"y{col} is constant (the {self.n_pos} sample(s) with positive weight all have y{col} = "
-                    f"{float(self.y_first[j]):.6g}{how}); a density fitted to a constant target has no finite maximum "
-                    f"likelihood, so its fit, log-likelihood and BIC would only reflect the variance floor; drop the "
-                    f"constant target{col} or predict it directly"
-                )
+            self._check_constant_y()
         var = self.moments[:, 2] / np.where(self.moments[:, 0] > 0, self.moments[:, 0], 1.0)
         if self.all_finite:
             var_y = float(np.mean(var))
@@ -481,12 +478,27 @@ class _Scan:
         self.y_info = self.d_y
         self.lut = None
 
+    def _check_constant_y(self) -> None:
+        """The constant-target check of ``check_not_constant`` on the whole data's sums."""
+        spread = self.y_max - self.y_min
+        const = spread <= 16 * np.finfo(np.float64).eps * self.y_pos_absmax
+        if const.any():
+            j = int(np.flatnonzero(const)[0])
+            col = f" column {j}" if self.y_ndim == 2 else ""
+            how = "" if spread[j] == 0 else " up to rounding"
+            raise ValueError(
+                f"y{col} is constant (the {self.n_pos} sample(s) with positive weight all have y{col} = "
+                f"{float(self.y_first[j]):.6g}{how}); a density fitted to a constant target has no finite maximum "
+                f"likelihood, so its fit, log-likelihood and BIC would only reflect the variance floor; drop the "
+                f"constant target{col} or predict it directly"
+            )
+
 
 _SUMMED = ("n_raw", "n_kept", "n_dropped", "n_pos", "total")
 _MAXED = ("x_absmax", "y_absmax", "y_max", "y_pos_absmax")
 
 
-def _combine_scans(scan: _Scan, group, error: str | None) -> None:
+def _combine_scans(scan: FirstPass, group, error: str | None) -> None:
     """Every rank's first pass over its shard combined into ``scan`` on every rank (a distributed fit).
 
     A rank's error becomes the same one-line error on every rank (none waits for a rank that failed).
@@ -579,10 +591,43 @@ class StreamingMixin:
         run = {k: v for k, v in (("process_group", process_group), ("checkpoint", checkpoint)) if v is not None}
         if resume:
             run["resume"] = True
+        if self._gradient_trained():  # minibatch training (DistributedDataParallel with a process group)
+            return self._fit_source_by_gradient(source, budget, **run)
         if run:  # distributed (each process reads its shard) and checkpointed fits are EM over the source
             return self._fit_streamed(source, **run)
         if _fits_in_memory(source, budget):
             return self._fit_whole_source(source)
+        return self._fit_streamed(source)
+
+    def _gradient_trained(self) -> bool:
+        """Whether ``fit`` trains by minibatch gradients (``fit_method="gradient"``; an MDN always)."""
+        return getattr(self, "fit_method", "em") == "gradient"
+
+    def _fit_source_by_gradient(self, source, budget, process_group=None, checkpoint=None, resume=False):
+        """``fit(source)`` for gradient training: read whole (and, with a process group, trained by every rank on
+        the whole data with DistributedDataParallel, as the trainers require), or streamed (:meth:`_stream_by_gradient`)."""
+        em = hasattr(self, "fit_method")  # mixtures of experts may use EM instead
+        if checkpoint is not None or resume:
+            raise ValueError(f"checkpoint= and resume= follow the iterations of EM; {type(self).__name__} trained by "
+                             "minibatch gradients cannot be checkpointed: leave checkpoint None"
+                             + (" (or use fit_method='em')" if em else ""))
+        fits = _fits_in_memory(source, budget)
+        if process_group is None:
+            return self._fit_whole_source(source) if fits else self._stream_by_gradient(source, budget)
+        if not fits:
+            other = ("use fit_method='em' (distributed EM reads each process's shard)" if em else
+                     "fit without process_group (one process, streamed minibatches)")
+            raise ValueError(f"with process_group, {type(self).__name__} trains with DistributedDataParallel on the "
+                             f"whole data held in memory by every process, but the source exceeds memory_budget "
+                             f"({int(budget)} bytes) or does not say its size: give a larger memory_budget, or {other}")
+        self.__dict__["_process_group"] = process_group  # read by _train: the trainers' process_group
+        try:
+            return self._fit_whole_source(source)
+        finally:
+            self.__dict__.pop("_process_group", None)
+
+    def _stream_by_gradient(self, source, budget):
+        """Gradient training on a source larger than ``budget``: refused (only EM streams) unless overridden."""
         return self._fit_streamed(source)
 
     def _fit_whole_source(self, source):
@@ -597,7 +642,7 @@ class StreamingMixin:
         if b is None or len(b) == 0:
             raise ValueError("the source has no rows: there is nothing to fit (an empty file, folder or shard)")
         _check_source_extras(self, {k for k in EXTRAS if getattr(b, k) is not None})
-        names = _source_names(source)
+        names = source_names(source)
         X = _array(b.x)
         if names is not None:
             if X.ndim != 2 or len(names) != X.shape[1]:
@@ -627,14 +672,14 @@ class StreamingMixin:
             raise ValueError("grow=True fits candidate trees on rows held in memory and cannot stream a source larger "
                              "than memory_budget; use grow=False (a fixed depth and branching), or a larger "
                              "memory_budget to read the source whole")
-        names = _source_names(source)
+        names = source_names(source)
         levels = getattr(source, "target_levels", None)
         group = run.get("process_group")
         rank, world = distributed.world(group)
         self.__dict__["_warm_previous"] = self._warm_signature()  # read by _warm_init (warm_start=True)
         try:
             try:  # each rank checks and sums its own shard; the sums are combined on every rank
-                scan = _Scan(self, names, levels)
+                scan = FirstPass(self, names, levels)
                 error = None
                 try:
                     scan.run(source.shard(rank, world) if world > 1 else source)
@@ -662,7 +707,7 @@ class StreamingMixin:
                                  "models) has no sufficient statistics, so it cannot stream a source larger than "
                                  "memory_budget; use linear, GLM or Student-t experts and a softmax or constant gate, "
                                  "or a larger memory_budget to read the source whole")
-            plan = _Plan(est=self, extras=tuple(getattr(self, "extras_", ())),
+            plan = ModelPlan(est=self, extras=tuple(getattr(self, "extras_", ())),
                          censored=bool(getattr(self, "censored_", False)), lut=scan.lut,
                          classes=None if (scan.lut is not None or not is_classifier(self)) else
                          torch.as_tensor(np.asarray(self.classes_, dtype=np.float64), device="cpu"),
@@ -681,7 +726,7 @@ class StreamingMixin:
         self._set_source_encoding(source)
         return self
 
-    def _train_source(self, model, data: ModelSource, seed: int, scan: _Scan, **run):
+    def _train_source(self, model, data: ModelSource, seed: int, scan: FirstPass, **run):
         """``_train`` on a model-level source: the same rescaling, warm start, size check and trainer."""
         top = as_tensor(scan.x_absmax[None, :], "X", model_dtype(model), "cpu")
         _, e = self._rescaled_features(model, top)  # decided on each column's largest |value|, as for arrays
@@ -775,7 +820,7 @@ class StreamingMixin:
         if getattr(self, "formula_design_", None) is not None:
             raise ValueError("this model was fitted with formula=...: its inputs are the formulas' columns of a "
                              "DataFrame, which a source of batches does not hold; predict on the DataFrame")
-        names, mine = _source_names(source), getattr(self, "feature_names_in_", None)
+        names, mine = source_names(source), getattr(self, "feature_names_in_", None)
         d = int(self.n_features_in_)
         if names is not None and mine is not None and names != [str(c) for c in mine]:
             raise ValueError(f"the source's features {names} are not those the model was fitted on, {list(mine)}; make "

@@ -312,7 +312,7 @@ def test_a_failed_streamed_prediction_writes_nothing(tmp_path, capsys):
     (["--checkpoint", "c.ckpt", "--model", "hme"], "cannot be checkpointed"),
     (["--on-bad-rows", "skip", "--select-k", "1..3"], "--select-k fits every K"),
     (["--memory-budget", "1KB", "--missing", "drop"], "use --on-bad-rows skip"),
-    (["--memory-budget", "1KB", "--model", "mdn"], "--model mdn trains on the table in memory"),
+    (["--checkpoint", "c.ckpt", "--model", "mdn"], "--model mdn, minibatch gradients) cannot be checkpointed"),
     (["--memory-budget", "1KB", "--formula", "y ~ x0"], "--formula reads the whole table in memory"),
     (["--timeout", "-1"], "--timeout"),
 ])

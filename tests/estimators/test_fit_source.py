@@ -305,8 +305,8 @@ def test_bad_inputs_with_a_source_are_clear_errors():
         MoERegressor(formula="y ~ x").fit(src)
     with pytest.raises(ValueError, match="the source has no rows"):
         MoERegressor().fit(RawSource(X[:0], y[:0]), memory_budget=0)
-    with pytest.raises(TypeError, match="MDNRegressor fits arrays, not a source"):
-        MDNRegressor().fit(src)
+    with pytest.raises(ValueError, match="MDNRegressor trained by minibatch gradients cannot be checkpointed"):
+        MDNRegressor().fit(src, checkpoint="c.ckpt")
     with pytest.raises(ValueError, match="memory_budget is given, but X is not a source"):
         MoERegressor().fit(X, y, memory_budget=0)
     est = MoERegressor(random_state=0, max_iter=5).fit(X, y)
