@@ -138,9 +138,10 @@ class CheckedSource:
     (shapes, finite inputs, supported magnitudes, targets the experts can read), with weights
     finite and non-negative, and its width must match the model's; a column of a vector y with
     missing (NaN) entries must be observed in some batch (checked at the end of each pass).
-    Batches are checked on every pass (the checks cost a small fraction of an E-step) so a
-    file changed between passes is caught too.  Per-row extras must already be folded into x and y (model-level
-    batches).
+    The batches are checked during the first complete pass; later passes only cast them (the
+    checks cost about a seventh of a streamed iteration, ``benchmarks/RESULTS_scale.md``), so the
+    data must not change between passes.  Per-row extras must already be folded into x and y
+    (model-level batches).
 
     Parameters
     ----------
@@ -166,6 +167,7 @@ class CheckedSource:
         self.in_memory = bool(getattr(source, "in_memory", False))
         self._width: int | None = None
         self._empty: Batch | None = None  # no rows, the data's columns (from the start sample)
+        self._checked = False  # a complete pass has been checked
 
     @property
     def n_rows(self):
@@ -191,7 +193,22 @@ class CheckedSource:
                              "every batch must have the same columns")
         return Batch(x, y, w.to(dtype=self.dtype, device=self.device))
 
+    def cast(self, batch: Batch) -> Batch:
+        """A batch of a source already checked: cast as :meth:`check` casts (integer labels kept), nothing checked."""
+        def to(t):
+            keep = not (t.is_floating_point() or t.dtype == torch.bool)
+            return t.to(device=self.device, dtype=None if keep else self.dtype)
+        return Batch(to(batch.x), to(batch.y), batch.weight.to(dtype=self.dtype, device=self.device))
+
     def __iter__(self) -> Iterator[Batch]:
+        if self._checked:
+            any_batch = False
+            for batch in self.source:
+                any_batch = True
+                yield self.cast(batch)
+            if not any_batch and self.parent is not None:
+                yield self.parent.empty_batch()
+            return
         seen = None  # the columns of a vector y observed (not NaN) on a row of positive weight, so far
         any_batch = False
         for batch in self.source:
@@ -209,6 +226,7 @@ class CheckedSource:
                 f"y column {j} is missing (NaN) on every row with positive weight: its distribution cannot be "
                 "estimated; drop that column of y"
             )
+        self._checked = True
 
     def sample(self, max_rows: int, seed: int) -> Batch:
         """The source's start sample, checked."""
