@@ -497,11 +497,8 @@ def _refuse_for_sources(args, why: str) -> None:
         raise UsageError(f"--missing drop works on a table read in memory, but {why}; use --on-bad-rows skip, which "
                          "skips rows with missing or non-finite inputs and reports how many")
     if args.model == "mdn" and args.checkpoint is not None:
-        raise UsageError("--checkpoint follows the EM of --model moe; a mixture density network's training (--model "
+        raise UsageError("--checkpoint follows EM (--model moe or hme); a mixture density network's training (--model "
                          "mdn, minibatch gradients) cannot be checkpointed: leave out --checkpoint")
-    if args.model == "hme" and args.checkpoint is not None:
-        raise UsageError("--checkpoint follows the EM of --model moe; a hierarchy's fit (--model hme) cannot be "
-                         "checkpointed yet")
     if args.checkpoint is not None and args.n_init not in (None, 1):
         raise UsageError(f"--checkpoint follows one start of EM; --n-init {args.n_init} runs {args.n_init}: leave out "
                          "--n-init (or fit each start with its own --seed and --checkpoint)")
