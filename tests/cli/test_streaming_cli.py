@@ -309,7 +309,6 @@ def test_a_failed_streamed_prediction_writes_nothing(tmp_path, capsys):
     (["--resume"], "give --checkpoint PATH too"),
     (["--checkpoint", "c.ckpt", "--resume"], "does not exist"),
     (["--checkpoint", "c.ckpt", "--n-init", "3"], "--checkpoint follows one start"),
-    (["--checkpoint", "c.ckpt", "--model", "hme"], "cannot be checkpointed"),
     (["--on-bad-rows", "skip", "--select-k", "1..3"], "--select-k fits every K"),
     (["--memory-budget", "1KB", "--missing", "drop"], "use --on-bad-rows skip"),
     (["--checkpoint", "c.ckpt", "--model", "mdn"], "--model mdn, minibatch gradients) cannot be checkpointed"),
@@ -324,3 +323,20 @@ def test_streaming_options_refused_with_one_line(tmp_path, capsys, monkeypatch, 
     line = _one_error_line(err, 1 if fragment == "does not exist" else 2, rc)
     assert fragment in line
     _no_output(tmp_path)
+
+
+def test_a_tree_fit_checkpoints_and_resumes_through_the_command(tmp_path, capsys):
+    """--model hme --checkpoint: a finished checkpoint resumed gives the same model file."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 2))
+    y = np.where(x[:, 0] > 0, x[:, 1], -x[:, 1]) + 0.2 * rng.normal(size=600)
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "y": y}).to_parquet(tmp_path / "d.parquet")
+    base = ["fit", str(tmp_path / "d.parquet"), "--target", "y", "--model", "hme", "--seed", "0", "--max-iter", "20",
+            "--checkpoint", str(tmp_path / "c.ckpt")]
+    assert run_main(base + ["-o", tmp_path / "a.moekit"], capsys)[0] == 0
+    assert run_main(base + ["--resume", "-o", tmp_path / "b.moekit"], capsys)[0] == 0
+    a, b = moekit.load(tmp_path / "a.moekit"), moekit.load(tmp_path / "b.moekit")
+    for p, q in zip(a.model_.parameters(), b.model_.parameters()):
+        assert torch.equal(p, q)
