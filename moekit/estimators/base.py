@@ -647,8 +647,9 @@ class ConditionalMixtureEstimator(WarmStartMixin, ConditionalMixtureMixin, BaseE
             return np.zeros(len(y), dtype=bool)
         return np.isnan(y.reshape(len(y), -1)).any(1)
 
-    def _complete_rows(self, X, y, extras: dict, missing: str) -> np.ndarray | None:
-        """The rows to keep (None: all): rows with missing inputs raise (missing='error') or are dropped with a warning."""
+    def _missing_parts(self, X: np.ndarray, y: np.ndarray, extras: dict):
+        """``(parts, rows)``: the rows with a missing input, extra or target, by what is missing (``[(name, mask)]``),
+        and together (n,)."""
         nan_x = np.isnan(X) if X.dtype.kind == "f" else np.zeros(X.shape, dtype=bool)
         parts = [("X", nan_x.any(1))]
         for name in ("offset", "trials"):
@@ -658,6 +659,12 @@ class ConditionalMixtureEstimator(WarmStartMixin, ConditionalMixtureMixin, BaseE
         rows = np.zeros(X.shape[0], dtype=bool)
         for _, m in parts:
             rows |= m
+        return parts, rows
+
+    def _complete_rows(self, X, y, extras: dict, missing: str) -> np.ndarray | None:
+        """The rows to keep (None: all): rows with missing inputs raise (missing='error') or are dropped with a warning."""
+        nan_x = np.isnan(X) if X.dtype.kind == "f" else np.zeros(X.shape, dtype=bool)
+        parts, rows = self._missing_parts(X, y, extras)
         if hasattr(self, "missing"):
             self.n_rows_dropped_ = 0
         if not rows.any():

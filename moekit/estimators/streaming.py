@@ -173,7 +173,7 @@ class ModelSource:
         x, w, y = b.x.to(f64), b.weight.to(f64), b.y
         ex = {k: (None if getattr(b, k) is None else getattr(b, k).to(f64)) for k in EXTRAS}
         if p.drop:
-            miss = _missing_parts(p.est, _array(x), _array(y, None), {k: _array(v) for k, v in ex.items()})[1]
+            miss = p.est._missing_parts(_array(x), _array(y, None), {k: _array(v) for k, v in ex.items()})[1]
             if miss.any():
                 keep = torch.as_tensor(~miss, device=x.device)
                 x, w, y = x[keep], w[keep], y[keep]
@@ -197,19 +197,6 @@ class ModelSource:
             x = torch.cat([x, torch.stack(cols, dim=1).to(dtype=p.dtype, device=p.device)], dim=1)
         y = y.to(device=p.device, dtype=p.dtype if y.is_floating_point() else None)
         return Batch(x, y, w.to(dtype=p.dtype, device=p.device))
-
-
-def _missing_parts(est, x: np.ndarray, y: np.ndarray, ex: dict):
-    """``(parts, rows)``: the rows with a missing input, extra or target, by what is missing, and together."""
-    parts = [("X", np.isnan(x).any(1))]
-    for name in ("offset", "trials"):
-        if ex.get(name) is not None:
-            parts.append((name, np.isnan(ex[name])))
-    parts.append(("y", est._missing_targets(y, ex)))
-    rows = np.zeros(x.shape[0], dtype=bool)
-    for _, m in parts:
-        rows |= m
-    return parts, rows
 
 
 # ------------------------------------------------------------------ the first pass
@@ -275,7 +262,7 @@ class FirstPass:
             raise ValueError(f"Input X contains infinity in rows {first_rows(np.isinf(x).any(1))}; infinities are never "
                              "data: drop those rows or fix their values")
         y = self._labels(y) if self.classifier else self._numbers(y)
-        parts, miss = _missing_parts(est, x, y, ex)
+        parts, miss = est._missing_parts(x, y, ex)
         if miss.any():
             if getattr(est, "missing", "error") != "drop":
                 name, m = next((nm, m) for nm, m in parts if m.any())

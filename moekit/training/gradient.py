@@ -35,6 +35,28 @@ from .stopping import EarlyStopping
 __all__ = ["fit_gradient"]
 
 
+def rows_or_source(x, y, sample_weight, group=None):
+    """What a gradient trainer was given: ``(x, y, sample_weight, None)`` for rows in memory (arrays, or an
+    in-memory source's batches joined), ``(None, None, None, source)`` for a source read from files.
+
+    Raises ValueError for a source given with y or weights, arrays without y, or a source read from
+    files with a process group (distributed training holds the rows in memory on every rank).
+    """
+    if not is_source(x):
+        if y is None:
+            raise ValueError("y is required when x is an array (or pass a source of batches as x)")
+        return x, y, sample_weight, None
+    if y is not None or sample_weight is not None:
+        raise ValueError("x is a source of batches, which carries y and the row weights: leave y and "
+                         "sample_weight None")
+    if getattr(x, "in_memory", False):
+        return (*in_memory_rows(x), None)
+    if group is not None:
+        raise ValueError("process_group trains on rows held in memory, which every rank passes whole (arrays or "
+                         "an in-memory source such as moekit.data.ArrayBatches); got a source read from files")
+    return None, None, None, x
+
+
 def in_memory_rows(source):
     """x, y and row weights of every batch of a source, concatenated (a source of one batch: its own tensors).
 
@@ -388,20 +410,7 @@ def fit_gradient(
     group = process_group
     rank, n_ranks = world(group)
     dtype, device = model_dtype(model), model_device(model)
-    source = None
-    if is_source(x):
-        if y is not None or sample_weight is not None:
-            raise ValueError("x is a source of batches, which carries y and the row weights: leave y and "
-                             "sample_weight None")
-        if getattr(x, "in_memory", False):
-            x, y, sample_weight = in_memory_rows(x)
-        elif group is not None:
-            raise ValueError("process_group trains on rows held in memory, which every rank passes whole (arrays or "
-                             "an in-memory source such as moekit.data.ArrayBatches); got a source read from files")
-        else:
-            source = x
-    elif y is None:
-        raise ValueError("y is required when x is an array (or pass a source of batches as x)")
+    x, y, sample_weight, source = rows_or_source(x, y, sample_weight, group)
     if source is None:
         x, y, w = check_fit_inputs(x, y, sample_weight, dtype=dtype, device=device)
     if optimizer not in ("adam", "lbfgs"):

@@ -40,7 +40,7 @@ from .distributed import (
     tensor_digest,
     world,
 )
-from .gradient import in_memory_rows
+from .gradient import in_memory_rows, rows_or_source
 from .passes import is_source
 from .result import FitResult
 from .stopping import EarlyStopping
@@ -625,20 +625,7 @@ def fit_mdn(
     rank, n_ranks = world(group)
     reduce = (lambda t: t) if group is None else (lambda t: all_reduce_sum(t, group))  # noqa: E731
     device = model.device
-    source = None
-    if is_source(x):
-        if y is not None or sample_weight is not None:
-            raise ValueError("x is a source of batches, which carries y and the row weights: leave y and "
-                             "sample_weight None")
-        if getattr(x, "in_memory", False):
-            x, y, sample_weight = in_memory_rows(x)
-        elif group is not None:
-            raise ValueError("process_group trains on rows held in memory, which every rank passes whole (arrays or "
-                             "an in-memory source such as moekit.data.ArrayBatches); got a source read from files")
-        else:
-            source = x
-    elif y is None:
-        raise ValueError("y is required when x is an array (or pass a source of batches as x)")
+    x, y, sample_weight, source = rows_or_source(x, y, sample_weight, group)
 
     rng = np.random.default_rng(random_state)
     if source is None:
