@@ -60,11 +60,14 @@ def fit_em(
     component's additive statistics), summed, then
     :meth:`~moekit.MixtureOfExperts.m_step`.  Exact M-steps (least squares,
     constant gate) use the summed statistics once; Newton / IRLS / ECM steps
-    revisit the E-step's weighted data for their next statistics and for the
-    objective at step-halving trial points, so the weighted objective never
-    falls; components without statistics (neural networks, scikit-learn
-    models) take weighted steps kept only when they help (generalised EM).
-    The log-likelihood therefore never decreases.
+    (one per M-step) are taken from the statistics too, and the next E-step,
+    which EM makes anyway, keeps them if the log-likelihood did not fall; if it
+    fell, the parameters are put back and the M-step is taken again with
+    step-halving on each component's objective over the E-step's weighted data
+    (kept in memory, or re-read from a source), so a Newton step costs no pass
+    of its own over the data.  Components without statistics (neural networks,
+    scikit-learn models) take weighted steps kept only when they help
+    (generalised EM).  The log-likelihood therefore never decreases.
 
     Parameters
     ----------
