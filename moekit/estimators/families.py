@@ -14,6 +14,7 @@ import torch
 from .._validation import (
     Families,
     check_censoring,
+    check_family_y,
     check_offset,
     check_trials,
     row_values,
@@ -68,6 +69,39 @@ OFFSET_FAMILIES = ("linear", *GLM_FAMILIES, "point_mass")
 #: Families that model counts (no continuous density: a constant y is a valid rate).
 COUNT_FAMILIES = ("poisson", "binomial", "negative_binomial", "point_mass")
 
+
+
+def point_mass_never_seen(value: float) -> ValueError:
+    """The error of a point-mass expert whose value never occurs in y (among rows with positive weight)."""
+    return ValueError(f"point_mass_value={value:g} never occurs in y (among rows with positive weight); a "
+                      "point-mass expert explains the rows where y equals that value: set point_mass_value "
+                      "to the value y piles up on (e.g. 0 for zero-inflated counts), or drop the point-mass expert")
+
+
+def check_family_targets(fams, y: np.ndarray, w: np.ndarray, trials, point_mass_value) -> bool:
+    """The experts' families' checks of y: GLM families need a 1-D y, and every family its support
+    (:func:`~moekit._validation.check_family_y`; rows at ``point_mass_value`` are exempt when a point-mass
+    expert explains them).  For all rows at once (``fit(X, y)``) or batch by batch (a streamed first pass).
+
+    Returns whether ``point_mass_value`` occurs on a row of positive weight (False without a point-mass
+    expert, whose value is then not read and may be None); a fit whose data never show it raises
+    :func:`point_mass_never_seen`.
+
+    Shapes
+    ------
+    y (n,) or (n, d_y); w (n,); trials (n,) or None.
+    """
+    if fams and set(fams) & set(GLM_FAMILIES) and y.ndim != 1:
+        fam = next(f for f in fams if f in GLM_FAMILIES)
+        raise ValueError(f"expert={fam!r} needs a 1-D y (one count or positive value per row), got y of shape {y.shape}")
+    exempt, seen = None, False
+    if "point_mass" in fams:
+        value = float(point_mass_value)
+        exempt = (y == value) if y.ndim == 1 else (y == value).all(1)
+        seen = bool((exempt & (w > 0)).any())
+    for fam in dict.fromkeys(fams):
+        check_family_y(fam, y, trials=trials, exempt=exempt)
+    return seen
 
 _CLASS_FAMILIES = {**{c: f for f, c in FAMILY_CLASSES.items() if f != "censored"}, SoftmaxExpert: "logistic",
                    CensoredGaussianExpert: "linear"}

@@ -21,7 +21,6 @@ from sklearn.base import ClassifierMixin, RegressorMixin, clone, is_classifier, 
 from .._linalg import ldexp
 from .._validation import (
     OneOf,
-    check_family_y,
     check_not_constant,
     check_representable,
     check_scale,
@@ -51,12 +50,13 @@ from .base import (
 from .families import (
     COUNT_FAMILIES,
     FAMILY_CLASSES,
-    GLM_FAMILIES,
     REGRESSOR_FAMILIES,
     RegressionFamilies,
+    check_family_targets,
     expert_lists,
     family_of,
     observed_variance,
+    point_mass_never_seen,
 )
 from .online import OnlineClassifierMixin, OnlineRegressorMixin
 from .streaming import StreamingMixin
@@ -667,19 +667,9 @@ class MoERegressor(OnlineRegressorMixin, RegressionFamilies, RegressorTargets, R
     def _fit_targets(self, y, w):
         fams = self._named_families()
         extras = getattr(self, "_fit_extras", {}) or {}
-        if fams and len(set(fams) & set(GLM_FAMILIES)) and y.ndim != 1:
-            fam = next(f for f in fams if f in GLM_FAMILIES)
-            raise ValueError(f"expert={fam!r} needs a 1-D y (one count or positive value per row), got y of shape {y.shape}")
-        exempt = None
-        if "point_mass" in fams:
-            value = float(self.point_mass_value)
-            exempt = (y == value) if y.ndim == 1 else (y == value).all(1)
-            if not (exempt & (w > 0)).any():
-                raise ValueError(f"point_mass_value={value:g} never occurs in y (among rows with positive weight); a "
-                                 "point-mass expert explains the rows where y equals that value: set point_mass_value "
-                                 "to the value y piles up on (e.g. 0 for zero-inflated counts), or drop the point-mass expert")
-        for fam in dict.fromkeys(fams):
-            check_family_y(fam, y, trials=extras.get("trials"), exempt=exempt)
+        seen = check_family_targets(fams, y, w, extras.get("trials"), getattr(self, "point_mass_value", None))
+        if "point_mass" in fams and not seen:
+            raise point_mass_never_seen(float(self.point_mass_value))
         dtype = torch_dtype(self.dtype)
         yf = np.array(y, dtype=np.float64)  # a copy: y may be read-only
         yf[~np.isfinite(yf)] = 0.0  # missing coordinates and interval-censored rows: scale of the observed values

@@ -56,7 +56,6 @@ from sklearn.metrics import accuracy_score, r2_score
 from .._linalg import ldexp
 from .._validation import (
     as_tensor,
-    check_family_y,
     check_sample_weight,
     check_scale,
     first_rows,
@@ -70,7 +69,7 @@ from ..data import Batch
 from ..training import distributed
 from ..training.em import fit_em
 from ..training.tree import fit_tree_em
-from .families import COUNT_FAMILIES, GLM_FAMILIES
+from .families import COUNT_FAMILIES, check_family_targets, point_mass_never_seen
 
 __all__ = ["MEMORY_BUDGET", "FirstPass", "ModelPlan", "ModelSource", "StreamingMixin", "source_names"]
 
@@ -354,16 +353,7 @@ class FirstPass:
         """The checks of ``MoERegressor._fit_targets`` on one batch, and its sums."""
         est = self.est
         fams = self._families()
-        if fams and set(fams) & set(GLM_FAMILIES) and y.ndim != 1:
-            fam = next(f for f in fams if f in GLM_FAMILIES)
-            raise ValueError(f"expert={fam!r} needs a 1-D y (one count or positive value per row), got y of shape {y.shape}")
-        exempt = None
-        if "point_mass" in fams:
-            value = float(est.point_mass_value)
-            exempt = (y == value) if y.ndim == 1 else (y == value).all(1)
-            self.point_mass_seen |= bool((exempt & (w > 0)).any())
-        for fam in dict.fromkeys(fams):
-            check_family_y(fam, y, trials=ex.get("trials"), exempt=exempt)
+        self.point_mass_seen |= check_family_targets(fams, y, w, ex.get("trials"), getattr(est, "point_mass_value", None))
         y2 = y.reshape(len(y), -1)
         fin = np.isfinite(y2)
         self.incomplete |= bool(getattr(est, "censored_", False)) or not bool(fin.all())
@@ -446,10 +436,7 @@ class FirstPass:
         fams = est._named_families()
         dtype = torch_dtype(est.dtype)
         if "point_mass" in fams and not self.point_mass_seen:
-            value = float(est.point_mass_value)
-            raise ValueError(f"point_mass_value={value:g} never occurs in y (among rows with positive weight); a "
-                             "point-mass expert explains the rows where y equals that value: set point_mass_value "
-                             "to the value y piles up on (e.g. 0 for zero-inflated counts), or drop the point-mass expert")
+            raise point_mass_never_seen(float(est.point_mass_value))
         top = torch.as_tensor(self.y_absmax, dtype=torch.float64, device="cpu")  # each column's largest |y| (1 column for 1-D y)
         check_scale(top[None, :] if self.y_ndim == 2 else top, "y", dtype=dtype)
         if (not fams or not set(fams) & set(COUNT_FAMILIES)) and self.y_min is not None:

@@ -248,17 +248,24 @@ class _Rows:
         return self._weight
 
 
-def _validation_rows(model, validation, group, dtype, device) -> _Rows:
-    """The rows of a ``validation`` argument: a source, or ``(x, y)`` / ``(x, y, sample_weight)`` arrays."""
+def validation_parts(validation) -> tuple:
+    """A trainer's ``validation`` argument as ``(source, None, None, None)`` for a source read from files, or
+    ``(None, x, y, sample_weight)`` for rows in memory (an in-memory source, or ``(x, y)`` / ``(x, y, w)``)."""
     if is_source(validation):
         if not getattr(validation, "in_memory", False):
-            return _Rows(model, source=validation, group=group)
-        x, y, w = in_memory_rows(validation)
-    elif isinstance(validation, (tuple, list)) and len(validation) in (2, 3):
-        x, y, w = (tuple(validation) + (None,))[:3]
-    else:
-        raise TypeError("validation must be a source of batches or a tuple (x_val, y_val) or (x_val, y_val, "
-                        f"sample_weight_val), got {type(validation).__name__}")
+            return validation, None, None, None
+        return (None, *in_memory_rows(validation))
+    if isinstance(validation, (tuple, list)) and len(validation) in (2, 3):
+        return (None, *(tuple(validation) + (None,))[:3])
+    raise TypeError("validation must be a source of batches or a tuple (x_val, y_val) or (x_val, y_val, "
+                    f"sample_weight_val), got {type(validation).__name__}")
+
+
+def _validation_rows(model, validation, group, dtype, device) -> _Rows:
+    """The rows of a ``validation`` argument: a source, or ``(x, y)`` / ``(x, y, sample_weight)`` arrays."""
+    source, x, y, w = validation_parts(validation)
+    if source is not None:
+        return _Rows(model, source=source, group=group)
     x, y, w = check_fit_inputs(x, y, w, dtype=dtype, device=device)
     if not float(w.sum()) > 0:
         raise ValueError("validation has no rows of positive weight; pass some validation rows or leave it None")

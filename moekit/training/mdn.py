@@ -40,8 +40,7 @@ from .distributed import (
     tensor_digest,
     world,
 )
-from .gradient import in_memory_rows, rows_or_source
-from .passes import is_source
+from .gradient import rows_or_source, validation_parts
 from .result import FitResult
 from .stopping import EarlyStopping
 
@@ -366,15 +365,9 @@ class _Rows:
 
 def _validation_rows(model, validation, group) -> _Rows:
     """The rows of a ``validation`` argument: a source, or ``(x, y)`` / ``(x, y, sample_weight)`` arrays."""
-    if is_source(validation):
-        if not getattr(validation, "in_memory", False):
-            return _Rows(model, source=validation, group=group)
-        x, y, w = in_memory_rows(validation)
-    elif isinstance(validation, (tuple, list)) and len(validation) in (2, 3):
-        x, y, w = (tuple(validation) + (None,))[:3]
-    else:
-        raise TypeError("validation must be a source of batches or a tuple (x_val, y_val) or (x_val, y_val, "
-                        f"sample_weight_val), got {type(validation).__name__}")
+    source, x, y, w = validation_parts(validation)
+    if source is not None:
+        return _Rows(model, source=source, group=group)
     x, y, w = _checked_rows(model, x, y, w)
     if x.shape[0] == 0:
         raise ValueError("validation has no rows of positive weight; pass some validation rows or leave it None")

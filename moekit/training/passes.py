@@ -2,9 +2,10 @@
 
 Every EM iteration is one pass of :meth:`~moekit.MixtureOfExperts.suff_stats`
 over the batches of a source, summed (and all-reduced across ranks).  A Newton
-/ IRLS / ECM component needs more passes within its M-step: its statistics at
-the next point, or its objective at a step-halving trial point, over the
-weighted data of the same E-step.  For a source held in memory those weighted
+/ IRLS / ECM step whose full step the next E-step rejects (``fit_em`` keeps a
+step that does not lower the log-likelihood) is retaken with more passes: its
+statistics at the next point, or its objective at a step-halving trial point,
+over the weighted data of the same E-step.  For a source held in memory those weighted
 data are kept from the E-step (:class:`moekit._mstep.Passes`); for a source
 read from files they are made again, batch by batch, by a frozen copy of the
 model at the E-step's parameters (:class:`SourcePasses`), so the numbers are
