@@ -11,7 +11,10 @@ Sections (``--section``):
 * ``one-start``: ONE random-partition start R (``_plain_em.random_partition(n,
   k, seed)``) handed to both sides.  moekit:
   ``MoERegressor(n_experts=K, init=R, n_init=1, tol=1e-6, max_iter=1000,
-  random_state=0).fit(x, y)``, the wall clock of ``.fit``; the baseline:
+  random_state=0, compute_se=False).fit(x, y)``, the wall clock of ``.fit``
+  (EM's time to convergence: the standard errors that ``fit`` adds by default
+  for small problems, ``compute_se="auto"``, are work the NumPy EM does not do;
+  the ``default`` section keeps them, and the column "se s" times them here); the baseline:
   ``_plain_em.fit(x, y, R)`` (a plain vectorised NumPy EM written independently
   of moekit: at most 2 exact Newton steps for the gate per iteration, same tol
   and max_iter).  Median seconds over the repeats (alternating which side runs
@@ -72,6 +75,7 @@ TOL, MAX_ITER = 1e-6, 1000
 SAME_MAX = 1e-5  # final mean log-likelihoods closer than this: the same maximum
 TONE_TARGETS = {"softmax": 145.650, "constant": 145.417}  # highest known total log-likelihoods
 TONE_REACH = 1e-3
+SE_MAX_ROWS = 100_000  # the one-start section times the standard errors up to this N
 
 
 # ------------------------------------------------------------------ counts
@@ -89,12 +93,10 @@ def flops_per_iteration(n: int, d: int, k: int, by_term: bool = False):
     e_gate_logits             2 n K p                     E-step: X W^T
     e_expert_means            2 n K p                     E-step: X B^T
     gate_gradient             2 n (K-1) p                 (R - G)^T X over the free rows
-    gate_information          n (K p)^2                   one symmetric rank-n update (BLAS syrk) of
-                                                          M = [Z, sqrt(s) x], Z = g (x) sqrt(s) x: its
-                                                          Z^T Z is the g g^T term, Z^T sqrt(s) x the
-                                                          diag(g) blocks
+    gate_information          n (K-1) K p (p + 1) / 2     its (K-1) K / 2 distinct p x p blocks: one GEMM
+                                                          of the rows' pair weights s (delta g_j - g_j
+                                                          g_l) with their packed outer products
     gate_cholesky             m^3 / 3                     factor the information
-    gate_objective            2 n K p                     one objective pass at the new point
     expert_grams              n K p (p + 1)               X^T diag(r_k) X from the rows' packed outer
                                                           products (one GEMM r^T q)
     expert_xty                2 n K p                     X^T diag(r_k) y
@@ -113,9 +115,8 @@ def flops_per_iteration(n: int, d: int, k: int, by_term: bool = False):
         "e_gate_logits": 2 * n * k * p,
         "e_expert_means": 2 * n * k * p,
         "gate_gradient": 2 * n * (k - 1) * p,
-        "gate_information": n * (k * p) ** 2,
+        "gate_information": n * (k - 1) * k * p * (p + 1) / 2,
         "gate_cholesky": m**3 / 3,
-        "gate_objective": 2 * n * k * p,
         "expert_grams": n * k * p * (p + 1),
         "expert_xty": 2 * n * k * p,
         "expert_variance": 2 * n * k * p,
@@ -171,8 +172,17 @@ def _timed_fit(est, x, y) -> dict:
 
 def run_moekit_one_start(x, y, R) -> dict:
     """moekit from the given start R: the wall clock of ``.fit``."""
-    return _timed_fit(MoERegressor(n_experts=R.shape[1], init=R, n_init=1, tol=TOL, max_iter=MAX_ITER, random_state=0),
-                      x, y)
+    return _timed_fit(MoERegressor(n_experts=R.shape[1], init=R, n_init=1, tol=TOL, max_iter=MAX_ITER, random_state=0,
+                                   compute_se=False), x, y)
+
+
+def time_standard_errors(x, y, R) -> float:
+    """Seconds of the standard errors that ``fit`` computes by default (``compute_se=True``) after the one-start fit:
+    the difference of two fits from R, with and without them (the EM runs are identical)."""
+    kw = dict(n_experts=R.shape[1], init=R, n_init=1, tol=TOL, max_iter=MAX_ITER, random_state=0)
+    with_se = _timed_fit(MoERegressor(**kw, compute_se=True), x, y)["seconds"]
+    without = _timed_fit(MoERegressor(**kw, compute_se=False), x, y)["seconds"]
+    return max(0.0, with_se - without)
 
 
 def run_plain(x, y, R) -> dict:
@@ -247,6 +257,8 @@ def one_start_cell(x, y, R, n: int, d: int, k: int, t: int, reps: int, moekit_on
             row["status"] = "not counted: different maxima"
         else:
             row["status"] = "counted"
+        # the standard errors fit adds by default (compute_se="auto") where they are cheap enough: shown, not counted
+        row["se_s"] = time_standard_errors(x, y, R) if n <= SE_MAX_ROWS else math.nan
     row["load"] = round((load0 + load()) / 2, 2)
     return row
 
@@ -296,21 +308,24 @@ def print_one_start(rows) -> None:
     print("\n## (a) One start: time to convergence from the same random partition\n")
     print(
         "| N | D | K | thr | moekit s | numpy s | moekit/numpy | target | iters moekit | iters numpy "
-        "| mean loglik moekit | mean loglik numpy | diff | status | load |"
+        "| mean loglik moekit | mean loglik numpy | diff | status | se s | load |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for r in rows:
         mark = "" if r["meets"] else " (missed)"
         print(
             f"| {fmt_n(r['N'])} | {r['D']} | {r['K']} | {r['threads']} | {r['moekit_s']:.4g} | {r['numpy_s']:.4g} | "
             f"{r['ratio']:.2f}{mark} | {r['target']:g} | {r['moekit_iter']} | {r['numpy_iter']} | "
-            f"{r['ll_moekit']:.8f} | {r['ll_numpy']:.8f} | {r['diff']:.1e} | {r['status']} | {r['load']} |"
+            f"{r['ll_moekit']:.8f} | {r['ll_numpy']:.8f} | {r['diff']:.1e} | {r['status']} | {r.get('se_s', math.nan):.3g} | "
+            f"{r['load']} |"
         )
     counted = [r for r in rows if r["status"] == "counted"]
     print()
     print(
         "seconds: median over the repeats of the wall clock of MoERegressor.fit / _plain_em.fit; "
-        f"counted: final mean log-likelihoods within {SAME_MAX:g}, neither hit max_iter={MAX_ITER}, no pruning."
+        f"counted: final mean log-likelihoods within {SAME_MAX:g}, neither hit max_iter={MAX_ITER}, no pruning. "
+        "se s: the seconds that compute_se=True adds after the same fit (observed information and sandwich, "
+        f"timed up to N = {fmt_n(SE_MAX_ROWS)}; not in 'moekit s')."
     )
     if counted:
         worst = max(counted, key=lambda r: r["ratio"])

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._linalg import AffineInputs, add_intercept, affine, chunk_rows, solve_spd
+from ._linalg import AffineInputs, add_intercept, affine, chunk_rows, log_softmax_rows, solve_spd
 from ._mstep import fit_in_memory, gradient_maximize
 from .experts.newton import multinomial_newton_stats
 from .stats import SuffStats
@@ -24,17 +24,8 @@ from .stats import SuffStats
 __all__ = ["Gate", "SoftmaxGate", "ConstantGate", "MLPGate"]
 
 _HESSIANS = ("full", "block", "bound")
-
-
-def _log_softmax(a: torch.Tensor) -> torch.Tensor:
-    """Log-softmax over the rows of ``a`` (n, K): torch's kernel for K <= 2, ``a - logsumexp(a)`` above,
-    where it is twice as fast on the CPU (torch 2.13, float64)."""
-    if a.shape[1] <= 2:
-        return F.log_softmax(a, dim=1)
-    return a - torch.logsumexp(a, dim=1, keepdim=True)
 #: Fewest Newton steps of a softmax gate's ``fit_weighted`` (the initial fit to a partition).
 _FIT_STEPS = 5
-
 
 
 class Gate(AffineInputs, nn.Module):
@@ -250,7 +241,7 @@ class SoftmaxGate(Gate):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _log_softmax(affine(x, self.coef))
+        return log_softmax_rows(affine(x, self.coef))
 
     def n_parameters(self) -> int:
         return (self.n_experts - 1) * (self.n_features + 1)
@@ -267,7 +258,8 @@ class SoftmaxGate(Gate):
         Returns ``objective`` (), ``grad`` (K-1, p) and ``info``: ((K-1) p, (K-1) p)
         for ``hessian="full"``, (K-1, p, p) for "block", (p, p) for "bound".
         """
-        c = chunk_rows(self.n_experts * (self.n_features + 1))
+        k = self.n_experts
+        c = chunk_rows(k * (k + 1) // 2 + 2 * k)  # per row: the pair weights of the information, g and s g
         return sum(
             self._stats_chunk(x[i : i + c], targets[i : i + c], None if log_gate is None else log_gate[i : i + c])
             for i in range(0, max(x.shape[0], 1), c)
@@ -277,7 +269,7 @@ class SoftmaxGate(Gate):
         coef = self.coef.detach()
         xd = add_intercept(x.to(coef.dtype))
         if logg is None:
-            logg = _log_softmax(xd @ coef.T)
+            logg = log_softmax_rows(xd @ coef.T)
         objective, grad, info = multinomial_newton_stats(
             xd, logg[:, None, :], targets.to(coef.dtype)[:, None, :], self.hessian
         )

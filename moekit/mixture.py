@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._linalg import logsumexp_rows
 from ._mstep import Passes, maximize
 from ._mstep import has_stats as _has_stats
 from ._partition import initial_responsibilities
@@ -362,8 +363,8 @@ class MixtureOfExperts(nn.Module):
         return data
 
     def _stats_from_joint(self, x, y, weight, log_gate, joint, records, data, path, compute: bool = True) -> SuffStats:
-        lse = torch.logsumexp(joint, dim=1, keepdim=True)
-        r = (joint - lse).exp()
+        lse = logsumexp_rows(joint)
+        r = torch.sub(joint, lse).exp_()
         if weight is None:
             targets, ll = r, lse.sum()
         else:

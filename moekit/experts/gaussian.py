@@ -341,7 +341,7 @@ class LinearGaussianExpert(Expert):
         x : (n, d_x) (or (n, d_x + 1) with the offset); y : (n,) or (n, d_y); weight : (n,) or (n, K).
         Returns ``sw`` (K,), ``xwx`` (K, p, p), ``xwy`` (K, p, d), ``ywy`` (K, d, d).
         """
-        c = chunk_rows(self._k * (self.n_features + 1))
+        c = chunk_rows(self._k * (self._d + 1) + self.n_features + 1)  # per row: w, w y and [1, x]
         if x.shape[0] > c:  # statistics are additive: sum them over row chunks
             return sum(
                 self.suff_stats(x[i : i + c], y[i : i + c], None if weight is None else weight[i : i + c])

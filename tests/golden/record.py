@@ -92,6 +92,9 @@ def main(argv=None) -> int:
         },
         "cases": {k: values[k] for k in cases.CASES if k in values},
     }
+    if "updated" in old.get("meta", {}):  # --only: the record of intended changes stays (add the new reason by hand)
+        out["meta"]["updated"] = old["meta"]["updated"]
+        out["meta"]["source"] = old["meta"].get("source", args.source)
     with open(args.output, "w") as f:
         json.dump(out, f, indent=1, allow_nan=True)
         f.write("\n")
