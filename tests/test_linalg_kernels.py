@@ -50,11 +50,12 @@ def test_weighted_grams_equal_the_definition(n, p, k, sign):
     torch.testing.assert_close(weighted_grams(xd, w), want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("p", [3, 11])  # the symmetric product for few inputs and many classes, else pair blocks
 @pytest.mark.parametrize("b,c", [(1, 2), (1, 4), (3, 3), (2, 5), (1, 9)])
-def test_full_information_equals_the_kronecker_sum(b, c):
+def test_full_information_equals_the_kronecker_sum(b, c, p):
     """sum_i s_i (diag(g_i) - g_i g_i^T) (x) x_i x_i^T over the free classes, for B regressions."""
-    g = torch.Generator().manual_seed(b * 10 + c)
-    n, p = 60, 3
+    g = torch.Generator().manual_seed(b * 10 + c + p)
+    n = 60
     xd = torch.randn(n, p, generator=g, dtype=D)
     logp = torch.log_softmax(torch.randn(n, b, c, generator=g, dtype=D), -1)
     counts = torch.rand(n, b, c, generator=g, dtype=D)
