@@ -92,8 +92,8 @@ def _full_information(xd: torch.Tensor, g: torch.Tensor, s: torch.Tensor) -> tor
     b, km = g.shape[1], g.shape[2]
     if km == 0:
         return xd.new_zeros(b, 0, 0)
-    diagonal, placement = _pair_layout(km, p, str(xd.device))
-    t = diagonal.numel()
+    placement = _pair_layout(km, p, str(xd.device))
+    t = km * (km + 1) // 2
     m = (km + 1) * p
     if km > 1 and t * p * (p + 1) / 2 + 4 * (t + p * (p + 1) / 2) >= m * m / 2:  # few inputs, many classes
         return _symmetric_product_information(xd, g, s)
@@ -102,9 +102,9 @@ def _full_information(xd: torch.Tensor, g: torch.Tensor, s: torch.Tensor) -> tor
     o = 0
     for j in range(km):
         torch.mul(gs[:, :, j : j + 1], g[:, :, j:], out=w[:, :, o : o + km - j])
+        w[:, :, o].sub_(gs[:, :, j])  # the diagonal pair (j, j): s g_j g_j - s g_j, negated below
         o += km - j
     w.neg_()
-    w[:, :, diagonal] += gs
     blocks = weighted_grams(xd, w.reshape(n, b * t))  # (B T, p, p)
     return blocks.reshape(b, t * p * p)[:, placement].reshape(b, km * p, km * p)
 
@@ -137,11 +137,9 @@ def _symmetric_product_information(xd: torch.Tensor, g: torch.Tensor, s: torch.T
 
 @functools.lru_cache(maxsize=64)
 def _pair_layout(km: int, p: int, device: str) -> tuple:
-    """Where :func:`_full_information`'s blocks go: ``(diagonal, placement)``.
-
-    ``diagonal`` (T,) indexes the pairs j == l among the upper pairs (j <= l, row by row);
-    ``placement`` ((km p)^2,) indexes, for every entry of the (km p) x (km p) information, the
-    flattened (T, p, p) blocks (the transpose of block (l, j) below the diagonal).
+    """Where :func:`_full_information`'s blocks go: for every entry of the (km p) x (km p) information,
+    its index in the flattened (T, p, p) blocks of the upper pairs j <= l, row by row (below the
+    diagonal, the transpose of block (l, j)).  Shape ((km p)^2,).
     """
     upper_j, upper_l = torch.triu_indices(km, km)
     pair = torch.empty(km, km, dtype=torch.long)
@@ -152,7 +150,7 @@ def _pair_layout(km: int, p: int, device: str) -> tuple:
     row = torch.where(lower, c, a)
     col = torch.where(lower, a, c)
     placement = (pair[j, l] * p + row) * p + col
-    return (upper_j == upper_l).to(device), placement.reshape(-1).to(device)
+    return placement.reshape(-1).to(device)
 
 
 class NewtonExpert(Expert):

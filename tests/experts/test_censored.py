@@ -242,7 +242,9 @@ def test_fit_converges_when_most_rows_are_censored():
     theta = np.append(e.coef.detach()[0].numpy(), float(e.log_scale.detach()[0]))
     xd = np.column_stack([np.ones(2000), x.numpy()])
     grad = _tobit_nll(theta, xd, y.numpy())[1]
-    assert np.abs(grad).max() < 1e-6, grad  # a stationary point of the censored likelihood
+    # a stationary point of the censored likelihood: the fit stops when the total over 2,000 rows no longer rises,
+    # which float64 cannot see below gradients of about 1e-6 (a change of 1e-16 relative); 1e-5 is 5e-9 per row
+    assert np.abs(grad).max() < 1e-5, grad
 
 
 def test_integer_weights_equal_repeated_rows():
