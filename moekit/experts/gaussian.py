@@ -318,8 +318,12 @@ class LinearGaussianExpert(Expert):
         yy = y[:, None] if self.n_outputs is None else y
         if self.n_outputs is not None and has_missing(yy):  # NaN coordinates: the observed ones' marginal
             return self._out(marginal_log_prob(yy, self._loc(x), self.scale_tril()))
-        resid = yy[:, None, :] - self._loc(x)  # (n, K, d)
         l = self.scale_tril()
+        if self._d == 1:  # scalar y: (n, K) throughout, no reduction over a unit axis
+            s = l[:, 0, 0]  # (K,)
+            z = (yy - self._loc(x)[..., 0]) / s
+            return self._out(torch.square(z).mul(-0.5) - (s.log() + 0.5 * math.log(2 * math.pi)))
+        resid = yy[:, None, :] - self._loc(x)  # (n, K, d)
         if self.structure == "full" and self._d > 1:
             z = torch.linalg.solve_triangular(l, resid.permute(1, 2, 0), upper=False)  # (K, d, n)
             maha = (z * z).sum(1).T  # (n, K)

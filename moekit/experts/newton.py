@@ -62,8 +62,8 @@ def multinomial_newton_stats(xd: torch.Tensor, logp: torch.Tensor, counts: torch
     g = logp.exp()
     s = row_sums(counts.reshape(n * b, c)).reshape(n, b)  # counts.sum(-1), faster on the CPU
     objective = (counts * logp).sum()
-    resid = counts[..., :km] - s[..., None] * g[..., :km]  # (n, B, C-1)
-    grad = (resid.reshape(n, b * km).T @ xd).reshape(b, km * p)
+    resid = counts - s[..., None] * g  # (n, B, C): every class (contiguous), the reference's dropped below
+    grad = (resid.reshape(n, b * c).T @ xd).reshape(b, c, p)[:, :km].reshape(b, km * p)
     if hessian == "bound":
         return objective, grad, weighted_grams(xd, s)  # (B, p, p)
     if hessian == "block":
