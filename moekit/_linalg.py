@@ -80,6 +80,11 @@ class AffineInputs:
         slopes.copy_(ldexp(slopes, -exponent))
 
 
+#: Elements below which torch runs an element-wise CPU kernel on one thread (``at::internal::GRAIN_SIZE``):
+#: :func:`weighted_grams` keeps each product of its packed outer products under it, because
+#: parallelising such small products costs more than it saves (4x slower with 2 threads, measured).
+GRAIN = 32768
+
 #: Widest row for which :func:`logsumexp_rows` and :func:`row_sums` use their own CPU path.
 NARROW_ROWS = 64
 
@@ -219,7 +224,7 @@ def weighted_grams(xd: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return torch.stack([gram(xd * rw[:, j : j + 1]) for j in range(k)])
     t = p * (p + 1) // 2
     packed = xd.new_zeros(k, t)
-    rows = max(1, min(chunk_rows(t), n))
+    rows = max(1, min(chunk_rows(t), n, GRAIN // p))
     # one work array for every chunk (a fresh one each time costs page faults), held transposed: (t, rows), so
     # that each product below writes whole rows (2x faster than column blocks of a (rows, t) array)
     buffer = xd.new_empty(t, rows)
