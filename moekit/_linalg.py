@@ -119,11 +119,10 @@ def row_sums(a: torch.Tensor) -> torch.Tensor:
 def logsumexp_rows(a: torch.Tensor) -> torch.Tensor:
     """``torch.logsumexp(a, 1, keepdim=True)`` for an (n, K) matrix, faster on the CPU for small K.
 
-    The row maximum is subtracted (clamped to the finite range, so rows of infinities give +-inf, not
-    NaN), the exponentials are
-    formed in place and summed by :func:`row_sums`: about 2.4x faster than torch's kernel at
-    65,536 x 2 and 1.1x at 65,536 x 8 (torch 2.13, float64, one thread).  Under autograd, on
-    GPUs and for wide rows it is ``torch.logsumexp``.
+    The row maximum is subtracted (clamped to the finite range, so rows of infinities give +-inf,
+    not NaN), the exponentials are formed in place and summed by :func:`row_sums`: about 2.4x
+    faster than torch's kernel at 65,536 x 2 and 1.1x at 65,536 x 8 (torch 2.13, float64, one
+    thread).  Under autograd, on GPUs and for wide rows it is ``torch.logsumexp``.
 
     Shapes
     ------
@@ -239,7 +238,7 @@ def weighted_grams(xd: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return packed[:, _symmetric_placement(p, str(xd.device))].reshape(k, p, p)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _symmetric_placement(p: int, device: str) -> torch.Tensor:
     """For every entry (i, j) of a p x p symmetric matrix, its index in the packed upper triangle
     (row by row, as :func:`weighted_grams` packs it): shape (p * p,)."""

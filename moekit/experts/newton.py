@@ -92,7 +92,6 @@ def _full_information(xd: torch.Tensor, g: torch.Tensor, s: torch.Tensor) -> tor
     b, km = g.shape[1], g.shape[2]
     if km == 0:
         return xd.new_zeros(b, 0, 0)
-    placement = _pair_layout(km, p, str(xd.device))
     t = km * (km + 1) // 2
     m = (km + 1) * p
     if km > 1 and t * p * (p + 1) / 2 + 4 * (t + p * (p + 1) / 2) >= m * m / 2:  # few inputs, many classes
@@ -106,7 +105,7 @@ def _full_information(xd: torch.Tensor, g: torch.Tensor, s: torch.Tensor) -> tor
         o += km - j
     w.neg_()
     blocks = weighted_grams(xd, w.reshape(n, b * t))  # (B T, p, p)
-    return blocks.reshape(b, t * p * p)[:, placement].reshape(b, km * p, km * p)
+    return blocks.reshape(b, t * p * p)[:, _pair_layout(km, p, str(xd.device))].reshape(b, km * p, km * p)
 
 
 def _symmetric_product_information(xd: torch.Tensor, g: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -135,8 +134,8 @@ def _symmetric_product_information(xd: torch.Tensor, g: torch.Tensor, s: torch.T
     return torch.stack(infos)
 
 
-@functools.lru_cache(maxsize=64)
-def _pair_layout(km: int, p: int, device: str) -> tuple:
+@functools.lru_cache(maxsize=8)
+def _pair_layout(km: int, p: int, device: str) -> torch.Tensor:
     """Where :func:`_full_information`'s blocks go: for every entry of the (km p) x (km p) information,
     its index in the flattened (T, p, p) blocks of the upper pairs j <= l, row by row (below the
     diagonal, the transpose of block (l, j)).  Shape ((km p)^2,).
