@@ -663,7 +663,6 @@ class ConditionalMixtureEstimator(WarmStartMixin, ConditionalMixtureMixin, BaseE
 
     def _complete_rows(self, X, y, extras: dict, missing: str) -> np.ndarray | None:
         """The rows to keep (None: all): rows with missing inputs raise (missing='error') or are dropped with a warning."""
-        nan_x = np.isnan(X) if X.dtype.kind == "f" else np.zeros(X.shape, dtype=bool)
         parts, rows = self._missing_parts(X, y, extras)
         if hasattr(self, "missing"):
             self.n_rows_dropped_ = 0
@@ -672,8 +671,8 @@ class ConditionalMixtureEstimator(WarmStartMixin, ConditionalMixtureMixin, BaseE
         if missing != "drop":
             name, m = next((nm, m) for nm, m in parts if m.any())
             where = f"rows {first_rows(m)}"
-            if name == "X":
-                cols = np.flatnonzero(nan_x.any(0))
+            if name == "X":  # only X can hold NaN here: its dtype is floating
+                cols = np.flatnonzero(np.isnan(X).any(0))
                 names = getattr(self, "feature_names_in_", None)
                 shown = [str(names[j]) if names is not None else int(j) for j in cols[:5]]
                 where += f", columns {shown}" + (" ..." if len(cols) > 5 else "")

@@ -12,6 +12,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -327,8 +328,6 @@ def test_streaming_options_refused_with_one_line(tmp_path, capsys, monkeypatch, 
 
 def test_a_tree_fit_checkpoints_and_resumes_through_the_command(tmp_path, capsys):
     """--model hme --checkpoint: a finished checkpoint resumed gives the same model file."""
-    import pandas as pd
-
     rng = np.random.default_rng(0)
     x = rng.normal(size=(600, 2))
     y = np.where(x[:, 0] > 0, x[:, 1], -x[:, 1]) + 0.2 * rng.normal(size=600)
