@@ -7,6 +7,7 @@ statistics are summed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -218,6 +219,8 @@ def weighted_grams(xd: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """
     n, p = xd.shape
     k = w.shape[1]
+    if k == 0:
+        return xd.new_zeros(0, p, p)
     if 4 * k <= p and n and bool((w >= 0).all()):  # few experts: one symmetric product per expert is cheaper
         rw = w.sqrt()
         return torch.stack([gram(xd * rw[:, j : j + 1]) for j in range(k)])
@@ -255,6 +258,19 @@ def _blas_threads() -> ThreadpoolController:
     return ThreadpoolController()
 
 
+def _blas_thread_limit(n: int):
+    """A context holding the BLAS libraries at ``n`` threads: a null context when every one has ``n`` already.
+
+    Reading each library's thread count is about 1 microsecond; threadpoolctl's ``limit``, which
+    queries and restores every library, about 14 (40 with several libraries loaded), paid on every
+    :func:`gram` call otherwise.
+    """
+    controller = _blas_threads()
+    if all(lib.num_threads == n for lib in controller.lib_controllers if lib.user_api == "blas"):
+        return contextlib.nullcontext()
+    return controller.limit(limits=n, user_api="blas")
+
+
 def gram(a: torch.Tensor) -> torch.Tensor:
     """``a^T a``, computed as a symmetric rank-k update where that halves the work.
 
@@ -278,7 +294,7 @@ def gram(a: torch.Tensor) -> torch.Tensor:
     if syrk is None or a.device.type != "cpu" or a.requires_grad or n * m * m < SYRK_MIN_WORK:
         return a.T @ a
     a = a.contiguous()
-    with _blas_threads().limit(limits=torch.get_num_threads(), user_api="blas"):
+    with _blas_thread_limit(torch.get_num_threads()):
         upper = torch.from_numpy(syrk(1.0, a.numpy().T, trans=0))  # a is row-major, so a.numpy().T is column-major a^T
     return upper.triu() + upper.triu(1).T
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from ._linalg import AffineInputs, add_intercept, affine, chunk_rows, log_softmax_rows, solve_spd
 from ._mstep import fit_in_memory, gradient_maximize
-from .experts.newton import multinomial_newton_stats
+from .experts.newton import multinomial_finish, multinomial_gram_columns, multinomial_newton_stats, multinomial_row_terms
 from .stats import SuffStats
 
 __all__ = ["Gate", "SoftmaxGate", "ConstantGate", "MLPGate"]
@@ -274,6 +274,44 @@ class SoftmaxGate(Gate):
             xd, logg[:, None, :], targets.to(coef.dtype)[:, None, :], self.hessian
         )
         return SuffStats(objective=objective, grad=grad.reshape(self.n_experts - 1, self.n_features + 1), info=info[0])
+
+    # ------------------------------------------------- statistics on a shared design
+    def design_columns(self, p: int) -> int | None:
+        """How many weighted Gram blocks of the design ``[1, x]`` (``p`` columns) :meth:`design_terms` asks for.
+
+        None where this gate computes its information otherwise (as a symmetric product: few inputs,
+        many experts), so that it does not share a design.
+        """
+        if p != self.n_features + 1:
+            return None
+        return multinomial_gram_columns(1, self.n_experts, self.hessian, p)
+
+    def design_terms(self, xd: torch.Tensor, targets: torch.Tensor, log_gate: torch.Tensor):
+        """The per-row terms of :meth:`suff_stats` on a design ``xd = [1, x]`` that the caller shares.
+
+        Returns ``(partial, lin, w)``: the statistics that need no product with the design
+        (``objective``), the rows ``lin`` whose product ``lin^T xd`` the caller forms, and the weights
+        ``w`` of the Gram blocks ``X^T diag(w_j) X`` it forms; :meth:`design_finish` completes the
+        statistics from the sums of the three over row chunks.  None when :meth:`design_columns` is.
+
+        Shapes
+        ------
+        xd (n, p); targets (n, K); log_gate (n, K) this gate's output at the current coefficients.
+        Returns partial, lin (n, K), w (n, design_columns(p)).
+        """
+        dtype = self.coef.dtype
+        objective, resid, w = multinomial_row_terms(
+            log_gate.to(dtype)[:, None, :], targets.to(dtype)[:, None, :], self.hessian, xd.shape[1]
+        )
+        if w is None:
+            return None
+        return SuffStats(objective=objective), resid, w
+
+    def design_finish(self, partial: SuffStats, lin_x: torch.Tensor, grams: torch.Tensor) -> SuffStats:
+        """:meth:`suff_stats` from the summed ``partial``, ``lin^T xd`` (K, p) and Gram blocks of :meth:`design_terms`."""
+        grad, info = multinomial_finish(lin_x, grams, 1, self.n_experts, self.hessian)
+        return SuffStats(objective=partial["objective"], grad=grad.reshape(self.n_experts - 1, self.n_features + 1),
+                         info=info[0])
 
     def penalty(self) -> torch.Tensor:
         """The ridge penalty ``0.5 * l2 * ||W[:, 1:]||^2`` at the current coefficients."""

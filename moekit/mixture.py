@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._linalg import logsumexp_rows
+from ._linalg import add_intercept, chunk_rows, logsumexp_rows, weighted_grams
 from ._mstep import Passes, maximize
 from ._mstep import has_stats as _has_stats
 from ._partition import initial_responsibilities
@@ -370,12 +370,21 @@ class MixtureOfExperts(nn.Module):
         else:
             targets, ll = weight[:, None] * r, (weight * lse[:, 0]).sum()
         xe = self.expert_input(x)
-        gate = _component_stats(self.gate, path + ("gate",), data, self.gate_input(x), targets, log_gate=log_gate,
-                                compute=compute)
-        if self.is_stacked:
+        shared = self._shared_design_stats(x, y, targets, log_gate) if compute and self.is_stacked else None
+        if shared is not None:
+            gate, stacked = shared
+            if data is not None:  # what _component_stats records
+                data[path + ("gate",)] = (self.gate, (self.gate_input(x), targets))
+                data[path + ("experts", "stacked")] = (self.experts, (xe, y, targets))
+            experts = SuffStats(stacked=stacked)
+        elif self.is_stacked:
+            gate = _component_stats(self.gate, path + ("gate",), data, self.gate_input(x), targets, log_gate=log_gate,
+                                    compute=compute)
             experts = SuffStats(stacked=_component_stats(self.experts, path + ("experts", "stacked"), data, xe, y, targets,
                                                          compute=compute))
         else:
+            gate = _component_stats(self.gate, path + ("gate",), data, self.gate_input(x), targets, log_gate=log_gate,
+                                    compute=compute)
             parts = {}
             for k, e in enumerate(self.experts):
                 where = path + ("experts", str(k))
@@ -385,6 +394,52 @@ class MixtureOfExperts(nn.Module):
                     parts[str(k)] = _component_stats(e, where, data, xe, y, targets[:, k], compute=compute)
             experts = SuffStats(parts)
         return SuffStats(loglik=ll, weight=targets.sum(0), gate=gate, experts=experts)
+
+    def _shared_design_stats(self, x, y, targets, log_gate):
+        """The gate's and the stacked experts' statistics in one pass over a design ``[1, x]`` they share, or None.
+
+        Where the gate and the experts see the same columns of x and each states its statistics as
+        weighted Gram blocks of that design plus rows to multiply by it (``design_columns``,
+        ``design_terms``, ``design_finish``: the softmax gate and the linear-Gaussian experts), each
+        row chunk's design is built once, its packed outer products formed once for both
+        (:func:`~moekit._linalg.weighted_grams` on the weight columns of both), and one product gives
+        both linear terms.  None (each component then computes its own) where they do not share
+        columns or a protocol, where either would form its Gram blocks as symmetric products (few
+        blocks for many inputs: cheaper apart), or where a component declines (missing y).
+
+        Shapes
+        ------
+        x (n, d_x); y (n,) or (n, d_y); targets (n, K); log_gate (n, K).
+        """
+        gate, experts = self.gate, self.experts
+        if (
+            self.gate_features != self.expert_features
+            or not (hasattr(gate, "design_terms") and hasattr(experts, "design_terms"))
+            or not (_has_stats(gate) and _has_stats(experts))
+        ):
+            return None
+        xs = self.gate_input(x)
+        p = xs.shape[1] + 1
+        mg, me = gate.design_columns(p), experts.design_columns(p)
+        if mg is None or me is None or 4 * min(mg, me) <= p:
+            return None
+        if any(t.dtype != xs.dtype for t in (*gate.parameters(), *experts.parameters())):
+            return None
+        n = xs.shape[0]
+        c = chunk_rows(mg + me)  # the largest per-row work array: the weight columns of both
+        total = None
+        for i in range(0, max(n, 1), c):
+            xd = add_intercept(xs[i : i + c])
+            tg = gate.design_terms(xd, targets[i : i + c], log_gate[i : i + c])
+            te = experts.design_terms(xd, y[i : i + c], targets[i : i + c])
+            if tg is None or te is None:
+                return None
+            part = (tg[0], te[0], torch.cat([tg[1], te[1]], dim=1).T @ xd,
+                    weighted_grams(xd, torch.cat([tg[2], te[2]], dim=1)))
+            total = part if total is None else tuple(a + b for a, b in zip(total, part))
+        pg, pe, lin_x, grams = total
+        ag = tg[1].shape[1]
+        return (gate.design_finish(pg, lin_x[:ag], grams[:mg]), experts.design_finish(pe, lin_x[ag:], grams[mg:]))
 
     def m_step(self, stats: SuffStats, passes: "Passes | None" = None) -> None:
         """Update every component from summed statistics.

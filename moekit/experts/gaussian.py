@@ -371,6 +371,43 @@ class LinearGaussianExpert(Expert):
             ywy=(yy.T @ wy).reshape(d, k, d).permute(1, 0, 2),
         )
 
+    # ------------------------------------------------- statistics on a shared design
+    def design_columns(self, p: int) -> int | None:
+        """How many weighted Gram blocks of the design ``[1, x]`` (``p`` columns) :meth:`design_terms` asks for:
+        one per expert; None with an offset (the design would not be the caller's)."""
+        if self.offset or p != self.n_features + 1:
+            return None
+        return self._k
+
+    def design_terms(self, xd: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
+        """The per-row terms of :meth:`suff_stats` on a design ``xd = [1, x]`` that the caller shares.
+
+        Returns ``(partial, lin, w)``: the statistics that need no product with the design (``sw``,
+        ``ywy``), the rows ``lin = w y`` whose product ``lin^T xd`` the caller forms, and the
+        weights ``w`` of the Gram blocks ``X^T diag(w_k) X``; :meth:`design_finish` completes the
+        statistics from their sums over row chunks.  None where y has missing coordinates (their
+        statistics are conditional moments: :meth:`suff_stats`).
+
+        Shapes
+        ------
+        xd (n, p); y (n,) or (n, d); weight (n,) or (n, K).
+        Returns partial, lin (n, K d), w (n, K).
+        """
+        n = xd.shape[0]
+        yy = (y[:, None] if y.dim() == 1 else y).to(xd.dtype)
+        if self.n_outputs is not None and has_missing(yy):
+            return None
+        w = self._weight_nk(weight, n, xd)
+        k, d = self._k, self._d
+        wy = (w[:, :, None] * yy[:, None, :]).reshape(n, k * d)
+        return SuffStats(sw=w.sum(0), ywy=(yy.T @ wy).reshape(d, k, d).permute(1, 0, 2)), wy, w
+
+    def design_finish(self, partial: SuffStats, lin_x: torch.Tensor, grams: torch.Tensor) -> SuffStats:
+        """:meth:`suff_stats` from the summed ``partial``, ``lin^T xd`` (K d, p) and Gram blocks (K, p, p)."""
+        k, d = self._k, self._d
+        xwy = lin_x.T.reshape(-1, k, d).permute(1, 0, 2)
+        return SuffStats(sw=partial["sw"], xwx=grams, xwy=xwy, ywy=partial["ywy"])
+
     @property
     def accepts_missing_y(self) -> bool:
         """Whether NaN coordinates of y are marginalised (vector y: ``n_outputs`` set); see :mod:`._missing`."""
@@ -462,6 +499,11 @@ class LinearGaussianExpert(Expert):
             self._ecm(stats, keep)
             return
         beta = solve_spd(self._penalised(xwx), xwy)
+        if self._d == 1 and not self.tied and bool(keep.all()):  # scalar y, every expert kept: no masks needed
+            var = (self._rss(xwx, xwy, ywy, beta)[:, 0, 0] / sw.clamp_min(torch.finfo(sw.dtype).tiny))
+            self.coef.data.copy_(beta)
+            self.log_scale.data.copy_(var.clamp_min(self.var_floor).log_().mul_(0.5)[:, None])
+            return
         cov = self._pooled(self._rss(xwx, xwy, ywy, beta), sw, keep)
         self.coef.data[keep] = beta[keep].to(dtype)
         self._set_covariance(cov.to(dtype), keep)

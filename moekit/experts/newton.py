@@ -20,7 +20,7 @@ from .._mstep import fit_in_memory
 from ..stats import SuffStats
 from .base import Expert
 
-__all__ = ["FIT_STEPS", "NewtonExpert", "multinomial_newton_stats"]
+__all__ = ["FIT_STEPS", "NewtonExpert", "multinomial_finish", "multinomial_gram_columns", "multinomial_newton_stats", "multinomial_row_terms"]
 
 #: Fewest Newton steps of a GLM expert's ``fit_weighted`` (a weighted fit of its own, or the initial fit);
 #: inside EM the M-step takes ``max_m_steps`` (default one, an ECM step).
@@ -39,12 +39,19 @@ def multinomial_newton_stats(xd: torch.Tensor, logp: torch.Tensor, counts: torch
     a stack of K softmax experts is K regressions over C classes (counts:
     weight times one-hot y).
 
+    Computed in two phases, which a caller holding several components' statistics on the same design
+    may run itself to share one pass over the rows (see
+    :meth:`moekit.MixtureOfExperts.suff_stats`): :func:`multinomial_row_terms` (the per-row
+    weights), then :func:`multinomial_finish` (from their products with the design).
+
     Parameters
     ----------
     hessian : {"full", "block", "bound"}
         ``"full"``: the exact information, its (C-1) C / 2 distinct p x p
-        blocks as weighted Gram matrices (:func:`_full_information`): about
-        ``n C^2 p^2 / 2`` multiply-adds.  ``"block"``: only the diagonal blocks
+        blocks as weighted Gram matrices: about ``n C^2 p^2 / 2`` multiply-adds
+        (where a cost model favours it, few inputs and many classes, one symmetric
+        product per regression instead: :func:`_symmetric_product_information`).
+        ``"block"``: only the diagonal blocks
         ``X^T diag(s g_j (1 - g_j)) X`` (``2 n (C-1) p^2`` flops).
         ``"bound"``: Böhning's (1992) fixed curvature, which needs only
         ``G = X^T diag(s) X`` (``n p^2`` flops): the information is bounded by
@@ -56,60 +63,103 @@ def multinomial_newton_stats(xd: torch.Tensor, logp: torch.Tensor, counts: torch
     Returns objective (), grad (B, (C-1) p) and info: (B, (C-1) p, (C-1) p)
     for "full"; (B, C-1, p, p) for "block"; (B, p, p) (the matrix G) for "bound".
     """
-    n, p = xd.shape
-    b, c = logp.shape[1], logp.shape[2]
+    p = xd.shape[1]
+    objective, resid, w = multinomial_row_terms(logp, counts, hessian, p)
+    if w is None:  # the symmetric product is cheaper for this shape
+        g = logp.exp()[..., :-1]
+        s = row_sums(counts.reshape(-1, counts.shape[2])).reshape(counts.shape[:2])
+        grams = _symmetric_product_information(xd, g, s)
+    else:
+        grams = weighted_grams(xd, w)
+    grad, info = multinomial_finish(resid.T @ xd, grams, logp.shape[1], logp.shape[2], hessian, packed=w is not None)
+    return objective, grad, info
+
+
+def multinomial_row_terms(logp: torch.Tensor, counts: torch.Tensor, hessian: str, p: int):
+    """The per-row terms of :func:`multinomial_newton_stats` on a design of ``p`` columns.
+
+    Returns ``objective`` (the sum), ``resid`` (n, B C), whose product ``resid^T xd`` is the
+    gradient (every class, the reference's dropped by :func:`multinomial_finish`), and ``w`` (n, m),
+    the weights of the m Gram blocks ``X^T diag(w_j) X`` that make up the information: the
+    (C-1) C / 2 upper pairs ``s (delta_jl g_j - g_j g_l)`` per regression for "full", the
+    ``s g_j (1 - g_j)`` for "block", ``s`` for "bound".  ``w`` is None where the symmetric
+    product (:func:`_symmetric_product_information`) is cheaper than Gram blocks (few inputs, many classes).
+
+    Shapes
+    ------
+    logp, counts : (n, B, C) -> objective (), resid (n, B C), w (n, m) or None.
+    """
+    n, b, c = logp.shape
     km = c - 1
     g = logp.exp()
     s = row_sums(counts.reshape(n * b, c)).reshape(n, b)  # counts.sum(-1), faster on the CPU
     objective = (counts * logp).sum()
-    resid = counts - s[..., None] * g  # (n, B, C): every class (contiguous), the reference's dropped below
-    grad = (resid.reshape(n, b * c).T @ xd).reshape(b, c, p)[:, :km].reshape(b, km * p)
+    resid = (counts - s[..., None] * g).reshape(n, b * c)  # every class (contiguous)
     if hessian == "bound":
-        return objective, grad, weighted_grams(xd, s)  # (B, p, p)
+        return objective, resid, s
     if hessian == "block":
-        v = s[..., None] * g[..., :km] * (1.0 - g[..., :km])  # (n, B, C-1)
-        return objective, grad, weighted_grams(xd, v.reshape(n, b * km)).reshape(b, km, p, p)
-    return objective, grad, _full_information(xd, g[..., :km], s)
+        return objective, resid, (s[..., None] * g[..., :km] * (1.0 - g[..., :km])).reshape(n, b * km)
+    w_columns = multinomial_gram_columns(b, c, hessian, p)
+    if w_columns is None:
+        return objective, resid, None
+    t = km * (km + 1) // 2
+    gs = s[..., None] * g[..., :km]  # (n, B, C-1)
+    w = g.new_empty(n, b, t)  # w[..., (j, l)] = s (delta_jl g_j - g_j g_l), the upper pairs row by row
+    o = 0
+    for j in range(km):
+        torch.mul(gs[:, :, j : j + 1], g[:, :, j:km], out=w[:, :, o : o + km - j])
+        w[:, :, o].sub_(gs[:, :, j])  # the diagonal pair (j, j): s g_j g_j - s g_j, negated below
+        o += km - j
+    return objective, resid, w.neg_().reshape(n, b * t)
 
 
-def _full_information(xd: torch.Tensor, g: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """The exact information ``sum_i s_ib (diag(g_ib) - g_ib g_ib^T) (x) x_i x_i^T`` of B multinomial regressions.
+def multinomial_gram_columns(b: int, c: int, hessian: str, p: int) -> int | None:
+    """How many Gram blocks (weight columns) :func:`multinomial_row_terms` hands over for B regressions over C
+    classes on a design of ``p`` columns; None where the information is cheaper as a symmetric product.
 
-    Block (j, l) of regression b is the weighted Gram matrix ``X^T diag(s_b (delta_jl g_bj - g_bj g_bl)) X``;
-    the T = (C-1) C / 2 blocks with j <= l of all B regressions are one call of
-    :func:`moekit._linalg.weighted_grams` (one pass forming the rows' packed outer products, one
-    GEMM weighing them): about ``n B T p^2 / 2`` multiply-adds, half those of the symmetric product
-    :func:`_symmetric_product_information`, and a better-shaped product (1.2x faster in chunks of
-    rows at p = 11, C = 8; 1.8x at C = 2; torch 2.13, one thread).  Where a cost model (multiply-adds
-    plus four per element written) favours the symmetric product (few inputs, many classes), that
-    is used instead.
-
-    Shapes
-    ------
-    xd : (n, p); g : (n, B, C-1) the free classes' probabilities; s : (n, B) -> (B, (C-1) p, (C-1) p).
+    The cost model of the exact ("full") information: the pair blocks cost ``T p (p + 1) / 2``
+    multiply-adds per row plus four per element written, the symmetric product ``((C-1) p + p)^2 / 2``.
     """
-    n, p = xd.shape
-    b, km = g.shape[1], g.shape[2]
-    if km == 0:
-        return xd.new_zeros(b, 0, 0)
+    km = c - 1
+    if hessian == "bound":
+        return b
+    if hessian == "block":
+        return b * km
     t = km * (km + 1) // 2
     m = (km + 1) * p
     if km > 1 and t * p * (p + 1) / 2 + 4 * (t + p * (p + 1) / 2) >= m * m / 2:  # few inputs, many classes
-        return _symmetric_product_information(xd, g, s)
-    gs = s[..., None] * g  # (n, B, C-1)
-    w = xd.new_empty(n, b, t)  # w[..., (j, l)] = s (delta_jl g_j - g_j g_l), the upper pairs row by row
-    o = 0
-    for j in range(km):
-        torch.mul(gs[:, :, j : j + 1], g[:, :, j:], out=w[:, :, o : o + km - j])
-        w[:, :, o].sub_(gs[:, :, j])  # the diagonal pair (j, j): s g_j g_j - s g_j, negated below
-        o += km - j
-    w.neg_()
-    blocks = weighted_grams(xd, w.reshape(n, b * t))  # (B T, p, p)
-    return blocks.reshape(b, t * p * p)[:, _pair_layout(km, p, str(xd.device))].reshape(b, km * p, km * p)
+        return None
+    return b * t
+
+
+def multinomial_finish(resid_x: torch.Tensor, grams: torch.Tensor, b: int, c: int, hessian: str, packed: bool = True):
+    """Gradient and information of :func:`multinomial_newton_stats` from the row terms' products with the design.
+
+    ``resid_x`` is ``resid^T xd`` and ``grams`` the Gram blocks ``X^T diag(w_j) X`` of
+    :func:`multinomial_row_terms`' weights (summed over any number of row chunks: both are additive);
+    with ``packed=False``, ``grams`` is already :func:`_symmetric_product_information`'s information.
+
+    Shapes
+    ------
+    resid_x : (B C, p); grams : (m, p, p) -> grad (B, (C-1) p) and info as in :func:`multinomial_newton_stats`.
+    """
+    p = resid_x.shape[1]
+    km = c - 1
+    grad = resid_x.reshape(b, c, p)[:, :km].reshape(b, km * p)
+    if hessian == "bound":
+        return grad, grams
+    if hessian == "block":
+        return grad, grams.reshape(b, km, p, p)
+    if not packed:
+        return grad, grams
+    if km == 0:
+        return grad, grams.new_zeros(b, 0, 0)
+    t = km * (km + 1) // 2
+    return grad, grams.reshape(b, t * p * p)[:, _pair_layout(km, p, str(grams.device))].reshape(b, km * p, km * p)
 
 
 def _symmetric_product_information(xd: torch.Tensor, g: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """:func:`_full_information` as one symmetric product ``M^T M`` per regression (BLAS ``syrk``).
+    """The exact multinomial information as one symmetric product ``M^T M`` per regression (BLAS ``syrk``).
 
     ``M = [Z, sqrt(s) x]`` with ``Z = g (x) sqrt(s) x`` over the free classes: ``Z^T Z`` is the
     ``g g^T`` term, ``Z^T sqrt(s) x`` the ``diag(g)`` blocks.  About ``n (C p)^2 / 2``
@@ -136,7 +186,7 @@ def _symmetric_product_information(xd: torch.Tensor, g: torch.Tensor, s: torch.T
 
 @functools.lru_cache(maxsize=8)
 def _pair_layout(km: int, p: int, device: str) -> torch.Tensor:
-    """Where :func:`_full_information`'s blocks go: for every entry of the (km p) x (km p) information,
+    """Where the pair blocks of :func:`multinomial_row_terms` go: for every entry of the (km p) x (km p) information,
     its index in the flattened (T, p, p) blocks of the upper pairs j <= l, row by row (below the
     diagonal, the transpose of block (l, j)).  Shape ((km p)^2,).
     """

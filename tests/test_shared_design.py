@@ -1,0 +1,145 @@
+"""The gate and the linear-Gaussian experts sharing one pass over their design (issue 12): the same statistics.
+
+``MixtureOfExperts.suff_stats`` builds ``[1, x]`` once per row chunk and forms the packed outer
+products once for the gate's information and the experts' Gram matrices where both see the same
+columns.  The statistics must equal those each component computes on its own.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from moekit import LinearGaussianExpert, MixtureOfExperts, SoftmaxGate
+from moekit._linalg import CHUNK_ELEMENTS, gram, weighted_grams
+
+D = torch.float64
+
+
+def _model(d, k, n_outputs=None, hessian="full", offset=False, gate_features=None, expert_features=None, seed=0):
+    torch.manual_seed(seed)
+    d_gate = d if gate_features is None else len(gate_features)
+    d_exp = d if expert_features is None else len(expert_features)
+    gate = SoftmaxGate(d_gate, k, hessian=hessian)
+    experts = LinearGaussianExpert(d_exp, n_outputs=n_outputs, n_experts=k, covariance="diag", offset=offset)
+    with torch.no_grad():
+        gate.coef.normal_()
+        experts.coef.normal_()
+        getattr(experts, "log_scale").uniform_(-0.5, 0.5)
+    return MixtureOfExperts(gate, experts, gate_features=gate_features, expert_features=expert_features)
+
+
+def _data(n, d, n_outputs=None, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=D)
+    y = torch.randn(n, generator=g, dtype=D) if n_outputs is None else torch.randn(n, n_outputs, generator=g, dtype=D)
+    w = torch.rand(n, generator=g, dtype=D) + 0.5
+    return x, y, w
+
+
+def _separate(m, x, y, w):
+    """Each component's statistics on its own, from the same responsibilities."""
+    log_gate = m.log_gate(x)
+    joint = log_gate + m.expert_log_prob(x, y)
+    targets = w[:, None] * (joint - torch.logsumexp(joint, 1, keepdim=True)).exp()
+    return m.gate.suff_stats(m.gate_input(x), targets, log_gate=log_gate), m.experts.suff_stats(m.expert_input(x), y, targets)
+
+
+@pytest.mark.parametrize(
+    "n,d,k,n_outputs,hessian",
+    [
+        (400, 1, 2, None, "full"),
+        (400, 6, 3, None, "full"),
+        (300, 10, 8, None, "full"),
+        (300, 10, 8, 2, "full"),
+        (300, 3, 4, None, "block"),
+        (300, 1, 3, None, "bound"),
+        (CHUNK_ELEMENTS // 3 + 517, 1, 2, None, "full"),  # several row chunks
+    ],
+)
+@torch.no_grad()
+def test_shared_pass_equals_each_components_own_statistics(n, d, k, n_outputs, hessian):
+    m = _model(d, k, n_outputs, hessian)
+    x, y, w = _data(n, d, n_outputs)
+    log_gate, joint, _ = m._joint_tree(x, y)
+    targets = w[:, None] * (joint - torch.logsumexp(joint, 1, keepdim=True)).exp()
+    assert m._shared_design_stats(x, y, targets, log_gate) is not None  # the shared pass is taken here
+    stats = m.suff_stats(x, y, w)
+    gate, experts = _separate(m, x, y, w)
+    for key in ("objective", "grad", "info"):
+        torch.testing.assert_close(stats["gate"][key], gate[key], rtol=1e-11, atol=1e-9)
+    for key in ("sw", "xwx", "xwy", "ywy"):
+        torch.testing.assert_close(stats["experts"]["stacked"][key], experts[key], rtol=1e-11, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["syrk-is-cheaper", "different-columns", "offset", "missing-y", "float32-data"],
+)
+@torch.no_grad()
+def test_shared_pass_is_declined_where_it_would_not_be_the_same_or_cheaper(case):
+    kw, n_outputs, d = {}, None, 3
+    if case == "syrk-is-cheaper":  # K = 2, p = 11: one symmetric product per Gram matrix is cheaper apart
+        d = 10
+    elif case == "different-columns":
+        kw = {"gate_features": [0, 1], "expert_features": [1, 2]}
+    elif case == "offset":
+        kw = {"offset": True}
+    elif case == "missing-y":
+        n_outputs = 2
+    m = _model(d, 2 if case == "syrk-is-cheaper" else 3, n_outputs, **kw)
+    x, y, w = _data(200, d, n_outputs)
+    if case == "offset":
+        x = torch.cat([x, torch.randn(200, 1, dtype=D)], 1)
+        m.expert_features = None
+        m.gate_features = list(range(d))
+    if case == "missing-y":
+        y[5, 1] = float("nan")
+    if case == "float32-data":
+        x = x.float()
+    k = m.n_experts
+    targets = w[:, None].expand(-1, k) / k
+    log_gate = m.log_gate(x.to(D))
+    assert m._shared_design_stats(x, y, targets, log_gate) is None
+    if case != "float32-data":
+        stats = m.suff_stats(x, y, w)  # the components' own path still gives the statistics
+        assert torch.isfinite(stats["gate"]["info"]).all()
+
+
+def test_weighted_grams_of_no_columns():
+    assert weighted_grams(torch.ones(5, 3, dtype=D), torch.ones(5, 0, dtype=D)).shape == (0, 3, 3)
+
+
+def test_gram_holds_blas_at_torchs_thread_count_and_restores_it():
+    a = torch.randn(5000, 40, dtype=D)
+    blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with threadpool_limits(limits=2, user_api="blas"):
+            counts = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+            torch.testing.assert_close(gram(a), a.T @ a, rtol=1e-12, atol=1e-9)
+            after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        assert after == counts  # the user's setting is put back
+    finally:
+        torch.set_num_threads(before)
+    assert len(blas) >= 1
+
+
+def test_scalar_gaussian_m_step_is_weighted_least_squares():
+    """The unmasked M-step of scalar-y experts: weighted least squares, the weighted residual variance, floored."""
+    torch.manual_seed(3)
+    n, d, k = 200, 2, 3
+    ex = LinearGaussianExpert(d, n_experts=k, var_floor=0.05)
+    x = torch.randn(n, d, dtype=D)
+    y = x @ torch.tensor([1.0, -2.0], dtype=D) + 0.1 * torch.randn(n, dtype=D)
+    w = torch.rand(n, k, dtype=D)
+    ex.m_step(ex.suff_stats(x, y, w))
+    xd = torch.cat([torch.ones(n, 1, dtype=D), x], 1)
+    for j in range(k):
+        beta = torch.linalg.solve(xd.T @ (w[:, j, None] * xd), xd.T @ (w[:, j] * y))
+        var = (w[:, j] * (y - xd @ beta) ** 2).sum() / w[:, j].sum()
+        torch.testing.assert_close(ex.coef.data[j, :, 0], beta, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(ex.log_scale.data[j, 0], 0.5 * var.clamp_min(0.05).log(), rtol=1e-10, atol=1e-12)
+    assert bool((ex.log_scale.data == 0.5 * torch.tensor(0.05, dtype=D).log()).any())  # the floor was reached
