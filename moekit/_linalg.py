@@ -8,14 +8,16 @@ statistics are summed.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 
 import torch
+from torch.utils.weak import WeakTensorKeyDictionary
 from scipy.linalg import blas
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["AffineInputs", "add_intercept", "affine", "chunk_rows", "gram", "ldexp", "log_softmax_rows", "logsumexp_rows",
-           "row_sums", "solve_spd", "weighted_grams"]
+__all__ = ["AffineInputs", "add_intercept", "affine", "chunk_rows", "design_cache", "gram", "ldexp", "log_softmax_rows",
+           "logsumexp_rows", "row_sums", "solve_spd", "transposed_design", "weighted_grams"]
 
 #: Fewest multiply-adds (rows times columns squared) for which ``gram`` calls BLAS's symmetric rank-k update.
 SYRK_MIN_WORK = 1 << 20
@@ -182,6 +184,49 @@ def add_intercept(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device), x], dim=1)
 
 
+_DESIGNS: contextvars.ContextVar = contextvars.ContextVar("moekit_designs", default=None)
+
+
+@contextlib.contextmanager
+def design_cache():
+    """Within this context :func:`transposed_design` keeps each batch's design while the batch lives.
+
+    EM reads the same batches in every iteration (:func:`moekit.fit_em` holds the context for its
+    iterations), so their designs are built once per fit instead of once per pass.  Entries are
+    keyed weakly by the batch tensor and checked against its version counter: a batch that is freed
+    takes its design with it, one changed in place gets a new one.  Outside the context nothing is kept.
+    """
+    token = _DESIGNS.set(WeakTensorKeyDictionary())
+    try:
+        yield
+    finally:
+        _DESIGNS.reset(token)
+
+
+def transposed_design(x: torch.Tensor) -> torch.Tensor:
+    """``[1, x]^T``, contiguous: the design with one row per column, kept by :func:`design_cache` when active.
+
+    Shapes
+    ------
+    x : (n, d) -> (d + 1, n).
+
+    Examples
+    --------
+    >>> transposed_design(torch.tensor([[2.0], [3.0]])).tolist()
+    [[1.0, 1.0], [2.0, 3.0]]
+    """
+    cache = _DESIGNS.get()
+    hit = None if cache is None or x.requires_grad else cache.get(x)
+    if hit is not None and hit[0] == x._version:
+        return hit[1]
+    xt = x.new_empty(x.shape[1] + 1, x.shape[0])
+    xt[0] = 1.0
+    xt[1:] = x.T
+    if cache is not None and not x.requires_grad:
+        cache[x] = (x._version, xt)
+    return xt
+
+
 def affine(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     """``[1, x] @ coef.T`` without forming ``[1, x]``: one ``addmm`` (intercepts in ``coef[:, 0]``).
 
@@ -197,7 +242,7 @@ def affine(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     return torch.addmm(coef[:, 0], x, coef[:, 1:].T)
 
 
-def weighted_grams(xd: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def weighted_grams(xd: torch.Tensor, w: torch.Tensor, xt: torch.Tensor | None = None) -> torch.Tensor:
     """Per-expert weighted Gram matrices ``X^T diag(w_k) X``, from the rows' packed outer products.
 
     With few experts (``4 K <= p``) and non-negative weights this is one :func:`gram` of
@@ -207,9 +252,12 @@ def weighted_grams(xd: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     experts: ``n K p (p + 1)`` flops, half those of the GEMM
     ``(w (x) x)^T x``, and no (rows, K p) temporary.
 
+    ``xt``, the contiguous transpose of ``xd`` when the caller holds it (:func:`transposed_design`),
+    spares the packed path its transposed copy of every chunk; ``xd`` may then be None.
+
     Shapes
     ------
-    xd : (n, p); w : (n, K) -> (K, p, p).
+    xd : (n, p); w : (n, K); xt : (p, n) -> (K, p, p).
 
     Examples
     --------
@@ -217,28 +265,30 @@ def weighted_grams(xd: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     >>> weighted_grams(xd, torch.tensor([[1.0], [2.0]], dtype=torch.float64))[0].tolist()
     [[3.0, 0.0], [0.0, 6.0]]
     """
-    n, p = xd.shape
+    p, n = xt.shape if xd is None else xd.shape[::-1]
     k = w.shape[1]
     if k == 0:
-        return xd.new_zeros(0, p, p)
+        return w.new_zeros(0, p, p)
+    if xd is None and 4 * k <= p:
+        xd = xt.T
     if 4 * k <= p and n and bool((w >= 0).all()):  # few experts: one symmetric product per expert is cheaper
         rw = w.sqrt()
         return torch.stack([gram(xd * rw[:, j : j + 1]) for j in range(k)])
     t = p * (p + 1) // 2
-    packed = xd.new_zeros(k, t)
+    packed = w.new_zeros(t, k)  # transposed: q @ w below is a plain (non-transposed) GEMM, 15-20 % faster
     rows = max(1, min(chunk_rows(t), n, GRAIN // p))
     # one work array for every chunk (a fresh one each time costs page faults), held transposed: (t, rows), so
     # that each product below writes whole rows (2x faster than column blocks of a (rows, t) array)
-    buffer = xd.new_empty(t, rows)
+    buffer = w.new_empty(t, rows)
     for i in range(0, n, rows):
-        xs = xd[i : i + rows].T.contiguous()  # (p, m)
+        xs = xd[i : i + rows].T.contiguous() if xt is None else xt[:, i : i + rows]  # (p, m)
         q = buffer[:, : xs.shape[1]]
         o = 0
         for j in range(p):  # row j of the upper triangle: x_j * x_{j:}
             torch.mul(xs[j : j + 1], xs[j:], out=q[o : o + p - j])
             o += p - j
-        packed.addmm_(w[i : i + rows].T, q.T)
-    return packed[:, _symmetric_placement(p, str(xd.device))].reshape(k, p, p)
+        packed.addmm_(q, w[i : i + rows])
+    return packed.T[:, _symmetric_placement(p, str(w.device))].reshape(k, p, p)
 
 
 @functools.lru_cache(maxsize=16)

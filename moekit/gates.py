@@ -286,13 +286,14 @@ class SoftmaxGate(Gate):
             return None
         return multinomial_gram_columns(1, self.n_experts, self.hessian, p)
 
-    def design_terms(self, xd: torch.Tensor, targets: torch.Tensor, log_gate: torch.Tensor):
+    def design_terms(self, xd: torch.Tensor, targets: torch.Tensor, log_gate: torch.Tensor, out: torch.Tensor | None = None):
         """The per-row terms of :meth:`suff_stats` on a design ``xd = [1, x]`` that the caller shares.
 
         Returns ``(partial, lin, w)``: the statistics that need no product with the design
         (``objective``), the rows ``lin`` whose product ``lin^T xd`` the caller forms, and the weights
         ``w`` of the Gram blocks ``X^T diag(w_j) X`` it forms; :meth:`design_finish` completes the
         statistics from the sums of the three over row chunks.  None when :meth:`design_columns` is.
+        ``out`` (n, design_columns(p)), e.g. columns of the caller's work array, receives ``w``.
 
         Shapes
         ------
@@ -301,7 +302,7 @@ class SoftmaxGate(Gate):
         """
         dtype = self.coef.dtype
         objective, resid, w = multinomial_row_terms(
-            log_gate.to(dtype)[:, None, :], targets.to(dtype)[:, None, :], self.hessian, xd.shape[1]
+            log_gate.to(dtype)[:, None, :], targets.to(dtype)[:, None, :], self.hessian, xd.shape[1], out=out
         )
         if w is None:
             return None

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._linalg import add_intercept, chunk_rows, logsumexp_rows, weighted_grams
+from ._linalg import chunk_rows, logsumexp_rows, transposed_design, weighted_grams
 from ._mstep import Passes, maximize
 from ._mstep import has_stats as _has_stats
 from ._partition import initial_responsibilities
@@ -400,10 +400,10 @@ class MixtureOfExperts(nn.Module):
 
         Where the gate and the experts see the same columns of x and each states its statistics as
         weighted Gram blocks of that design plus rows to multiply by it (``design_columns``,
-        ``design_terms``, ``design_finish``: the softmax gate and the linear-Gaussian experts), each
-        row chunk's design is built once, its packed outer products formed once for both
-        (:func:`~moekit._linalg.weighted_grams` on the weight columns of both), and one product gives
-        both linear terms.  None (each component then computes its own) where they do not share
+        ``design_terms``, ``design_finish``: the softmax gate and the linear-Gaussian experts), the
+        design is built once (transposed, and kept across EM iterations by
+        :func:`~moekit._linalg.design_cache`) and each row chunk's packed outer products are formed
+        once for both (:func:`~moekit._linalg.weighted_grams` on the weight columns of both).  None (each component then computes its own) where they do not share
         columns or a protocol, where either would form its Gram blocks as symmetric products (few
         blocks for many inputs: cheaper apart), or where a component declines (missing y).
 
@@ -426,20 +426,21 @@ class MixtureOfExperts(nn.Module):
         if any(t.dtype != xs.dtype for t in (*gate.parameters(), *experts.parameters())):
             return None
         n = xs.shape[0]
+        xt = transposed_design(xs)  # (p, n), kept across EM iterations by design_cache
         c = chunk_rows(mg + me)  # the largest per-row work array: the weight columns of both
         total = None
+        work = xs.new_empty(min(max(n, 1), c), mg + me)  # both components' weight columns, side by side
         for i in range(0, max(n, 1), c):
-            xd = add_intercept(xs[i : i + c])
-            tg = gate.design_terms(xd, targets[i : i + c], log_gate[i : i + c])
-            te = experts.design_terms(xd, y[i : i + c], targets[i : i + c])
+            xc = xt[:, i : i + c]
+            w = work[: xc.shape[1]]
+            tg = gate.design_terms(xc.T, targets[i : i + c], log_gate[i : i + c], out=w[:, :mg])
+            te = experts.design_terms(xc.T, y[i : i + c], targets[i : i + c], out=w[:, mg:])
             if tg is None or te is None:
                 return None
-            part = (tg[0], te[0], torch.cat([tg[1], te[1]], dim=1).T @ xd,
-                    weighted_grams(xd, torch.cat([tg[2], te[2]], dim=1)))
+            part = (tg[0], te[0], xc @ tg[1], xc @ te[1], weighted_grams(None, w, xt=xc))
             total = part if total is None else tuple(a + b for a, b in zip(total, part))
-        pg, pe, lin_x, grams = total
-        ag = tg[1].shape[1]
-        return (gate.design_finish(pg, lin_x[:ag], grams[:mg]), experts.design_finish(pe, lin_x[ag:], grams[mg:]))
+        pg, pe, lin_g, lin_e, grams = total
+        return gate.design_finish(pg, lin_g.T, grams[:mg]), experts.design_finish(pe, lin_e.T, grams[mg:])
 
     def m_step(self, stats: SuffStats, passes: "Passes | None" = None) -> None:
         """Update every component from summed statistics.

@@ -12,7 +12,7 @@ import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from moekit import LinearGaussianExpert, MixtureOfExperts, SoftmaxGate
-from moekit._linalg import CHUNK_ELEMENTS, gram, weighted_grams
+from moekit._linalg import CHUNK_ELEMENTS, design_cache, gram, transposed_design, weighted_grams
 
 D = torch.float64
 
@@ -143,3 +143,26 @@ def test_scalar_gaussian_m_step_is_weighted_least_squares():
         torch.testing.assert_close(ex.coef.data[j, :, 0], beta, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(ex.log_scale.data[j, 0], 0.5 * var.clamp_min(0.05).log(), rtol=1e-10, atol=1e-12)
     assert bool((ex.log_scale.data == 0.5 * torch.tensor(0.05, dtype=D).log()).any())  # the floor was reached
+
+
+def test_transposed_design_is_kept_only_within_the_cache_and_follows_in_place_changes():
+    x = torch.randn(50, 3, dtype=D)
+    want = torch.cat([torch.ones(50, 1, dtype=D), x], 1).T
+    assert transposed_design(x) is not transposed_design(x)  # no cache outside the context
+    with design_cache():
+        first = transposed_design(x)
+        torch.testing.assert_close(first, want, rtol=0, atol=0)
+        assert first.is_contiguous()
+        assert transposed_design(x) is first  # the same batch: built once
+        assert transposed_design(x.clone()) is not first
+        x[3, 1] = 7.0  # changed in place: a new design
+        again = transposed_design(x)
+        assert again is not first and float(again[2, 3]) == 7.0
+    assert transposed_design(x) is not again
+
+
+@pytest.mark.parametrize("k", [2, 8])
+def test_weighted_grams_from_the_transposed_design(k):
+    xd = torch.randn(300, 5, dtype=D)
+    w = torch.rand(300, k, dtype=D) - 0.2
+    torch.testing.assert_close(weighted_grams(None, w, xt=xd.T.contiguous()), weighted_grams(xd, w), rtol=1e-13, atol=1e-12)

@@ -379,14 +379,16 @@ class LinearGaussianExpert(Expert):
             return None
         return self._k
 
-    def design_terms(self, xd: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
+    def design_terms(self, xd: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
+                     out: torch.Tensor | None = None):
         """The per-row terms of :meth:`suff_stats` on a design ``xd = [1, x]`` that the caller shares.
 
         Returns ``(partial, lin, w)``: the statistics that need no product with the design (``sw``,
         ``ywy``), the rows ``lin = w y`` whose product ``lin^T xd`` the caller forms, and the
         weights ``w`` of the Gram blocks ``X^T diag(w_k) X``; :meth:`design_finish` completes the
         statistics from their sums over row chunks.  None where y has missing coordinates (their
-        statistics are conditional moments: :meth:`suff_stats`).
+        statistics are conditional moments: :meth:`suff_stats`).  ``out`` (n, K), e.g. columns of the
+        caller's work array, receives ``w``.
 
         Shapes
         ------
@@ -400,7 +402,8 @@ class LinearGaussianExpert(Expert):
         w = self._weight_nk(weight, n, xd)
         k, d = self._k, self._d
         wy = (w[:, :, None] * yy[:, None, :]).reshape(n, k * d)
-        return SuffStats(sw=w.sum(0), ywy=(yy.T @ wy).reshape(d, k, d).permute(1, 0, 2)), wy, w
+        partial = SuffStats(sw=w.sum(0), ywy=(yy.T @ wy).reshape(d, k, d).permute(1, 0, 2))
+        return partial, wy, (w if out is None else out.copy_(w))
 
     def design_finish(self, partial: SuffStats, lin_x: torch.Tensor, grams: torch.Tensor) -> SuffStats:
         """:meth:`suff_stats` from the summed ``partial``, ``lin^T xd`` (K d, p) and Gram blocks (K, p, p)."""
@@ -499,7 +502,7 @@ class LinearGaussianExpert(Expert):
             self._ecm(stats, keep)
             return
         beta = solve_spd(self._penalised(xwx), xwy)
-        if self._d == 1 and not self.tied and bool(keep.all()):  # scalar y, every expert kept: no masks needed
+        if self.n_outputs is None and not self.tied and bool(keep.all()):  # scalar y, every expert kept: no masks needed
             var = (self._rss(xwx, xwy, ywy, beta)[:, 0, 0] / sw.clamp_min(torch.finfo(sw.dtype).tiny))
             self.coef.data.copy_(beta)
             self.log_scale.data.copy_(var.clamp_min(self.var_floor).log_().mul_(0.5)[:, None])

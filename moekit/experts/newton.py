@@ -75,7 +75,7 @@ def multinomial_newton_stats(xd: torch.Tensor, logp: torch.Tensor, counts: torch
     return objective, grad, info
 
 
-def multinomial_row_terms(logp: torch.Tensor, counts: torch.Tensor, hessian: str, p: int):
+def multinomial_row_terms(logp: torch.Tensor, counts: torch.Tensor, hessian: str, p: int, out: torch.Tensor | None = None):
     """The per-row terms of :func:`multinomial_newton_stats` on a design of ``p`` columns.
 
     Returns ``objective`` (the sum), ``resid`` (n, B C), whose product ``resid^T xd`` is the
@@ -84,6 +84,7 @@ def multinomial_row_terms(logp: torch.Tensor, counts: torch.Tensor, hessian: str
     (C-1) C / 2 upper pairs ``s (delta_jl g_j - g_j g_l)`` per regression for "full", the
     ``s g_j (1 - g_j)`` for "block", ``s`` for "bound".  ``w`` is None where the symmetric
     product (:func:`_symmetric_product_information`) is cheaper than Gram blocks (few inputs, many classes).
+    ``out`` (n, m), e.g. columns of a caller's larger work array, receives ``w`` (and is returned as it).
 
     Shapes
     ------
@@ -96,21 +97,25 @@ def multinomial_row_terms(logp: torch.Tensor, counts: torch.Tensor, hessian: str
     objective = (counts * logp).sum()
     resid = (counts - s[..., None] * g).reshape(n, b * c)  # every class (contiguous)
     if hessian == "bound":
-        return objective, resid, s
-    if hessian == "block":
-        return objective, resid, (s[..., None] * g[..., :km] * (1.0 - g[..., :km])).reshape(n, b * km)
-    w_columns = multinomial_gram_columns(b, c, hessian, p)
-    if w_columns is None:
+        w = s
+    elif hessian == "block":
+        w = (s[..., None] * g[..., :km] * (1.0 - g[..., :km])).reshape(n, b * km)
+    elif multinomial_gram_columns(b, c, hessian, p) is None:
         return objective, resid, None
-    t = km * (km + 1) // 2
-    gs = s[..., None] * g[..., :km]  # (n, B, C-1)
-    w = g.new_empty(n, b, t)  # w[..., (j, l)] = s (delta_jl g_j - g_j g_l), the upper pairs row by row
-    o = 0
-    for j in range(km):
-        torch.mul(gs[:, :, j : j + 1], g[:, :, j:km], out=w[:, :, o : o + km - j])
-        w[:, :, o].sub_(gs[:, :, j])  # the diagonal pair (j, j): s g_j g_j - s g_j, negated below
-        o += km - j
-    return objective, resid, w.neg_().reshape(n, b * t)
+    else:
+        t = km * (km + 1) // 2
+        gs = s[..., None] * g[..., :km]  # (n, B, C-1)
+        flat = g.new_empty(n, b * t) if out is None else out
+        w = flat.unflatten(1, (b, t))  # w[..., (j, l)] = s (delta_jl g_j - g_j g_l), the upper pairs row by row
+        o = 0
+        for j in range(km):
+            torch.mul(gs[:, :, j : j + 1], g[:, :, j:km], out=w[:, :, o : o + km - j])
+            w[:, :, o].sub_(gs[:, :, j])  # the diagonal pair (j, j): s g_j g_j - s g_j, negated below
+            o += km - j
+        return objective, resid, flat.neg_()
+    if out is not None:
+        w = out.copy_(w)
+    return objective, resid, w
 
 
 def multinomial_gram_columns(b: int, c: int, hessian: str, p: int) -> int | None:

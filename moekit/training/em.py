@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
+from .._linalg import design_cache
 from .._validation import DivergenceError
 from ..data import ArrayBatches
 from ..stats import SuffStats
@@ -259,7 +260,8 @@ def fit_em(
         out["n_iter"] += n_start
         return out
 
-    i_best, run, finals = best_of(model, n_init, random_state, run_one, score=lambda r: r["history"][-1])
+    with design_cache():  # the batches' designs are built once for the whole fit, not once per pass
+        i_best, run, finals = best_of(model, n_init, random_state, run_one, score=lambda r: r["history"][-1])
     if not run["converged"] and max_iter > 0 and rank == 0:
         h = run["history"]
         delta = abs(h[-1] - h[-2]) if len(h) > 1 else float("nan")
