@@ -75,20 +75,22 @@ def test_shared_pass_equals_each_components_own_statistics(n, d, k, n_outputs, h
 
 @pytest.mark.parametrize(
     "case",
-    ["syrk-is-cheaper", "different-columns", "offset", "missing-y", "float32-data"],
+    ["syrk-is-cheaper", "gate-symmetric-product", "different-columns", "offset", "missing-y", "float32-data"],
 )
 @torch.no_grad()
 def test_shared_pass_is_declined_where_it_would_not_be_the_same_or_cheaper(case):
     kw, n_outputs, d = {}, None, 3
     if case == "syrk-is-cheaper":  # K = 2, p = 11: one symmetric product per Gram matrix is cheaper apart
         d = 10
+    elif case == "gate-symmetric-product":  # K = 8 on one input: the gate's information is one symmetric product
+        d = 1
     elif case == "different-columns":
         kw = {"gate_features": [0, 1], "expert_features": [1, 2]}
     elif case == "offset":
         kw = {"offset": True}
     elif case == "missing-y":
         n_outputs = 2
-    m = _model(d, 2 if case == "syrk-is-cheaper" else 3, n_outputs, **kw)
+    m = _model(d, {"syrk-is-cheaper": 2, "gate-symmetric-product": 8}.get(case, 3), n_outputs, **kw)
     x, y, w = _data(200, d, n_outputs)
     if case == "offset":
         x = torch.cat([x, torch.randn(200, 1, dtype=D)], 1)
