@@ -17,7 +17,7 @@ from scipy.linalg import blas
 from threadpoolctl import ThreadpoolController
 
 __all__ = ["AffineInputs", "add_intercept", "affine", "chunk_rows", "design_cache", "gram", "ldexp", "log_softmax_rows",
-           "logsumexp_rows", "row_sums", "solve_spd", "transposed_design", "weighted_grams"]
+           "logsumexp_rows", "packed_design", "row_sums", "solve_spd", "transposed_design", "weighted_grams"]
 
 #: Fewest multiply-adds (rows times columns squared) for which ``gram`` calls BLAS's symmetric rank-k update.
 SYRK_MIN_WORK = 1 << 20
@@ -186,21 +186,37 @@ def add_intercept(x: torch.Tensor) -> torch.Tensor:
 
 _DESIGNS: contextvars.ContextVar = contextvars.ContextVar("moekit_designs", default=None)
 
+#: Most elements of the packed outer products that :func:`design_cache` keeps for one batch (64 MB of float64):
+#: 100,000 rows of 10 inputs (66 products each) fit, a million do not (they are formed chunk by chunk instead).
+PACKED_CACHE_ELEMENTS = 1 << 23
+
 
 @contextlib.contextmanager
 def design_cache():
-    """Within this context :func:`transposed_design` keeps each batch's design while the batch lives.
+    """Within this context :func:`transposed_design` and :func:`packed_design` keep their results while the batch lives.
 
     EM reads the same batches in every iteration (:func:`moekit.fit_em` holds the context for its
-    iterations), so their designs are built once per fit instead of once per pass.  Entries are
+    iterations), so their designs, and the rows' packed outer products where they fit
+    :data:`PACKED_CACHE_ELEMENTS`, are built once per fit instead of once per pass.  Entries are
     keyed weakly by the batch tensor and checked against its version counter: a batch that is freed
-    takes its design with it, one changed in place gets a new one.  Outside the context nothing is kept.
+    takes its entry with it, one changed in place gets a new one.  Outside the context nothing is kept.
     """
     token = _DESIGNS.set(WeakTensorKeyDictionary())
     try:
         yield
     finally:
         _DESIGNS.reset(token)
+
+
+def _cached(x: torch.Tensor) -> dict | None:
+    """The cache entry of batch ``x`` (a fresh one if it changed), or None outside :func:`design_cache`."""
+    cache = _DESIGNS.get()
+    if cache is None or x.requires_grad:
+        return None
+    entry = cache.get(x)
+    if entry is None or entry["version"] != x._version:
+        entry = cache[x] = {"version": x._version}
+    return entry
 
 
 def transposed_design(x: torch.Tensor) -> torch.Tensor:
@@ -215,16 +231,45 @@ def transposed_design(x: torch.Tensor) -> torch.Tensor:
     >>> transposed_design(torch.tensor([[2.0], [3.0]])).tolist()
     [[1.0, 1.0], [2.0, 3.0]]
     """
-    cache = _DESIGNS.get()
-    hit = None if cache is None or x.requires_grad else cache.get(x)
-    if hit is not None and hit[0] == x._version:
-        return hit[1]
+    entry = _cached(x)
+    if entry is not None and "xt" in entry:
+        return entry["xt"]
     xt = x.new_empty(x.shape[1] + 1, x.shape[0])
     xt[0] = 1.0
     xt[1:] = x.T
-    if cache is not None and not x.requires_grad:
-        cache[x] = (x._version, xt)
+    if entry is not None:
+        entry["xt"] = xt
     return xt
+
+
+def packed_design(x: torch.Tensor) -> torch.Tensor | None:
+    """The packed outer products of the rows of ``[1, x]`` (the upper triangles, row by row), kept for the fit.
+
+    Only within :func:`design_cache` and where they fit :data:`PACKED_CACHE_ELEMENTS`; None
+    otherwise (:func:`weighted_grams` then forms them chunk by chunk).  They depend on x alone, so
+    EM's weighted Gram matrices cost one GEMM per pass instead of forming them again.
+
+    Shapes
+    ------
+    x : (n, d) -> (p (p + 1) / 2, n) with p = d + 1.
+    """
+    entry = _cached(x)
+    p = x.shape[1] + 1
+    if entry is None or p * (p + 1) // 2 * x.shape[0] > PACKED_CACHE_ELEMENTS:
+        return None
+    if "q" not in entry:
+        xt = transposed_design(x)
+        entry["q"] = _pack_rows(xt, xt.new_empty(p * (p + 1) // 2, xt.shape[1]))
+    return entry["q"]
+
+
+def _pack_rows(xs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The upper triangles of the rows' outer products into ``out``: (p, m) columns -> (p (p + 1) / 2, m)."""
+    p, o = xs.shape[0], 0
+    for j in range(p):  # row j of the upper triangle: x_j * x_{j:}
+        torch.mul(xs[j : j + 1], xs[j:], out=out[o : o + p - j])
+        o += p - j
+    return out
 
 
 def affine(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
@@ -242,7 +287,8 @@ def affine(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     return torch.addmm(coef[:, 0], x, coef[:, 1:].T)
 
 
-def weighted_grams(xd: torch.Tensor, w: torch.Tensor, xt: torch.Tensor | None = None) -> torch.Tensor:
+def weighted_grams(xd: torch.Tensor, w: torch.Tensor, xt: torch.Tensor | None = None,
+                   q: torch.Tensor | None = None) -> torch.Tensor:
     """Per-expert weighted Gram matrices ``X^T diag(w_k) X``, from the rows' packed outer products.
 
     With few experts (``4 K <= p + 1``) and non-negative weights this is one :func:`gram` of
@@ -257,11 +303,13 @@ def weighted_grams(xd: torch.Tensor, w: torch.Tensor, xt: torch.Tensor | None = 
     about even; at p = 21 the crossover is near five; at p = 2 the packed path always wins.
 
     ``xt``, the contiguous transpose of ``xd`` when the caller holds it (:func:`transposed_design`),
-    spares the packed path its transposed copy of every chunk; ``xd`` may then be None.
+    spares the packed path its transposed copy of every chunk; ``xd`` may then be None.  ``q``, the
+    rows' packed outer products when the caller holds them (:func:`packed_design`), makes the packed
+    path one GEMM.
 
     Shapes
     ------
-    xd : (n, p); w : (n, K); xt : (p, n) -> (K, p, p).
+    xd : (n, p); w : (n, K); xt : (p, n); q : (p (p + 1) / 2, n) -> (K, p, p).
 
     Examples
     --------
@@ -278,19 +326,17 @@ def weighted_grams(xd: torch.Tensor, w: torch.Tensor, xt: torch.Tensor | None = 
         rw = w.sqrt()
         return torch.stack([gram(xd * rw[:, j : j + 1]) for j in range(k)])
     t = p * (p + 1) // 2
-    packed = w.new_zeros(t, k)  # transposed: q @ w below is a plain (non-transposed) GEMM, 15-20 % faster
-    rows = max(1, min(chunk_rows(t), n, GRAIN // p))
-    # one work array for every chunk (a fresh one each time costs page faults), held transposed: (t, rows), so
-    # that each product below writes whole rows (2x faster than column blocks of a (rows, t) array)
-    buffer = w.new_empty(t, rows)
-    for i in range(0, n, rows):
-        xs = xd[i : i + rows].T.contiguous() if xt is None else xt[:, i : i + rows]  # (p, m)
-        q = buffer[:, : xs.shape[1]]
-        o = 0
-        for j in range(p):  # row j of the upper triangle: x_j * x_{j:}
-            torch.mul(xs[j : j + 1], xs[j:], out=q[o : o + p - j])
-            o += p - j
-        packed.addmm_(q, w[i : i + rows])
+    if q is not None:
+        packed = q @ w
+    else:
+        packed = w.new_zeros(t, k)  # transposed: q @ w below is a plain (non-transposed) GEMM, 15-20 % faster
+        rows = max(1, min(chunk_rows(t), n, GRAIN // p))
+        # one work array for every chunk (a fresh one each time costs page faults), held transposed: (t, rows), so
+        # that each product writes whole rows (2x faster than column blocks of a (rows, t) array)
+        buffer = w.new_empty(t, rows)
+        for i in range(0, n, rows):
+            xs = xd[i : i + rows].T.contiguous() if xt is None else xt[:, i : i + rows]  # (p, m)
+            packed.addmm_(_pack_rows(xs, buffer[:, : xs.shape[1]]), w[i : i + rows])
     return packed.T[:, _symmetric_placement(p, str(w.device))].reshape(k, p, p)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._linalg import chunk_rows, logsumexp_rows, transposed_design, weighted_grams
+from ._linalg import chunk_rows, logsumexp_rows, packed_design, transposed_design, weighted_grams
 from ._mstep import Passes, maximize
 from ._mstep import has_stats as _has_stats
 from ._partition import initial_responsibilities
@@ -402,8 +402,9 @@ class MixtureOfExperts(nn.Module):
         weighted Gram blocks of that design plus rows to multiply by it (``design_columns``,
         ``design_terms``, ``design_finish``: the softmax gate and the linear-Gaussian experts), the
         design is built once (transposed, and kept across EM iterations by
-        :func:`~moekit._linalg.design_cache`) and each row chunk's packed outer products are formed
-        once for both (:func:`~moekit._linalg.weighted_grams` on the weight columns of both).  None (each component then computes its own) where they do not share
+        :func:`~moekit._linalg.design_cache`, with the rows' packed outer products where they fit its
+        budget) and each row chunk's packed outer products serve both
+        (:func:`~moekit._linalg.weighted_grams` on the weight columns of both).  None (each component then computes its own) where they do not share
         columns or a protocol, where either would form its Gram matrices as symmetric products (few
         of them for many inputs: :func:`~moekit._linalg.weighted_grams`; cheaper apart), or where a
         component declines (its information as a symmetric product; missing y).
@@ -428,6 +429,7 @@ class MixtureOfExperts(nn.Module):
             return None
         n = xs.shape[0]
         xt = transposed_design(xs)  # (p, n), kept across EM iterations by design_cache
+        packed = packed_design(xs)  # the rows' packed outer products, kept too where they fit its budget
         c = chunk_rows(mg + me)  # the largest per-row work array: the weight columns of both
         total = None
         work = xs.new_empty(min(max(n, 1), c), mg + me)  # both components' weight columns, side by side
@@ -438,7 +440,8 @@ class MixtureOfExperts(nn.Module):
             te = experts.design_terms(xc.T, y[i : i + c], targets[i : i + c], out=w[:, mg:])
             if tg is None or te is None:
                 return None
-            part = (tg[0], te[0], _design_product(tg[1], xc), _design_product(te[1], xc), weighted_grams(None, w, xt=xc))
+            grams = weighted_grams(None, w, xt=xc, q=None if packed is None else packed[:, i : i + c])
+            part = (tg[0], te[0], _design_product(tg[1], xc), _design_product(te[1], xc), grams)
             total = part if total is None else tuple(a + b for a, b in zip(total, part))
         pg, pe, lin_g, lin_e, grams = total
         return gate.design_finish(pg, lin_g, grams[:mg]), experts.design_finish(pe, lin_e, grams[mg:])

@@ -12,7 +12,8 @@ import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from moekit import LinearGaussianExpert, MixtureOfExperts, SoftmaxGate
-from moekit._linalg import CHUNK_ELEMENTS, design_cache, gram, transposed_design, weighted_grams
+import moekit._linalg as linalg
+from moekit._linalg import CHUNK_ELEMENTS, design_cache, gram, packed_design, transposed_design, weighted_grams
 
 D = torch.float64
 
@@ -66,7 +67,14 @@ def test_shared_pass_equals_each_components_own_statistics(n, d, k, n_outputs, h
     targets = w[:, None] * (joint - torch.logsumexp(joint, 1, keepdim=True)).exp()
     assert m._shared_design_stats(x, y, targets, log_gate) is not None  # the shared pass is taken here
     stats = m.suff_stats(x, y, w)
+    with design_cache():  # the transposed design and the packed outer products kept, as in fit_em
+        m.suff_stats(x, y, w)
+        cached = m.suff_stats(x, y, w)
     gate, experts = _separate(m, x, y, w)
+    for key in ("objective", "grad", "info"):
+        torch.testing.assert_close(cached["gate"][key], gate[key], rtol=1e-11, atol=1e-9)
+    for key in ("sw", "xwx", "xwy", "ywy"):
+        torch.testing.assert_close(cached["experts"]["stacked"][key], experts[key], rtol=1e-11, atol=1e-9)
     for key in ("objective", "grad", "info"):
         torch.testing.assert_close(stats["gate"][key], gate[key], rtol=1e-11, atol=1e-9)
     for key in ("sw", "xwx", "xwy", "ywy"):
@@ -168,3 +176,18 @@ def test_weighted_grams_from_the_transposed_design(k):
     xd = torch.randn(300, 5, dtype=D)
     w = torch.rand(300, k, dtype=D) - 0.2
     torch.testing.assert_close(weighted_grams(None, w, xt=xd.T.contiguous()), weighted_grams(xd, w), rtol=1e-13, atol=1e-12)
+
+
+def test_packed_design_is_the_rows_outer_products_within_the_cache_and_budget(monkeypatch):
+    x = torch.randn(40, 3, dtype=D)
+    xd = torch.cat([torch.ones(40, 1, dtype=D), x], 1)
+    rows, cols = torch.triu_indices(4, 4)
+    assert packed_design(x) is None  # outside the cache
+    with design_cache():
+        q = packed_design(x)
+        torch.testing.assert_close(q, (xd[:, rows] * xd[:, cols]).T, rtol=0, atol=0)
+        assert packed_design(x) is q
+        monkeypatch.setattr(linalg, "PACKED_CACHE_ELEMENTS", 10 * 40 - 1)  # 10 products per row no longer fit
+        assert packed_design(x.clone()) is None
+    w = torch.rand(40, 5, dtype=D)
+    torch.testing.assert_close(weighted_grams(xd, w, q=q), weighted_grams(xd, w), rtol=1e-13, atol=1e-12)
