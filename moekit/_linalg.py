@@ -186,37 +186,46 @@ def add_intercept(x: torch.Tensor) -> torch.Tensor:
 
 _DESIGNS: contextvars.ContextVar = contextvars.ContextVar("moekit_designs", default=None)
 
-#: Most elements of the packed outer products that :func:`design_cache` keeps for one batch (64 MB of float64):
-#: 100,000 rows of 10 inputs (66 products each) fit, a million do not (they are formed chunk by chunk instead).
+#: Most elements of the rows' packed outer products that :func:`design_cache` keeps in one fit (64 MB of
+#: float64): 100,000 rows of 10 inputs (66 products each) fit; beyond, the batches that do not fit have
+#: theirs formed chunk by chunk in every pass.
 PACKED_CACHE_ELEMENTS = 1 << 23
 
 
 @contextlib.contextmanager
 def design_cache():
-    """Within this context :func:`transposed_design` and :func:`packed_design` keep their results while the batch lives.
+    """Within this context :func:`transposed_design` and :func:`packed_design` keep their results while the data live.
 
     EM reads the same batches in every iteration (:func:`moekit.fit_em` holds the context for its
-    iterations), so their designs, and the rows' packed outer products where they fit
-    :data:`PACKED_CACHE_ELEMENTS`, are built once per fit instead of once per pass.  Entries are
-    keyed weakly by the batch tensor and checked against its version counter: a batch that is freed
-    takes its entry with it, one changed in place gets a new one.  Outside the context nothing is kept.
+    iterations), so their designs, and the rows' packed outer products up to
+    :data:`PACKED_CACHE_ELEMENTS` in all, are built once per fit instead of once per pass.  A batch
+    is known by the tensor it views (weakly: freed data take their entries with them), its offset,
+    shape and strides (a source that slices its rows anew in every pass still hits), and its
+    version counter (data changed in place get new entries).  Outside the context nothing is kept.
     """
-    token = _DESIGNS.set(WeakTensorKeyDictionary())
+    token = _DESIGNS.set({"by_base": WeakTensorKeyDictionary(), "packed_elements": 0})
     try:
         yield
     finally:
         _DESIGNS.reset(token)
 
 
-def _cached(x: torch.Tensor) -> dict | None:
-    """The cache entry of batch ``x`` (a fresh one if it changed), or None outside :func:`design_cache`."""
+def _cached(x: torch.Tensor) -> tuple[dict, dict] | None:
+    """``(cache, entry)`` for batch ``x`` (a fresh entry if it changed), or None outside :func:`design_cache`."""
     cache = _DESIGNS.get()
     if cache is None or x.requires_grad:
         return None
-    entry = cache.get(x)
+    base = x if x._base is None else x._base
+    entries = cache["by_base"].get(base)
+    if entries is None:
+        entries = cache["by_base"][base] = {}
+    key = (x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype)
+    entry = entries.get(key)
     if entry is None or entry["version"] != x._version:
-        entry = cache[x] = {"version": x._version}
-    return entry
+        if entry is not None and "q" in entry:
+            cache["packed_elements"] -= entry["q"].numel()
+        entry = entries[key] = {"version": x._version}
+    return cache, entry
 
 
 def transposed_design(x: torch.Tensor) -> torch.Tensor:
@@ -231,35 +240,41 @@ def transposed_design(x: torch.Tensor) -> torch.Tensor:
     >>> transposed_design(torch.tensor([[2.0], [3.0]])).tolist()
     [[1.0, 1.0], [2.0, 3.0]]
     """
-    entry = _cached(x)
-    if entry is not None and "xt" in entry:
-        return entry["xt"]
+    found = _cached(x)
+    if found is not None and "xt" in found[1]:
+        return found[1]["xt"]
     xt = x.new_empty(x.shape[1] + 1, x.shape[0])
     xt[0] = 1.0
     xt[1:] = x.T
-    if entry is not None:
-        entry["xt"] = xt
+    if found is not None:
+        found[1]["xt"] = xt
     return xt
 
 
 def packed_design(x: torch.Tensor) -> torch.Tensor | None:
     """The packed outer products of the rows of ``[1, x]`` (the upper triangles, row by row), kept for the fit.
 
-    Only within :func:`design_cache` and where they fit :data:`PACKED_CACHE_ELEMENTS`; None
-    otherwise (:func:`weighted_grams` then forms them chunk by chunk).  They depend on x alone, so
-    EM's weighted Gram matrices cost one GEMM per pass instead of forming them again.
+    Only within :func:`design_cache` and while the fit's total stays within
+    :data:`PACKED_CACHE_ELEMENTS`; None otherwise (:func:`weighted_grams` then forms them chunk by
+    chunk).  They depend on x alone, so EM's weighted Gram matrices cost one GEMM per pass instead
+    of forming them again.
 
     Shapes
     ------
     x : (n, d) -> (p (p + 1) / 2, n) with p = d + 1.
     """
-    entry = _cached(x)
-    p = x.shape[1] + 1
-    if entry is None or p * (p + 1) // 2 * x.shape[0] > PACKED_CACHE_ELEMENTS:
+    found = _cached(x)
+    if found is None:
         return None
+    cache, entry = found
     if "q" not in entry:
+        p = x.shape[1] + 1
+        size = p * (p + 1) // 2 * x.shape[0]
+        if cache["packed_elements"] + size > PACKED_CACHE_ELEMENTS:
+            return None
         xt = transposed_design(x)
         entry["q"] = _pack_rows(xt, xt.new_empty(p * (p + 1) // 2, xt.shape[1]))
+        cache["packed_elements"] += size
     return entry["q"]
 
 

@@ -187,7 +187,10 @@ def test_packed_design_is_the_rows_outer_products_within_the_cache_and_budget(mo
         q = packed_design(x)
         torch.testing.assert_close(q, (xd[:, rows] * xd[:, cols]).T, rtol=0, atol=0)
         assert packed_design(x) is q
-        monkeypatch.setattr(linalg, "PACKED_CACHE_ELEMENTS", 10 * 40 - 1)  # 10 products per row no longer fit
+        assert packed_design(x[:]) is q  # a new view of the same rows finds them
+        assert packed_design(x[:20]) is not None  # other rows: their own, within the budget
+        monkeypatch.setattr(linalg, "PACKED_CACHE_ELEMENTS", 10 * 60 + 10 * 40 - 1)  # the next 40 rows no longer fit
         assert packed_design(x.clone()) is None
+        assert transposed_design(x.clone()) is not None
     w = torch.rand(40, 5, dtype=D)
     torch.testing.assert_close(weighted_grams(xd, w, q=q), weighted_grams(xd, w), rtol=1e-13, atol=1e-12)
