@@ -186,10 +186,10 @@ def add_intercept(x: torch.Tensor) -> torch.Tensor:
 
 _DESIGNS: contextvars.ContextVar = contextvars.ContextVar("moekit_designs", default=None)
 
-#: Most elements of the rows' packed outer products that :func:`design_cache` keeps in one fit (64 MB of
-#: float64): 100,000 rows of 10 inputs (66 products each) fit; beyond, the batches that do not fit have
-#: theirs formed chunk by chunk in every pass.
-PACKED_CACHE_ELEMENTS = 1 << 23
+#: Most elements that :func:`design_cache` keeps in one fit, transposed designs and packed outer products
+#: together (128 MB of float64): 100,000 rows of 10 inputs (11 + 66 per row) fit; beyond, the batches that
+#: do not fit have theirs built in every pass (the packed products chunk by chunk).
+DESIGN_CACHE_ELEMENTS = 1 << 24
 
 
 @contextlib.contextmanager
@@ -197,13 +197,13 @@ def design_cache():
     """Within this context :func:`transposed_design` and :func:`packed_design` keep their results while the data live.
 
     EM reads the same batches in every iteration (:func:`moekit.fit_em` holds the context for its
-    iterations), so their designs, and the rows' packed outer products up to
-    :data:`PACKED_CACHE_ELEMENTS` in all, are built once per fit instead of once per pass.  A batch
+    iterations), so their designs and the rows' packed outer products, up to
+    :data:`DESIGN_CACHE_ELEMENTS` in all, are built once per fit instead of once per pass.  A batch
     is known by the tensor it views (weakly: freed data take their entries with them), its offset,
     shape and strides (a source that slices its rows anew in every pass still hits), and its
     version counter (data changed in place get new entries).  Outside the context nothing is kept.
     """
-    token = _DESIGNS.set({"by_base": WeakTensorKeyDictionary(), "packed_elements": 0})
+    token = _DESIGNS.set({"by_base": WeakTensorKeyDictionary(), "elements": 0})
     try:
         yield
     finally:
@@ -222,10 +222,17 @@ def _cached(x: torch.Tensor) -> tuple[dict, dict] | None:
     key = (x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype)
     entry = entries.get(key)
     if entry is None or entry["version"] != x._version:
-        if entry is not None and "q" in entry:
-            cache["packed_elements"] -= entry["q"].numel()
+        if entry is not None:  # changed in place: its old arrays are dropped
+            cache["elements"] -= sum(entry[name].numel() for name in ("xt", "q") if name in entry)
         entry = entries[key] = {"version": x._version}
     return cache, entry
+
+
+def _keep(found: tuple[dict, dict] | None, name: str, value: torch.Tensor) -> None:
+    """Keep ``value`` in the batch's cache entry if the fit's total stays within :data:`DESIGN_CACHE_ELEMENTS`."""
+    if found is not None and found[0]["elements"] + value.numel() <= DESIGN_CACHE_ELEMENTS:
+        found[1][name] = value
+        found[0]["elements"] += value.numel()
 
 
 def transposed_design(x: torch.Tensor) -> torch.Tensor:
@@ -246,8 +253,7 @@ def transposed_design(x: torch.Tensor) -> torch.Tensor:
     xt = x.new_empty(x.shape[1] + 1, x.shape[0])
     xt[0] = 1.0
     xt[1:] = x.T
-    if found is not None:
-        found[1]["xt"] = xt
+    _keep(found, "xt", xt)
     return xt
 
 
@@ -255,7 +261,7 @@ def packed_design(x: torch.Tensor) -> torch.Tensor | None:
     """The packed outer products of the rows of ``[1, x]`` (the upper triangles, row by row), kept for the fit.
 
     Only within :func:`design_cache` and while the fit's total stays within
-    :data:`PACKED_CACHE_ELEMENTS`; None otherwise (:func:`weighted_grams` then forms them chunk by
+    :data:`DESIGN_CACHE_ELEMENTS`; None otherwise (:func:`weighted_grams` then forms them chunk by
     chunk).  They depend on x alone, so EM's weighted Gram matrices cost one GEMM per pass instead
     of forming them again.
 
@@ -266,16 +272,13 @@ def packed_design(x: torch.Tensor) -> torch.Tensor | None:
     found = _cached(x)
     if found is None:
         return None
-    cache, entry = found
-    if "q" not in entry:
+    if "q" not in found[1]:
         p = x.shape[1] + 1
-        size = p * (p + 1) // 2 * x.shape[0]
-        if cache["packed_elements"] + size > PACKED_CACHE_ELEMENTS:
+        if found[0]["elements"] + p * (p + 1) // 2 * x.shape[0] > DESIGN_CACHE_ELEMENTS:
             return None
         xt = transposed_design(x)
-        entry["q"] = _pack_rows(xt, xt.new_empty(p * (p + 1) // 2, xt.shape[1]))
-        cache["packed_elements"] += size
-    return entry["q"]
+        _keep(found, "q", _pack_rows(xt, xt.new_empty(p * (p + 1) // 2, xt.shape[1])))
+    return found[1].get("q")
 
 
 def _pack_rows(xs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

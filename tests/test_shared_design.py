@@ -189,8 +189,12 @@ def test_packed_design_is_the_rows_outer_products_within_the_cache_and_budget(mo
         assert packed_design(x) is q
         assert packed_design(x[:]) is q  # a new view of the same rows finds them
         assert packed_design(x[:20]) is not None  # other rows: their own, within the budget
-        monkeypatch.setattr(linalg, "PACKED_CACHE_ELEMENTS", 10 * 60 + 10 * 40 - 1)  # the next 40 rows no longer fit
-        assert packed_design(x.clone()) is None
-        assert transposed_design(x.clone()) is not None
+        # kept so far: the design of x (4 x 40), its products (10 x 40), those of x[:20] (design 4 x 20, 10 x 20)
+        monkeypatch.setattr(linalg, "DESIGN_CACHE_ELEMENTS", 14 * 60 + 4 * 40 + 100)  # room for one more design
+        other = x.clone()
+        assert packed_design(other) is None  # its design fits, its products no longer do
+        assert transposed_design(other) is transposed_design(other)
+        third = x.clone()
+        assert transposed_design(third) is not transposed_design(third)  # nothing more is kept
     w = torch.rand(40, 5, dtype=D)
     torch.testing.assert_close(weighted_grams(xd, w, q=q), weighted_grams(xd, w), rtol=1e-13, atol=1e-12)
