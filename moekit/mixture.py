@@ -402,12 +402,14 @@ class MixtureOfExperts(nn.Module):
         weighted Gram blocks of that design plus rows to multiply by it (``design_columns``,
         ``design_terms``, ``design_finish``: the softmax gate and the linear-Gaussian experts), the
         design is built once (transposed, and kept across EM iterations by
-        :func:`~moekit._linalg.design_cache`, with the rows' packed outer products where they fit its
-        budget) and each row chunk's packed outer products serve both
-        (:func:`~moekit._linalg.weighted_grams` on the weight columns of both).  None (each component then computes its own) where they do not share
-        columns or a protocol, where either would form its Gram matrices as symmetric products (few
-        of them for many inputs: :func:`~moekit._linalg.weighted_grams`; cheaper apart), or where a
-        component declines (its information as a symmetric product; missing y).
+        :func:`~moekit._linalg.design_cache`, with the rows' packed outer products where they fit
+        its budget), and each row chunk's packed outer products serve both
+        (:func:`~moekit._linalg.weighted_grams` on the weight columns of both).
+
+        None, and each component computes its own, where they do not share columns or the
+        protocol, where either would form its Gram matrices as one symmetric product each (few of
+        them for many inputs: cheaper apart), or where a component declines (a gate whose
+        information is one symmetric product; experts with missing y).
 
         Shapes
         ------
