@@ -353,7 +353,7 @@ class LinearGaussianExpert(Expert):
             )
         feats, off = self._split_x(x)
         xd = add_intercept(feats)
-        n, p = xd.shape
+        n = xd.shape[0]
         yy = (y[:, None] if y.dim() == 1 else y).to(xd.dtype)
         if off is not None:  # y less its known offset
             yy = yy - off.to(xd.dtype)[:, None]
@@ -362,14 +362,19 @@ class LinearGaussianExpert(Expert):
             with torch.no_grad():
                 loc = self._loc(x) if off is None else self._loc(x) - off.to(xd.dtype)[:, None, None]  # yy's means
                 return expected_stats(xd, yy, w, loc, self.scale_tril())
+        partial, wy = self._least_squares_terms(yy, w)
+        return self.design_finish(partial, (xd.T @ wy).T, weighted_grams(xd, w))
+
+    def _least_squares_terms(self, yy: torch.Tensor, w: torch.Tensor) -> tuple[SuffStats, torch.Tensor]:
+        """``sw`` and ``ywy``, and the rows ``w y`` (n, K d) whose product with the design is ``xwy``.
+
+        Shapes
+        ------
+        yy (n, d); w (n, K).
+        """
         k, d = self._k, self._d
-        wy = (w[:, :, None] * yy[:, None, :]).reshape(n, k * d)
-        return SuffStats(
-            sw=w.sum(0),
-            xwx=weighted_grams(xd, w),
-            xwy=(xd.T @ wy).reshape(p, k, d).permute(1, 0, 2),
-            ywy=(yy.T @ wy).reshape(d, k, d).permute(1, 0, 2),
-        )
+        wy = (w[:, :, None] * yy[:, None, :]).reshape(yy.shape[0], k * d)
+        return SuffStats(sw=w.sum(0), ywy=(yy.T @ wy).reshape(d, k, d).permute(1, 0, 2)), wy
 
     # ------------------------------------------------- statistics on a shared design
     def design_columns(self, p: int) -> int | None:
@@ -395,14 +400,11 @@ class LinearGaussianExpert(Expert):
         xd (n, p); y (n,) or (n, d); weight (n,) or (n, K).
         Returns partial, lin (n, K d), w (n, K).
         """
-        n = xd.shape[0]
         yy = (y[:, None] if y.dim() == 1 else y).to(xd.dtype)
         if self.n_outputs is not None and has_missing(yy):
             return None
-        w = self._weight_nk(weight, n, xd)
-        k, d = self._k, self._d
-        wy = (w[:, :, None] * yy[:, None, :]).reshape(n, k * d)
-        partial = SuffStats(sw=w.sum(0), ywy=(yy.T @ wy).reshape(d, k, d).permute(1, 0, 2))
+        w = self._weight_nk(weight, xd.shape[0], xd)
+        partial, wy = self._least_squares_terms(yy, w)
         return partial, wy, (w if out is None else out.copy_(w))
 
     def design_finish(self, partial: SuffStats, lin_x: torch.Tensor, grams: torch.Tensor) -> SuffStats:

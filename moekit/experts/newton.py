@@ -63,16 +63,31 @@ def multinomial_newton_stats(xd: torch.Tensor, logp: torch.Tensor, counts: torch
     Returns objective (), grad (B, (C-1) p) and info: (B, (C-1) p, (C-1) p)
     for "full"; (B, C-1, p, p) for "block"; (B, p, p) (the matrix G) for "bound".
     """
-    p = xd.shape[1]
-    objective, resid, w = multinomial_row_terms(logp, counts, hessian, p)
-    if w is None:  # the symmetric product is cheaper for this shape
-        g = logp.exp()[..., :-1]
-        s = row_sums(counts.reshape(-1, counts.shape[2])).reshape(counts.shape[:2])
-        grams = _symmetric_product_information(xd, g, s)
-    else:
+    b, c = logp.shape[1], logp.shape[2]
+    packed = multinomial_gram_columns(b, c, hessian, xd.shape[1]) is not None
+    if packed:
+        objective, resid, w = multinomial_row_terms(logp, counts, hessian, xd.shape[1])
         grams = weighted_grams(xd, w)
-    grad, info = multinomial_finish(resid.T @ xd, grams, logp.shape[1], logp.shape[2], hessian, packed=w is not None)
+    else:  # the symmetric product is cheaper for this shape
+        g, s, objective, resid = _probabilities_and_residuals(logp, counts)
+        grams = _symmetric_product_information(xd, g[..., :-1], s)
+    grad, info = multinomial_finish(resid.T @ xd, grams, b, c, hessian, packed=packed)
     return objective, grad, info
+
+
+def _probabilities_and_residuals(logp: torch.Tensor, counts: torch.Tensor):
+    """``g = exp(logp)``, ``s = counts.sum(-1)``, the objective ``sum(counts * logp)`` and the residuals
+    ``counts - s g`` (n, B C) of every class: what both forms of the information start from.
+
+    Shapes
+    ------
+    logp, counts : (n, B, C) -> g (n, B, C), s (n, B), objective (), resid (n, B C).
+    """
+    n, b, c = logp.shape
+    g = logp.exp()
+    s = row_sums(counts.reshape(n * b, c)).reshape(n, b)  # counts.sum(-1), faster on the CPU
+    resid = (counts - s[..., None] * g).reshape(n, b * c)  # every class (contiguous)
+    return g, s, (counts * logp).sum(), resid
 
 
 def multinomial_row_terms(logp: torch.Tensor, counts: torch.Tensor, hessian: str, p: int, out: torch.Tensor | None = None):
@@ -92,10 +107,7 @@ def multinomial_row_terms(logp: torch.Tensor, counts: torch.Tensor, hessian: str
     """
     n, b, c = logp.shape
     km = c - 1
-    g = logp.exp()
-    s = row_sums(counts.reshape(n * b, c)).reshape(n, b)  # counts.sum(-1), faster on the CPU
-    objective = (counts * logp).sum()
-    resid = (counts - s[..., None] * g).reshape(n, b * c)  # every class (contiguous)
+    g, s, objective, resid = _probabilities_and_residuals(logp, counts)
     if hessian == "bound":
         w = s
     elif hessian == "block":
