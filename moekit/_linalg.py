@@ -305,6 +305,12 @@ def affine(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     return torch.addmm(coef[:, 0], x, coef[:, 1:].T)
 
 
+def symmetric_products_cheaper(k: int, p: int) -> bool:
+    """Whether :func:`weighted_grams` forms ``k`` Gram matrices of a ``p``-column design as one symmetric
+    product each (``4 k <= p + 1``, the measured crossover) rather than from the rows' packed outer products."""
+    return 4 * k <= p + 1
+
+
 def weighted_grams(xd: torch.Tensor, w: torch.Tensor, xt: torch.Tensor | None = None,
                    q: torch.Tensor | None = None) -> torch.Tensor:
     """Per-expert weighted Gram matrices ``X^T diag(w_k) X``, from the rows' packed outer products.
@@ -339,9 +345,11 @@ def weighted_grams(xd: torch.Tensor, w: torch.Tensor, xt: torch.Tensor | None = 
     k = w.shape[1]
     if k == 0:
         return w.new_zeros(0, p, p)
-    if 4 * k <= p + 1 and n and bool((w >= 0).all()):  # few experts: one symmetric product per expert is cheaper
-        xd = xt.T if xd is None else xd
+    if symmetric_products_cheaper(k, p) and n and bool((w >= 0).all()):  # one symmetric product per expert
         rw = w.sqrt()
+        if xt is not None:  # scale the transposed design's rows: column-major products, which gram takes as they are
+            rt = rw.T.contiguous()
+            return torch.stack([gram((xt * rt[j]).T) for j in range(k)])
         return torch.stack([gram(xd * rw[:, j : j + 1]) for j in range(k)])
     t = p * (p + 1) // 2
     if q is not None:
@@ -410,9 +418,11 @@ def gram(a: torch.Tensor) -> torch.Tensor:
     syrk = {torch.float64: blas.dsyrk, torch.float32: blas.ssyrk}.get(a.dtype)
     if syrk is None or a.device.type != "cpu" or a.requires_grad or n * m * m < SYRK_MIN_WORK:
         return a.T @ a
-    a = a.contiguous()
     with _blas_thread_limit(torch.get_num_threads()):
-        upper = torch.from_numpy(syrk(1.0, a.numpy().T, trans=0))  # a is row-major, so a.numpy().T is column-major a^T
+        if m > 1 and a.T.is_contiguous():  # column-major a (the rows of a transposed design): a itself to BLAS
+            upper = torch.from_numpy(syrk(1.0, a.numpy(), trans=1))
+        else:  # row-major a: a.numpy().T is column-major a^T
+            upper = torch.from_numpy(syrk(1.0, a.contiguous().numpy().T, trans=0))
     return upper.triu() + upper.triu(1).T
 
 

@@ -18,7 +18,8 @@ from torch import nn
 
 from ._linalg import AffineInputs, add_intercept, affine, chunk_rows, log_softmax_rows, solve_spd
 from ._mstep import fit_in_memory, gradient_maximize
-from .experts.newton import multinomial_finish, multinomial_gram_columns, multinomial_newton_stats, multinomial_row_terms
+from .experts.newton import (multinomial_finish, multinomial_gram_columns, multinomial_newton_stats, multinomial_row_terms,
+                             multinomial_row_terms_t)
 from .stats import SuffStats
 
 __all__ = ["Gate", "SoftmaxGate", "ConstantGate", "MLPGate"]
@@ -313,6 +314,36 @@ class SoftmaxGate(Gate):
         grad, info = multinomial_finish(lin_x, grams, 1, self.n_experts, self.hessian)
         return SuffStats(objective=partial["objective"], grad=grad.reshape(self.n_experts - 1, self.n_features + 1),
                          info=info[0])
+
+    # ---------------------------------------- one pass over a transposed design (experts by rows)
+    def design_coef(self, p: int) -> torch.Tensor | None:
+        """The rows whose products with ``[1, x]`` (``p`` columns) are this gate's logits: (K, p); None when
+        ``p`` is not this gate's."""
+        if p != self.n_features + 1:
+            return None
+        return self.coef.detach()
+
+    def log_gate_t(self, logits: torch.Tensor) -> torch.Tensor:
+        """Log mixing weights from the logits ``design_coef(p) @ [1, x]^T``, experts by rows.
+
+        Shapes
+        ------
+        logits (K, n) -> (K, n).
+        """
+        return torch.log_softmax(logits, dim=0)
+
+    def design_terms_t(self, log_gate: torch.Tensor, targets: torch.Tensor, p: int):
+        """:meth:`design_terms` with experts by rows: ``(partial, lin (K, n), w (m, n))``, or None where the
+        information is one symmetric product (:meth:`design_columns` is None).
+
+        Shapes
+        ------
+        log_gate (K, n) this gate's output at the current coefficients; targets (K, n).
+        """
+        objective, resid, w = multinomial_row_terms_t(log_gate, targets, self.hessian, p)
+        if w is None:
+            return None
+        return SuffStats(objective=objective), resid, w
 
     def penalty(self) -> torch.Tensor:
         """The ridge penalty ``0.5 * l2 * ||W[:, 1:]||^2`` at the current coefficients."""

@@ -2,10 +2,13 @@
 
 ``MixtureOfExperts.suff_stats`` builds ``[1, x]`` once per row chunk and forms the packed outer
 products once for the gate's information and the experts' Gram matrices where both see the same
-columns.  The statistics must equal those each component computes on its own.
+columns; for scalar y it runs the whole E-step over the transposed design, experts by rows
+(``_transposed_design_stats``).  The statistics must equal those each component computes on its own.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -18,12 +21,14 @@ from moekit._linalg import CHUNK_ELEMENTS, design_cache, gram, packed_design, tr
 D = torch.float64
 
 
-def _model(d, k, n_outputs=None, hessian="full", offset=False, gate_features=None, expert_features=None, seed=0):
+def _model(d, k, n_outputs=None, hessian="full", offset=False, gate_features=None, expert_features=None, seed=0,
+           **expert_kw):
     torch.manual_seed(seed)
     d_gate = d if gate_features is None else len(gate_features)
     d_exp = d if expert_features is None else len(expert_features)
     gate = SoftmaxGate(d_gate, k, hessian=hessian)
-    experts = LinearGaussianExpert(d_exp, n_outputs=n_outputs, n_experts=k, covariance="diag", offset=offset)
+    expert_kw = {"covariance": "diag", **expert_kw}
+    experts = LinearGaussianExpert(d_exp, n_outputs=n_outputs, n_experts=k, offset=offset, **expert_kw)
     with torch.no_grad():
         gate.coef.normal_()
         experts.coef.normal_()
@@ -114,6 +119,72 @@ def test_shared_pass_is_declined_where_it_would_not_be_the_same_or_cheaper(case)
     assert m._shared_design_stats(x, y, targets, log_gate) is None
     if case != "float32-data":
         stats = m.suff_stats(x, y, w)  # the components' own path still gives the statistics
+        assert torch.isfinite(stats["gate"]["info"]).all()
+
+
+@pytest.mark.parametrize(
+    "d, k, hessian, weighted, expert_kw",
+    [
+        (1, 2, "full", True, {}),
+        (10, 2, "full", True, {}),
+        (10, 8, "full", True, {}),
+        (3, 2, "full", False, {}),
+        (4, 3, "block", True, {}),
+        (2, 5, "bound", True, {}),
+        (10, 3, "full", True, {"covariance": "tied"}),
+        (0, 2, "full", True, {}),
+        (3, 2, "full", True, {"shared": [1]}),
+    ],
+)
+@torch.no_grad()
+def test_transposed_pass_equals_each_components_own_statistics(d, k, hessian, weighted, expert_kw):
+    """Scalar y: the E-step over the transposed design gives every component's own statistics."""
+    m = _model(d, k, None, hessian, **expert_kw)
+    x, y, w = _data(700, d)
+    w = w if weighted else torch.ones_like(w)
+    assert m._transposed_design_stats(x, y, w if weighted else None, None) is not None  # the transposed pass is taken
+    gate, experts = _separate(m, x, y, w)
+    joint = m.joint_log_prob(x, y)
+    for cached in (False, True):
+        with design_cache() if cached else contextlib.nullcontext():
+            data: dict = {}
+            stats = m.suff_stats(x, y, w if weighted else None, data=data)
+        torch.testing.assert_close(stats["loglik"], (w * torch.logsumexp(joint, 1)).sum(), rtol=1e-12, atol=1e-9)
+        for key in ("objective", "grad", "info"):
+            torch.testing.assert_close(stats["gate"][key], gate[key], rtol=1e-11, atol=1e-9)
+        for key in ("sw", "xwx", "xwy", "ywy"):
+            torch.testing.assert_close(stats["experts"]["stacked"][key], experts[key], rtol=1e-11, atol=1e-9)
+        # the weighted data kept for the Newton steps: the gate's targets, as the general path records them
+        comp, (xg, targets) = data[("gate",)]
+        assert comp is m.gate and xg.shape == x.shape
+        torch.testing.assert_close(targets, w[:, None] * (joint - torch.logsumexp(joint, 1, keepdim=True)).exp(),
+                                   rtol=1e-12, atol=1e-12)
+        assert data[("experts", "stacked")][0] is m.experts
+
+
+@pytest.mark.parametrize("case", ["vector-y", "offset", "gate-symmetric-product", "different-columns", "float32-data"])
+@torch.no_grad()
+def test_transposed_pass_is_declined_where_it_does_not_apply(case):
+    kw, n_outputs, d, k = {}, None, 3, 3
+    if case == "vector-y":
+        n_outputs = 2
+    elif case == "gate-symmetric-product":  # K = 8 on one input: the gate's information is one symmetric product
+        d, k = 1, 8
+    elif case == "different-columns":
+        kw = {"gate_features": [0, 1], "expert_features": [1, 2]}
+    elif case == "offset":
+        kw = {"offset": True}
+    m = _model(d, k, n_outputs, **kw)
+    x, y, w = _data(200, d, n_outputs)
+    if case == "offset":
+        x = torch.cat([x, torch.randn(200, 1, dtype=D)], 1)
+        m.expert_features = None
+        m.gate_features = list(range(d))
+    if case == "float32-data":
+        x = x.float()
+    assert m._transposed_design_stats(x, y, w, None) is None
+    if case != "float32-data":
+        stats = m.suff_stats(x, y, w)  # the general path still gives the statistics
         assert torch.isfinite(stats["gate"]["info"]).all()
 
 

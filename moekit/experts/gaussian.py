@@ -413,6 +413,35 @@ class LinearGaussianExpert(Expert):
         xwy = lin_x.T.reshape(-1, k, d).permute(1, 0, 2)
         return SuffStats(sw=partial["sw"], xwx=grams, xwy=xwy, ywy=partial["ywy"])
 
+    # ---------------------------------------- one pass over a transposed design (experts by rows)
+    def design_coef(self, p: int) -> torch.Tensor | None:
+        """The rows whose products with ``[1, x]`` (``p`` columns) are the experts' means: (K, p), for
+        scalar y without an offset; None otherwise."""
+        if self.offset or self.n_outputs is not None or self._d != 1 or p != self.n_features + 1:
+            return None
+        return self._coef().detach()[:, :, 0]
+
+    def log_prob_t(self, mean: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`log_prob` from the means ``design_coef(p) @ [1, x]^T``, experts by rows (scalar y).
+
+        Shapes
+        ------
+        mean (K, n); y (n,) -> (K, n).
+        """
+        s = self.scale_tril().detach()[:, 0, 0]  # (K,)
+        z = (y - mean).div_(s[:, None])
+        return z.square_().mul_(-0.5).sub_((s.log() + 0.5 * math.log(2 * math.pi))[:, None])
+
+    def design_terms_t(self, y: torch.Tensor, targets: torch.Tensor):
+        """:meth:`design_terms` with experts by rows (scalar y): ``(partial, lin = w y (K, n), w (K, n))``.
+
+        Shapes
+        ------
+        y (n,); targets (K, n).
+        """
+        wy = targets * y
+        return SuffStats(sw=targets.sum(1), ywy=(wy @ y)[:, None, None]), wy, targets
+
     @property
     def accepts_missing_y(self) -> bool:
         """Whether NaN coordinates of y are marginalised (vector y: ``n_outputs`` set); see :mod:`._missing`."""

@@ -20,7 +20,8 @@ from .._mstep import fit_in_memory
 from ..stats import SuffStats
 from .base import Expert
 
-__all__ = ["FIT_STEPS", "NewtonExpert", "multinomial_finish", "multinomial_gram_columns", "multinomial_newton_stats", "multinomial_row_terms"]
+__all__ = ["FIT_STEPS", "NewtonExpert", "multinomial_finish", "multinomial_gram_columns", "multinomial_newton_stats", "multinomial_row_terms",
+           "multinomial_row_terms_t"]
 
 #: Fewest Newton steps of a GLM expert's ``fit_weighted`` (a weighted fit of its own, or the initial fit);
 #: inside EM the M-step takes ``max_m_steps`` (default one, an ECM step).
@@ -128,6 +129,42 @@ def multinomial_row_terms(logp: torch.Tensor, counts: torch.Tensor, hessian: str
     if out is not None:
         w = out.copy_(w)
     return objective, resid, w
+
+
+def multinomial_row_terms_t(logp: torch.Tensor, counts: torch.Tensor, hessian: str, p: int):
+    """:func:`multinomial_row_terms` of one regression in the transposed layout: classes by rows.
+
+    The same terms with rows and classes swapped, so that every per-class quantity is a contiguous
+    row of length n (what a pass over a transposed design ``[1, x]^T``, p x n, works on):
+    ``objective`` (the sum), ``resid`` (C, n) ``counts - s g`` and ``w`` (m, n), the weights of
+    the m Gram blocks (the upper pairs for "full", ``s g_j (1 - g_j)`` for "block", ``s`` for
+    "bound"); ``w`` is None where the symmetric product is cheaper (:func:`multinomial_gram_columns`).
+
+    Shapes
+    ------
+    logp, counts : (C, n) -> objective (), resid (C, n), w (m, n) or None.
+    """
+    c, n = logp.shape
+    km = c - 1
+    m = multinomial_gram_columns(1, c, hessian, p)
+    g = logp.exp()
+    s = counts.sum(0)
+    resid = counts - s * g
+    objective = (counts * logp).sum()
+    if m is None:
+        return objective, resid, None
+    if hessian == "bound":
+        return objective, resid, s[None]
+    gs = s * g[:km]  # (C-1, n)
+    if hessian == "block":
+        return objective, resid, gs - gs * g[:km]
+    w = g.new_empty(m, n)  # w[(j, l)] = s (delta_jl g_j - g_j g_l), the upper pairs row by row
+    o = 0
+    for j in range(km):
+        torch.mul(gs[j], g[j:km], out=w[o : o + km - j])
+        w[o].sub_(gs[j])  # the diagonal pair (j, j): s g_j g_j - s g_j, negated below
+        o += km - j
+    return objective, resid, w.neg_()
 
 
 def multinomial_gram_columns(b: int, c: int, hessian: str, p: int) -> int | None:
