@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._linalg import AffineInputs, add_intercept, affine, chunk_rows, log_softmax_rows, solve_spd
+from ._linalg import (AffineInputs, add_intercept, affine, chunk_rows, log_softmax_rows, packed_design, solve_spd,
+                      symmetric_products_cheaper, transposed_design, weighted_grams)
 from ._mstep import fit_in_memory, gradient_maximize
 from .experts.newton import (multinomial_finish, multinomial_gram_columns, multinomial_newton_stats, multinomial_row_terms,
                              multinomial_row_terms_t)
@@ -259,12 +260,34 @@ class SoftmaxGate(Gate):
         Returns ``objective`` (), ``grad`` (K-1, p) and ``info``: ((K-1) p, (K-1) p)
         for ``hessian="full"``, (K-1, p, p) for "block", (p, p) for "bound".
         """
-        k = self.n_experts
+        k, p = self.n_experts, self.n_features + 1
+        mg = self.design_columns(p)
+        if mg is not None and x.dtype == self.coef.dtype and x.shape[0] > 0:
+            return self._stats_transposed(x, targets, log_gate, mg)
         c = chunk_rows(k * (k + 1) // 2 + 2 * k)  # per row: the pair weights of the information, g and s g
         return sum(
             self._stats_chunk(x[i : i + c], targets[i : i + c], None if log_gate is None else log_gate[i : i + c])
             for i in range(0, max(x.shape[0], 1), c)
         )
+
+    def _stats_transposed(self, x, targets, log_gate, mg: int) -> SuffStats:
+        """:meth:`suff_stats` over the transposed design ``[1, x]^T`` (kept across EM iterations by
+        :func:`~moekit._linalg.design_cache`), experts by rows, in row chunks: the gate's initial fit and
+        its Newton steps' statistics, as the mixture's E-step over that design forms them."""
+        k, p, n = self.n_experts, self.n_features + 1, x.shape[0]
+        coef = self.coef.detach()
+        xt = transposed_design(x)
+        packed = None if symmetric_products_cheaper(mg, p) else packed_design(x)
+        c = chunk_rows(2 * k + mg)  # per row: logits (or log-weights), targets and the Newton rows
+        total = None
+        for i in range(0, n, c):
+            xc = xt[:, i : i + c]
+            lg = self.log_gate_t(coef @ xc) if log_gate is None else log_gate[i : i + c].T.to(coef.dtype)
+            partial, lin, w = self.design_terms_t(lg, targets[i : i + c].T.to(coef.dtype), p)
+            grams = weighted_grams(None, w.T, xt=xc, q=None if packed is None else packed[:, i : i + c])
+            part = (partial, lin @ xc.T, grams)
+            total = part if total is None else tuple(a + b for a, b in zip(total, part))
+        return self.design_finish(*total)
 
     def _stats_chunk(self, x, targets, logg) -> SuffStats:
         coef = self.coef.detach()

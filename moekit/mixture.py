@@ -438,26 +438,36 @@ class MixtureOfExperts(nn.Module):
             return None
         if cg.dtype != xs.dtype or ce.dtype != xs.dtype or not y.is_floating_point():
             return None
-        k = self.n_experts
+        k, n = self.n_experts, xs.shape[0]
+        if n == 0:
+            return None
         yy = y.to(xs.dtype)
         xt = transposed_design(xs)  # (p, n)
-        lin = torch.cat([cg, ce]) @ xt  # (2K, n): the gate's logits, then the experts' means
-        log_gate = gate.log_gate_t(lin[:k])
-        joint = experts.log_prob_t(lin[k:], yy).add_(log_gate)
-        lse = torch.logsumexp(joint, dim=0)  # (n,)
-        targets = joint.sub_(lse).exp_()  # responsibilities (K, n), then weight times them
-        if weight is None:
-            ll = lse.sum()
-        else:
-            ll = (weight * lse).sum()
-            targets.mul_(weight)
-        g_partial, g_lin, g_w = gate.design_terms_t(log_gate, targets, p)
-        e_partial, e_lin, e_w = experts.design_terms_t(yy, targets)
-        mg = g_w.shape[0]
-        lin_x = torch.cat([g_lin, e_lin]) @ xt.T  # (2K, p)
-        w = torch.cat([g_w, e_w])  # (mg + K, n)
-        packed = None if symmetric_products_cheaper(w.shape[0], p) else packed_design(xs)
-        grams = weighted_grams(None, w.T, xt=xt, q=packed)
+        coef = torch.cat([cg, ce])  # the gate's logits, then the experts' means
+        mg = gate.design_columns(p)
+        packed = None if symmetric_products_cheaper(mg + k, p) else packed_design(xs)
+        targets = xs.new_empty(k, n)  # weight times responsibility, experts by rows
+        c = chunk_rows(3 * k + mg)  # per row: logits and means, log-weights, Newton and least-squares rows
+        total = None
+        for i in range(0, n, c):
+            xc = xt[:, i : i + c]
+            lin = coef @ xc  # (2K, c)
+            log_gate = gate.log_gate_t(lin[:k])
+            joint = experts.log_prob_t(lin[k:], yy[i : i + c]).add_(log_gate)
+            lse = torch.logsumexp(joint, dim=0)
+            t = torch.sub(joint, lse, out=targets[:, i : i + c]).exp_()
+            if weight is None:
+                ll = lse.sum()
+            else:
+                ll = (weight[i : i + c] * lse).sum()
+                t.mul_(weight[i : i + c])
+            g_partial, g_lin, g_w = gate.design_terms_t(log_gate, t, p)
+            e_partial, e_lin, e_w = experts.design_terms_t(yy[i : i + c], t)
+            lin_x = torch.cat([g_lin, e_lin]) @ xc.T  # (2K, p)
+            grams = weighted_grams(None, torch.cat([g_w, e_w]).T, xt=xc, q=None if packed is None else packed[:, i : i + c])
+            part = (ll, g_partial, e_partial, lin_x, grams)
+            total = part if total is None else tuple(a + b for a, b in zip(total, part))
+        ll, g_partial, e_partial, lin_x, grams = total
         if data is not None:  # what _component_stats records: the weighted data of each component's Newton steps
             data[("gate",)] = (gate, (xs, targets.T))
             data[("experts", "stacked")] = (experts, (self.expert_input(x), y, targets.T))

@@ -134,13 +134,16 @@ def test_shared_pass_is_declined_where_it_would_not_be_the_same_or_cheaper(case)
         (10, 3, "full", True, {"covariance": "tied"}),
         (0, 2, "full", True, {}),
         (3, 2, "full", True, {"shared": [1]}),
+        (1, 2, "full", True, {"n": CHUNK_ELEMENTS // 7 + 517}),  # several row chunks
     ],
 )
 @torch.no_grad()
 def test_transposed_pass_equals_each_components_own_statistics(d, k, hessian, weighted, expert_kw):
     """Scalar y: the E-step over the transposed design gives every component's own statistics."""
+    expert_kw = dict(expert_kw)
+    n = expert_kw.pop("n", 700)
     m = _model(d, k, None, hessian, **expert_kw)
-    x, y, w = _data(700, d)
+    x, y, w = _data(n, d)
     w = w if weighted else torch.ones_like(w)
     assert m._transposed_design_stats(x, y, w if weighted else None, None) is not None  # the transposed pass is taken
     gate, experts = _separate(m, x, y, w)
@@ -269,3 +272,25 @@ def test_packed_design_is_the_rows_outer_products_within_the_cache_and_budget(mo
         assert transposed_design(third) is not transposed_design(third)  # nothing more is kept
     w = torch.rand(40, 5, dtype=D)
     torch.testing.assert_close(weighted_grams(xd, w, q=q), weighted_grams(xd, w), rtol=1e-13, atol=1e-12)
+
+
+@pytest.mark.parametrize("d, k, hessian", [(1, 2, "full"), (10, 3, "full"), (4, 3, "block"), (2, 4, "bound")])
+@torch.no_grad()
+def test_gate_statistics_over_the_transposed_design_equal_the_rows_by_experts_form(d, k, hessian):
+    """SoftmaxGate.suff_stats (its initial fit's and Newton steps' statistics) over the transposed design, in
+    several row chunks, equals multinomial_newton_stats on [1, x], with and without the E-step's log-weights."""
+    from moekit._linalg import add_intercept
+    from moekit.experts.newton import multinomial_newton_stats
+
+    gate = _model(d, k, hessian=hessian).gate
+    n = CHUNK_ELEMENTS // (2 * k + gate.design_columns(d + 1)) + 333
+    x, _, w = _data(n, d)
+    targets = w[:, None] * torch.softmax(torch.randn(n, k, dtype=D), 1)
+    xd = add_intercept(x)
+    logg = torch.log_softmax(xd @ gate.coef.detach().T, 1)
+    objective, grad, info = multinomial_newton_stats(xd, logg[:, None, :], targets[:, None, :], hessian)
+    for log_gate in (None, logg):
+        stats = gate.suff_stats(x, targets, log_gate=log_gate)
+        torch.testing.assert_close(stats["objective"], objective, rtol=1e-11, atol=1e-9)
+        torch.testing.assert_close(stats["grad"], grad.reshape(k - 1, d + 1), rtol=1e-11, atol=1e-9)
+        torch.testing.assert_close(stats["info"], info[0], rtol=1e-11, atol=1e-9)
