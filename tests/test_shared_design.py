@@ -294,3 +294,26 @@ def test_gate_statistics_over_the_transposed_design_equal_the_rows_by_experts_fo
         torch.testing.assert_close(stats["objective"], objective, rtol=1e-11, atol=1e-9)
         torch.testing.assert_close(stats["grad"], grad.reshape(k - 1, d + 1), rtol=1e-11, atol=1e-9)
         torch.testing.assert_close(stats["info"], info[0], rtol=1e-11, atol=1e-9)
+
+
+@pytest.mark.parametrize("weight_shape", ["none", "rows", "rows-by-experts"])
+@torch.no_grad()
+def test_expert_statistics_over_the_transposed_design_equal_weighted_least_squares(weight_shape):
+    """LinearGaussianExpert.suff_stats for scalar y (its initial fit) over the transposed design, in several row
+    chunks: the weighted least-squares sums, for every form of weight."""
+    k, d = 3, 4
+    ex = _model(d, k).experts
+    n = CHUNK_ELEMENTS // (2 * k) + 211
+    x, y, _ = _data(n, d)
+    w = {"none": None, "rows": None, "rows-by-experts": torch.rand(n, k, dtype=D)}[weight_shape]
+    if weight_shape == "rows":
+        ex = LinearGaussianExpert(d, n_experts=None)
+        k, w = 1, torch.rand(n, dtype=D)
+    stats = ex.suff_stats(x, y, w)
+    wk = torch.ones(n, k, dtype=D) if w is None else (w[:, None] if w.dim() == 1 else w)
+    xd = torch.cat([torch.ones(n, 1, dtype=D), x], 1)
+    for j in range(k):
+        torch.testing.assert_close(stats["sw"][j], wk[:, j].sum(), rtol=1e-12, atol=0)
+        torch.testing.assert_close(stats["xwx"][j], xd.T @ (wk[:, j, None] * xd), rtol=1e-11, atol=1e-9)
+        torch.testing.assert_close(stats["xwy"][j, :, 0], xd.T @ (wk[:, j] * y), rtol=1e-11, atol=1e-9)
+        torch.testing.assert_close(stats["ywy"][j, 0, 0], (wk[:, j] * y * y).sum(), rtol=1e-11, atol=1e-9)

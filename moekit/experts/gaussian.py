@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.distributions import MultivariateNormal, Normal
 
-from .._linalg import add_intercept, affine, chunk_rows, solve_shared, solve_spd, weighted_grams
+from .._linalg import add_intercept, affine, chunk_rows, solve_shared, solve_spd, transposed_design, weighted_grams
 from ..stats import SuffStats
 from ._missing import expected_stats, has_missing, iterate_em, marginal_log_prob
 from .base import Expert
@@ -345,6 +345,8 @@ class LinearGaussianExpert(Expert):
         x : (n, d_x) (or (n, d_x + 1) with the offset); y : (n,) or (n, d_y); weight : (n,) or (n, K).
         Returns ``sw`` (K,), ``xwx`` (K, p, p), ``xwy`` (K, p, d), ``ywy`` (K, d, d).
         """
+        if self.design_coef(self.n_features + 1) is not None and x.dtype == self.coef.dtype and x.shape[0] > 0:
+            return self._stats_transposed(x, y, weight)
         c = chunk_rows(self._k * (self._d + 1) + self.n_features + 1)  # per row: w, w y and [1, x]
         if x.shape[0] > c:  # statistics are additive: sum them over row chunks
             return sum(
@@ -364,6 +366,24 @@ class LinearGaussianExpert(Expert):
                 return expected_stats(xd, yy, w, loc, self.scale_tril())
         partial, wy = self._least_squares_terms(yy, w)
         return self.design_finish(partial, (xd.T @ wy).T, weighted_grams(xd, w))
+
+    def _stats_transposed(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None) -> SuffStats:
+        """:meth:`suff_stats` for scalar y over the transposed design ``[1, x]^T`` (kept across EM iterations by
+        :func:`~moekit._linalg.design_cache`), experts by rows, in row chunks: the experts' initial fit, as the
+        mixture's E-step over that design forms them."""
+        self._split_x(x)  # the shape check
+        n = x.shape[0]
+        w = self._weight_nk(weight, n, x).T  # (K, n)
+        yy = y.to(x.dtype)
+        xt = transposed_design(x)
+        c = chunk_rows(2 * self._k)  # per row: w and w y
+        total = None
+        for i in range(0, n, c):
+            xc = xt[:, i : i + c]
+            partial, wy, wc = self.design_terms_t(yy[i : i + c], w[:, i : i + c])
+            part = (partial, wy @ xc.T, weighted_grams(None, wc.T, xt=xc))
+            total = part if total is None else tuple(a + b for a, b in zip(total, part))
+        return self.design_finish(*total)
 
     def _least_squares_terms(self, yy: torch.Tensor, w: torch.Tensor) -> tuple[SuffStats, torch.Tensor]:
         """``sw`` and ``ywy``, and the rows ``w y`` (n, K d) whose product with the design is ``xwy``.
@@ -428,7 +448,7 @@ class LinearGaussianExpert(Expert):
         ------
         mean (K, n); y (n,) -> (K, n).
         """
-        s = self.scale_tril().detach()[:, 0, 0]  # (K,)
+        s = self._tied_mean(self.log_scale.detach()).exp().clamp_min(math.sqrt(self.var_floor))[:, 0]  # scale_tril's
         z = (y - mean).div_(s[:, None])
         return z.square_().mul_(-0.5).sub_((s.log() + 0.5 * math.log(2 * math.pi))[:, None])
 
