@@ -12,7 +12,10 @@ Student-t degrees of freedom) or a Cholesky factor (a full noise covariance). Th
 Three estimates of the covariance of the estimates:
 
 * ``"hessian"``: the inverse of the observed information, minus the Hessian of the (weighted)
-  observed-data log-likelihood, by automatic differentiation;
+  observed-data log-likelihood, by automatic differentiation (one backward pass per free
+  parameter); for the default regression model (a softmax or constant gate over linear-Gaussian
+  experts with scalar y) in closed form instead, the same matrix in a few products over the rows
+  (:mod:`moekit.inference._gaussian_information`);
 * ``"sandwich"``: ``I^-1 B I^-1`` with ``B`` the weighted sum of the per-row score outer products
   (robust to a misspecified expert family; Huber 1967, White 1982); with one expert it is the
   HC0 estimator of a linear regression;
@@ -48,6 +51,7 @@ from ..experts.point_mass import PointMassExpert
 from ..experts.student_t import StudentTExpert
 from ..gates import ConstantGate, SoftmaxGate
 from ..mixture import MixtureOfExperts
+from ._gaussian_information import gaussian_information, supports_closed_form
 
 __all__ = ["NoLikelihoodHessianError", "ParameterInfo", "Information", "observed_information", "observed_informations",
            "reported_estimates"]
@@ -446,8 +450,16 @@ def observed_informations(model: MixtureOfExperts, x: torch.Tensor, y: torch.Ten
 
     hess = meat = None
     loglik = n_samples = 0.0
+    closed = _closed_form_layout(model, blocks)
     for xb, yb, wb in ([(x, y, weight)] if batches is None else batches):
         w = torch.ones(xb.shape[0], dtype=dtype, device=xb.device) if wb is None else wb.to(dtype)
+        if closed is not None:  # the default regression model: the same Hessian in closed form, a few products
+            h, m, ll = gaussian_information(model, xb, yb, w, tied=closed)
+            hess = h if hess is None else hess + h
+            meat = m if meat is None else meat + m
+            loglik += float(ll)
+            n_samples += float(w.sum())
+            continue
 
         def rows(phi, xb=xb, yb=yb):
             params = dict(fixed)
@@ -505,6 +517,20 @@ def observed_informations(model: MixtureOfExperts, x: torch.Tensor, y: torch.Ten
                                   log_likelihood=loglik, n_samples=n_samples, warnings=list(notes),
                                   worst=worst, condition=condition)
     return out
+
+
+def _closed_form_layout(model, blocks) -> bool | None:
+    """For a model :func:`~moekit.inference._gaussian_information.gaussian_information` covers, whether its noise
+    scale is one tied free parameter; None where the automatic Hessian is used (another model, or blocks laid out
+    otherwise than that function assumes: gate, coefficients, log scales)."""
+    if not supports_closed_form(model) or len(blocks) != 3:
+        return None
+    k, pe = model.n_experts, model.experts.coef.shape[1]
+    pg = model.gate.coef.shape[1] if isinstance(model.gate, SoftmaxGate) else 1
+    sizes = [b.size for b in blocks]
+    if sizes[:2] != [(k - 1) * pg, k * pe] or sizes[2] not in (1, k) or not blocks[2].name.endswith("log_scale"):
+        return None
+    return sizes[2] == 1 and k > 1
 
 
 def _equilibrated(info: torch.Tensor):
