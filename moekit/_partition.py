@@ -113,10 +113,33 @@ def distinct_rows(x, y, sample_weight) -> DistinctRows:
     mean = np.average(z[pos], axis=0, weights=sw[pos])
     sd = np.sqrt(np.average((z[pos] - mean) ** 2, axis=0, weights=sw[pos]))
     z = (z - mean) / np.where(sd > 0, sd, 1.0)
-    uniq, first, inv = np.unique(z[pos], axis=0, return_index=True, return_inverse=True)
-    inv = inv.reshape(-1)
+    uniq, first, inv = _unique_rows(z[pos])
     counts = np.bincount(inv, weights=sw[pos], minlength=len(uniq))
     return DistinctRows(z, uniq, inv, counts, pos, first)
+
+
+def _unique_rows(z: np.ndarray):
+    """``np.unique(z, axis=0, return_index=True, return_inverse=True)``: the sorted distinct rows, the index of
+    each one's first occurrence and every row's index among them.
+
+    Where the first column alone tells every row apart (continuous data: no ties), one stable sort of that
+    column orders the rows lexicographically, as ``np.unique`` would, at a fraction of its cost (it sorts whole
+    rows: 0.14 s at 1e5 rows of 11 columns, 2.4 s at 1e6); ties fall back to ``np.unique``.
+
+    Shapes
+    ------
+    z (n, d) -> (m, d), (m,), (n,).
+    """
+    n = z.shape[0]
+    if n > 1 and z.shape[1] > 0:
+        order = np.argsort(z[:, 0], kind="stable")
+        key = z[order, 0]
+        if bool((key[1:] != key[:-1]).all()):
+            inv = np.empty(n, dtype=np.intp)
+            inv[order] = np.arange(n)
+            return z[order], order, inv
+    uniq, first, inv = np.unique(z, axis=0, return_index=True, return_inverse=True)
+    return uniq, first, inv.reshape(-1)
 
 
 def _impute_missing(z: np.ndarray, sw: np.ndarray, pos: np.ndarray) -> None:

@@ -245,6 +245,17 @@ class SoftmaxGate(Gate):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return log_softmax_rows(affine(x, self.coef))
 
+    def objective(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``sum(targets * log g(x))`` (a scalar tensor), over the transposed design ``[1, x]^T`` (kept across EM
+        iterations by :func:`~moekit._linalg.design_cache`): the trial points of the Newton steps' step-halving."""
+        coef = self.coef
+        if x.dtype != coef.dtype or x.shape[0] == 0 or x.requires_grad:
+            return super().objective(x, targets)
+        xt = transposed_design(x)
+        c = chunk_rows(2 * self.n_experts)
+        return sum((torch.log_softmax(coef @ xt[:, i : i + c], dim=0) * targets[i : i + c].T).sum()
+                   for i in range(0, x.shape[0], c))
+
     def n_parameters(self) -> int:
         return (self.n_experts - 1) * (self.n_features + 1)
 

@@ -185,3 +185,25 @@ def test_solve_shared_is_the_joint_optimum_with_tied_coordinates():
     assert float(r[:, [0, 2]].abs().max()) < 1e-12
     assert float(r[:, [1, 3]].sum(0).abs().max()) < 1e-12
     assert torch.equal(solve_shared(a, b, []), solve_spd(a, b))
+
+
+@pytest.mark.parametrize("case", ["continuous", "ties", "signed-zero", "one-row", "no-columns", "integers"])
+def test_unique_rows_equals_numpys_unique_rows(case):
+    """The distinct rows of a start (sorted, first occurrences, inverse) equal np.unique(axis=0)'s, with or without
+    ties in the first column (the fast path sorts that column alone)."""
+    from moekit._partition import _unique_rows
+
+    rng = np.random.default_rng(3)
+    z = {
+        "continuous": rng.normal(size=(500, 3)),
+        "ties": np.round(rng.normal(size=(500, 2)), 1),
+        "signed-zero": np.array([[0.0, 1.0], [-0.0, 1.0], [1.0, 2.0], [0.0, 1.0]]),
+        "one-row": rng.normal(size=(1, 2)),
+        "no-columns": np.zeros((4, 0)),
+        "integers": rng.integers(0, 3, size=(50, 2)).astype(float),
+    }[case]
+    uniq, first, inverse = np.unique(z, axis=0, return_index=True, return_inverse=True)
+    got = _unique_rows(z)
+    np.testing.assert_array_equal(got[0], uniq)
+    np.testing.assert_array_equal(got[1], first)
+    np.testing.assert_array_equal(got[2], inverse.reshape(-1))
