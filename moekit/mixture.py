@@ -454,8 +454,11 @@ class MixtureOfExperts(nn.Module):
             lin = coef @ xc  # (2K, c)
             log_gate = gate.log_gate_t(lin[:k])
             joint = experts.log_prob_t(lin[k:], yy[i : i + c]).add_(log_gate)
-            lse = torch.logsumexp(joint, dim=0)
-            t = torch.sub(joint, lse, out=targets[:, i : i + c]).exp_()
+            top = joint.amax(dim=0)
+            t = torch.sub(joint, top, out=targets[:, i : i + c]).exp_()  # exp(joint - max): one exp pass for both
+            total_t = t.sum(dim=0)
+            t.div_(total_t)  # the responsibilities
+            lse = total_t.log_().add_(top)  # log p(y | x): logsumexp of the joint
             if weight is None:
                 ll = lse.sum()
             else:
