@@ -409,10 +409,10 @@ class MixtureOfExperts(nn.Module):
         iterations by :func:`~moekit._linalg.design_cache`: one product gives the logits and the
         means, every per-expert quantity (log-densities, responsibilities, Newton weights) is a
         contiguous row of length n, one product gives the rows' products with the design and
-        :func:`~moekit._linalg.weighted_grams` every Gram matrix.  Without the per-row narrow
-        reductions over K of the rows-by-experts layout, this is 2-4 times faster per pass at K = 2
-        (``benchmarks/RESULTS.md``).  The statistics are those of :meth:`_stats_from_joint`, up to
-        the order of the sums.
+        :func:`~moekit._linalg.weighted_grams` every Gram matrix.  Without the narrow reductions over
+        K and the copies of ``[1, x]`` of the rows-by-experts layout, an EM iteration is 1.4-1.7
+        times faster at K = 2 (``benchmarks/RESULTS.md``, Update 3).  The statistics are those of
+        :meth:`_stats_from_joint`, up to the order of the sums.
 
         None (the general path) where a component does not offer this (vector y, an offset,
         another kind of gate or expert), where they see different columns or dtypes, or where the
