@@ -399,6 +399,13 @@ class MixtureOfExperts(nn.Module):
             experts = SuffStats(parts)
         return SuffStats(loglik=ll, weight=targets.sum(0), gate=gate, experts=experts)
 
+    def _share_design(self, method: str) -> bool:
+        """Whether the gate and the (stacked) experts see the same columns of x, both have statistics and both
+        offer ``method`` of a protocol over their shared design (``design_terms``, ``design_terms_t``)."""
+        gate, experts = self.gate, self.experts
+        return (self.gate_features == self.expert_features and hasattr(gate, method) and hasattr(experts, method)
+                and _has_stats(gate) and _has_stats(experts))
+
     def _transposed_design_stats(self, x, y, weight, data):
         """The whole E-step of a linear softmax gate over stacked linear experts with scalar y, experts by rows.
 
@@ -423,13 +430,7 @@ class MixtureOfExperts(nn.Module):
         x (n, d_x); y (n,); weight (n,) or None.
         """
         gate, experts = self.gate, self.experts
-        if (
-            not self.is_stacked
-            or y.dim() != 1
-            or self.gate_features != self.expert_features
-            or not (hasattr(gate, "design_terms_t") and hasattr(experts, "design_terms_t"))
-            or not (_has_stats(gate) and _has_stats(experts))
-        ):
+        if not self.is_stacked or y.dim() != 1 or not self._share_design("design_terms_t"):
             return None
         xs = self.gate_input(x)
         p = xs.shape[1] + 1
@@ -502,11 +503,7 @@ class MixtureOfExperts(nn.Module):
         x (n, d_x); y (n,) or (n, d_y); targets (n, K); log_gate (n, K).
         """
         gate, experts = self.gate, self.experts
-        if (
-            self.gate_features != self.expert_features
-            or not (hasattr(gate, "design_terms") and hasattr(experts, "design_terms"))
-            or not (_has_stats(gate) and _has_stats(experts))
-        ):
+        if not self._share_design("design_terms"):
             return None
         xs = self.gate_input(x)
         p = xs.shape[1] + 1

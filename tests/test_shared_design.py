@@ -86,24 +86,20 @@ def test_shared_pass_equals_each_components_own_statistics(n, d, k, n_outputs, h
         torch.testing.assert_close(stats["experts"]["stacked"][key], experts[key], rtol=1e-11, atol=1e-9)
 
 
-@pytest.mark.parametrize(
-    "case",
-    ["syrk-is-cheaper", "gate-symmetric-product", "different-columns", "offset", "missing-y", "float32-data"],
-)
-@torch.no_grad()
-def test_shared_pass_is_declined_where_it_would_not_be_the_same_or_cheaper(case):
-    kw, n_outputs, d = {}, None, 3
+def _declining_case(case):
+    """A model and data where a shared or transposed pass should be declined: ``(model, x, y, w)``."""
+    kw, n_outputs, d, k = {}, None, 3, 3
     if case == "syrk-is-cheaper":  # K = 2, p = 11: one symmetric product per Gram matrix is cheaper apart
-        d = 10
+        d, k = 10, 2
     elif case == "gate-symmetric-product":  # K = 8 on one input: the gate's information is one symmetric product
-        d = 1
+        d, k = 1, 8
     elif case == "different-columns":
         kw = {"gate_features": [0, 1], "expert_features": [1, 2]}
     elif case == "offset":
         kw = {"offset": True}
-    elif case == "missing-y":
+    elif case in ("missing-y", "vector-y"):
         n_outputs = 2
-    m = _model(d, {"syrk-is-cheaper": 2, "gate-symmetric-product": 8}.get(case, 3), n_outputs, **kw)
+    m = _model(d, k, n_outputs, **kw)
     x, y, w = _data(200, d, n_outputs)
     if case == "offset":
         x = torch.cat([x, torch.randn(200, 1, dtype=D)], 1)
@@ -113,6 +109,16 @@ def test_shared_pass_is_declined_where_it_would_not_be_the_same_or_cheaper(case)
         y[5, 1] = float("nan")
     if case == "float32-data":
         x = x.float()
+    return m, x, y, w
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["syrk-is-cheaper", "gate-symmetric-product", "different-columns", "offset", "missing-y", "float32-data"],
+)
+@torch.no_grad()
+def test_shared_pass_is_declined_where_it_would_not_be_the_same_or_cheaper(case):
+    m, x, y, w = _declining_case(case)
     k = m.n_experts
     targets = w[:, None].expand(-1, k) / k
     log_gate = m.log_gate(x.to(D))
@@ -168,23 +174,7 @@ def test_transposed_pass_equals_each_components_own_statistics(d, k, hessian, we
 @pytest.mark.parametrize("case", ["vector-y", "offset", "gate-symmetric-product", "different-columns", "float32-data"])
 @torch.no_grad()
 def test_transposed_pass_is_declined_where_it_does_not_apply(case):
-    kw, n_outputs, d, k = {}, None, 3, 3
-    if case == "vector-y":
-        n_outputs = 2
-    elif case == "gate-symmetric-product":  # K = 8 on one input: the gate's information is one symmetric product
-        d, k = 1, 8
-    elif case == "different-columns":
-        kw = {"gate_features": [0, 1], "expert_features": [1, 2]}
-    elif case == "offset":
-        kw = {"offset": True}
-    m = _model(d, k, n_outputs, **kw)
-    x, y, w = _data(200, d, n_outputs)
-    if case == "offset":
-        x = torch.cat([x, torch.randn(200, 1, dtype=D)], 1)
-        m.expert_features = None
-        m.gate_features = list(range(d))
-    if case == "float32-data":
-        x = x.float()
+    m, x, y, w = _declining_case(case)
     assert m._transposed_design_stats(x, y, w, None) is None
     if case != "float32-data":
         stats = m.suff_stats(x, y, w)  # the general path still gives the statistics
