@@ -434,8 +434,8 @@ class MixtureOfExperts(nn.Module):
             return None
         xs = self.gate_input(x)
         p = xs.shape[1] + 1
-        cg, ce = gate.design_coef(p), experts.design_coef(p)
-        if cg is None or ce is None or gate.design_columns(p) is None:
+        cg, ce, mg = gate.design_coef(p), experts.design_coef(p), gate.design_columns(p)
+        if cg is None or ce is None or mg is None:
             return None
         if cg.dtype != xs.dtype or ce.dtype != xs.dtype or not y.is_floating_point():
             return None
@@ -445,7 +445,6 @@ class MixtureOfExperts(nn.Module):
         yy = y.to(xs.dtype)
         xt = transposed_design(xs)  # (p, n)
         coef = torch.cat([cg, ce])  # the gate's logits, then the experts' means
-        mg = gate.design_columns(p)
         packed = None if symmetric_products_cheaper(mg + k, p) else packed_design(xs)
         targets = xs.new_empty(k, n)  # weight times responsibility, experts by rows
         c = chunk_rows(3 * k + mg)  # per row: logits and means, log-weights, Newton and least-squares rows

@@ -211,13 +211,16 @@ class LinearGaussianExpert(Expert):
 
     def scale_tril(self) -> torch.Tensor:
         """Cholesky factors of the noise covariances, floored: (K, d, d) (K equal ones when tied)."""
-        floor = math.sqrt(self.var_floor)
         if self.structure == "full":
             raw = self._tied_mean(self.scale_tril_raw)
-            diag = raw.diagonal(dim1=-2, dim2=-1).exp().clamp_min(floor)
+            diag = raw.diagonal(dim1=-2, dim2=-1).exp().clamp_min(math.sqrt(self.var_floor))
             return torch.tril(raw, -1) + torch.diag_embed(diag)
-        s = self._tied_mean(self.log_scale).exp().clamp_min(floor).expand(self._k, self._d)
-        return torch.diag_embed(s)
+        return torch.diag_embed(self._scales().expand(self._k, self._d))
+
+    def _scales(self) -> torch.Tensor:
+        """The noise standard deviations of a diagonal or spherical structure, floored (the diagonal of
+        :meth:`scale_tril`): (K, d) for "diag", (K, 1) for "spherical" (scalar y)."""
+        return self._tied_mean(self.log_scale).exp().clamp_min(math.sqrt(self.var_floor))
 
     def covariance_matrix(self) -> torch.Tensor:
         """Noise covariances: (K, d, d)."""
@@ -448,7 +451,7 @@ class LinearGaussianExpert(Expert):
         ------
         mean (K, n); y (n,) -> (K, n).
         """
-        s = self._tied_mean(self.log_scale.detach()).exp().clamp_min(math.sqrt(self.var_floor))[:, 0]  # scale_tril's
+        s = self._scales().detach()[:, 0]  # (K,)
         z = (y - mean).div_(s[:, None])
         return z.square_().mul_(-0.5).sub_((s.log() + 0.5 * math.log(2 * math.pi))[:, None])
 

@@ -55,8 +55,7 @@ def supports_closed_form(model) -> bool:
         return False
     if ex.n_outputs is not None or ex.offset or ex.shared or not hasattr(ex, "log_scale"):
         return False
-    scale = ex._tied_mean(ex.log_scale.detach()).exp()
-    return bool((scale > math.sqrt(ex.var_floor)).all())
+    return bool((ex._scales().detach() > math.sqrt(ex.var_floor)).all())
 
 
 @torch.no_grad()
@@ -81,7 +80,7 @@ def gaussian_information(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tens
     nt = 1 if tied else k
     n_gate = (k - 1) * pg
     f = n_gate + k * pe + nt
-    sigma = ex._tied_mean(ex.log_scale.detach()).exp()[:, 0]  # (K,)
+    sigma = ex._scales().detach()[:, 0]  # (K,), above the floor (supports_closed_form)
     beta = ex._coef().detach()[:, :, 0]  # (K, pe)
     gcoef = gate.coef.detach() if softmax else gate.logits.detach()[:, None]
     hess = x.new_zeros(f, f)
@@ -89,6 +88,7 @@ def gaussian_information(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tens
     loglik = x.new_zeros(())
     rows = max(1, _CHUNK_ELEMENTS // (k * f))
     ig = slice(0, n_gate)
+    eye = torch.eye(k, dtype=dtype, device=x.device)[:, 1:]  # delta_kc, c >= 1
     for i in range(0, x.shape[0], rows):
         uc, vc, yc, wc = u[i : i + rows], v[i : i + rows], y[i : i + rows], w[i : i + rows]
         m = uc.shape[0]
@@ -102,7 +102,6 @@ def gaussian_information(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tens
         r = (a - lse).exp()  # (m, K)
         loglik += (wc * lse[:, 0]).sum()
         jac = x.new_zeros(m, k, f)  # J_k for every row and expert
-        eye = torch.eye(k, dtype=dtype, device=x.device)[:, 1:]  # delta_kc, c >= 1
         jac[:, :, ig] = ((eye[None] - g[:, None, 1:])[..., None] * uc[:, None, None, :]).reshape(m, k, n_gate)
         for j in range(k):
             jac[:, j, n_gate + j * pe : n_gate + (j + 1) * pe] = e[:, j, None] * vc
