@@ -18,7 +18,7 @@ from . import distributed
 from .checkpoint import load_em_checkpoint, save_em_checkpoint
 from .init import initial_responsibilities, nested_seed
 from .inputs import check_model_inputs
-from .passes import CheckedSource, e_step_pass, is_source
+from .passes import CheckedSource, e_step_pass, is_source, verifiable, verified_m_step
 from .restarts import best_of
 from .result import FitResult
 from .starts import small_em
@@ -365,7 +365,7 @@ def _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback
     alive = list(range(m.n_experts)) if alive is None else list(alive)
     converged = False
     n_iter = int(n_iter)
-    verified = _verifiable(m)
+    verified = verifiable(m)
     done = None
     while True:
         stats, passes, mean_ll = _pruned_e_step(m, source, total, prune_threshold, alive, pruned, n_iter, stacklevel=4,
@@ -383,7 +383,8 @@ def _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback
         while m.prune_vanishing(stats, float(stats["weight"].sum())):
             stats, passes = e_step_pass(m, source.batches, source.reduce)
             mean_ll = float(stats["loglik"]) / total
-        done = _verified_m_step(m, source, total, stats, passes, mean_ll) if verified else m.m_step(stats, passes)
+        done = (verified_m_step(m, source.batches, source.reduce, total, stats, passes, mean_ll) if verified
+                else m.m_step(stats, passes))
         n_iter += 1
         if saver is not None:
             saver(m, {"history": history, "n_iter": n_iter, "converged": False, "pruned": pruned, "alive": alive,
@@ -392,44 +393,6 @@ def _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback
     if saver is not None:
         saver(m, {**out, "alive": alive, "done": True})
     return out
-
-
-def _verifiable(m) -> bool:
-    """Whether the M-step may be verified by the next E-step's likelihood (:func:`_verified_m_step`): every
-    component has statistics and takes one step per M-step."""
-    if not getattr(m, "has_suff_stats", False):
-        return False
-    return all(getattr(c, "m_step_exact", True) or getattr(c, "max_m_steps", 1) == 1 for _, c in m.components())
-
-
-def _verified_m_step(m, source, total: float, stats, passes, mean_ll: float):
-    """The M-step checked by the likelihood it reaches instead of trial passes over the data.
-
-    Every component takes its step from the E-step's statistics alone (exact components their
-    exact update, Newton / ECM components one full step).  The next E-step, which EM needs anyway,
-    then gives the new log-likelihood: if it did not fall, the step is kept and that E-step returned
-    (so a Newton step costs no pass of its own over the data); if it fell (or is not finite), the
-    parameters are put back and the M-step checked by trial objectives is taken instead (step-halving
-    on each component's own objective), whose E-step the caller makes.  Both keep the
-    log-likelihood from decreasing; they take the same step whenever the full step raises each
-    component's objective.
-
-    Returns the new point's ``(stats, passes)``, or None when the checked M-step was taken.
-    """
-    before = {k: v.detach().clone() for k, v in m.state_dict().items()}
-    m.m_step(stats, None)
-    try:
-        new = e_step_pass(m, source.batches, source.reduce)
-        ll = float(new[0]["loglik"]) / total
-    except (RuntimeError, ValueError, ArithmeticError):  # e.g. a failed factorisation at a wild step
-        ll = float("nan")
-    if math.isfinite(ll) and ll >= mean_ll - 1e-13 * (1.0 + abs(mean_ll)):
-        return new
-    with torch.no_grad():
-        for k, v in m.state_dict().items():
-            v.copy_(before[k])
-    m.m_step(stats, passes)
-    return None
 
 
 def _saver(path, fingerprint: dict) -> Callable:

@@ -26,7 +26,7 @@ from ..data import Batch
 from ..stats import SuffStats
 from .inputs import check_model_inputs
 
-__all__ = ["CheckedSource", "SourcePasses", "e_step_pass", "is_source"]
+__all__ = ["CheckedSource", "SourcePasses", "e_step_pass", "is_source", "verifiable", "verified_m_step"]
 
 
 def is_source(obj) -> bool:
@@ -81,6 +81,47 @@ def e_step_pass(model, source, reduce: Callable | None = None):
     if keep:
         return stats, Passes(data, reduce=reduce)
     return stats, SourcePasses(model, source, reduce=reduce)
+
+
+def verifiable(m) -> bool:
+    """Whether the M-step may be verified by the next E-step's likelihood (:func:`verified_m_step`): every
+    component has statistics and takes one step per M-step."""
+    if not getattr(m, "has_suff_stats", False):
+        return False
+    return all(getattr(c, "m_step_exact", True) or getattr(c, "max_m_steps", 1) == 1 for _, c in m.components())
+
+
+def verified_m_step(m, batches, reduce: Callable | None, total: float, stats, passes, mean_ll: float):
+    """The M-step checked by the likelihood it reaches instead of trial passes over the data.
+
+    Every component takes its step from the E-step's statistics alone (exact components their
+    exact update, Newton / ECM components one full step).  The next E-step, which EM needs anyway,
+    then gives the new log-likelihood: if it did not fall, the step is kept and that E-step returned
+    (so a Newton step costs no pass of its own over the data); if it fell (or is not finite), the
+    parameters are put back and the M-step checked by trial objectives is taken instead (step-halving
+    on each component's own objective), whose E-step the caller makes.  Both keep the
+    log-likelihood from decreasing; they take the same step whenever the full step raises each
+    component's objective.
+
+    ``batches``, ``reduce``: as for :func:`e_step_pass`; ``total``: the data's total weight; ``stats``, ``passes``
+    and ``mean_ll``: the E-step at the current parameters (``mean_ll`` per unit weight).
+
+    Returns the new point's ``(stats, passes)``, or None when the checked M-step was taken.
+    """
+    before = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    m.m_step(stats, None)
+    try:
+        new = e_step_pass(m, batches, reduce)
+        ll = float(new[0]["loglik"]) / total
+    except (RuntimeError, ValueError, ArithmeticError):  # e.g. a failed factorisation at a wild step
+        ll = float("nan")
+    if math.isfinite(ll) and ll >= mean_ll - 1e-13 * (1.0 + abs(mean_ll)):
+        return new
+    with torch.no_grad():
+        for k, v in m.state_dict().items():
+            v.copy_(before[k])
+    m.m_step(stats, passes)
+    return None
 
 
 class SourcePasses:

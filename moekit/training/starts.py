@@ -49,6 +49,7 @@ from ..experts import Expert
 from ..mixture import MixtureOfExperts
 from .init import initial_responsibilities, nested_seed
 from .inputs import check_model_inputs
+from .passes import e_step_pass, verifiable, verified_m_step
 
 __all__ = ["StartRace", "small_em", "start_kinds", "subset_consensus", "subset_responsibilities", "supports_subset_start"]
 
@@ -378,6 +379,35 @@ def _start_seed(seed: int, kind: str, occurrence: int) -> int:
     return int(np.random.default_rng([seed, _KINDS.index(kind) + 2, occurrence]).integers(0, 2**31 - 1))
 
 
+class _MemoryStep:
+    """The default ``step`` of :func:`small_em`: one EM iteration of a run on data in memory, as
+    :func:`~moekit.fit_em`'s loop takes it.
+
+    The M-step is checked by the next E-step's likelihood
+    (:func:`~moekit.training.passes.verified_m_step`), and that E-step is kept for the run's next
+    iteration, so a Newton step costs no pass over the data of its own.  Nested experts whose share
+    vanishes are pruned as :meth:`~moekit.MixtureOfExperts.em_step` prunes them.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
+        self.batches = [(x, y, w)]
+        self.total = float(w.sum())
+        self.next: dict[int, tuple] = {}  # id(model) -> its E-step at its current parameters
+
+    def __call__(self, m: MixtureOfExperts) -> float:
+        stats, passes = self.next.pop(id(m), None) or e_step_pass(m, self.batches)
+        ll = float(stats["loglik"])
+        while m.prune_vanishing(stats, float(stats["weight"].sum())):
+            stats, passes = e_step_pass(m, self.batches)
+        if math.isfinite(ll) and verifiable(m):
+            new = verified_m_step(m, self.batches, None, self.total, stats, passes, ll / self.total)
+            if new is not None:
+                self.next[id(m)] = new
+        else:
+            m.m_step(stats, passes)
+        return ll
+
+
 def _aitken_limit(h: list[float], slack: float) -> float:
     """An optimistic limit of a linearly converging increasing sequence: h + slack * the Aitken remainder (inf if unknown)."""
     d1, d0 = h[-1] - h[-2], h[-2] - h[-3]
@@ -489,8 +519,7 @@ def small_em(
         seed = int(np.random.default_rng(random_state).integers(0, 2**31 - 1))
     total = float(w.sum())
     if step is None:
-        def step(m):
-            return m.em_step(x, y, w)
+        step = _MemoryStep(x, y, w)
 
     distinct = distinct_rows(x, y, w)  # once for every start
     made: list[tuple[str, int, torch.Tensor]] = []  # (kind, seed, responsibilities), from the untouched model
