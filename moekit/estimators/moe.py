@@ -439,7 +439,10 @@ class MoERegressor(OnlineRegressorMixin, RegressionFamilies, RegressorTargets, R
         training, take one random partition.  "random": every row to a random
         expert (flexmix's default start: one short start, which may stop at
         a lower maximum, e.g. tonedata's classic 142.848); "kmeans": k-means
-        on the standardised joint [X, y].
+        on the standardised joint [X, y].  With EM, on more than 20,000 rows
+        the start (the race included) is made on a seeded sample of 20,000
+        rows and EM continues from it on every row (:func:`~moekit.fit_em`'s
+        ``init_sample_rows``).
     random_state : int, numpy Generator or RandomState, or None
     device : str, default="cpu"
         "cpu", "cuda", "cuda:N" or "mps" (one that this machine has).

@@ -204,3 +204,43 @@ def test_race_keeps_the_best_finished_run_and_counts_its_iterations():
     assert race.history[-1] == max(s["mean_log_likelihood"] for s in finished)
     assert race.n_iter == len(race.history) and race.n_iter_total == sum(s["n_iter"] for s in race.starts)
     assert [s["kind"] for s in race.starts] == ["random", "subset", "kmeans", "random"]
+
+
+# ------------------------------------------------ the start on a sample of the rows
+def _three_lines(n, seed=0):
+    """Three well-separated lines of y against x (K = 3), n rows."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, generator=g, dtype=D) * 4 - 2
+    z = torch.randint(0, 3, (n,), generator=g)
+    slope, icpt = torch.tensor([1.0, -1.0, 0.0], dtype=D), torch.tensor([0.0, 0.0, 3.0], dtype=D)
+    y = slope[z] * x[:, 0] + icpt[z] + 0.1 * torch.randn(n, generator=g, dtype=D)
+    return x, y
+
+
+def test_race_on_a_sample_reaches_the_maximum_of_the_race_on_every_row():
+    """With more rows than init_sample_rows the race runs on a seeded sample and EM continues on every row:
+    the same maximum as the race on every row, a history that holds only the full-data iterations, and a
+    model that takes far fewer full-data iterations."""
+    x, y = _three_lines(3000)
+    fits = {}
+    for rows in (3000, 600):
+        moe = _gaussian_moe("softmax", y, k=3)
+        fits[rows] = fit_em(moe, x, y, init="auto", random_state=1, init_sample_rows=rows, max_iter=500)
+    whole, sampled = fits[3000], fits[600]
+    assert whole.converged and sampled.converged
+    assert sampled.mean_log_likelihood == pytest.approx(whole.mean_log_likelihood, abs=1e-6)
+    assert sampled.n_iter < whole.n_iter  # the race's iterations on the sample are not in the history
+    assert _nondecreasing(sampled.history)
+    again = fit_em(_gaussian_moe("softmax", y, k=3), x, y, init="auto", random_state=1, init_sample_rows=600,
+                   max_iter=500)
+    assert again.history == sampled.history  # the sample is seeded
+
+
+def test_array_start_uses_every_row_whatever_the_sample_size():
+    """An (n, K) array of responsibilities names every row, so its start is made on every row: the same fit for
+    any init_sample_rows (a sample of its rows would not match the array)."""
+    x, y = _three_lines(500)
+    r = torch.nn.functional.one_hot(torch.arange(500) % 3, 3).to(D)
+    a = fit_em(_gaussian_moe("softmax", y, k=3), x, y, init=r, random_state=0, init_sample_rows=100, max_iter=50)
+    b = fit_em(_gaussian_moe("softmax", y, k=3), x, y, init=r, random_state=0, init_sample_rows=500, max_iter=50)
+    assert a.history == b.history
