@@ -6,6 +6,11 @@ Data: ``_numpy_em.make_data(n, d, k, seed + 1000 d + 10 k)`` (the seeds of
 {2, 8}, 1 and 2 threads (``torch.set_num_threads`` and NumPy's BLAS through
 ``threadpoolctl.threadpool_limits``; both sides get the same count).
 
+Every timed fit, on both sides, starts after ``--settle`` seconds idle (default 0.2): OpenBLAS's
+worker threads spin for about 0.1 s after a call, and a two-thread fit that starts while the other
+side's workers still spin shares a core with them (moekit took 68 ms instead of 32.5 right after a
+NumPy fit at N = 1e4, D = 10, K = 2).  ``--settle 0`` times the runs back to back.
+
 Sections (``--section``):
 
 * ``one-start``: ONE random-partition start R (``_plain_em.random_partition(n,
@@ -76,6 +81,11 @@ SAME_MAX = 1e-5  # final mean log-likelihoods closer than this: the same maximum
 TONE_TARGETS = {"softmax": 145.650, "constant": 145.417}  # highest known total log-likelihoods
 TONE_REACH = 1e-3
 SE_MAX_ROWS = 100_000  # the one-start section times the standard errors up to this N
+# Idle seconds before every timed fit, on both sides.  After a BLAS call, OpenBLAS's worker threads spin
+# for about 0.1 s before they sleep; a multi-threaded fit that starts inside that window shares a core
+# with them (measured at N = 1e4, D = 10, K = 2, 2 threads: moekit 68 ms right after a NumPy fit, 62 ms
+# after 0.02 s idle, 57 ms after 0.05 s, 32.5 ms after 0.1 s or more; see RESULTS.md, Update 4).
+SETTLE_S = 0.2
 
 
 # ------------------------------------------------------------------ counts
@@ -156,8 +166,15 @@ def _warning_lines(caught) -> list[str]:
     return sorted({f"{w.category.__name__}: {str(w.message)[:100]}" for w in caught})
 
 
+def settle() -> None:
+    """Idle :data:`SETTLE_S` seconds, so that no BLAS worker thread of the previous run still spins."""
+    if SETTLE_S > 0:
+        time.sleep(SETTLE_S)
+
+
 def _timed_fit(est, x, y) -> dict:
     """The wall clock of ``est.fit(x, y)``, its iterations, convergence, log-likelihoods and warnings."""
+    settle()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
@@ -187,6 +204,7 @@ def time_standard_errors(x, y, R) -> float:
 
 def run_plain(x, y, R) -> dict:
     """The independent NumPy EM from the same R."""
+    settle()
     t0 = time.perf_counter()
     res = plain.fit(x, y, R, tol=TOL, max_iter=MAX_ITER)
     seconds = time.perf_counter() - t0
@@ -388,6 +406,7 @@ def print_roofline(rows, gemm) -> None:
 
 # --------------------------------------------------------------------- main
 def main(argv=None) -> int:
+    global SETTLE_S
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--section", choices=("one-start", "default", "roofline", "all"), default="all")
     ap.add_argument("--quick", action="store_true", help="N <= 1e4 only")
@@ -400,7 +419,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tone-seeds", type=int, default=10, help="seeds of the tonedata fits (default 10)")
     ap.add_argument("--seed", type=int, default=0, help="base seed of the data, the start and the default fits")
     ap.add_argument("--json", help="also write the raw results to this JSON file")
+    ap.add_argument("--settle", type=float, default=SETTLE_S,
+                    help=f"idle seconds before every timed fit, both sides (default {SETTLE_S}: spinning BLAS threads "
+                         "of the previous run have gone to sleep; 0 times them back to back)")
     args = ap.parse_args(argv)
+    SETTLE_S = max(0.0, args.settle)
 
     sizes = args.sizes or DEFAULT_SIZES
     if args.quick:
@@ -416,7 +439,8 @@ def main(argv=None) -> int:
     )
     print(f"# moekit: {info['source']}")
     print(f"# load average at start: {tuple(round(v, 2) for v in os.getloadavg())}; threads {args.threads}")
-    print(f"# float64; tol {TOL:g} on the mean log-likelihood, max_iter {MAX_ITER}", flush=True)
+    print(f"# float64; tol {TOL:g} on the mean log-likelihood, max_iter {MAX_ITER}; {SETTLE_S:g} s idle before "
+          "every timed fit", flush=True)
     warm_up(args.threads)
 
     t_all = time.perf_counter()
