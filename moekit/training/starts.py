@@ -97,8 +97,9 @@ class StartRace:
 
 
 # --------------------------------------------------------------------- subsets
-def _expert_stack(model: MixtureOfExperts, size: int) -> Expert | None:
-    """``size`` copies of the model's expert family in one stacked module, or None where a subset start does not apply."""
+def _stack_base(model: MixtureOfExperts) -> Expert | None:
+    """A stacked module of the model's expert family whose expert 0 the subset start copies (the model's own
+    stack where it has one: not a copy), or None where a subset start does not apply."""
     experts = model.experts
     first = experts if isinstance(experts, Expert) else experts[0]
     if not getattr(first, "has_suff_stats", False):  # neural and scikit-learn experts are not stacked copies
@@ -111,7 +112,13 @@ def _expert_stack(model: MixtureOfExperts, size: int) -> Expert | None:
         return None  # nested mixtures (trees) or mixed families
     if not getattr(base, "has_suff_stats", False) or getattr(base, "y_kind", None) != "continuous":
         return None
-    return base.select([0] * size)
+    return base
+
+
+def _expert_stack(model: MixtureOfExperts, size: int) -> Expert | None:
+    """``size`` copies of the model's expert family in one stacked module, or None where a subset start does not apply."""
+    base = _stack_base(model)
+    return None if base is None else base.select([0] * size)
 
 
 def supports_subset_start(model) -> bool:
@@ -131,7 +138,7 @@ def supports_subset_start(model) -> bool:
     -------
     bool
     """
-    return isinstance(model, MixtureOfExperts) and model.n_experts >= 2 and _expert_stack(model, 1) is not None
+    return isinstance(model, MixtureOfExperts) and model.n_experts >= 2 and _stack_base(model) is not None
 
 
 def _distinct_rows(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, rows: DistinctRows | None = None):
