@@ -248,7 +248,7 @@ def fit_em(
         history: list = []
         n_start = 0
         if init is not None:
-            rows = init_sample_rows if init is None or isinstance(init, str) or callable(init) \
+            rows = init_sample_rows if isinstance(init, str) or callable(init) \
                 else max(init_sample_rows, len(init))  # responsibilities given for every row: every row
             xs, ys, ws = _start_sample(full, rows, seed)
             whole = _whole(full, xs.shape[0], rows)  # the sample is the data: a race's history carries on

@@ -476,8 +476,9 @@ def small_em(
     step : callable, optional
         ``step(model) -> float``: one EM iteration of ``model`` in place,
         returning the total weighted log-likelihood *before* it.  Default:
-        ``model.em_step(x, y, sample_weight)`` (in memory); a streaming
-        trainer passes its own.
+        the iteration of :func:`~moekit.fit_em`'s loop on the data in memory
+        (the M-step verified by the next E-step, which the run's next
+        iteration reuses); a streaming trainer passes its own.
     warmup : int
         Iterations before a run may be abandoned.
     slack : float
