@@ -249,7 +249,9 @@ class MixtureOfExperts(nn.Module):
 
         The same path as :func:`~moekit.fit_em`: :meth:`suff_stats` (keeping
         each component's weighted data for its Newton steps), pruning of
-        vanishing nested children, then :meth:`m_step`.
+        vanishing nested children, then :meth:`m_step`, whose Newton steps are
+        checked by trial objectives over that data (``fit_em`` checks a full
+        step by its next E-step instead, which a single call would not use).
         """
         data: dict = {}
         stats = self.suff_stats(x, y, weight, data=data)
