@@ -18,7 +18,7 @@ from . import distributed
 from .checkpoint import load_em_checkpoint, save_em_checkpoint
 from .init import initial_responsibilities, nested_seed
 from .inputs import check_model_inputs
-from .passes import CheckedSource, e_step_pass, is_source, verifiable, verified_m_step
+from .passes import CheckedSource, e_step_pass, is_source, iteration_m_step, verifiable
 from .restarts import best_of
 from .result import FitResult
 from .starts import small_em
@@ -391,11 +391,7 @@ def _em_loop(m, source, total, max_iter, tol, prune_threshold, verbose, callback
             break
         if n_iter >= max_iter:
             break
-        while m.prune_vanishing(stats, float(stats["weight"].sum())):
-            stats, passes = e_step_pass(m, source.batches, source.reduce)
-            mean_ll = float(stats["loglik"]) / total
-        done = (verified_m_step(m, source.batches, source.reduce, total, stats, passes, mean_ll) if verified
-                else m.m_step(stats, passes))
+        done = iteration_m_step(m, source.batches, source.reduce, total, stats, passes, verified)
         n_iter += 1
         if saver is not None:
             saver(m, {"history": history, "n_iter": n_iter, "converged": False, "pruned": pruned, "alive": alive,

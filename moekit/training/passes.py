@@ -26,7 +26,8 @@ from ..data import Batch
 from ..stats import SuffStats
 from .inputs import check_model_inputs
 
-__all__ = ["CheckedSource", "SourcePasses", "e_step_pass", "is_source", "verifiable", "verified_m_step"]
+__all__ = ["CheckedSource", "SourcePasses", "e_step_pass", "is_source", "iteration_m_step", "verifiable",
+           "verified_m_step"]
 
 
 def is_source(obj) -> bool:
@@ -120,6 +121,25 @@ def verified_m_step(m, batches, reduce: Callable | None, total: float, stats, pa
     with torch.no_grad():
         for k, v in m.state_dict().items():
             v.copy_(before[k])
+    m.m_step(stats, passes)
+    return None
+
+
+def iteration_m_step(m, batches, reduce: Callable | None, total: float, stats, passes, verified: bool):
+    """The M-step of one EM iteration from its E-step ``(stats, passes)``, as :func:`~moekit.fit_em` and the start
+    race take it.
+
+    Nested experts whose share vanished are pruned first (each pruning makes a new E-step), then the
+    M-step is :func:`verified_m_step` against the log-likelihood after pruning where ``verified``
+    (:func:`verifiable`), else the one checked by trial objectives.  ``batches``, ``reduce``,
+    ``total``: as for :func:`verified_m_step`.
+
+    Returns the new point's ``(stats, passes)`` where the verified step kept its E-step, else None.
+    """
+    while m.prune_vanishing(stats, float(stats["weight"].sum())):
+        stats, passes = e_step_pass(m, batches, reduce)
+    if verified:
+        return verified_m_step(m, batches, reduce, total, stats, passes, float(stats["loglik"]) / total)
     m.m_step(stats, passes)
     return None
 

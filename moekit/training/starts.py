@@ -49,7 +49,7 @@ from ..experts import Expert
 from ..mixture import MixtureOfExperts
 from .init import initial_responsibilities, nested_seed
 from .inputs import check_model_inputs
-from .passes import e_step_pass, verifiable, verified_m_step
+from .passes import e_step_pass, iteration_m_step, verifiable
 
 __all__ = ["StartRace", "small_em", "start_kinds", "subset_consensus", "subset_responsibilities", "supports_subset_start"]
 
@@ -390,10 +390,9 @@ class _MemoryStep:
     """The default ``step`` of :func:`small_em`: one EM iteration of a run on data in memory, as
     :func:`~moekit.fit_em`'s loop takes it.
 
-    The M-step is checked by the next E-step's likelihood
-    (:func:`~moekit.training.passes.verified_m_step`), and that E-step is kept for the run's next
-    iteration, so a Newton step costs no pass over the data of its own.  Nested experts whose share
-    vanishes are pruned as :meth:`~moekit.MixtureOfExperts.em_step` prunes them.
+    The M-step is :func:`~moekit.training.passes.iteration_m_step`'s: nested experts whose share
+    vanished are pruned, then the step is checked by the next E-step's likelihood, and that E-step is
+    kept for the run's next iteration, so a Newton step costs no pass over the data of its own.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
@@ -404,14 +403,9 @@ class _MemoryStep:
     def __call__(self, m: MixtureOfExperts) -> float:
         stats, passes = self.next.pop(id(m), None) or e_step_pass(m, self.batches)
         ll = float(stats["loglik"])
-        while m.prune_vanishing(stats, float(stats["weight"].sum())):
-            stats, passes = e_step_pass(m, self.batches)
-        if math.isfinite(ll) and verifiable(m):
-            new = verified_m_step(m, self.batches, None, self.total, stats, passes, ll / self.total)
-            if new is not None:
-                self.next[id(m)] = new
-        else:
-            m.m_step(stats, passes)
+        new = iteration_m_step(m, self.batches, None, self.total, stats, passes, math.isfinite(ll) and verifiable(m))
+        if new is not None:
+            self.next[id(m)] = new
         return ll
 
 
