@@ -200,6 +200,9 @@ def fit_em(
         raise ValueError(f"accelerate must be None or 'squarem', got {accelerate!r}")
     if not (isinstance(init_sample_rows, int) and init_sample_rows >= 1):
         raise ValueError(f"init_sample_rows must be a positive int, got {init_sample_rows!r}")
+    if not (init is None or isinstance(init, str) or callable(init) or hasattr(init, "__len__")):
+        raise ValueError(f"init must be 'auto', 'kmeans', 'random', an (n, K) array of responsibilities, a callable "
+                         f"init(model, x, y, weight, seed) or None, got {init!r}")
     rank, world = distributed.world(process_group)
     if is_source(x):
         if y is not None or sample_weight is not None:
@@ -248,8 +251,7 @@ def fit_em(
         history: list = []
         n_start = 0
         if init is not None:
-            rows = init_sample_rows if isinstance(init, str) or callable(init) \
-                else max(init_sample_rows, len(init))  # responsibilities given for every row: every row
+            rows = _start_rows(init, init_sample_rows)
             xs, ys, ws = _start_sample(full, rows, seed)
             whole = _whole(full, xs.shape[0], rows)  # the sample is the data: a race's history carries on
             if isinstance(init, str) and init == "auto":
@@ -322,6 +324,12 @@ def _whole(source, n_sample: int, max_rows: int) -> bool:
     if n is not None:
         return int(n) <= max_rows
     return n_sample < max_rows or n_sample == sum(len(b) for b in source)
+
+
+def _start_rows(init, init_sample_rows: int) -> int:
+    """Rows of the start sample: ``init_sample_rows``, or every row for an array ``init`` (it names every row's
+    responsibilities)."""
+    return init_sample_rows if isinstance(init, str) or callable(init) else max(init_sample_rows, len(init))
 
 
 def _start_sample(source, max_rows: int, seed: int):

@@ -244,3 +244,12 @@ def test_array_start_uses_every_row_whatever_the_sample_size():
     a = fit_em(_gaussian_moe("softmax", y, k=3), x, y, init=r, random_state=0, init_sample_rows=100, max_iter=50)
     b = fit_em(_gaussian_moe("softmax", y, k=3), x, y, init=r, random_state=0, init_sample_rows=500, max_iter=50)
     assert a.history == b.history
+
+
+@pytest.mark.parametrize("bad", [5, 2.5])
+def test_unsized_init_is_refused_with_the_shape_it_needs(bad):
+    """A value that is neither a kind of start, an array of rows nor a callable is refused by name, not with a
+    TypeError from sizing the start sample."""
+    x, y = _three_lines(50)
+    with pytest.raises(ValueError, match=r"init must be 'auto', 'kmeans', 'random', an \(n, K\) array .* got "):
+        fit_em(_gaussian_moe("softmax", y, k=3), x, y, init=bad, init_sample_rows=20)
