@@ -448,6 +448,25 @@ def observed_informations(model: MixtureOfExperts, x: torch.Tensor, y: torch.Ten
     def report(phi):
         return torch.cat([b.report(f) for b, f in zip(blocks, _split(phi, blocks))])
 
+    def autodiff(xb, yb, w):
+        """``(hessian, meat or None, loglik)`` of one batch by automatic differentiation (the meat for a sandwich)."""
+        def rows(phi):
+            params = dict(fixed)
+            for b, f in zip(blocks, _split(phi, blocks)):
+                params[f"m.{b.name}"] = b.to_full(f)
+            return functional_call(wrapper, params, (xb, yb))
+
+        def total(phi):
+            return (w * rows(phi)).sum()
+
+        with torch.enable_grad():
+            h = torch.autograd.functional.hessian(total, phi0)
+            ll = total(phi0)
+        if "sandwich" not in methods:
+            return h, None, ll
+        scores = _row_scores(rows, phi0)  # (n, F)
+        return h, scores.T @ (w[:, None] * scores), ll
+
     hess = meat = None
     loglik = n_samples = 0.0
     closed = _closed_form_layout(model, blocks)
@@ -455,30 +474,13 @@ def observed_informations(model: MixtureOfExperts, x: torch.Tensor, y: torch.Ten
         w = torch.ones(xb.shape[0], dtype=dtype, device=xb.device) if wb is None else wb.to(dtype)
         if closed is not None:  # the default regression model: the same Hessian in closed form, a few products
             h, m, ll = gaussian_information(model, xb, yb, w, tied=closed)
-            hess = h if hess is None else hess + h
-            meat = m if meat is None else meat + m
-            loglik += float(ll)
-            n_samples += float(w.sum())
-            continue
-
-        def rows(phi, xb=xb, yb=yb):
-            params = dict(fixed)
-            for b, f in zip(blocks, _split(phi, blocks)):
-                params[f"m.{b.name}"] = b.to_full(f)
-            return functional_call(wrapper, params, (xb, yb))
-
-        def total(phi, rows=rows, w=w):
-            return (w * rows(phi)).sum()
-
-        with torch.enable_grad():
-            h = torch.autograd.functional.hessian(total, phi0)
-            loglik += float(total(phi0))
+        else:
+            h, m, ll = autodiff(xb, yb, w)
         hess = h if hess is None else hess + h
-        n_samples += float(w.sum())
-        if "sandwich" in methods:
-            scores = _row_scores(rows, phi0)  # (n, F)
-            m = scores.T @ (w[:, None] * scores)
+        if m is not None:
             meat = m if meat is None else meat + m
+        loglik += float(ll)
+        n_samples += float(w.sum())
     if reduce is not None:  # the sums of every rank's rows (a rank may hold none)
         n_free = phi0.numel()
         if hess is None:
